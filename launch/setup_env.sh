@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Creates (or reuses) the project virtualenv and installs smaug with its requirements.
+# Idempotent: a stamp keyed on requirements.txt + pyproject.toml skips work already done.
+#   SMAUG_VENV   where the venv lives (default: <repo>/.venv)
+#   PYTHON       interpreter used to create it (default: python3)
+# Source it (`. launch/setup_env.sh`) to get the venv activated in your shell.
+set -euo pipefail
+_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SMAUG_VENV="${SMAUG_VENV:-$_root/.venv}"
+_py="${PYTHON:-python3}"
+if [ ! -x "$SMAUG_VENV/bin/python" ]; then
+  echo "[setup] creating venv at $SMAUG_VENV"
+  "$_py" -m venv "$SMAUG_VENV"
+fi
+_stamp="$SMAUG_VENV/.smaug-installed"
+_want="$(cat "$_root/requirements.txt" "$_root/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$_stamp" ] || [ "$(cat "$_stamp")" != "$_want" ]; then
+  _pip=("$SMAUG_VENV/bin/python" -m pip install -q --disable-pip-version-check)
+  echo "[setup] installing torch (first time: ~1 min)"
+  "${_pip[@]}" --upgrade pip setuptools wheel
+  # torch first: DeepSpeed's sdist imports torch at build time.
+  "${_pip[@]}" $(grep -E '^(torch|torchvision)[<>=! ]' "$_root/requirements.txt" | tr -d ' ')
+  echo "[setup] installing requirements"
+  "${_pip[@]}" --no-build-isolation -r "$_root/requirements.txt"
+  "${_pip[@]}" --no-build-isolation --no-deps -e "$_root"
+  echo "$_want" > "$_stamp"
+fi
+export PATH="$SMAUG_VENV/bin:$PATH"
+export VIRTUAL_ENV="$SMAUG_VENV"
+# DeepSpeed JIT-compiles small ops on first use; keep them between runs.
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$_root/.cache/torch_extensions}"
+# Offline by default: no hub, wandb off unless asked for.
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
+export WANDB_MODE="${WANDB_MODE:-disabled}"

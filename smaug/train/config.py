@@ -1,0 +1,334 @@
+"""Run configuration: YAML files + `key=value` overrides -> a validated `RunConfig`.
+
+One source of truth: every knob has its default in a dataclass below (the model and data
+sections reuse `SmaugConfig` and `DataConfig`), `smaug/configs/base.yaml` documents them
+all (a test keeps the two in sync), and DeepSpeed's JSON is derived from the result
+(see `ds_config.py`).
+
+Config files may name a parent with `base: other.yaml` (relative to the file); several
+`--config` files apply left to right; CLI overrides are dotted (`optim.lr=3e-4`) and their
+values are parsed as YAML. Everything is validated before any compute: an unknown key,
+a wrong type or an impossible combination raises `ConfigError` naming the dotted key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A bad run configuration; the message names the offending key."""
+
+
+@dataclass
+class RunSection:
+    output_dir: Optional[str] = None  # where checkpoints/logs go; from CLI (--out) or $SMAUG_OUTPUT, never YAML paths
+    seed: int = 42  # global seed: model init, masking, data order (per rank/worker offsets derived from it)
+    name: str = "smaug"  # run name for logs / wandb
+
+
+@dataclass
+class ModelSection:
+    preset: Literal["tiny", "base"] = "base"  # SmaugConfig preset
+    dense: bool = False  # True = Singularity-style dense baseline (no masking, no sparsify, all frames fused)
+    tokenizer: str = "bert-base-uncased"  # HF name or local dir of a fast tokenizer (tools/build_tokenizer.py makes one offline)
+    grad_checkpointing: bool = True  # non-reentrant activation checkpointing of ViT blocks and BERT layers
+    overrides: dict = field(default_factory=dict)  # any SmaugConfig field, e.g. {mask_ratio: 0.9}
+
+
+@dataclass
+class OptimSection:
+    lr: float = 1.0e-4  # peak learning rate (after warmup), for the global batch below
+    min_lr: float = 1.0e-6  # cosine floor
+    betas: tuple = (0.9, 0.999)  # AdamW betas
+    eps: float = 1.0e-8  # AdamW eps
+    weight_decay: float = 0.02  # AdamW decoupled weight decay (not on norms, biases, pos/cls tokens, temperature)
+    warmup_steps: int = 1000  # linear warmup from 0, in optimizer steps
+    grad_clip: float = 1.0  # global grad-norm clip; must equal the DeepSpeed JSON's gradient_clipping
+
+
+@dataclass
+class TrainSection:
+    steps: int = 100000  # total optimizer steps
+    grad_accum: int = 1  # micro-batches per optimizer step (global batch = data.batch_size * grad_accum * world)
+    precision: Literal["bf16", "fp32"] = "bf16"  # engine precision; CPU tests use fp32 for exact resume
+    ds_config: str = "auto"  # DeepSpeed JSON: "auto" = ds_configs/zero2_gpu.json on CUDA, zero2_cpu.json on CPU
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    max_nonfinite: int = 20  # stop after this many non-finite losses in a row (each is skipped and counted)
+
+
+@dataclass
+class CkptSection:
+    every: int = 1000  # save every N optimizer steps (and always at the end)
+    keep: int = 3  # keep the last K checkpoints
+    resume: str = "auto"  # "auto" = latest in output_dir if any; "none"; or a checkpoint directory/tag path
+
+
+@dataclass
+class LogSection:
+    every: int = 10  # write a JSONL record (and wandb) every N steps
+    wandb: Literal["disabled", "offline", "online"] = "disabled"  # $WANDB_MODE overrides
+    wandb_project: str = "smaug"
+    progress: bool = True  # tqdm bar on rank 0
+    peak_tflops: float = 0.0  # device bf16 peak for MFU; 0 = from a built-in table (H100/H200/A100) or measured
+
+
+@dataclass
+class EvalSection:
+    every: int = 0  # zero-shot retrieval every N steps on eval shards (0 = only at the end if shards given)
+    shards: Optional[str] = None  # eval shard spec (held-out set), e.g. corpus:synthetic_test
+    num_frames: int = 0  # frames per clip at eval; 0 = same as training
+    batch_size: int = 0  # eval micro-batch; 0 = data.batch_size
+    max_samples: int = 0  # cap on eval clips (0 = all)
+
+
+SECTIONS = {
+    "run": RunSection,
+    "model": ModelSection,
+    "optim": OptimSection,
+    "train": TrainSection,
+    "ckpt": CkptSection,
+    "log": LogSection,
+    "eval": EvalSection,
+}
+
+
+@dataclass
+class RunConfig:
+    run: RunSection
+    model: ModelSection
+    data: Any  # smaug.data.DataConfig
+    optim: OptimSection
+    train: TrainSection
+    ckpt: CkptSection
+    log: LogSection
+    eval: EvalSection
+
+    def to_dict(self) -> dict:
+        return {f.name: _plain(dataclasses.asdict(getattr(self, f.name))) for f in dataclasses.fields(self)}
+
+
+def _plain(x):
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def _resolve_path(name: str, rel_to: Optional[Path] = None) -> Path:
+    p = Path(name)
+    cands = [p] if p.is_absolute() else [p, *([rel_to / p] if rel_to else []), CONFIG_DIR / p, CONFIG_DIR / f"{name}.yaml"]
+    for c in cands:
+        if c.is_file():
+            return c
+    raise ConfigError(f"config file not found: {name!r} (looked in {', '.join(str(c) for c in cands)})")
+
+
+def _load_yaml_tree(path: Path, seen: tuple = ()) -> dict:
+    if path in seen:
+        raise ConfigError(f"config inheritance loop: {' -> '.join(map(str, seen + (path,)))}")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    parent = data.pop("base", None)
+    if parent is None:
+        return data
+    merged = _load_yaml_tree(_resolve_path(parent, path.parent), seen + (path,))
+    return deep_merge(merged, data)
+
+
+def deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "overrides":
+            out[k] = deep_merge(out[k], v)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):  # model.overrides merge too
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(item: str) -> dict:
+    """`a.b.c=value` -> {"a": {"b": {"c": parsed}}}; value parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {item!r}: empty key component")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    node: dict = {}
+    cur = node
+    for p in parts[:-1]:
+        cur[p] = {}
+        cur = cur[p]
+    cur[parts[-1]] = value
+    return node
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def _check_type(key: str, value, tp):
+    """Return value coerced to `tp` where lossless (int->float, numeric str->float, list->tuple); else raise."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_type(key, value, inner[0])
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if tp in (tuple, list) or origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}")
+            value = [_check_type(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args))]
+        elif args:
+            value = [_check_type(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+        return tuple(value) if (tp is tuple or origin is tuple) else list(value)
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return value
+    return value  # unannotated / complex types: the owning dataclass validates
+
+
+def build_section(prefix: str, cls, values: dict):
+    """Instantiate dataclass `cls` from `values`, naming `prefix.key` on any error."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for k in values:
+        if k not in known:
+            close = [n for n in known if n.split("_")[0] == str(k).split("_")[0]]
+            hint = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
+            raise ConfigError(f"{prefix}.{k}: unknown key{hint}")
+    kwargs = {k: _check_type(f"{prefix}.{k}", v, hints.get(k, Any)) for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{prefix}: {e}") from e
+
+
+def load_config(config_files: list[str], overrides: list[str] = (), output_dir: Optional[str] = None) -> RunConfig:
+    from smaug.data import DataConfig  # local import keeps `smaug.train.config` light
+
+    tree: dict = {}
+    for cf in config_files:
+        tree = deep_merge(tree, _load_yaml_tree(_resolve_path(cf)))
+    for ov in overrides:
+        tree = deep_merge(tree, parse_override(ov))
+    if output_dir is not None:
+        tree = deep_merge(tree, {"run": {"output_dir": output_dir}})
+    elif not (tree.get("run") or {}).get("output_dir") and os.environ.get("SMAUG_OUTPUT"):
+        tree = deep_merge(tree, {"run": {"output_dir": os.environ["SMAUG_OUTPUT"]}})
+
+    for k in tree:
+        if k not in SECTIONS and k != "data":
+            raise ConfigError(f"{k}: unknown section (known: {', '.join(['data', *SECTIONS])})")
+    secs = {name: build_section(name, cls, tree.get(name, {}) or {}) for name, cls in SECTIONS.items()}
+    secs["data"] = build_section("data", DataConfig, tree.get("data", {}) or {})
+    cfg = RunConfig(**secs)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Cross-field checks that a single dataclass cannot do."""
+    from smaug.models import SmaugConfig
+
+    if not cfg.run.output_dir:
+        raise ConfigError("run.output_dir: required (pass --out DIR or set $SMAUG_OUTPUT)")
+    o = cfg.optim
+    if o.lr <= 0:
+        raise ConfigError(f"optim.lr: must be > 0, got {o.lr}")
+    if not 0 <= o.min_lr <= o.lr:
+        raise ConfigError(f"optim.min_lr: must be in [0, optim.lr], got {o.min_lr}")
+    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+        raise ConfigError(f"optim.betas: need two values in [0, 1), got {list(o.betas)}")
+    if o.warmup_steps < 0 or o.warmup_steps > cfg.train.steps:
+        raise ConfigError(f"optim.warmup_steps: must be in [0, train.steps={cfg.train.steps}], got {o.warmup_steps}")
+    if o.grad_clip < 0 or o.weight_decay < 0:
+        raise ConfigError("optim.grad_clip / optim.weight_decay: must be >= 0")
+    t = cfg.train
+    for key, v in (("train.steps", t.steps), ("train.grad_accum", t.grad_accum), ("ckpt.every", cfg.ckpt.every),
+                   ("ckpt.keep", cfg.ckpt.keep), ("log.every", cfg.log.every), ("train.max_nonfinite", t.max_nonfinite)):
+        if v < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {v}")
+    if cfg.eval.every < 0:
+        raise ConfigError(f"eval.every: must be >= 0, got {cfg.eval.every}")
+    if cfg.eval.every and not cfg.eval.shards:
+        raise ConfigError("eval.shards: required when eval.every > 0")
+    if t.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device: 'cuda' requested but no CUDA device is visible")
+    # the model section must build a valid SmaugConfig (it validates its own fields)
+    model_config(cfg)
+
+
+def model_config(cfg: RunConfig, **tokenizer_fields):
+    """The SmaugConfig this run trains: preset + dense + overrides + data-derived fields."""
+    from smaug.models import SmaugConfig
+
+    ov = dict(cfg.model.overrides)
+    for k in ("num_frames", "image_size"):
+        if k in ov and ov[k] != getattr(cfg.data, k):
+            raise ConfigError(f"model.overrides.{k}: {ov[k]} conflicts with data.{k}={getattr(cfg.data, k)}; set data.{k} only")
+    ov.update(num_frames=cfg.data.num_frames, image_size=cfg.data.image_size, **tokenizer_fields)
+    try:
+        return SmaugConfig.preset(cfg.model.preset, dense=cfg.model.dense, **ov)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"model: {e}") from e
+
+
+def save_resolved(cfg: RunConfig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        f.write("# Resolved configuration of this run (all defaults filled in).\n")
+        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)

@@ -1,0 +1,131 @@
+"""Rank-0 run monitoring: tqdm progress bar, JSON-lines log, wandb, throughput and MFU."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) by device-name substring.
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "GH200": 989.0, "A100": 312.0, "L40S": 362.0,
+                    "A6000": 155.0, "L4": 121.0, "A10": 125.0, "V100": 125.0, "4090": 165.0}
+
+
+def measure_matmul_tflops(device: torch.device, n: int = 1024, iters: int = 5) -> float:
+    """Measure a bf16 (CUDA) / fp32 (CPU) matmul rate: the peak for MFU where no table entry applies."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * iters / (time.perf_counter() - t) / 1e12
+
+
+def device_peak_tflops(device: torch.device, override: float = 0.0) -> tuple[float, str]:
+    """(peak TFLOP/s, where it came from)."""
+    if override > 0:
+        return override, "config log.peak_tflops"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, v in PEAK_BF16_TFLOPS.items():
+            if key in name:
+                return v, f"table ({name})"
+    return measure_matmul_tflops(device), f"measured matmul on {device.type}"
+
+
+class Monitor:
+    """Collects per-step numbers on rank 0 and writes them every `every` steps."""
+
+    def __init__(self, output_dir: str | Path, cfg, total_steps: int, start_step: int, enabled: bool,
+                 peak_tflops: float, wandb_config: Optional[dict] = None):
+        self.enabled = enabled
+        self.every = cfg.log.every
+        self.peak = peak_tflops
+        self.bar = None
+        self.wandb = None
+        self._reset_window()
+        if not enabled:
+            return
+        self.path = Path(output_dir) / "log.jsonl"
+        self.file = open(self.path, "a")
+        if cfg.log.progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                            desc=cfg.run.name, mininterval=1.0)
+        mode = os.environ.get("WANDB_MODE") or cfg.log.wandb
+        if mode != "disabled":
+            import wandb
+
+            self.wandb = wandb.init(project=cfg.log.wandb_project, name=cfg.run.name, mode=mode,
+                                    dir=str(output_dir), config=wandb_config, resume="allow")
+
+    def _reset_window(self):
+        self.t0 = time.perf_counter()
+        self.data_time = 0.0
+        self.clips = 0
+        self.flops = 0.0
+        self.sums: dict[str, float] = {}
+        self.n = 0
+
+    def update(self, step: int, clips: int, flops: float, data_time: float, scalars: dict) -> Optional[dict]:
+        """Record one optimizer step; every `every` steps write a record and return it."""
+        if not self.enabled:
+            return None
+        self.clips += clips
+        self.flops += flops
+        self.data_time += data_time
+        self.n += 1
+        for k, v in scalars.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        if self.bar is not None:
+            self.bar.update(1)
+        if step % self.every:
+            return None
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        rec = {"step": step, **{k: v / self.n for k, v in self.sums.items()},
+               "clips_per_s": self.clips / dt, "data_wait_frac": self.data_time / dt,
+               "model_tflops": self.flops / dt / 1e12}
+        rec["mfu"] = rec["model_tflops"] / self.peak if self.peak else 0.0
+        self._reset_window()
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{rec.get('loss', float('nan')):.3f}", clips_s=f"{rec['clips_per_s']:.1f}",
+                                 data=f"{rec['data_wait_frac']:.0%}", refresh=False)
+        self.log(rec)
+        return rec
+
+    def log(self, rec: dict) -> None:
+        if not self.enabled:
+            return
+        rec = {"time": time.time(), **rec}
+        self.file.write(json.dumps(rec) + "\n")
+        self.file.flush()
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in rec.items() if isinstance(v, (int, float))}, step=rec.get("step"))
+
+    def write(self, msg: str) -> None:
+        """Print without breaking the progress bar."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(msg)
+        else:
+            print(msg, flush=True)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.close()
+        self.file.close()
+        if self.wandb is not None:
+            self.wandb.finish()

@@ -1,0 +1,298 @@
+"""The pre-training loop: shards -> SmaugModel -> DeepSpeed ZeRO-2 engine.
+
+    python -m smaug.train --config smaug/configs/quickstart.yaml --out runs/qs [key=value ...]
+
+`main(argv)` takes a list so tests run a real training in-process or under torchrun.
+Order of work: validate the whole config (no compute before that), set up distributed,
+build model + engine, resume, then loop. Rank 0 logs; every rank checkpoints its shard.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import signal
+import socket
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from . import checkpoint as ckpt
+from .config import ConfigError, RunConfig, load_config, model_config, save_resolved
+from .ds_config import build_ds_config, save_ds_config
+from .monitor import Monitor, device_peak_tflops
+from .optim import make_scheduler, param_groups
+
+LOSS_KEYS = ("vtc", "vtm", "mlm", "mvm")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m smaug.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", action="append", required=True,
+                   help="YAML run config (repeatable; later files override earlier ones)")
+    p.add_argument("--out", default=None, help="output directory (or run.output_dir=..., or $SMAUG_OUTPUT)")
+    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 train.steps=100")
+    return p.parse_args(argv)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def setup_distributed(device_kind: str) -> tuple[int, int, int]:
+    """Initialise torch.distributed through DeepSpeed; a plain `python -m` run becomes world size 1."""
+    import deepspeed
+
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if device_kind == "cuda":
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if device_kind == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), local_rank
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+class Preemption:
+    """SIGTERM / SIGUSR1 set a flag; the loop checkpoints at the next step boundary and exits 0."""
+
+    def __init__(self):
+        self.requested = False
+        self.signal = None
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        self.signal = signal.Signals(signum).name
+
+
+def _all_max(values: list[float], device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float32, device=device)
+    if dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+
+@contextmanager
+def _keep_rng(device):
+    """Eval must not move the training RNG (exact resume compares runs with and without it)."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig):
+        import deepspeed
+
+        from smaug.data import build_train_loader, load_tokenizer
+        from smaug.models import SmaugModel
+
+        self.cfg = cfg
+        kind = cfg.train.device if cfg.train.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        ds_cfg = build_ds_config(cfg, int(os.environ.get("WORLD_SIZE", 1)), kind)  # mismatch = error, before compute
+        self.rank, self.world, self.local_rank = setup_distributed(kind)
+        self.device = torch.device(kind, self.local_rank) if kind == "cuda" else torch.device("cpu")
+        self.is_main = self.rank == 0
+        self.out = Path(cfg.run.output_dir)
+        torch.manual_seed(cfg.run.seed)
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_resolved(cfg, self.out / "config.yaml")
+            save_ds_config(ds_cfg, self.out / "ds_config.json")
+            removed = ckpt.clean_incomplete(self.out)
+            if removed:
+                print(f"[smaug] removed incomplete checkpoints: {removed}", flush=True)
+        dist.barrier()
+
+        self.tokenizer = load_tokenizer(cfg.model.tokenizer)
+        tok = self.tokenizer
+        self.mcfg = model_config(cfg, vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                                 mask_token_id=tok.mask_token_id, cls_token_id=tok.cls_token_id,
+                                 sep_token_id=tok.sep_token_id)
+        model = SmaugModel(self.mcfg)
+        model.set_grad_checkpointing(cfg.model.grad_checkpointing)
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=model, model_parameters=param_groups(model, cfg.optim.weight_decay), config=ds_cfg,
+            lr_scheduler=make_scheduler(cfg.optim.warmup_steps, cfg.train.steps, cfg.optim.lr, cfg.optim.min_lr))
+        self.model = self.engine.module
+
+        self.step, self.samples_seen, self.skipped_steps = 0, 0, 0
+        loader_state = None
+        found = ckpt.find_resume(self.out, cfg.ckpt.resume)
+        if found is not None:
+            client = ckpt.load(self.engine, *found)
+            self.step = client["step"]
+            self.samples_seen = client["samples_seen"]
+            self.skipped_steps = client.get("skipped_steps", 0)
+            if client.get("world_size") == self.world:
+                mine = client["ranks"][self.rank]
+                loader_state = mine["loader"]
+                ckpt.set_rng_state(mine["rng"])
+            else:
+                # A different world size cannot continue the per-rank streams; start new ones
+                # seeded by the step so that no stream is replayed.
+                torch.manual_seed(cfg.run.seed + self.step)
+                self._say(f"[smaug] resumed with world size {self.world} != saved {client.get('world_size')}: "
+                          f"data streams restart (seed offset {self.step}), RNG re-seeded")
+            self._say(f"[smaug] resumed from {found[0]}/{found[1]} at step {self.step}")
+        seed = cfg.run.seed if loader_state is not None or self.step == 0 else cfg.run.seed + self.step
+        self.loader = build_train_loader(cfg.data, self.tokenizer, rank=self.rank, world_size=self.world,
+                                         seed=seed, state=loader_state)
+        peak, src = device_peak_tflops(self.device, cfg.log.peak_tflops)
+        self.monitor = Monitor(self.out, cfg, cfg.train.steps, self.step, self.is_main, peak,
+                               wandb_config=cfg.to_dict())
+        self._say(f"[smaug] world={self.world} device={self.device} params={sum(p.numel() for p in model.parameters())/1e6:.1f}M "
+                  f"global_batch={cfg.data.batch_size * cfg.train.grad_accum * self.world} peak={peak:.1f} TFLOP/s ({src})")
+        self.preempt = Preemption()
+
+    def _say(self, msg: str) -> None:
+        if self.is_main:
+            if getattr(self, "monitor", None) is not None:
+                self.monitor.write(msg)
+            else:
+                print(msg, flush=True)
+
+    # ------------------------------------------------------------------ steps
+    def train_step(self, it) -> tuple[dict, int, float, float, bool]:
+        """One optimizer step over `grad_accum` finite micro-batches.
+
+        Returns (scalars, clips, flops, data_wait_seconds, preempt_requested).
+        A non-finite loss skips that micro-batch (no backward) on every rank and is counted;
+        `train.max_nonfinite` of them in a row stop the run.
+        """
+        cfg = self.cfg
+        sums, clips, flops, wait, done, streak = {}, 0, 0.0, 0.0, 0, 0
+        preempt = False
+        while done < cfg.train.grad_accum:
+            t0 = time.perf_counter()
+            batch = next(it)
+            wait += time.perf_counter() - t0
+            batch.pop("__meta__", None)
+            batch = to_device(batch, self.device)
+            out = self.engine(batch)
+            bad_local = 0.0 if bool(torch.isfinite(out.loss.detach())) else 1.0
+            bad, preempt_any = _all_max([bad_local, float(self.preempt.requested)], self.device)
+            preempt = preempt or preempt_any > 0
+            if bad:
+                self.skipped_steps += 1
+                streak += 1
+                self._say(f"[smaug] non-finite loss at step {self.step} (rank-local: {bool(bad_local)}); micro-batch skipped")
+                if streak >= cfg.train.max_nonfinite:
+                    raise FloatingPointError(
+                        f"{streak} non-finite losses in a row at step {self.step} (train.max_nonfinite="
+                        f"{cfg.train.max_nonfinite}); check optim.lr / data; last losses: "
+                        f"{ {k: float(v) for k, v in out.losses.items()} }")
+                continue
+            streak = 0
+            self.engine.backward(out.loss)
+            self.engine.step()
+            done += 1
+            b = batch["video"].shape[0]
+            clips += b * self.world
+            flops += self.model.train_flops(b, batch["input_ids"].shape[1]) * self.world
+            vals = torch.stack([out.loss.detach().float()] + [out.losses[k].detach().float() for k in out.losses]).tolist()
+            for k, v in zip(["loss", *out.losses], vals):
+                sums[k] = sums.get(k, 0.0) + v
+            for k, v in out.stats.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        scalars = {k: v / done for k, v in sums.items()}
+        scalars["lr"] = self.scheduler.get_last_lr()[0]
+        scalars["temp"] = float(self.model.temp)
+        return scalars, clips, flops, wait, preempt
+
+    def save(self) -> Path:
+        client = {"step": self.step, "samples_seen": self.samples_seen, "skipped_steps": self.skipped_steps,
+                  "config": self.cfg.to_dict()}
+        per_rank = {"loader": self.loader.state_dict(), "rng": ckpt.rng_state()}
+        path = ckpt.save(self.engine, self.out, self.step, client, per_rank, self.cfg.ckpt.keep)
+        self._say(f"[smaug] checkpoint {path}")
+        return path
+
+    def evaluate(self) -> dict | None:
+        cfg = self.cfg
+        if not cfg.eval.shards:
+            return None
+        from smaug.data import build_eval_loader
+        from smaug.retrieval import zero_shot
+
+        dcfg = dataclasses.replace(cfg.data, num_frames=cfg.eval.num_frames or cfg.data.num_frames,
+                                   batch_size=cfg.eval.batch_size or cfg.data.batch_size)
+        loader = build_eval_loader(dcfg, self.tokenizer, cfg.eval.shards, rank=self.rank, world_size=self.world)
+        with _keep_rng(self.device):
+            metrics = zero_shot(self.model, loader, self.tokenizer, self.device, cfg.eval.max_samples,
+                                cfg.data.max_text_len)
+        rec = {"step": self.step, **{f"eval/{k}": v for k, v in metrics.items()}}
+        self.monitor.log(rec)
+        self._say(f"[smaug] eval step {self.step}: t2v R@1 {metrics['t2v_r1']:.1f} R@5 {metrics['t2v_r5']:.1f} "
+                  f"v2t R@1 {metrics['v2t_r1']:.1f} (chance R@1 {metrics['chance_r1']:.1f}, "
+                  f"{metrics['num_videos']} clips)")
+        if self.is_main:
+            (self.out / "eval.json").write_text(json.dumps({"step": self.step, **metrics}, indent=2) + "\n")
+        return metrics
+
+    def run(self) -> int:
+        cfg = self.cfg
+        it = iter(self.loader)
+        last_saved = self.step if self.step else -1
+        preempted = False
+        while self.step < cfg.train.steps:
+            scalars, clips, flops, wait, preempted = self.train_step(it)
+            self.step += 1
+            self.samples_seen += clips
+            skips = self.loader.skip_counts()
+            scalars.update({f"skipped/{k}": v for k, v in skips.items()})
+            scalars["skipped_steps"] = self.skipped_steps
+            self.monitor.update(self.step, clips, flops, wait, scalars)
+            if preempted or self.step % cfg.ckpt.every == 0 or self.step == cfg.train.steps:
+                self.save()
+                last_saved = self.step
+            if preempted:
+                self._say(f"[smaug] {self.preempt.signal or 'signal'} received: checkpoint saved at step "
+                          f"{self.step}, exiting")
+                return 0
+            if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step != cfg.train.steps:
+                self.evaluate()
+        if last_saved != self.step:
+            self.save()
+        self.evaluate()
+        self._say(f"[smaug] done: {self.step} steps, {self.samples_seen} clips; checkpoints in "
+                  f"{ckpt.ckpt_root(self.out)}; log {self.out / 'log.jsonl'}")
+        return 0
+
+    def close(self) -> None:
+        self.monitor.close()
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = load_config(args.config, args.overrides, args.out)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    try:
+        trainer = Trainer(cfg)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
