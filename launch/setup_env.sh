@@ -15,7 +15,10 @@ fi
 _stamp="$SMAUG_VENV/.smaug-installed"
 _want="$(cat "$_root/requirements.txt" "$_root/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$_stamp" ] || [ "$(cat "$_stamp")" != "$_want" ]; then
-  _pip=("$SMAUG_VENV/bin/python" -m pip install -q --disable-pip-version-check)
+  # pip -q still warns about this machine's local index mirrors; keep the log readable.
+  _pipq() { "$SMAUG_VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" 2>&1 \
+      | { grep -v 'is ignored: it is neither a file nor a directory' || true; }; return "${PIPESTATUS[0]}"; }
+  _pip=(_pipq)
   echo "[setup] installing torch (first time: ~1 min)"
   "${_pip[@]}" --upgrade pip setuptools wheel
   # torch first: DeepSpeed's sdist imports torch at build time.

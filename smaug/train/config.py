@@ -83,11 +83,9 @@ class LogSection:
 
 @dataclass
 class EvalSection:
-    every: int = 0  # zero-shot retrieval every N steps on eval shards (0 = only at the end if shards given)
-    shards: Optional[str] = None  # eval shard spec (held-out set), e.g. corpus:synthetic_test
-    num_frames: int = 0  # frames per clip at eval; 0 = same as training
-    batch_size: int = 0  # eval micro-batch; 0 = data.batch_size
-    max_samples: int = 0  # cap on eval clips (0 = all)
+    every: int = 0  # zero-shot retrieval on data.eval_shards every N steps (0 = only at the end, if eval_shards set)
+    num_frames: int = 0  # frames per clip at eval; 0 = same as training (data.num_frames)
+    max_samples: int = 0  # cap on eval clips per rank (0 = all)
 
 
 SECTIONS = {
@@ -247,6 +245,9 @@ def build_section(prefix: str, cls, values: dict):
             close = [n for n in known if n.split("_")[0] == str(k).split("_")[0]]
             hint = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
             raise ConfigError(f"{prefix}.{k}: unknown key{hint}")
+    # `null` for a field whose default is computed (e.g. data.shards_root from $SMAUG_SHARDS) means "the default"
+    computed = {f.name for f in dataclasses.fields(cls) if f.default_factory is not dataclasses.MISSING}
+    values = {k: v for k, v in values.items() if not (v is None and k in computed)}
     kwargs = {k: _check_type(f"{prefix}.{k}", v, hints.get(k, Any)) for k, v in values.items()}
     try:
         return cls(**kwargs)
@@ -301,8 +302,10 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{key}: must be >= 1, got {v}")
     if cfg.eval.every < 0:
         raise ConfigError(f"eval.every: must be >= 0, got {cfg.eval.every}")
-    if cfg.eval.every and not cfg.eval.shards:
-        raise ConfigError("eval.shards: required when eval.every > 0")
+    if cfg.eval.every and not cfg.data.eval_shards:
+        raise ConfigError("data.eval_shards: required when eval.every > 0")
+    if not cfg.data.train_shards:
+        raise ConfigError("data.train_shards: required (a shard spec, corpus:NAME, or a list of {spec, weight})")
     if t.device == "cuda":
         import torch
 

@@ -227,14 +227,13 @@ class Trainer:
 
     def evaluate(self) -> dict | None:
         cfg = self.cfg
-        if not cfg.eval.shards:
+        if not cfg.data.eval_shards:
             return None
         from smaug.data import build_eval_loader
         from smaug.retrieval import zero_shot
 
-        dcfg = dataclasses.replace(cfg.data, num_frames=cfg.eval.num_frames or cfg.data.num_frames,
-                                   batch_size=cfg.eval.batch_size or cfg.data.batch_size)
-        loader = build_eval_loader(dcfg, self.tokenizer, cfg.eval.shards, rank=self.rank, world_size=self.world)
+        dcfg = dataclasses.replace(cfg.data, num_frames=cfg.eval.num_frames or cfg.data.num_frames)
+        loader = build_eval_loader(dcfg, self.tokenizer, cfg.data.eval_shards, rank=self.rank, world_size=self.world)
         with _keep_rng(self.device):
             metrics = zero_shot(self.model, loader, self.tokenizer, self.device, cfg.eval.max_samples,
                                 cfg.data.max_text_len)

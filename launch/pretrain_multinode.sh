@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Pre-train on several nodes with a DeepSpeed hostfile (passwordless ssh between nodes,
+# the repo and shards on a shared filesystem or at the same path on every node).
+#
+#   HOSTFILE=hosts.txt bash launch/pretrain_multinode.sh [key=value ...]
+#
+# hosts.txt has one line per node:  node001 slots=8
+# Env knobs (defaults in brackets):
+#   HOSTFILE      DeepSpeed hostfile (required)
+#   CONFIG        run config(s), space-separated        [smaug/configs/pretrain_5m.yaml]
+#   OUT           output dir on the shared filesystem    [runs/$(basename first config .yaml)]
+#   MASTER_ADDR   rank-0 host                            [first host in HOSTFILE]
+#   MASTER_PORT   rendezvous port                        [29500]
+#   SMAUG_SHARDS  shard root (same path on all nodes)   [<repo>/shards]
+#   SMAUG_SETUP   1 = create/refresh .venv on this node first                  [1]
+# Data-parallel size = total slots; the global batch grows with it (see data.batch_size).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${HOSTFILE:?set HOSTFILE to a DeepSpeed hostfile (lines like: node001 slots=8)}"
+CONFIG="${CONFIG:-smaug/configs/pretrain_5m.yaml}"
+first="${CONFIG%% *}"
+OUT="${OUT:-runs/$(basename "$first" .yaml)}"
+MASTER_ADDR="${MASTER_ADDR:-$(awk 'NF && $1 !~ /^#/ {print $1; exit}' "$HOSTFILE")}"
+MASTER_PORT="${MASTER_PORT:-29500}"
+if [ "${SMAUG_SETUP:-1}" = 1 ]; then . launch/setup_env.sh; fi
+cfg_args=(); for c in $CONFIG; do cfg_args+=(--config "$c"); done
+# DeepSpeed forwards these variables to every node (see its .deepspeed_env mechanism).
+export DS_ENV_FILE="${DS_ENV_FILE:-$PWD/.deepspeed_env}"
+{ for v in SMAUG_SHARDS WANDB_MODE HF_HUB_OFFLINE TORCH_EXTENSIONS_DIR PYTHONPATH; do
+    [ -n "${!v:-}" ] && echo "$v=${!v}"; done; } > "$DS_ENV_FILE"
+exec deepspeed --hostfile "$HOSTFILE" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
+  --module smaug.train "${cfg_args[@]}" --out "$OUT" "$@"

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Pre-train under Slurm with srun (one task per GPU).
+#
+#   sbatch --nodes=4 --ntasks-per-node=8 --gpus-per-node=8 --cpus-per-task=10 \
+#          --signal=USR1@300 launch/pretrain_slurm.sh [key=value ...]
+#
+# `--signal=USR1@300` asks Slurm to send SIGUSR1 five minutes before the time limit: smaug
+# saves a checkpoint at the next step and exits 0; resubmitting the same job resumes.
+# Env knobs (defaults in brackets):
+#   CONFIG        run config(s), space-separated        [smaug/configs/pretrain_5m.yaml]
+#   OUT           output dir on a shared filesystem     [runs/$(basename first config .yaml)]
+#   MASTER_PORT   rendezvous port                       [29500]
+#   SMAUG_SHARDS  shard root                            [<repo>/shards]
+#   SMAUG_VENV    virtualenv to use (must exist on all nodes; run launch/setup_env.sh once)  [<repo>/.venv]
+#SBATCH --job-name=smaug
+#SBATCH --output=slurm-%j.out
+set -euo pipefail
+cd "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}"
+CONFIG="${CONFIG:-smaug/configs/pretrain_5m.yaml}"
+first="${CONFIG%% *}"
+export OUT="${OUT:-runs/$(basename "$first" .yaml)}"
+export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
+export MASTER_PORT="${MASTER_PORT:-29500}"
+SMAUG_VENV="${SMAUG_VENV:-$PWD/.venv}"
+cfg_args=(); for c in $CONFIG; do cfg_args+=(--config "$c"); done
+# Each task maps Slurm's ids to torch.distributed's env contract, then runs the trainer.
+srun --kill-on-bad-exit=1 bash -c '
+  export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS
+  exec "$0" -m smaug.train "$@"' "$SMAUG_VENV/bin/python" "${cfg_args[@]}" --out "$OUT" "$@" &
+wait $!

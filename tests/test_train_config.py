@@ -1,0 +1,132 @@
+"""Run-config validation and DeepSpeed-config derivation: fail fast, name the key."""
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from smaug.data import DataConfig
+from smaug.train.config import SECTIONS, ConfigError, load_config
+from smaug.train.ds_config import build_ds_config
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "smaug" / "configs"
+QS = str(CONFIGS / "quickstart.yaml")
+
+
+def _load(*overrides, files=(QS,)):
+    return load_config(list(files), list(overrides), output_dir="/tmp/unused-out")
+
+
+def test_base_yaml_documents_every_knob_with_its_default():
+    """base.yaml is the documented list of knobs: same keys and defaults as the dataclasses."""
+    tree = yaml.safe_load((CONFIGS / "base.yaml").read_text())
+    text = (CONFIGS / "base.yaml").read_text()
+    for name, cls in {**SECTIONS, "data": DataConfig}.items():
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        assert set(tree[name]) == set(fields), f"base.yaml section {name!r} out of sync with {cls.__name__}"
+        for k, f in fields.items():
+            if f.default is not dataclasses.MISSING:
+                want = list(f.default) if isinstance(f.default, tuple) else f.default
+                got = tree[name][k]
+                if isinstance(want, (float, list)) and not isinstance(want, bool):
+                    assert got == pytest.approx(want), f"{name}.{k}"
+                else:
+                    assert got == want, f"{name}.{k}"
+    for line in text.splitlines():  # every knob line carries a comment
+        if line.startswith("  ") and ":" in line and not line.strip().startswith("#"):
+            assert "#" in line, f"undocumented knob in base.yaml: {line!r}"
+
+
+def test_all_shipped_configs_load():
+    for f in ("base.yaml", "pretrain_5m.yaml", "quickstart.yaml"):
+        cfg = load_config([str(CONFIGS / f)], ["data.train_shards=corpus:x"] if f == "base.yaml" else [],
+                          output_dir="/tmp/x")
+        assert cfg.run.output_dir == "/tmp/x"
+    dense = load_config([QS, str(CONFIGS / "dense.yaml")], [], output_dir="/tmp/x")
+    assert dense.model.dense and dense.model.preset == "tiny"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("optim.lrr=1e-3", "optim.lrr"),
+    ("nosuch.x=1", "nosuch"),
+    ("data.batchsize=4", "data.batchsize"),
+    ("model.overrides.not_a_field=1", "not_a_field"),
+    ("train.steps=ten", "train.steps"),
+    ("optim.lr=fast", "optim.lr"),
+    ("train.precision=fp16", "train.precision"),
+    ("optim.betas=[0.9]", "optim.betas"),
+    ("optim.warmup_steps=100000", "optim.warmup_steps"),
+    ("model.overrides.select_frames=9", "select_frames"),
+    ("model.overrides.image_size=96", "model.overrides.image_size"),
+    ("model.dense=maybe", "model.dense"),
+    ("ckpt.keep=0", "ckpt.keep"),
+    ("data.train_shards=null", "data.train_shards"),
+])
+def test_bad_config_names_the_key(override, key):
+    with pytest.raises(ConfigError) as e:
+        _load(override)
+    assert key in str(e.value)
+
+
+def test_numeric_strings_and_ints_are_accepted_for_floats():
+    cfg = _load("optim.lr=3e-4", "optim.weight_decay=0")
+    assert cfg.optim.lr == 3e-4 and isinstance(cfg.optim.weight_decay, float)
+
+
+def test_output_dir_is_required():
+    with pytest.raises(ConfigError, match="run.output_dir"):
+        load_config([QS], [], output_dir=None)
+
+
+def test_ds_config_is_derived_from_the_run_config():
+    cfg = _load("data.batch_size=6", "train.grad_accum=3", "optim.lr=2e-4", "optim.betas=[0.8,0.95]")
+    ds = build_ds_config(cfg, world_size=4, device="cpu")
+    assert ds["train_micro_batch_size_per_gpu"] == 6
+    assert ds["gradient_accumulation_steps"] == 3
+    assert ds["train_batch_size"] == 6 * 3 * 4
+    assert ds["optimizer"]["params"]["lr"] == 2e-4
+    assert ds["optimizer"]["params"]["betas"] == [0.8, 0.95]
+    assert ds["optimizer"]["params"]["torch_adam"] is True
+    assert ds["bf16"]["enabled"] is False  # quickstart is fp32
+    assert ds["zero_optimization"]["stage"] == 2
+    gpu = build_ds_config(cfg, world_size=8, device="cuda")
+    assert gpu["optimizer"]["params"]["torch_adam"] is False  # FusedAdam on GPU
+
+
+@pytest.mark.parametrize("patch, key", [
+    ({"train_micro_batch_size_per_gpu": 99}, "train_micro_batch_size_per_gpu"),
+    ({"train_batch_size": 1000}, "train_batch_size"),
+    ({"gradient_clipping": 5.0}, "gradient_clipping"),
+    ({"optimizer": {"type": "AdamW", "params": {"lr": 0.5, "torch_adam": True}}}, "optimizer.params.lr"),
+    ({"bf16": {"enabled": True}}, "bf16.enabled"),
+    ({"scheduler": {"type": "WarmupLR"}}, "scheduler"),
+])
+def test_ds_json_mismatch_is_refused(tmp_path, patch, key):
+    base = json.loads((REPO / "ds_configs" / "zero2_cpu.json").read_text())
+    base.update(patch)
+    p = tmp_path / "ds.json"
+    p.write_text(json.dumps(base))
+    cfg = _load(f"train.ds_config={p}")
+    with pytest.raises(ConfigError) as e:
+        build_ds_config(cfg, world_size=1, device="cpu")
+    assert key in str(e.value)
+
+
+def test_fused_adam_json_refused_on_cpu():
+    cfg = _load(f"train.ds_config={REPO / 'ds_configs' / 'zero2_gpu.json'}")
+    with pytest.raises(ConfigError, match="torch_adam"):
+        build_ds_config(cfg, world_size=1, device="cpu")
+
+
+def test_cli_rejects_bad_key_before_compute(tmp_path):
+    """The CLI exits 2 with the key named, and builds nothing (no output dir, no engine)."""
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "smaug.train", "--config", QS, "--out", str(out), "optim.lrr=1"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "optim.lrr" in r.stderr
+    assert not out.exists()
