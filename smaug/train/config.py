@@ -40,6 +40,7 @@ class ModelSection:
     preset: Literal["tiny", "base"] = "base"  # SmaugConfig preset
     dense: bool = False  # True = Singularity-style dense baseline (no masking, no sparsify, all frames fused)
     tokenizer: str = "bert-base-uncased"  # HF name or local dir of a fast tokenizer (tools/build_tokenizer.py makes one offline)
+    init_from: Optional[str] = None  # initialise weights (only) from a DeepSpeed checkpoint dir or an exported HF folder (fine-tuning)
     grad_checkpointing: bool = True  # non-reentrant activation checkpointing of ViT blocks and BERT layers
     overrides: dict = field(default_factory=dict)  # any SmaugConfig field, e.g. {mask_ratio: 0.9}
 

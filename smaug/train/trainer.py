@@ -127,6 +127,11 @@ class Trainer:
                                  mask_token_id=tok.mask_token_id, cls_token_id=tok.cls_token_id,
                                  sep_token_id=tok.sep_token_id)
         model = SmaugModel(self.mcfg)
+        if cfg.model.init_from and ckpt.find_resume(self.out, cfg.ckpt.resume) is None:
+            from smaug.weights import load_weights
+
+            missing, unexpected = load_weights(model, cfg.model.init_from)
+            self._say(f"[smaug] initialised from {cfg.model.init_from} (missing {len(missing)}, unexpected {len(unexpected)})")
         model.set_grad_checkpointing(cfg.model.grad_checkpointing)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, model_parameters=param_groups(model, cfg.optim.weight_decay), config=ds_cfg,

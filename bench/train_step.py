@@ -1,0 +1,249 @@
+"""Training-step throughput: SMAUG vs dense, DeepSpeed engine vs bare PyTorch, in ONE run.
+
+    python bench/train_step.py                                  # GPU: base preset, 64 clips + largest batch each
+    python bench/train_step.py --device cpu --preset tiny --batch 4 --steps 2   # smoke mode (in the test suite)
+
+For each config (smaug, dense) it times the real training step: `SmaugModel` (every loss)
+inside the DeepSpeed ZeRO-2 engine built from the same run config the trainer uses
+(bf16 + FusedAdam on GPU), and the same model stepped by bare PyTorch (AdamW fused on GPU,
+bf16 autocast). It prints clips/s, model TFLOP/s, MFU against a bf16 matmul measured in
+the same run, peak memory, the SMAUG/dense ratio and the engine's overhead over bare.
+`--max-batch` also searches each config's largest micro-batch that fits the GPU.
+`--json FILE` writes every number.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_dist(device: str) -> None:
+    import deepspeed
+
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(_free_port()))
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
+    deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo")
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_tflops(device, n: int) -> float:
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    iters = 20 if device.type == "cuda" else 3
+    t = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    sync(device)
+    return 2 * n**3 * iters / (time.perf_counter() - t) / 1e12
+
+
+def make_batch(mcfg, batch: int, text_len: int, device) -> dict:
+    g = torch.Generator().manual_seed(0)
+    video = torch.randint(0, 256, (batch, mcfg.num_frames, 3, mcfg.image_size, mcfg.image_size),
+                          dtype=torch.uint8, generator=g)
+    ids = torch.randint(1000, mcfg.vocab_size, (batch, text_len), generator=g)
+    ids[:, 0], ids[:, -1] = mcfg.cls_token_id, mcfg.sep_token_id
+    return {"video": video.to(device), "input_ids": ids.to(device),
+            "attention_mask": torch.ones_like(ids).to(device), "is_image": torch.zeros(batch, dtype=torch.bool, device=device)}
+
+
+def run_config(args, dense: bool):
+    """The trainer's own RunConfig, so the engine here is configured exactly as in training."""
+    from smaug.train.config import load_config
+
+    ov = [f"model.preset={args.preset}", f"model.dense={str(dense).lower()}",
+          f"model.grad_checkpointing={str(args.grad_ckpt).lower()}", f"data.num_frames={args.frames}",
+          f"data.batch_size={args.batch}", "data.train_shards=unused",
+          f"train.precision={'bf16' if args.device == 'cuda' else 'fp32'}", f"train.device={args.device}"]
+    if args.preset == "tiny":
+        ov.append("data.image_size=112")
+    return load_config([str(REPO / "smaug" / "configs" / "base.yaml")], ov, output_dir="/tmp/smaug-bench")
+
+
+def timed(step, device, warmup: int, iters: int) -> float:
+    for _ in range(warmup):
+        step()
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(iters):
+        step()
+    sync(device)
+    return (time.perf_counter() - t) / iters
+
+
+def build_model(cfg):
+    from smaug.models import SmaugModel
+    from smaug.train.config import model_config
+
+    torch.manual_seed(0)
+    mcfg = model_config(cfg)
+    model = SmaugModel(mcfg)
+    model.set_grad_checkpointing(cfg.model.grad_checkpointing)
+    return mcfg, model
+
+
+def engine_step(cfg, device, batch_size):
+    import deepspeed
+
+    from smaug.train.ds_config import build_ds_config
+    from smaug.train.optim import param_groups
+
+    cfg.data.batch_size = batch_size
+    mcfg, model = build_model(cfg)
+    ds = build_ds_config(cfg, world_size=1, device=device.type)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, cfg.optim.weight_decay),
+                                      config=ds)
+    batch = make_batch(mcfg, batch_size, 32, device)
+
+    def step():
+        out = engine(batch)
+        engine.backward(out.loss)
+        engine.step()
+
+    return mcfg, engine, step
+
+
+def bare_step(cfg, device, batch_size):
+    cfg.data.batch_size = batch_size
+    mcfg, model = build_model(cfg)
+    model.to(device)
+    from smaug.train.optim import param_groups
+
+    opt = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
+                            betas=tuple(cfg.optim.betas), fused=device.type == "cuda")
+    batch = make_batch(mcfg, batch_size, 32, device)
+    use_amp = device.type == "cuda"
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            out = model(batch)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return mcfg, model, step
+
+
+def measure(kind, cfg, device, batch_size, args) -> dict:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    mcfg, holder, step = (engine_step if kind == "engine" else bare_step)(cfg, device, batch_size)
+    sec = timed(step, device, args.warmup, args.steps)
+    model = holder.module if kind == "engine" else holder
+    flops = model.train_flops(batch_size, 32)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    del holder, step, model
+    gc.collect()
+    return {"ms_per_step": sec * 1e3, "clips_per_s": batch_size / sec, "model_tflops": flops / sec / 1e12,
+            "peak_gib": peak, "batch": batch_size}
+
+
+def fits(cfg, device, batch_size, args) -> bool:
+    try:
+        measure("engine", cfg, device, batch_size, argparse.Namespace(**{**vars(args), "warmup": 1, "steps": 1}))
+        return True
+    except torch.cuda.OutOfMemoryError:
+        gc.collect()
+        torch.cuda.empty_cache()
+        return False
+
+
+def largest_batch(cfg, device, start: int, args) -> int:
+    lo, hi = 0, start
+    while fits(cfg, device, hi, args):
+        lo, hi = hi, hi * 2
+        if hi > args.max_batch_cap:
+            return lo
+    while hi - lo > max(8, lo // 16):
+        mid = (lo + hi) // 2 // 8 * 8
+        if fits(cfg, device, mid, args):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
+    p.add_argument("--preset", default="base", choices=["tiny", "base"])
+    p.add_argument("--batch", type=int, default=64, help="clips per step for the same-batch comparison")
+    p.add_argument("--frames", type=int, default=4)
+    p.add_argument("--steps", type=int, default=10, help="timed steps")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--grad-ckpt", action="store_true", help="activation checkpointing on (off: faster, more memory)")
+    p.add_argument("--max-batch", action="store_true", help="also search each config's largest micro-batch (GPU)")
+    p.add_argument("--max-batch-cap", type=int, default=1024)
+    p.add_argument("--no-bare", action="store_true", help="skip the bare-PyTorch comparison")
+    p.add_argument("--json", default=None, help="write all numbers here")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    init_dist(args.device)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    peak = matmul_tflops(device, 8192 if device.type == "cuda" else 512)
+    print(f"device: {name}; measured {'bf16' if device.type == 'cuda' else 'fp32'} matmul {peak:.1f} TFLOP/s")
+    res = {"device": name, "matmul_tflops": peak, "preset": args.preset, "frames": args.frames, "runs": {}}
+    for cfg_name, dense in (("smaug", False), ("dense", True)):
+        cfg = run_config(args, dense)
+        r = {"engine": measure("engine", cfg, device, args.batch, args)}
+        if not args.no_bare:
+            r["bare"] = measure("bare", run_config(args, dense), device, args.batch, args)
+        if args.max_batch and device.type == "cuda":
+            mb = largest_batch(run_config(args, dense), device, args.batch, args)
+            r["engine_max"] = measure("engine", run_config(args, dense), device, mb, args)
+        for v in r.values():
+            v["mfu"] = v["model_tflops"] / peak
+        res["runs"][cfg_name] = r
+    rs, rd = res["runs"]["smaug"], res["runs"]["dense"]
+    res["ratio_same_batch"] = rs["engine"]["clips_per_s"] / rd["engine"]["clips_per_s"]
+    if "engine_max" in rs:
+        res["ratio_best_batch"] = rs["engine_max"]["clips_per_s"] / rd["engine_max"]["clips_per_s"]
+    print(f"\n{'config':8} {'path':11} {'batch':>5} {'ms/step':>9} {'clips/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>9}")
+    for cfg_name, r in res["runs"].items():
+        for path, v in r.items():
+            print(f"{cfg_name:8} {path:11} {v['batch']:5d} {v['ms_per_step']:9.1f} {v['clips_per_s']:9.1f} "
+                  f"{v['model_tflops']:8.2f} {v['mfu']:6.1%} {v['peak_gib']:9.1f}")
+    print(f"\nSMAUG/dense clips/s, same batch {args.batch}: {res['ratio_same_batch']:.2f}x")
+    if "ratio_best_batch" in res:
+        print(f"SMAUG/dense clips/s, best batch each ({rs['engine_max']['batch']} vs {rd['engine_max']['batch']}): "
+              f"{res['ratio_best_batch']:.2f}x")
+    if not args.no_bare:
+        for cfg_name, r in res["runs"].items():
+            ov = r["engine"]["ms_per_step"] / r["bare"]["ms_per_step"] - 1
+            res[f"engine_overhead_{cfg_name}"] = ov
+            print(f"engine overhead over bare PyTorch ({cfg_name}): {ov:+.1%}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
