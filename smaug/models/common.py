@@ -1,0 +1,71 @@
+"""Small helpers shared by the model files: gradient checkpointing and torch.distributed gathers.
+
+Nothing here imports DeepSpeed. The gathers are no-ops (return the input) unless
+`torch.distributed` is initialised with world size > 1.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+def maybe_checkpoint(enabled: bool, fn, *args):
+    """`fn(*args)`, recomputed in backward when `enabled` (non-reentrant, RNG state preserved).
+
+    Non-reentrant checkpointing keeps a single autograd graph, so a parameter used inside and
+    outside the checkpointed region (the tied word embeddings, the twice-run text encoder) gets
+    exactly one gradient-accumulation hook call per backward, which DeepSpeed ZeRO-2 requires.
+    """
+    if enabled and torch.is_grad_enabled():
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
+def world() -> tuple[int, int]:
+    """(rank, world_size) of the default process group, or (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate `x` [b, ...] of every rank along dim 0 -> [world * b, ...], in rank order.
+
+    Gradient flows back to each rank's own `x` (summed over the ranks that used it), so
+    features of other ranks act as negatives and the local encoder still learns from them.
+    All ranks must pass the same shape.
+    """
+    _, ws = world()
+    if ws == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x.contiguous()), dim=0)
+
+
+@torch.no_grad()
+def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    """Like `all_gather_with_grad` for tensors that need no gradient (ids, masks)."""
+    _, ws = world()
+    if ws == 1:
+        return x
+    out = [torch.empty_like(x) for _ in range(ws)]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out, dim=0)
+
+
+def pad_text_to_global_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_id: int):
+    """Right-pad `[b, L]` text to the longest L over all ranks (the loader pads per batch), so
+    text tensors can be all-gathered. Padding is masked out, so outputs do not change."""
+    _, ws = world()
+    if ws == 1:
+        return input_ids, attention_mask
+    length = torch.tensor([input_ids.shape[1]], device=input_ids.device)
+    dist.all_reduce(length, op=dist.ReduceOp.MAX)
+    extra = int(length.item()) - input_ids.shape[1]
+    if extra > 0:
+        input_ids = F.pad(input_ids, (0, extra), value=pad_id)
+        attention_mask = F.pad(attention_mask, (0, extra), value=0)
+    return input_ids, attention_mask

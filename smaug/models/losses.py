@@ -1,0 +1,78 @@
+"""The four pre-training losses and hard-negative mining.
+
+VTC  symmetric InfoNCE over the global batch (features all-gathered with gradient).
+VTM  binary match/no-match on the fusion [CLS]; negatives mined from the VTC similarities.
+MLM  masked language modelling through the fusion layers (masking: `text_encoder.mask_tokens`).
+MVM  MAE normalised-pixel regression on masked patches only.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .common import all_gather_with_grad
+
+
+def vtc_loss(video_feat: torch.Tensor, text_feat: torch.Tensor, temp: torch.Tensor):
+    """Symmetric InfoNCE. video_feat, text_feat: [b, E] L2-normalised, this rank's rows.
+
+    Features of all ranks are gathered with gradient, and every rank computes the loss of the
+    whole global batch [Bg, Bg] (the same value on every rank; data-parallel gradient averaging
+    then gives exactly the gradient of the global loss). Returns (loss, sim) with sim the
+    detached [Bg, Bg] video-to-text logits (row = video, column = text), for negative mining.
+    """
+    v = all_gather_with_grad(video_feat).float()
+    t = all_gather_with_grad(text_feat).float()
+    sim = v @ t.T / temp.float()
+    labels = torch.arange(sim.shape[0], device=sim.device)
+    loss = (F.cross_entropy(sim, labels) + F.cross_entropy(sim.T, labels)) / 2
+    return loss, sim.detach()
+
+
+@torch.no_grad()
+def sample_hard_negatives(sim: torch.Tensor, same: torch.Tensor | None = None,
+                          generator: torch.Generator | None = None):
+    """ALBEF/BLIP hard negatives over the global batch.
+
+    sim: [Bg, Bg] video-to-text logits (positives on the diagonal); same: optional [Bg, Bg] bool,
+    True where two samples must not be each other's negative (identical captions).
+    Each video draws one text with prob softmax(sim[v]) and each text one video with prob
+    softmax(sim[:, t]), with the positive (diagonal) and `same` pairs at probability 0; a row
+    left with no candidate falls back to uniform over the other indices. The positive is never
+    drawn. Returns (neg_text_for_video [Bg], neg_video_for_text [Bg]) global indices.
+    """
+    Bg = sim.shape[0]
+    if Bg < 2:
+        raise ValueError("VTM hard negatives need a global batch of at least 2")
+    eye = torch.eye(Bg, dtype=torch.bool, device=sim.device)
+    banned = eye if same is None else (eye | same)
+    out = []
+    for logits in (sim.float(), sim.float().T):
+        w = logits.softmax(dim=1).masked_fill(banned, 0.0)
+        dead = w.sum(1) <= 0
+        w = torch.where(dead[:, None], (~eye).float(), w)
+        out.append(torch.multinomial(w, 1, generator=generator).squeeze(1))
+    return out[0], out[1]
+
+
+def vtm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """logits: [P] match logits, labels: [P] 1 = matched pair -> mean binary cross-entropy."""
+    return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+
+
+def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """logits: [K, vocab] at the masked positions, labels: [K] -> mean cross-entropy."""
+    return F.cross_entropy(logits.float(), labels)
+
+
+def mvm_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_pix: bool = True) -> torch.Tensor:
+    """MAE loss. pred, target: [M, N, p*p*3] (target = patchified normalised frames),
+    mask: [M, N] 1 = masked. Mean squared error per patch, averaged over masked patches only;
+    with `norm_pix` each target patch is normalised by its own mean and variance."""
+    target = target.float()
+    if norm_pix:
+        mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+        target = (target - mean) / (var + 1e-6).sqrt()
+    per_patch = ((pred.float() - target) ** 2).mean(-1)
+    mask = mask.float()
+    return (per_patch * mask).sum() / mask.sum().clamp_min(1.0)

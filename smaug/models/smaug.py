@@ -1,0 +1,331 @@
+"""SMAUG (arXiv 2211.11446): sparse masked video-language pre-training, with the dense
+Singularity-style baseline as a config switch.
+
+    video [B, T, 3, H, W] uint8 --normalise--> ViT per frame (MAE masking, EViT sparsification)
+        -> frame tokens [B, T, 1 + n, Dv] --(frame [CLS] -> vision_proj)--> frame_feat / video_feat
+    text [B, L] --BERT layers [0, fusion_layer)--> text_hidden [B, L, Dt] --([CLS] -> text_proj)--> text_feat
+    VTC  video_feat x text_feat over the global batch
+    VTM  text-guided frame selection -> fusion layers (cross-attention) -> vtm_head, 1 pos + 2 hard neg pairs
+    MLM  masked text -> BERT text layers -> fusion with the positive pair's frames -> tied MLM head
+    MVM  MAE decoder on the encoder tokens -> normalised pixels of masked patches
+
+`dense=True` (mask_ratio 0, no sparsification, all frames to fusion, no MVM) is the baseline.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import flops as _flops
+from .common import all_gather_no_grad, all_gather_with_grad, pad_text_to_global_length, world
+from .frame_selection import FrameSelector
+from .losses import mlm_loss, mvm_loss, sample_hard_negatives, vtc_loss, vtm_loss
+from .mae_decoder import MAEDecoder, patchify
+from .text_encoder import TextEncoder, mask_tokens
+from .video_encoder import VideoEncoder
+
+
+@dataclass
+class SmaugConfig:
+    """Every knob of the model. Defaults = the `base` preset (ViT-B/16 224px + BERT-base 9+3)."""
+
+    # ---- video encoder: timm ViT blocks applied to each frame ----
+    image_size: int = 224  # frame height = width in pixels (the loader crops/resizes to it)
+    patch_size: int = 16  # ViT patch size; image_size must be a multiple
+    num_frames: int = 4  # T frames per clip (an image is repeated T times)
+    vision_width: int = 768  # ViT embedding dim Dv
+    vision_depth: int = 12  # number of ViT blocks
+    vision_heads: int = 12  # attention heads per ViT block
+    vision_mlp_ratio: float = 4.0  # ViT MLP hidden = ratio * width
+    vision_qkv_bias: bool = True  # qkv bias, as ViT-B/16 (timm, MAE)
+    drop_path_rate: float = 0.1  # stochastic depth, linear over the blocks
+    vision_pretrained: str = ""  # timm name (e.g. "vit_base_patch16_224.mae") or local .pth/.safetensors; "" = random
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # pixel mean (ImageNet); uint8 video is normalised on device
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # pixel std (ImageNet)
+    # ---- MAE masking + decoder ----
+    mask_ratio: float = 0.75  # fraction of each frame's patches hidden from the encoder (random per frame, train only)
+    decoder_width: int = 384  # MAE decoder width: VideoMAE's lightweight ViT-B decoder (half the encoder)
+    decoder_depth: int = 4  # MAE decoder blocks (VideoMAE ViT-B: 4)
+    decoder_heads: int = 6  # decoder attention heads (64-dim heads)
+    norm_pix_loss: bool = True  # MVM target = per-patch normalised pixels (MAE)
+    # ---- token sparsification (EViT) ----
+    sparsify_layers: tuple[int, ...] = (3, 6, 9)  # 0-based blocks that reorganise tokens (EViT's 4th/7th/10th of 12)
+    keep_ratio: float = 0.7  # each sparsify block keeps ceil(keep_ratio * n) tokens per frame by [CLS] attention
+    sparsify_mode: str = "fuse"  # "fuse": dropped tokens -> one attention-weighted token (EViT); "drop": discard
+    # ---- text encoder + fusion: transformers BERT ----
+    text_width: int = 768  # BERT hidden size Dt
+    text_layers: int = 12  # BERT layers in all: [0, fusion_layer) text-only, the rest with cross-attention
+    fusion_layer: int = 9  # first fusion layer (Singularity: 9 text + 3 fusion for BERT-base)
+    text_heads: int = 12  # BERT attention heads
+    text_intermediate: int = 3072  # BERT FFN hidden size
+    text_dropout: float = 0.1  # BERT hidden + attention dropout
+    text_max_positions: int = 512  # BERT position embeddings (>= the loader's max_text_len)
+    text_pretrained: str = ""  # HF name (e.g. "bert-base-uncased") or local dir; "" = random init from this config
+    vocab_size: int = 30522  # tokenizer vocabulary (trainer fills the token fields from the tokenizer)
+    pad_token_id: int = 0  # [PAD]
+    mask_token_id: int = 103  # [MASK]
+    cls_token_id: int = 101  # [CLS]
+    sep_token_id: int = 102  # [SEP]
+    mlm_prob: float = 0.5  # MLM masking probability; 0.5 as Singularity (captions are short), BERT used 0.15
+    # ---- text-guided frame selection ----
+    select_frames: int = 2  # frames per clip that go to fusion (top-k of num_frames); = num_frames disables selection
+    select_temp: float = 0.1  # softmax temperature of the frame scores (cosine / select_temp)
+    select_gumbel: bool = True  # training samples the k frames (Gumbel top-k) instead of plain top-k; eval is top-k
+    # ---- contrastive head and loss weights ----
+    embed_dim: int = 256  # VTC embedding dim E (vision_proj / text_proj output)
+    temp_init: float = 0.07  # initial VTC temperature (learnable)
+    temp_min: float = 0.001  # VTC temperature clamp, low end
+    temp_max: float = 0.5  # VTC temperature clamp, high end
+    w_vtc: float = 1.0  # loss weight: video-text contrastive
+    w_vtm: float = 1.0  # loss weight: video-text matching
+    w_mlm: float = 1.0  # loss weight: masked language modelling
+    w_mvm: float = 1.0  # loss weight: masked video modelling (MAE pixels); no decoder is built when 0
+
+    def __post_init__(self):
+        self.sparsify_layers = tuple(sorted(set(int(i) for i in self.sparsify_layers)))
+        self.mean, self.std = tuple(self.mean), tuple(self.std)
+        checks = [
+            ("image_size", self.image_size > 0 and self.image_size % self.patch_size == 0, "a positive multiple of patch_size"),
+            ("num_frames", self.num_frames >= 1, ">= 1"),
+            ("vision_width", self.vision_width % self.vision_heads == 0, "divisible by vision_heads"),
+            ("text_width", self.text_width % self.text_heads == 0, "divisible by text_heads"),
+            ("decoder_width", self.decoder_width % self.decoder_heads == 0 and self.decoder_width % 4 == 0,
+             "divisible by decoder_heads and by 4"),
+            ("mask_ratio", 0.0 <= self.mask_ratio < 1.0, "in [0, 1)"),
+            ("keep_ratio", 0.0 < self.keep_ratio <= 1.0, "in (0, 1]"),
+            ("sparsify_layers", all(0 <= i < self.vision_depth for i in self.sparsify_layers), "in [0, vision_depth)"),
+            ("sparsify_mode", self.sparsify_mode in ("fuse", "drop"), "'fuse' or 'drop'"),
+            ("fusion_layer", 0 <= self.fusion_layer < self.text_layers, "in [0, text_layers) (>= 1 fusion layer)"),
+            ("select_frames", 1 <= self.select_frames <= self.num_frames, "in [1, num_frames]"),
+            ("select_temp", self.select_temp > 0, "> 0"),
+            ("mlm_prob", 0.0 < self.mlm_prob < 1.0, "in (0, 1)"),
+            ("temp_init", 0 < self.temp_min <= self.temp_init <= self.temp_max, "in [temp_min, temp_max], temp_min > 0"),
+            ("std", len(self.mean) == 3 and len(self.std) == 3 and min(self.std) > 0, "3 positive values (mean: 3)"),
+        ]
+        checks += [(w, getattr(self, w) >= 0, ">= 0") for w in ("w_vtc", "w_vtm", "w_mlm", "w_mvm", "drop_path_rate")]
+        checks += [(t, 0 <= getattr(self, t) < self.vocab_size, f"in [0, vocab_size={self.vocab_size})")
+                   for t in ("pad_token_id", "mask_token_id", "cls_token_id", "sep_token_id")]
+        for name, ok, need in checks:
+            if not ok:
+                raise ValueError(f"SmaugConfig.{name}: must be {need}, got {getattr(self, name)!r}")
+
+    @property
+    def dense(self) -> bool:
+        """The dense baseline: no masking, no sparsification, every frame to fusion."""
+        return self.mask_ratio == 0 and not self.sparsify_layers and self.select_frames == self.num_frames
+
+    @classmethod
+    def preset(cls, name: str, dense: bool = False, **overrides) -> "SmaugConfig":
+        """A named preset ("tiny", "base"), optionally dense, with field=value overrides."""
+        if name not in PRESETS:
+            raise ValueError(f"SmaugConfig.preset: unknown preset {name!r} (known: {', '.join(PRESETS)})")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"SmaugConfig: unknown field(s) {', '.join(unknown)}")
+        values = {**PRESETS[name], **overrides}
+        if dense:
+            T = values.get("num_frames", cls.num_frames)
+            for k, v in dict(mask_ratio=0.0, sparsify_layers=(), select_frames=T, w_mvm=0.0).items():
+                asked = overrides.get(k, v)
+                if (tuple(asked) if k == "sparsify_layers" else asked) != v:
+                    raise ValueError(f"SmaugConfig.{k}: dense=True sets it to {v!r}, override asks {overrides[k]!r}")
+                values[k] = v
+        return cls(**values)
+
+
+PRESETS: dict[str, dict] = {
+    "base": {},  # the dataclass defaults: ViT-B/16 224px, BERT-base 9+3, 2 of 4 frames, keep 0.7 at blocks 3/6/9
+    # CPU tests + quickstart: 7x7 patches, 12 visible per frame, ~0.3 s fwd+bwd at batch 8 on 2 cores
+    "tiny": dict(image_size=112, patch_size=16, num_frames=4, vision_width=192, vision_depth=4, vision_heads=3,
+                 drop_path_rate=0.0, decoder_width=128, decoder_depth=1, decoder_heads=4, sparsify_layers=(1, 2),
+                 text_width=192, text_layers=6, fusion_layer=4, text_heads=3, text_intermediate=768,
+                 text_dropout=0.0, text_max_positions=128, select_frames=2, embed_dim=128),
+}
+
+
+@dataclass
+class SmaugOutput:
+    loss: torch.Tensor  # weighted sum of the losses
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)  # vtc, vtm, mlm, mvm (0 when off)
+    stats: dict[str, float] = field(default_factory=dict)  # per-clip token/frame counts, temp
+
+
+class SmaugModel(nn.Module):
+    """The SMAUG model (or the dense baseline). `forward(batch) -> SmaugOutput`.
+
+    With torch.distributed initialised (world > 1), `forward` is collective: every rank must
+    call it each step (features and VTM inputs are all-gathered).
+    """
+
+    def __init__(self, config: SmaugConfig):
+        super().__init__()
+        self.config = cfg = config
+        self.video_encoder = VideoEncoder(cfg)
+        self.text_encoder = TextEncoder(cfg)
+        self.mae_decoder = MAEDecoder(cfg) if cfg.mask_ratio > 0 and cfg.w_mvm > 0 else None
+        self.frame_selector = (FrameSelector(cfg.embed_dim, cfg.select_frames, cfg.select_temp, cfg.select_gumbel)
+                               if cfg.select_frames < cfg.num_frames else None)
+        self.vision_proj = nn.Linear(cfg.vision_width, cfg.embed_dim)
+        self.text_proj = nn.Linear(cfg.text_width, cfg.embed_dim)
+        # BERT cross-attention keys/values take hidden_size inputs: map video tokens to Dt if needed
+        self.video_to_text = nn.Linear(cfg.vision_width, cfg.text_width) if cfg.vision_width != cfg.text_width else nn.Identity()
+        self.vtm_head = nn.Linear(cfg.text_width, 1)
+        self.vtc_temp = nn.Parameter(torch.tensor(cfg.temp_init))  # raw; `temp` is the clamped value in use
+        for m in (self.vision_proj, self.text_proj, self.video_to_text, self.vtm_head):
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        self.pretrained_info = {}
+        if cfg.vision_pretrained:
+            self.pretrained_info["vision"] = self.video_encoder.load_pretrained(cfg.vision_pretrained)
+        if cfg.text_pretrained:
+            self.pretrained_info["text"] = self.text_encoder.load_pretrained(cfg.text_pretrained)
+
+    # ------------------------------------------------------------------ encoders
+    @property
+    def temp(self) -> torch.Tensor:
+        """VTC temperature in use: the learnable value clamped to [temp_min, temp_max] (no in-place
+        clamp, which a ZeRO fp32 master copy would undo)."""
+        return self.vtc_temp.clamp(self.config.temp_min, self.config.temp_max)
+
+    def normalize_video(self, video: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, T, 3, H, W] -> (x / 255 - mean) / std in the model dtype; float input is taken as normalised."""
+        dtype = self.vision_proj.weight.dtype
+        if video.dtype == torch.uint8:
+            mean = torch.tensor(self.config.mean, device=video.device).view(1, 1, 3, 1, 1)
+            std = torch.tensor(self.config.std, device=video.device).view(1, 1, 3, 1, 1)
+            video = (video.float() / 255.0 - mean) / std
+        return video.to(dtype)
+
+    def forward_video(self, video: torch.Tensor, mask_ratio: float | None = None):
+        """video: [B, T, 3, H, W] -> (VideoEncoderOutput, video_feat [B, E], frame_feat [B, T, E]).
+        mask_ratio None = config.mask_ratio in training, 0 in eval."""
+        if mask_ratio is None:
+            mask_ratio = self.config.mask_ratio if self.training else 0.0
+        enc = self.video_encoder(self.normalize_video(video), mask_ratio)
+        cls = self.vision_proj(enc.tokens[:, :, 0])  # [B, T, E]
+        return enc, F.normalize(cls.mean(1), dim=-1), F.normalize(cls, dim=-1)
+
+    def encode_video(self, video: torch.Tensor):
+        """-> frame_tokens [B, T, 1 + n, Dv], video_feat [B, E], frame_feat [B, T, E] (normalised)."""
+        enc, video_feat, frame_feat = self.forward_video(video)
+        return enc.tokens, video_feat, frame_feat
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """-> text_hidden [B, L, Dt] (before fusion), text_feat [B, E] normalised."""
+        hidden = self.text_encoder.forward_text(input_ids, attention_mask)
+        return hidden, F.normalize(self.text_proj(hidden[:, 0]), dim=-1)
+
+    def get_video_features(self, video: torch.Tensor) -> torch.Tensor:
+        """[B, T, 3, H, W] -> [B, E] L2-normalised retrieval embedding (never masked)."""
+        return self.forward_video(video, mask_ratio=0.0)[1]
+
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, L] -> [B, E] L2-normalised retrieval embedding."""
+        return self.encode_text(input_ids, attention_mask)[1]
+
+    # ------------------------------------------------------------------ fusion
+    def select_frames(self, frame_tokens, frame_feat, text_feat) -> torch.Tensor:
+        """Row-aligned pairs: frame_tokens [P, T, N, Dv], frame_feat [P, T, E], text_feat [P, E]
+        -> fusion video tokens [P, k * N, Dt] (k = select_frames, or all T without a selector)."""
+        if self.frame_selector is None or frame_tokens.shape[1] <= self.frame_selector.k:
+            tokens = frame_tokens.flatten(1, 2)
+        else:
+            tokens = self.frame_selector(frame_tokens, frame_feat, text_feat)[0]
+        return self.video_to_text(tokens)
+
+    def vtm_logits(self, frame_tokens, frame_feat, text_hidden, text_feat, attention_mask) -> torch.Tensor:
+        """Row-aligned (video, text) pairs -> [P] match logits."""
+        video = self.select_frames(frame_tokens, frame_feat, text_feat)
+        return self.vtm_head(self.text_encoder.forward_fusion(text_hidden, attention_mask, video)[:, 0]).squeeze(-1)
+
+    # ------------------------------------------------------------------ losses
+    def forward_vtm(self, frame_tokens, frame_feat, text_hidden, text_feat, input_ids, attention_mask,
+                    sim: torch.Tensor, seed: int) -> torch.Tensor:
+        """1 positive + 2 hard negatives per sample (one video per text, one text per video),
+        mined from the global VTC similarities `sim` [Bg, Bg]; negatives may live on other ranks."""
+        b = frame_tokens.shape[0]
+        rank, _ = world()
+        ft, ff = all_gather_with_grad(frame_tokens), all_gather_with_grad(frame_feat)
+        th, tf = all_gather_with_grad(text_hidden), all_gather_with_grad(text_feat)
+        ids_all, am_all = all_gather_no_grad(input_ids), all_gather_no_grad(attention_mask)
+        caption = torch.unique(ids_all, dim=0, return_inverse=True)[1]  # equal id = identical caption
+        same = caption[:, None] == caption[None]
+        gen = torch.Generator(device=sim.device).manual_seed(seed)
+        neg_text, neg_video = sample_hard_negatives(sim, same, gen)
+        nt, nv = neg_text[rank * b:(rank + 1) * b], neg_video[rank * b:(rank + 1) * b]
+        logits = self.vtm_logits(
+            torch.cat([frame_tokens, ft[nv], frame_tokens]), torch.cat([frame_feat, ff[nv], frame_feat]),
+            torch.cat([text_hidden, text_hidden, th[nt]]), torch.cat([text_feat, text_feat, tf[nt]]),
+            torch.cat([attention_mask, attention_mask, am_all[nt]]))
+        labels = torch.cat([torch.ones(b, device=logits.device), torch.zeros(2 * b, device=logits.device)])
+        self._last_negatives = (neg_text, neg_video)  # global indices, for tests and debugging
+        return vtm_loss(logits, labels)
+
+    def forward_mlm(self, input_ids, attention_mask, fusion_video: torch.Tensor) -> torch.Tensor:
+        """Masked captions through the text layers, then fused with the positive pair's frames."""
+        cfg = self.config
+        masked, labels = mask_tokens(input_ids, attention_mask, cfg.mlm_prob, cfg.mask_token_id, cfg.vocab_size,
+                                     [cfg.pad_token_id, cfg.cls_token_id, cfg.sep_token_id])
+        hidden = self.text_encoder.forward_text(masked, attention_mask)
+        hidden = self.text_encoder.forward_fusion(hidden, attention_mask, fusion_video)
+        sel = labels != -100
+        return mlm_loss(self.text_encoder.mlm_logits(hidden[sel]), labels[sel])
+
+    def forward_mvm(self, video: torch.Tensor, enc) -> torch.Tensor:
+        """MAE decoder on the encoder tokens; loss on the masked patches of each frame."""
+        pred = self.mae_decoder(enc.tokens.flatten(0, 1), enc.ids)
+        target = patchify(self.normalize_video(video).flatten(0, 1), self.config.patch_size)
+        return mvm_loss(pred, target, enc.mask, self.config.norm_pix_loss)
+
+    def forward(self, batch: dict) -> SmaugOutput:
+        """batch: video uint8 [B, T, 3, H, W], input_ids / attention_mask [B, L] (other keys ignored)."""
+        cfg = self.config
+        # first draw of the step: ranks seeded alike draw the same negatives as one process would
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+        video = batch["video"]
+        ids, am = pad_text_to_global_length(batch["input_ids"], batch["attention_mask"], cfg.pad_token_id)
+        enc, video_feat, frame_feat = self.forward_video(video)
+        text_hidden, text_feat = self.encode_text(ids, am)
+        zero = video_feat.new_zeros((), dtype=torch.float32)
+        losses = dict(vtc=zero, vtm=zero, mlm=zero, mvm=zero)
+
+        vtc, sim = vtc_loss(video_feat, text_feat, self.temp)
+        losses["vtc"] = vtc
+        if cfg.w_vtm > 0:
+            losses["vtm"] = self.forward_vtm(enc.tokens, frame_feat, text_hidden, text_feat, ids, am, sim, seed)
+        if cfg.w_mlm > 0:
+            fusion_video = self.select_frames(enc.tokens, frame_feat, text_feat)
+            losses["mlm"] = self.forward_mlm(ids, am, fusion_video)
+        if self.mae_decoder is not None and enc.mask is not None:
+            losses["mvm"] = self.forward_mvm(video, enc)
+        loss = sum(getattr(cfg, f"w_{k}") * v for k, v in losses.items())
+
+        T, n_out = enc.tokens.shape[1], enc.tokens.shape[2] - 1
+        k = T if self.frame_selector is None else min(self.frame_selector.k, T)
+        stats = dict(visible_tokens=float(T * enc.num_visible), kept_tokens=float(T * n_out),
+                     selected_frames=float(k), fusion_tokens=float(k * (n_out + 1)), temp=float(self.temp.detach()))
+        return SmaugOutput(loss, losses, stats)
+
+    # ------------------------------------------------------------------ trainer hooks
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute ViT blocks, BERT layers and decoder blocks in backward (non-reentrant)."""
+        for m in (self.video_encoder, self.text_encoder, self.mae_decoder):
+            if m is not None:
+                m.grad_checkpointing = bool(enable)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names without weight decay: every bias / norm / scalar (ndim <= 1), the
+        temperature, [CLS] / mask tokens and the position and temporal embeddings."""
+        extra = {"video_encoder.cls_token", "video_encoder.pos_embed", "video_encoder.temporal_embed",
+                 "mae_decoder.mask_token", "vtc_temp"}
+        names = {n for n, _ in self.named_parameters()}
+        return {n for n, p in self.named_parameters() if p.ndim <= 1} | (extra & names)
+
+    def train_flops(self, batch_size: int, text_len: int) -> float:
+        """Model FLOPs of one forward + backward on `batch_size` clips (see `flops.train_flops`)."""
+        return _flops.train_flops(self.config, batch_size, text_len)
