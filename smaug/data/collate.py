@@ -1,0 +1,38 @@
+"""Batch assembly: decoded samples -> the batch dict of ARCHITECTURE.md, tokenising captions.
+
+Tokenisation happens here, inside the dataloader worker, with a Hugging Face fast tokenizer:
+`[CLS] caption [SEP]`, padded to the longest caption of the batch, truncated to `max_text_len`.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from .decode import Decoded
+
+
+def tokenize(tokenizer, captions: Sequence[str], max_text_len: int) -> dict[str, torch.Tensor]:
+    """`input_ids` and `attention_mask` (both int64 `[B, L]`)."""
+    enc = tokenizer(list(captions), padding="longest", truncation=True, max_length=max_text_len,
+                    return_tensors="pt", return_token_type_ids=False)
+    return {"input_ids": enc["input_ids"].long(), "attention_mask": enc["attention_mask"].long()}
+
+
+def collate(samples: Sequence[Decoded], tokenizer, max_text_len: int, with_captions: bool = False) -> dict[str, Any]:
+    """Stack clips (`video` uint8 `[B, T, 3, H, W]`, not normalised) and tokenise captions.
+
+    `with_captions` adds `captions` (list of lists: every reference caption, for retrieval eval).
+    """
+    if not samples:
+        raise ValueError("empty batch")
+    batch: dict[str, Any] = {
+        "video": torch.stack([s.video for s in samples]),
+        "is_image": torch.tensor([s.is_image for s in samples], dtype=torch.bool),
+        "key": [s.key for s in samples],
+        "caption": [s.caption for s in samples],
+    }
+    batch.update(tokenize(tokenizer, batch["caption"], max_text_len))
+    if with_captions:
+        batch["captions"] = [list(s.captions) for s in samples]
+    return batch

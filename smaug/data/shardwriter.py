@@ -1,0 +1,180 @@
+"""Deterministic, resumable shard writing (the engine behind `tools/make_shards.py`).
+
+- Row `i` of the listing goes to shard `i // samples_per_shard`, whatever happens to other rows,
+  so a shard's content depends only on its rows, the media files and the options.
+- A shard is written to a temp file and renamed into place; then its stats file
+  `stats/{prefix}-{n}.json` is renamed into place. A shard counts as done when its stats file
+  carries the job's fingerprint and the tar has the recorded size, so a rerun after a kill skips
+  finished shards and rebuilds the rest, byte for byte as an uninterrupted run would.
+- Tar members are written in sorted order with fixed mtime/owner/mode (USTAR, plain tar:
+  `tar -tf` and `webdataset.WebDataset` read it without smaug).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from .sources import REASONS, Row
+from .specs import MANIFEST_FORMAT, write_json_atomic
+from .transcode import BadSample, sample_members
+
+LOG = logging.getLogger("smaug.make_shards")
+TAR_MTIME = 946684800  # 2000-01-01T00:00:00Z: fixed, so shards are byte-reproducible
+SUMMARY_MAX_ROWS = 1000  # bad rows listed in summary.json (all are in the stats files)
+_TIMESTAMP = re.compile(r"\[\d\d:\d\d:\d\d\]\s*")
+
+
+@dataclass
+class ShardJob:
+    """One shard to build: its rows (good and already-bad) and the build options."""
+
+    index: int
+    name: str  # "{prefix}-{index:06d}.tar"
+    out_dir: str
+    root: str
+    rows: list[Row] = field(default_factory=list)
+    options: dict = field(default_factory=dict)  # frames, short_side, fps
+
+    @property
+    def tar_path(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    @property
+    def stats_path(self) -> Path:
+        return Path(self.out_dir) / "stats" / (self.name[:-4] + ".json")
+
+    def fingerprint(self) -> str:
+        """Hash of everything that decides this shard's bytes."""
+        from smaug import __version__
+
+        blob = json.dumps({"rows": [r.to_json() for r in self.rows], "options": self.options,
+                           "root": os.path.realpath(self.root), "version": __version__}, sort_keys=True)
+        return hashlib.sha256(blob.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def plan_jobs(rows: list[Row], out_dir: str, prefix: str, per_shard: int, root: str,
+              options: dict) -> list[ShardJob]:
+    """Split rows into shards by row index."""
+    if per_shard < 1:
+        raise ValueError("--samples-per-shard must be >= 1")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", prefix):
+        raise ValueError(f"--prefix {prefix!r}: use letters, digits, '_' or '-'")
+    jobs: list[ShardJob] = []
+    for row in rows:
+        n = row.index // per_shard
+        while len(jobs) <= n:
+            k = len(jobs)
+            jobs.append(ShardJob(k, f"{prefix}-{k:06d}.tar", out_dir, root, options=options))
+        jobs[n].rows.append(row)
+    return jobs
+
+
+def is_done(job: ShardJob) -> Optional[dict]:
+    """The job's stats when its shard is complete and current, else None."""
+    try:
+        stats = json.loads(job.stats_path.read_text(encoding="utf-8"))
+        size = job.tar_path.stat().st_size
+    except (OSError, json.JSONDecodeError):
+        return None
+    if stats.get("fingerprint") != job.fingerprint() or stats.get("bytes") != size:
+        return None
+    return stats
+
+
+def _sample_json(row: Row, meta: dict) -> bytes:
+    info = dict(meta, id=row.id, source=row.relpath, row=row.index + 1, line=row.line)
+    if len(row.captions) > 1:
+        info["captions"] = row.captions
+    if row.duration_hint is not None:
+        info["listed_duration"] = row.duration_hint
+    return json.dumps(info, sort_keys=True, ensure_ascii=False).encode("utf-8")
+
+
+def _bad(row: Row, reason: str, detail: str) -> dict:
+    detail = _TIMESTAMP.sub("", detail)
+    LOG.warning("skip row %d (line %d) id=%r: %s: %s", row.index + 1, row.line, row.id, reason, detail)
+    return {"row": row.index + 1, "line": row.line, "id": row.id, "reason": reason, "detail": detail}
+
+
+def write_shard(job: ShardJob, on_row: Optional[Callable[[], None]] = None) -> dict:
+    """Build one shard (tar, then stats file) and return its stats."""
+    import webdataset as wds
+
+    out = Path(job.out_dir)
+    job.stats_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{job.name}.{os.getpid()}.tmp"
+    skipped: Counter = Counter()
+    bad_rows: list[dict] = []
+    samples, duration = 0, 0.0
+    opts = job.options
+    with open(tmp, "wb") as f:
+        writer = wds.TarWriter(f, encoder=False, mtime=TAR_MTIME, user="smaug", group="smaug", mode=0o444)
+        for row in job.rows:
+            try:
+                if row.error is not None:
+                    raise BadSample(*row.error)
+                members, meta = sample_members(row, job.root, frames=opts.get("frames", 0),
+                                               short_side=opts.get("short_side", 0), fps=opts.get("fps", 0.0))
+            except BadSample as exn:
+                skipped[exn.reason] += 1
+                bad_rows.append(_bad(row, exn.reason, exn.detail))
+            else:
+                members["txt"] = row.captions[0].encode("utf-8")
+                members["json"] = _sample_json(row, meta)
+                writer.write({"__key__": row.key, **members})
+                samples += 1
+                duration += float(meta.get("duration") or 0.0)
+            if on_row is not None:
+                on_row()
+        writer.close()
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, job.tar_path)
+    stats = {"shard": job.name, "fingerprint": job.fingerprint(), "rows": len(job.rows),
+             "samples": samples, "bytes": job.tar_path.stat().st_size, "duration": round(duration, 3),
+             "skipped": dict(sorted(skipped.items())), "bad_rows": bad_rows}
+    write_json_atomic(job.stats_path, stats)
+    return stats
+
+
+def build_reports(jobs: list[ShardJob], stats: list[dict], kind: str, command: str,
+                  options: dict, prefix: str, per_shard: int) -> tuple[dict, dict]:
+    """manifest.json and summary.json contents (deterministic: no times, no host names)."""
+    from smaug import __version__
+
+    skipped: Counter = Counter()
+    for s in stats:
+        skipped.update(s["skipped"])
+    bad_rows = [b for s in stats for b in s["bad_rows"]]
+    total_samples = sum(s["samples"] for s in stats)
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "kind": kind,
+        "prefix": prefix,
+        "samples_per_shard": per_shard,
+        "shards": [{"name": j.name, "samples": s["samples"], "bytes": s["bytes"]} for j, s in zip(jobs, stats)],
+        "num_shards": len(jobs),
+        "num_samples": total_samples,
+        "num_rows": sum(s["rows"] for s in stats),
+        "num_skipped": sum(skipped.values()),
+        "total_duration": round(sum(s["duration"] for s in stats), 3),
+        "options": options,
+        "command": command,
+        "version": __version__,
+    }
+    summary = {
+        "rows": manifest["num_rows"],
+        "samples": total_samples,
+        "skipped": {r: skipped.get(r, 0) for r in REASONS},
+        "bad_rows": bad_rows[:SUMMARY_MAX_ROWS],
+        "bad_rows_truncated": max(0, len(bad_rows) - SUMMARY_MAX_ROWS),
+        "shards": len(jobs),
+    }
+    return manifest, summary

@@ -1,0 +1,59 @@
+"""Offline tokenizer: build a BERT-style WordPiece tokenizer from captions, and load tokenizers.
+
+`build_wordpiece_tokenizer(captions, out_dir)` trains WordPiece with the `tokenizers` library
+(BERT normaliser with lowercasing, BERT pre-tokeniser, special tokens [PAD]=0, [UNK], [CLS],
+[SEP], [MASK], post-processor `[CLS] $A [SEP]`) and saves it as a `BertTokenizerFast`, so
+`transformers.AutoTokenizer.from_pretrained(out_dir)` loads it with no network.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def build_wordpiece_tokenizer(captions: Iterable[str], out_dir: str | os.PathLike, vocab_size: int = 8000,
+                              min_frequency: int = 1, model_max_length: int = 512):
+    """Train WordPiece on `captions`, save to `out_dir`, and return the fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                        special_tokens=SPECIAL_TOKENS)
+    tok.train_from_iterator((c for c in captions), trainer=trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    tok.decoder = decoders.WordPiece(prefix="##")
+    fast = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                             sep_token="[SEP]", mask_token="[MASK]", do_lower_case=True,
+                             model_max_length=model_max_length)
+    assert fast.pad_token_id == 0, "[PAD] must be id 0"
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(out_dir))
+    return fast
+
+
+def load_tokenizer(name_or_path: str | os.PathLike):
+    """A fast tokenizer from a local directory, or a hub name (hub only when online; with
+    `HF_HUB_OFFLINE=1` a hub name must already be in the local cache)."""
+    from transformers import AutoTokenizer
+
+    path = Path(name_or_path)
+    if path.is_dir():
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True)
+    else:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        tok = AutoTokenizer.from_pretrained(str(name_or_path), local_files_only=offline, use_fast=True)
+    if not getattr(tok, "is_fast", False):
+        raise ValueError(f"{name_or_path}: a fast tokenizer is required")
+    for attr in ("pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id"):
+        if getattr(tok, attr) is None:
+            raise ValueError(f"{name_or_path}: tokenizer has no {attr[:-3]}")
+    return tok
