@@ -1,0 +1,206 @@
+"""Write a Hugging Face folder (or a timm ViT state dict) from a smaug checkpoint.
+
+Full export (`export_hf`):
+  config.json            SmaugHFConfig (vision/text sub-configs, preprocessing, pretraining knobs,
+                         `run_config`), with `auto_map` pointing at the two code files below
+  model.safetensors      the SmaugModel state dict, fp32 (MAE decoder and MLM head included, so
+                         pre-training can continue from it; the HF model ignores them)
+  configuration_smaug.py, modeling_smaug.py   copies of `smaug/hf/` (plain torch + transformers)
+  tokenizer files        `AutoTokenizer.save_pretrained` of the run's tokenizer
+  README.md              model card: usage, preprocessing, eval numbers, the training config
+
+Vision-only export (`export_vision_timm`): the video tower as a per-frame timm ViT
+(`model.safetensors` with timm key names + a timm-style `config.json` holding `model_args`).
+
+Nothing is pickled: weights are safetensors, configs JSON, tokenizer files JSON/text.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import torch
+import yaml
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def _save_safetensors(sd: dict, path: Path, metadata: dict) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}, str(path),
+              metadata={k: str(v) for k, v in metadata.items()})
+
+
+@torch.no_grad()
+def verify_export(model, folder: Path, seed: int = 0) -> float:
+    """Max |difference| between `model` (a SmaugModel) and the exported folder loaded as
+    `SmaugHFModel` in this process, over the video and text embeddings of random inputs."""
+    from smaug.hf import SmaugHFModel
+
+    from transformers import AutoTokenizer
+
+    hf = SmaugHFModel.from_pretrained(str(folder)).eval()
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    video = torch.randint(0, 256, (2, cfg.num_frames, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8, generator=g)
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    enc = tok(["a red circle moves to the left", "a square"], padding=True, return_tensors="pt")
+    model.eval()
+    dv = (model.get_video_features(video) - hf.get_video_features(video)).abs().max().item()
+    dt = (model.get_text_features(enc["input_ids"], enc["attention_mask"])
+          - hf.get_text_features(enc["input_ids"], enc["attention_mask"])).abs().max().item()
+    return max(dv, dt)
+
+
+def _fmt_metrics(title: str, report: dict) -> list[str]:
+    """Markdown table of a retrieval report (eval_retrieval JSON or the trainer's eval.json)."""
+    rows = []
+    if "results" in report:  # tools/eval_retrieval.py report
+        proto = report.get("protocol", {})
+        rows.append(f"{title}: {proto.get('num_videos', '?')} clips, {proto.get('num_texts', '?')} captions, "
+                    f"{proto.get('frames', '?')} frames per clip, split `{proto.get('split', '?')}`, "
+                    f"VTM rerank top-k = {proto.get('k', '?')}.\n")
+        methods = [(m, report["results"][m]) for m in ("vtc", "reranked") if report["results"].get(m)]
+    else:  # the trainer's eval.json (VTC only)
+        rows.append(f"{title}: trainer's periodic zero-shot eval at step {report.get('step', '?')}, "
+                    f"{report.get('num_videos', '?')} clips, VTC similarity only.\n")
+        methods = [("vtc", report)]
+    rows.append("| method | direction | R@1 | R@5 | R@10 | MedR | MeanR |")
+    rows.append("|---|---|---|---|---|---|---|")
+    for name, m in methods:
+        for d in ("t2v", "v2t"):
+            rows.append(f"| {name} | {d} | {m[f'{d}_r1']:.1f} | {m[f'{d}_r5']:.1f} | {m[f'{d}_r10']:.1f} | "
+                        f"{m[f'{d}_medr']:.1f} | {m[f'{d}_meanr']:.1f} |")
+    return rows
+
+
+def model_card(cfg, run_config: dict, source: str, eval_reports: list[tuple[str, dict]], max_diff: Optional[float]) -> str:
+    pre = f"{cfg.num_frames} frames x {cfg.image_size}x{cfg.image_size}, mean {list(cfg.mean)}, std {list(cfg.std)}"
+    lines = [
+        "---", "library_name: transformers", "tags: [video-text-retrieval, smaug, video-language]", "---", "",
+        "# SMAUG video-language model",
+        "",
+        "Pre-trained with [smaug](https://arxiv.org/abs/2211.11446)-style sparse masked video-language pre-training "
+        f"(exported from `{source}`).",
+        "",
+        "## Use",
+        "```python",
+        "import torch",
+        "from transformers import AutoModel, AutoTokenizer",
+        "model = AutoModel.from_pretrained(PATH, trust_remote_code=True).eval()   # or `import smaug.hf` first",
+        "tok = AutoTokenizer.from_pretrained(PATH)",
+        f"video = torch.zeros(1, {cfg.num_frames}, 3, {cfg.image_size}, {cfg.image_size}, dtype=torch.uint8)  # RGB frames",
+        "text = tok([\"a red circle moves left\"], return_tensors=\"pt\", padding=True)",
+        "v = model.get_video_features(video)                          # [B, E], L2-normalised",
+        "t = model.get_text_features(text.input_ids, text.attention_mask)",
+        "out = model(input_ids=text.input_ids, attention_mask=text.attention_mask, pixel_values=video)",
+        "out.logits_per_text, out.logits_per_video                   # cosine / temperature",
+        "model.get_vtm_logits(video, text.input_ids, text.attention_mask)  # video-text matching (rerank)",
+        "```",
+        "",
+        "## Preprocessing",
+        f"{pre}. Frames: the clip is cut into T equal segments and the centre frame of each is taken; "
+        "the short side is resized to the frame size, then centre-cropped. Pass uint8 RGB "
+        "`[B, T, 3, H, W]` (normalised inside the model) or already-normalised floats. "
+        "Token sparsification (EViT) runs at inference too, as in training.",
+        "",
+        "## Evaluation",
+    ]
+    if eval_reports:
+        for title, rep in eval_reports:
+            lines += _fmt_metrics(title, rep) + [""]
+    else:
+        lines += ["No evaluation report was given at export time.", ""]
+    if max_diff is not None:
+        lines += [f"Export check: video/text embeddings of this folder vs the training model, max |diff| = {max_diff:.3g}.", ""]
+    lines += ["## Training configuration", "```yaml", yaml.safe_dump(run_config, sort_keys=False).rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def export_hf(checkpoint: str, out: str | Path, tokenizer: Optional[str] = None, eval_report: Optional[str] = None,
+              verify: bool = True) -> dict:
+    """Export a checkpoint (DeepSpeed dir) to a Hugging Face folder. Returns a summary dict."""
+    from transformers import AutoTokenizer
+
+    from smaug.hf import AUTO_MAP, CODE_FILES
+    from smaug.hf.convert import hf_config_from_smaug
+    from smaug.weights import model_from_checkpoint, resolve_checkpoint
+
+    ref = resolve_checkpoint(checkpoint)
+    model, cfg, run_config, tok_path = model_from_checkpoint(checkpoint, tokenizer)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    hf_cfg = hf_config_from_smaug(cfg, run_config=run_config)
+    hf_cfg.auto_map = dict(AUTO_MAP)
+    hf_cfg.architectures = ["SmaugHFModel"]
+    hf_cfg.save_pretrained(str(out))
+    _save_safetensors(model.state_dict(), out / "model.safetensors", {"format": "pt", "source": ref.path})
+    for f in CODE_FILES:
+        shutil.copyfile(f, out / f.name)
+    AutoTokenizer.from_pretrained(tok_path).save_pretrained(str(out))
+    reports = []
+    if eval_report:
+        reports.append(("Zero-shot retrieval (tools/eval_retrieval.py)", json.loads(Path(eval_report).read_text())))
+    if ref.run_dir is not None and (ref.run_dir / "eval.json").is_file():
+        reports.append(("Trainer eval", json.loads((ref.run_dir / "eval.json").read_text())))
+    max_diff = verify_export(model, out) if verify else None
+    (out / "README.md").write_text(model_card(cfg, run_config, str(ref.path), reports, max_diff))
+    bad = find_pickles(out)
+    if bad:
+        raise RuntimeError(f"export {out}: pickle files written: {bad}")
+    return {"out": str(out), "checkpoint": str(ref.path), "max_abs_diff": max_diff,
+            "files": sorted(p.name for p in out.iterdir())}
+
+
+def export_vision_timm(checkpoint: str, out: str | Path, tokenizer: Optional[str] = None) -> dict:
+    """Export the video tower as a per-frame timm ViT (see `smaug.hf.convert.timm_vit_state_dict`)."""
+    from smaug.hf.convert import timm_vit_kwargs, timm_vit_state_dict
+    from smaug.weights import load_smaug_checkpoint, resolve_checkpoint
+
+    ref = resolve_checkpoint(checkpoint)
+    cfg, sd, run_config, _ = load_smaug_checkpoint(checkpoint, tokenizer)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    vit = timm_vit_state_dict(sd, cfg)
+    _save_safetensors(vit, out / "model.safetensors", {"format": "pt", "source": ref.path})
+    kwargs = timm_vit_kwargs(cfg)
+    timm_cfg = {
+        "architecture": "vit_base_patch16_224",  # any vit_* name: model_args fix every size
+        "num_classes": 0,
+        "num_features": cfg.vision_width,
+        "global_pool": "token",
+        "model_args": {k: v for k, v in kwargs.items() if k != "num_classes"},
+        "pretrained_cfg": {"input_size": [3, cfg.image_size, cfg.image_size], "mean": list(cfg.mean),
+                           "std": list(cfg.std), "interpolation": "bilinear", "crop_pct": 1.0,
+                           "num_classes": 0, "source": str(ref.path)},
+    }
+    (out / "config.json").write_text(json.dumps(timm_cfg, indent=2) + "\n")
+    args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    (out / "README.md").write_text(
+        "# SMAUG video tower as a timm ViT (per frame)\n\n"
+        "```python\nimport timm\nfrom safetensors.torch import load_file\n"
+        f"model = timm.create_model('vit_base_patch16_224', pretrained=False, {args})\n"
+        "model.load_state_dict(load_file('model.safetensors'))\n```\n\n"
+        "The temporal embedding of a one-frame clip is folded into `pos_embed`; smaug's EViT token "
+        "sparsification is not part of timm's ViT, so per-frame outputs equal smaug's only for a model "
+        f"trained without it (this one: sparsify_layers={list(cfg.sparsify_layers)}).\n")
+    bad = find_pickles(out)
+    if bad:
+        raise RuntimeError(f"export {out}: pickle files written: {bad}")
+    return {"out": str(out), "checkpoint": str(ref.path), "timm_kwargs": kwargs, "num_tensors": len(vit)}
+
+
+def find_pickles(folder: str | Path) -> list[str]:
+    """Files under `folder` that are pickles: by suffix, or by content (pickle protocol 2+ opcode
+    `\\x80`, or a torch zip archive holding `data.pkl`)."""
+    bad = []
+    for p in Path(folder).rglob("*"):
+        if not p.is_file():
+            continue
+        head = p.read_bytes()[:4096]
+        if p.suffix in PICKLE_SUFFIXES or head[:1] == b"\x80" or (head[:2] == b"PK" and b"data.pkl" in head):
+            bad.append(str(p))
+    return bad

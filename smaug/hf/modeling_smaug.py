@@ -1,0 +1,320 @@
+"""Hugging Face model of an exported SMAUG video-language model (inference + further fine-tuning).
+
+Copied as it is into every exported folder, so that
+`AutoModel.from_pretrained(dir, trust_remote_code=True)` works with plain `transformers` and
+`torch`: it must not import `smaug` (nor timm). It reproduces the evaluation path of
+`smaug.models.SmaugModel` with the same parameter names, so the exported `model.safetensors`
+(the SmaugModel state dict) loads without renaming:
+
+  video_encoder   per-frame ViT (timm block layout, re-implemented in torch): patch embedding,
+                  spatial + temporal position embeddings, one [CLS] per frame, blocks with EViT
+                  token sparsification at `sparsify_layers` (SMAUG keeps it at eval), final norm
+  text_encoder    transformers BERT: `bert` = embeddings + text-only layers, `fusion` = the
+                  cross-attention layers used by VTM
+  vision_proj / text_proj   VTC projections; frame [CLS] features are averaged over time
+  frame_selector, video_to_text, vtm_head   text-guided frame selection + VTM head
+  vtc_temp        learned temperature, clamped to [temp_min, temp_max]
+
+Interface (named as transformers' CLIP):
+  get_video_features(pixel_values) -> [B, E] L2-normalised
+  get_text_features(input_ids, attention_mask) -> [B, E] L2-normalised
+  forward(input_ids, attention_mask, pixel_values) -> SmaugRetrievalOutput with
+      logits_per_text [Bt, Bv] and logits_per_video [Bv, Bt] (cosine / temperature)
+  get_vtm_logits(pixel_values, input_ids, attention_mask) -> [B] match logits of row-aligned pairs
+
+`pixel_values`: [B, T, 3, H, W], uint8 RGB (normalised here with `config.preprocessing`
+mean/std) or float already normalised. The MAE decoder and MLM head of the checkpoint are not
+needed for retrieval and are ignored on load.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import BertConfig, BertModel, PreTrainedModel
+from transformers.models.bert.modeling_bert import BertLayer
+from transformers.utils import ModelOutput
+
+from .configuration_smaug import SmaugHFConfig
+
+
+# ---------------------------------------------------------------------------- video tower
+class PatchEmbed(nn.Module):
+    """Conv patchifier: [M, 3, H, W] -> [M, N, D] (timm `PatchEmbed` layout)."""
+
+    def __init__(self, patch_size: int, dim: int):
+        super().__init__()
+        self.proj = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention (timm `Attention` layout) that can also return the [CLS] row."""
+
+    def __init__(self, dim: int, heads: int, qkv_bias: bool):
+        super().__init__()
+        self.num_heads, self.head_dim = heads, dim // heads
+        self.scale = self.head_dim ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, cls_row: bool = False):
+        M, n, D = x.shape
+        q, k, v = self.qkv(x).reshape(M, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = self.proj(out.transpose(1, 2).reshape(M, n, D))
+        if not cls_row:
+            return out, None
+        row = ((q[:, :, :1] * self.scale) @ k.transpose(-2, -1)).float().softmax(dim=-1)  # [M, H, 1, n]
+        return out, row.mean(dim=1).squeeze(1)[:, 1:]
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (timm `Block` parameter names)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, qkv_bias: bool, eps: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, heads, qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+
+def num_kept(n: int, keep_ratio: float) -> int:
+    return max(1, math.ceil(round(keep_ratio * n, 6)))
+
+
+def sparsify_tokens(x: torch.Tensor, cls_attn: torch.Tensor, keep: int, mode: str) -> torch.Tensor:
+    """EViT: keep the top-`keep` patch tokens by [CLS] attention (input order), fuse or drop the rest."""
+    cls, patches = x[:, :1], x[:, 1:]
+    M, n, D = patches.shape
+    if keep >= n:
+        return x
+    top = cls_attn.topk(keep, dim=1).indices.sort(dim=1).values
+    kept = patches.gather(1, top[..., None].expand(-1, -1, D))
+    if mode == "drop":
+        return torch.cat([cls, kept], dim=1)
+    dropped = torch.ones_like(cls_attn, dtype=torch.bool).scatter(1, top, False)
+    a = cls_attn * dropped
+    fused = (a[..., None] * patches.float()).sum(1, keepdim=True) / a.sum(1).clamp_min(1e-12)[:, None, None]
+    return torch.cat([cls, kept, fused.to(x.dtype)], dim=1)
+
+
+class SmaugVideoTower(nn.Module):
+    """Frames are encoded independently; time enters through the temporal embeddings."""
+
+    def __init__(self, vc):
+        super().__init__()
+        D = vc.hidden_size
+        self.vc = vc
+        self.patch_embed = PatchEmbed(vc.patch_size, D)
+        n = (vc.image_size // vc.patch_size) ** 2
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + n, D))
+        self.temporal_embed = nn.Parameter(torch.zeros(1, vc.num_frames, 1, D))
+        self.blocks = nn.ModuleList([Block(D, vc.num_attention_heads, vc.mlp_ratio, vc.qkv_bias, vc.layer_norm_eps)
+                                     for _ in range(vc.num_hidden_layers)])
+        self.norm = nn.LayerNorm(D, eps=vc.layer_norm_eps)
+
+    def temporal(self, T: int) -> torch.Tensor:
+        te = self.temporal_embed
+        if T == te.shape[1]:
+            return te
+        return F.interpolate(te[0, :, 0].T[None], size=T, mode="linear", align_corners=False)[0].T[None, :, None]
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        """video: [B, T, 3, H, W] normalised -> tokens [B, T, 1 + n_out, D] (token 0 = frame [CLS])."""
+        B, T = video.shape[:2]
+        x = self.patch_embed(video.flatten(0, 1)) + self.pos_embed[:, 1:]
+        te = self.temporal(T)
+        x = (x.unflatten(0, (B, T)) + te).flatten(0, 1)
+        cls = (self.cls_token + self.pos_embed[:, :1] + te).expand(B, -1, -1, -1).flatten(0, 1)
+        x = torch.cat([cls, x], dim=1)
+        sparsify = set(self.vc.sparsify_layers)
+        for i, blk in enumerate(self.blocks):
+            out, cls_attn = blk.attn(blk.norm1(x), cls_row=i in sparsify)
+            x = x + out
+            if i in sparsify:
+                x = sparsify_tokens(x, cls_attn, num_kept(x.shape[1] - 1, self.vc.keep_ratio), self.vc.sparsify_mode)
+            x = x + blk.mlp(blk.norm2(x))
+        return self.norm(x).unflatten(0, (B, T))
+
+
+# ---------------------------------------------------------------------------- text tower
+def _bert_config(tc, num_layers: int) -> BertConfig:
+    return BertConfig(vocab_size=tc.vocab_size, hidden_size=tc.hidden_size, num_hidden_layers=num_layers,
+                      num_attention_heads=tc.num_attention_heads, intermediate_size=tc.intermediate_size,
+                      hidden_dropout_prob=tc.hidden_dropout_prob, attention_probs_dropout_prob=tc.hidden_dropout_prob,
+                      max_position_embeddings=tc.max_position_embeddings, pad_token_id=tc.pad_token_id,
+                      type_vocab_size=tc.type_vocab_size, layer_norm_eps=tc.layer_norm_eps,
+                      attn_implementation="sdpa")
+
+
+class SmaugTextTower(nn.Module):
+    def __init__(self, tc):
+        super().__init__()
+        bc = _bert_config(tc, tc.fusion_layer)
+        self.bert = BertModel(bc, add_pooling_layer=False)
+        fc = copy.deepcopy(bc)
+        fc.is_decoder, fc.add_cross_attention = True, True
+        self.fusion = nn.ModuleList([BertLayer(fc, layer_idx=i) for i in range(tc.num_hidden_layers - tc.fusion_layer)])
+        for layer in self.fusion:
+            layer.attention.self.is_causal = False  # fusion self-attention is bidirectional
+
+    @staticmethod
+    def extended_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+    def forward_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.bert.embeddings(input_ids=input_ids)
+        ext = self.extended_mask(attention_mask, h.dtype)
+        for layer in self.bert.encoder.layer:
+            h = layer(h, ext)
+        return h
+
+    def forward_fusion(self, hidden: torch.Tensor, attention_mask: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
+        ext = self.extended_mask(attention_mask, hidden.dtype)
+        for layer in self.fusion:
+            hidden = layer(hidden, ext, video)
+        return hidden
+
+
+class FrameSelector(nn.Module):
+    """Eval-time text-guided frame selection: the top-k frames by cos(Pv f_t, Pt g), in temporal order."""
+
+    def __init__(self, dim: int, k: int, temp: float):
+        super().__init__()
+        self.k, self.temp = k, temp
+        self.video_proj = nn.Linear(dim, dim)
+        self.text_proj = nn.Linear(dim, dim)
+
+    def forward(self, frame_tokens: torch.Tensor, frame_feat: torch.Tensor, text_feat: torch.Tensor) -> torch.Tensor:
+        P, T, N, D = frame_tokens.shape
+        v = F.normalize(self.video_proj(frame_feat).float(), dim=-1)
+        t = F.normalize(self.text_proj(text_feat).float(), dim=-1)
+        s = (v @ t[:, :, None]).squeeze(-1) / self.temp
+        idx = s.topk(min(self.k, T), dim=1).indices.sort(dim=1).values
+        return frame_tokens.gather(1, idx[:, :, None, None].expand(-1, -1, N, D)).flatten(1, 2)
+
+
+# ---------------------------------------------------------------------------- model
+@dataclass
+class SmaugRetrievalOutput(ModelOutput):
+    loss: Optional[torch.Tensor] = None
+    logits_per_video: Optional[torch.Tensor] = None  # [Bv, Bt]
+    logits_per_text: Optional[torch.Tensor] = None  # [Bt, Bv]
+    text_embeds: Optional[torch.Tensor] = None  # [Bt, E] normalised
+    video_embeds: Optional[torch.Tensor] = None  # [Bv, E] normalised
+
+
+class SmaugHFModel(PreTrainedModel):
+    config_class = SmaugHFConfig
+    base_model_prefix = "smaug"
+    main_input_name = "pixel_values"
+    _no_split_modules = ["Block", "BertLayer"]
+    _keys_to_ignore_on_load_unexpected = [r"^mae_decoder\.", r"^text_encoder\.mlm_head\."]
+
+    def __init__(self, config: SmaugHFConfig):
+        super().__init__(config)
+        vc, tc = config.vision_config, config.text_config
+        self.video_encoder = SmaugVideoTower(vc)
+        self.text_encoder = SmaugTextTower(tc)
+        E = config.projection_dim
+        self.frame_selector = (FrameSelector(E, config.select_frames, config.select_temp)
+                               if config.select_frames < vc.num_frames else None)
+        self.vision_proj = nn.Linear(vc.hidden_size, E)
+        self.text_proj = nn.Linear(tc.hidden_size, E)
+        self.video_to_text = (nn.Linear(vc.hidden_size, tc.hidden_size) if vc.hidden_size != tc.hidden_size
+                              else nn.Identity())
+        self.vtm_head = nn.Linear(tc.hidden_size, 1)
+        self.vtc_temp = nn.Parameter(torch.full((1,), 0.07))  # shape [1], as in SmaugModel
+        self.post_init()
+
+    def _init_weights(self, module):
+        """Only for weights missing from a checkpoint (a fresh model is not meant to be trained from here)."""
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+
+    @property
+    def temp(self) -> torch.Tensor:
+        return self.vtc_temp.clamp(self.config.temp_min, self.config.temp_max)[0]
+
+    def normalize_video(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        dtype = self.vision_proj.weight.dtype
+        if pixel_values.dtype == torch.uint8:
+            pp = self.config.preprocessing
+            mean = torch.tensor(pp["mean"], device=pixel_values.device).view(1, 1, 3, 1, 1)
+            std = torch.tensor(pp["std"], device=pixel_values.device).view(1, 1, 3, 1, 1)
+            pixel_values = (pixel_values.float() / 255.0 - mean) / std
+        return pixel_values.to(dtype)
+
+    def encode_video(self, pixel_values: torch.Tensor):
+        """-> frame_tokens [B, T, 1 + n, Dv], video_embeds [B, E], frame_embeds [B, T, E] (normalised)."""
+        tokens = self.video_encoder(self.normalize_video(pixel_values))
+        cls = self.vision_proj(tokens[:, :, 0])
+        return tokens, F.normalize(cls.mean(1), dim=-1), F.normalize(cls, dim=-1)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None):
+        """-> text_hidden [B, L, Dt], text_embeds [B, E] (normalised)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        hidden = self.text_encoder.forward_text(input_ids, attention_mask)
+        return hidden, F.normalize(self.text_proj(hidden[:, 0]), dim=-1)
+
+    def get_video_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.encode_video(pixel_values)[1]
+
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.encode_text(input_ids, attention_mask)[1]
+
+    def get_vtm_logits(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+                       attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Video-text matching logits of row-aligned pairs (higher = match)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        tokens, _, frame_embeds = self.encode_video(pixel_values)
+        hidden, text_embeds = self.encode_text(input_ids, attention_mask)
+        if self.frame_selector is None or tokens.shape[1] <= self.frame_selector.k:
+            video = tokens.flatten(1, 2)
+        else:
+            video = self.frame_selector(tokens, frame_embeds, text_embeds)
+        fused = self.text_encoder.forward_fusion(hidden, attention_mask, self.video_to_text(video))
+        return self.vtm_head(fused[:, 0]).squeeze(-1)
+
+    def forward(self, input_ids: Optional[torch.Tensor] = None, pixel_values: Optional[torch.Tensor] = None,
+                attention_mask: Optional[torch.Tensor] = None, return_loss: bool = False, **kwargs) -> SmaugRetrievalOutput:
+        video_embeds = self.get_video_features(pixel_values) if pixel_values is not None else None
+        text_embeds = self.get_text_features(input_ids, attention_mask) if input_ids is not None else None
+        out = SmaugRetrievalOutput(text_embeds=text_embeds, video_embeds=video_embeds)
+        if video_embeds is not None and text_embeds is not None:
+            out.logits_per_text = text_embeds @ video_embeds.t() / self.temp
+            out.logits_per_video = out.logits_per_text.t()
+            if return_loss:
+                labels = torch.arange(out.logits_per_text.shape[0], device=out.logits_per_text.device)
+                out.loss = (F.cross_entropy(out.logits_per_text, labels) + F.cross_entropy(out.logits_per_video, labels)) / 2
+        return out

@@ -1,0 +1,272 @@
+"""Read trained SMAUG weights from a DeepSpeed checkpoint or an exported Hugging Face folder.
+
+Accepted `path`s:
+  run dir                    `<out>` of a training run (uses `<out>/checkpoints`)
+  checkpoint root            `<out>/checkpoints` (the tag `latest` names, else the newest complete one)
+  checkpoint tag dir         `<out>/checkpoints/step_XXXXXXXX` (must carry the `COMPLETE` marker)
+  exported HF folder         `config.json` + `model.safetensors` (`tools/export_hf.py`)
+
+DeepSpeed ZeRO shards from any world size are consolidated with DeepSpeed's own
+`zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint` (fp32 master weights). Every problem
+(missing, incomplete, truncated or mismatched checkpoint) raises `CheckpointError` naming the
+path and what is wrong.
+
+    missing, unexpected = load_weights(model, path)      # into an existing SmaugModel
+    cfg, state_dict, run_config, tokenizer = load_smaug_checkpoint(path)   # for tools
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import pickle
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from smaug.train.checkpoint import LATEST, MARKER, is_complete, read_latest
+
+HF_WEIGHTS = "model.safetensors"
+HF_CONFIG = "config.json"
+# Parameters a retrieval model cannot do without: a checkpoint missing any of them is the wrong file.
+CORE_PREFIXES = ("video_encoder.", "text_encoder.bert.", "vision_proj.", "text_proj.")
+# Errors torch.load / DeepSpeed raise on truncated or foreign files.
+READ_ERRORS = (OSError, RuntimeError, ValueError, KeyError, EOFError, IndexError, TypeError, AttributeError,
+               pickle.UnpicklingError, zipfile.BadZipFile)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the path and the problem."""
+
+
+@dataclass
+class CheckpointRef:
+    kind: str  # "deepspeed" | "hf"
+    path: Path  # the folder holding the weights: the tag dir, or the HF folder
+    run_dir: Optional[Path] = None  # training output dir, when known (has config.yaml)
+
+    @property
+    def load_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def tag(self) -> str:
+        return self.path.name
+
+
+def _has_model_states(p: Path) -> bool:
+    return any(p.glob("*_model_states.pt"))
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> CheckpointRef:
+    """Find the weights `path` points at (see the module docstring), or raise `CheckpointError`."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {p}: does not exist")
+    if p.is_file():
+        if p.name == HF_WEIGHTS:
+            return resolve_checkpoint(p.parent)
+        raise CheckpointError(f"checkpoint {p}: is a file; pass the checkpoint directory or the exported HF folder")
+    if (p / HF_CONFIG).is_file() and not _has_model_states(p):
+        if not (p / HF_WEIGHTS).is_file():
+            raise CheckpointError(f"checkpoint {p}: HF folder without {HF_WEIGHTS} (only safetensors weights are read)")
+        return CheckpointRef("hf", p)
+    if _has_model_states(p):
+        if not is_complete(p):
+            raise CheckpointError(f"checkpoint {p}: incomplete, no {MARKER} marker (the save was interrupted; "
+                                  f"use an earlier step or the checkpoints root)")
+        run = p.parent.parent if p.parent.name == "checkpoints" else None
+        return CheckpointRef("deepspeed", p, run)
+    root, run = p, None
+    if (p / "checkpoints").is_dir():
+        root, run = p / "checkpoints", p
+    elif p.name == "checkpoints":
+        run = p.parent
+    if (root / LATEST).is_file() or any(root.glob("step_*")):
+        tag = read_latest(root)
+        if tag is None:
+            raise CheckpointError(f"checkpoint {root}: no complete checkpoint ({MARKER} marker) in it")
+        if not _has_model_states(root / tag):
+            raise CheckpointError(f"checkpoint {root / tag}: marked complete but has no *_model_states.pt file")
+        return CheckpointRef("deepspeed", root / tag, run)
+    raise CheckpointError(f"checkpoint {p}: not a smaug checkpoint (expected a run dir, its checkpoints/ dir, a "
+                          f"step_XXXXXXXX dir, or an exported HF folder with {HF_CONFIG} + {HF_WEIGHTS})")
+
+
+def read_state_dict(ref: CheckpointRef) -> dict[str, torch.Tensor]:
+    """fp32 state dict of the checkpoint (DeepSpeed: consolidated over all ZeRO shards)."""
+    if ref.kind == "hf":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(ref.path / HF_WEIGHTS))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {ref.path / HF_WEIGHTS}: unreadable ({e})") from e
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed prints progress; keep stdout for reports
+            sd = get_fp32_state_dict_from_zero_checkpoint(str(ref.load_dir), tag=ref.tag)
+    except READ_ERRORS as e:
+        raise CheckpointError(f"checkpoint {ref.path}: cannot be consolidated by DeepSpeed zero_to_fp32 "
+                              f"(truncated or missing shard files?): {type(e).__name__}: {e}") from e
+    return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+
+
+def read_client_state(ref: CheckpointRef) -> dict:
+    """smaug's client state saved with a DeepSpeed checkpoint (step, run config, ...)."""
+    f = ref.path / "mp_rank_00_model_states.pt"
+    try:
+        st = torch.load(f, map_location="cpu", mmap=True, weights_only=False)
+    except READ_ERRORS as e:
+        raise CheckpointError(f"checkpoint {f}: unreadable (truncated?): {type(e).__name__}: {e}") from e
+    return {k: st[k] for k in ("step", "samples_seen", "config", "model_config") if k in st}
+
+
+def adapt_state_dict(sd: dict, own: dict, source: str) -> tuple[dict, list[str]]:
+    """Make `sd` fit a model whose state dict is `own`: interpolate `temporal_embed` over time when the
+    frame counts differ; refuse any other shape mismatch. Returns (state dict, notes)."""
+    notes, bad = [], []
+    out = dict(sd)
+    for k, v in sd.items():
+        if k not in own or own[k].shape == v.shape:
+            continue
+        if k.endswith("temporal_embed") and v.ndim == 4 and v.shape[0::2] == own[k].shape[0::2]:
+            T = own[k].shape[1]
+            out[k] = F.interpolate(v[0, :, 0].T[None].float(), size=T, mode="linear",
+                                   align_corners=False)[0].T[None, :, None].to(v.dtype)
+            notes.append(f"{k}: interpolated from {v.shape[1]} to {T} frames")
+        else:
+            bad.append(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}")
+    if bad:
+        raise CheckpointError(f"checkpoint {source}: does not fit this model ({len(bad)} shape mismatches, a "
+                              f"different preset or vocabulary?): " + "; ".join(bad[:8]))
+    return out, notes
+
+
+@torch.no_grad()
+def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """Load checkpoint weights into `model` (a SmaugModel) in place. Returns (missing, unexpected) keys.
+
+    Keys the model does not have (e.g. the MAE decoder when fine-tuning without MVM) are skipped and
+    reported as unexpected; a checkpoint without the encoders or with mismatched shapes raises.
+    """
+    ref = resolve_checkpoint(path)
+    sd = read_state_dict(ref)
+    own = model.state_dict()
+    sd, _ = adapt_state_dict(sd, own, str(ref.path))
+    core_missing = [k for k in own if k.startswith(CORE_PREFIXES) and k not in sd]
+    if core_missing:
+        raise CheckpointError(f"checkpoint {ref.path}: not weights of this model, {len(core_missing)} encoder "
+                              f"parameters missing (e.g. {', '.join(core_missing[:4])})")
+    res = model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+    return list(res.missing_keys), sorted(k for k in sd if k not in own)
+
+
+# ---------------------------------------------------------------------------- tools' entry point
+def resolve_tokenizer(name: str, run_dir: Optional[Path]) -> str:
+    """A run config's `model.tokenizer`: absolute as is; relative tried against the working dir, the
+    run dir and the repository; otherwise returned unchanged (a hub name)."""
+    p = Path(name).expanduser()
+    if p.is_absolute():
+        return str(p)
+    repo = Path(__file__).resolve().parents[1]
+    for base in (Path.cwd(), run_dir, repo):
+        if base is not None and (base / p).is_dir():
+            return str((base / p).resolve())
+    return name
+
+
+def _run_config_of(ref: CheckpointRef, client: dict) -> dict:
+    if isinstance(client.get("config"), dict):
+        return client["config"]
+    if ref.run_dir is not None and (ref.run_dir / "config.yaml").is_file():
+        import yaml
+
+        return yaml.safe_load((ref.run_dir / "config.yaml").read_text()) or {}
+    raise CheckpointError(f"checkpoint {ref.path}: no run configuration (neither in the checkpoint's client state "
+                          f"nor a config.yaml in the run dir)")
+
+
+def _smaug_config_from_run(run_config: dict, tokenizer_path: str, source: Path):
+    """The SmaugConfig a run trained: the trainer's own `model_config` on the saved run config."""
+    from types import SimpleNamespace
+
+    from smaug.data import DataConfig, load_tokenizer
+    from smaug.train.config import ConfigError, ModelSection, build_section, model_config
+
+    try:
+        ns = SimpleNamespace(model=build_section("model", ModelSection, run_config.get("model") or {}),
+                             data=build_section("data", DataConfig, run_config.get("data") or {}))
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {source}: its run configuration is invalid: {e}") from e
+    try:
+        tok = load_tokenizer(tokenizer_path)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {source}: cannot load its tokenizer {tokenizer_path!r} ({e}); "
+                              f"pass the tokenizer directory explicitly") from e
+    return model_config(ns, vocab_size=len(tok), pad_token_id=tok.pad_token_id, mask_token_id=tok.mask_token_id,
+                        cls_token_id=tok.cls_token_id, sep_token_id=tok.sep_token_id)
+
+
+def load_smaug_checkpoint(path: str | os.PathLike, tokenizer: Optional[str] = None):
+    """-> (SmaugConfig, fp32 state dict, run config dict, tokenizer path) of a checkpoint or HF folder.
+
+    `tokenizer` overrides the tokenizer the run config names (e.g. when the run's relative path
+    does not resolve from here).
+    """
+    from smaug.models import SmaugConfig
+
+    ref = resolve_checkpoint(path)
+    if ref.kind == "hf":
+        from smaug.hf import SmaugHFConfig
+        from smaug.hf.convert import smaug_config_from_hf
+
+        try:
+            hf = SmaugHFConfig.from_json_file(str(ref.path / HF_CONFIG))
+            cfg = smaug_config_from_hf(hf)
+        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"checkpoint {ref.path / HF_CONFIG}: not a smaug export config ({e})") from e
+        run_config = dict(getattr(hf, "run_config", None) or {})
+        tok = tokenizer or str(ref.path)
+    else:
+        client = read_client_state(ref)
+        run_config = _run_config_of(ref, client)
+        tok = tokenizer or resolve_tokenizer((run_config.get("model") or {}).get("tokenizer", ""), ref.run_dir)
+        if isinstance(client.get("model_config"), dict):
+            mc = dict(client["model_config"])
+            for k in ("sparsify_layers", "mean", "std"):
+                if k in mc:
+                    mc[k] = tuple(mc[k])
+            cfg = SmaugConfig(**mc)
+        else:
+            cfg = _smaug_config_from_run(run_config, tok, ref.path)
+    return cfg, read_state_dict(ref), run_config, tok
+
+
+def model_from_checkpoint(path: str | os.PathLike, tokenizer: Optional[str] = None):
+    """-> (SmaugModel in eval mode with the checkpoint's weights, SmaugConfig, run config, tokenizer path).
+
+    The model is built from the checkpoint's own configuration (pretrained-weight paths cleared:
+    everything comes from the checkpoint); every parameter must be in the checkpoint.
+    """
+    from smaug.models import SmaugModel
+
+    cfg, sd, run_config, tok = load_smaug_checkpoint(path, tokenizer)
+    cfg = dataclasses.replace(cfg, vision_pretrained="", text_pretrained="")
+    model = SmaugModel(cfg)
+    own = model.state_dict()
+    sd, _ = adapt_state_dict(sd, own, str(path))
+    missing = [k for k in own if k not in sd]
+    if missing:
+        raise CheckpointError(f"checkpoint {path}: {len(missing)} parameters of its own model configuration are "
+                              f"missing (e.g. {', '.join(missing[:4])})")
+    model.load_state_dict({k: v for k, v in sd.items() if k in own})
+    return model.eval(), cfg, run_config, tok

@@ -1,0 +1,202 @@
+#!/usr/bin/env python
+"""Text-to-video and video-to-text retrieval of a smaug checkpoint, the way papers report it.
+
+    python tools/eval_retrieval.py --checkpoint runs/qs --shards corpus:synthetic_test
+    python tools/eval_retrieval.py --checkpoint exported/qs --json msrvtt_test_1k.json --video-root videos/ \\
+        --frames 12 --k 128 --split msrvtt-1k-test --out report.json
+    torchrun --nproc_per_node 8 tools/eval_retrieval.py ...      # ranks split the clips and the rerank work
+
+Method (Singularity's): VTC cosine similarity for all (text, video) pairs, then the VTM head
+rescores the top-k candidates of every query (k = --k, default 128; --k 0 = VTC only). Metrics
+for VTC alone and for reranked, both directions: R@1/5/10 (percent), median and mean rank
+(1-based). Every caption of a clip is a text query; video->text counts the best-ranked caption.
+
+--checkpoint: a DeepSpeed checkpoint (run dir, its checkpoints/ dir, or a step dir) or an
+exported Hugging Face folder. Data: --shards SPEC (shard spec, dir, manifest or corpus:NAME;
+default the run's data.eval_shards) or --json JSON --video-root DIR (videos read directly,
+decoded exactly as shards of the same JSON would be). Frames per clip, frame size, decode size,
+batch size, workers and caption length default to the run's eval settings, so with no options
+the numbers equal the trainer's periodic eval (VTC).
+
+Output: a readable table on stdout and a JSON report (--out) recording the protocol
+(checkpoint, step, frames, k, split, data, clip/caption counts, chance levels, precision,
+world size) next to the metrics.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+try:
+    import smaug  # noqa: F401
+except ImportError:  # running from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from smaug.weights import CheckpointError  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="DeepSpeed checkpoint dir or exported HF folder")
+    p.add_argument("--shards", default=None, help="eval shard spec (default: the run's data.eval_shards)")
+    p.add_argument("--shards-root", default=None, help="where relative specs / corpus:NAME resolve (default: run's)")
+    p.add_argument("--json", default=None, help="MSRVTT-style JSON [{video, caption: str|[str]}]")
+    p.add_argument("--video-root", default=None, help="root of the JSON's video paths")
+    p.add_argument("--split", default=None, help="name of the split, recorded in the report (default: the data path)")
+    p.add_argument("--frames", type=int, default=0, help="frames per clip (default: the run's eval frames)")
+    p.add_argument("--k", type=int, default=128, help="VTM rerank top-k per query (0 = VTC only; default 128)")
+    p.add_argument("--batch-size", type=int, default=0, help="clips per batch (default: the run's eval batch)")
+    p.add_argument("--workers", type=int, default=-1, help="decoding workers per process (default: the run's)")
+    p.add_argument("--rerank-batch", type=int, default=64, help="(text, video) pairs per VTM forward")
+    p.add_argument("--max-samples", type=int, default=0, help="cap on clips per rank (0 = all)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer dir (default: the checkpoint's)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="fp32, or bf16 weights as the trainer's bf16 engine evaluates")
+    p.add_argument("--offload-features", default="none", choices=["none", "cpu"],
+                   help="keep the video tokens for reranking on CPU (big eval sets)")
+    p.add_argument("--out", default=None, help="write the JSON report here")
+    args = p.parse_args(argv)
+    if args.json and args.shards:
+        p.error("--shards and --json are exclusive")
+    if args.json and not args.video_root:
+        p.error("--json needs --video-root")
+    if args.k < 0 or args.frames < 0:
+        p.error("--k and --frames must be >= 0")
+    return args
+
+
+def setup_distributed(kind: str) -> tuple[int, int, torch.device]:
+    """torchrun env -> (rank, world, device); a plain run is world size 1 without a process group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local) if kind == "cuda" else torch.device("cpu")
+    if kind == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if kind == "cuda" else "gloo")
+    return (dist.get_rank() if world > 1 else 0), world, device
+
+
+def data_config(run_config: dict, cfg, args):
+    """The run's DataConfig with the eval-time choices of this invocation applied."""
+    from smaug.data import DataConfig
+    from smaug.train.config import build_section
+
+    data = dict(run_config.get("data") or {})
+    for k in ("train_shards",):
+        data.pop(k, None)
+    dcfg = build_section("data", DataConfig, data)
+    ev = run_config.get("eval") or {}
+    frames = args.frames or int(ev.get("num_frames") or 0) or dcfg.num_frames
+    repl = dict(num_frames=frames, image_size=cfg.image_size)
+    if args.batch_size:
+        repl["eval_batch_size"] = args.batch_size
+    if args.workers >= 0:
+        repl["num_workers"] = args.workers
+    if args.shards_root:
+        repl["shards_root"] = args.shards_root
+    return dataclasses.replace(dcfg, **repl)
+
+
+def build_loader(args, dcfg, tokenizer, rank: int, world: int):
+    """-> (loader, split name, data description)."""
+    if args.json:
+        from smaug.retrieval_data import build_json_eval_loader
+
+        loader = build_json_eval_loader(args.json, args.video_root, dcfg, tokenizer, rank, world)
+        return loader, args.split or Path(args.json).stem, {"json": str(Path(args.json).resolve()),
+                                                             "video_root": str(Path(args.video_root).resolve())}
+    from smaug.data import build_eval_loader
+
+    spec = args.shards or dcfg.eval_shards
+    if not spec:
+        raise SystemExit("eval_retrieval: no data: pass --shards SPEC or --json JSON --video-root DIR "
+                         "(the checkpoint's run config has no data.eval_shards)")
+    loader = build_eval_loader(dcfg, tokenizer, spec, rank=rank, world_size=world)
+    return loader, args.split or str(spec), {"shards": spec, "shards_root": dcfg.shards_root}
+
+
+def format_table(report: dict) -> str:
+    pr, res = report["protocol"], report["results"]
+    head = (f"retrieval  split={pr['split']}  clips={pr['num_videos']}  captions={pr['num_texts']}  "
+            f"frames={pr['frames']}  k={pr['k']}  checkpoint={pr['checkpoint']}"
+            + (f" (step {pr['step']})" if pr.get("step") is not None else ""))
+    lines = [head, f"{'method':<10}{'dir':<5}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'MedR':>8}{'MeanR':>9}"]
+    for name in ("vtc", "reranked"):
+        m = res.get(name)
+        if not m:
+            continue
+        for d in ("t2v", "v2t"):
+            lines.append(f"{name:<10}{d:<5}{m[f'{d}_r1']:>8.2f}{m[f'{d}_r5']:>8.2f}{m[f'{d}_r10']:>8.2f}"
+                         f"{m[f'{d}_medr']:>8.1f}{m[f'{d}_meanr']:>9.2f}")
+    lines.append(f"chance R@1/5/10: {pr['chance_r1']:.2f} / {pr['chance_r5']:.2f} / {pr['chance_r10']:.2f}")
+    return "\n".join(lines)
+
+
+def run(args) -> dict:
+    from smaug.data import load_tokenizer
+    from smaug.retrieval import evaluate
+    from smaug.weights import model_from_checkpoint, read_client_state, resolve_checkpoint
+
+    kind = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    rank, world, device = setup_distributed(kind)
+    ref = resolve_checkpoint(args.checkpoint)
+    model, cfg, run_config, tok_path = model_from_checkpoint(args.checkpoint, args.tokenizer)
+    step = read_client_state(ref).get("step") if ref.kind == "deepspeed" else None
+    if args.precision == "bf16":
+        model = model.to(torch.bfloat16)
+    model = model.to(device).eval()
+    tokenizer = load_tokenizer(tok_path)
+    dcfg = data_config(run_config, cfg, args)
+    loader, split, data_desc = build_loader(args, dcfg, tokenizer, rank, world)
+    t0 = time.perf_counter()
+    res = evaluate(model, loader, tokenizer, device, k=args.k, max_text_len=dcfg.max_text_len,
+                   max_samples=args.max_samples, offload=args.offload_features, batch_size=args.rerank_batch)
+    elapsed = time.perf_counter() - t0
+    vtc = res["vtc"]
+    protocol = {
+        "checkpoint": str(ref.path), "checkpoint_kind": ref.kind, "step": step, "split": split, **data_desc,
+        "frames": dcfg.num_frames, "image_size": dcfg.image_size, "decode_short_side": dcfg.short_side,
+        "frame_sampling": "segment centres", "crop": "short-side resize + centre crop",
+        "k": args.k, "rerank": ("VTM logit of the VTC top-k per query, then VTC order" if args.k else "none"),
+        "similarity": "cosine of L2-normalised VTC embeddings (video: mean of frame [CLS] projections)",
+        "num_videos": vtc["num_videos"], "num_texts": vtc["num_texts"],
+        "chance_r1": vtc["chance_r1"], "chance_r5": vtc["chance_r5"], "chance_r10": vtc["chance_r10"],
+        "max_text_len": dcfg.max_text_len, "precision": args.precision, "device": device.type, "world_size": world,
+        "num_pairs_reranked": res["num_pairs_scored"], "skipped": loader.skip_counts(),
+    }
+    strip = ("num_videos", "num_texts", "chance_r1", "chance_r5", "chance_r10")
+    results = {name: ({k: v for k, v in m.items() if k not in strip} if m else None)
+               for name, m in (("vtc", vtc), ("reranked", res["reranked"]))}
+    return {"protocol": protocol, "results": results, "seconds": round(elapsed, 2), "rank": rank}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        report = run(args)
+    except CheckpointError as e:
+        print(f"eval_retrieval: {e}", file=sys.stderr)
+        return 2
+    if report.pop("rank") == 0:
+        print(format_table(report), flush=True)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+            print(f"report: {args.out}", flush=True)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
