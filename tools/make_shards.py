@@ -30,6 +30,7 @@ import multiprocessing as mp
 import os
 import shlex
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -73,10 +74,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _init_worker(counter) -> None:
+def _exit_with_parent(parent: int) -> None:
+    """Worker watchdog: a killed parent must not leave orphans holding the output lock."""
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def _init_worker(counter, parent: int = 0) -> None:
     global _COUNTER
     _COUNTER = counter
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if parent:
+        threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
 
 
 def _tick() -> None:
@@ -86,6 +97,29 @@ def _tick() -> None:
 
 def _run_job(job):
     return write_shard(job, on_row=_tick)
+
+
+def lock_output(out: Path):
+    """Hold an exclusive lock on OUT/stats/.lock for this run (forked workers share it, so a rerun
+    waits for no one but refuses while orphans of a killed run still write)."""
+    import fcntl
+
+    (out / "stats").mkdir(exist_ok=True)
+    f = open(out / "stats" / ".lock", "a+")
+    for _ in range(100):  # workers of a just-killed run need a moment to exit
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return f
+        except BlockingIOError:
+            time.sleep(0.1)
+    f.close()
+    raise SystemExit(f"error: another make_shards run is writing to {out}")
+
+
+def remove_stale_temps(out: Path) -> None:
+    """Delete `.NAME.PID.tmp` files left by a killed run (call with the output lock held)."""
+    for p in [*out.glob(".*.tmp"), *(out / "stats").glob(".*.tmp")]:
+        p.unlink(missing_ok=True)
 
 
 def _progress(total: int, disable: bool):
@@ -114,6 +148,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    lock = lock_output(out)  # noqa: F841  (held until the process exits)
+    remove_stale_temps(out)
     prefix = args.prefix or out.resolve().name
     options = {"frames": args.frames, "short_side": args.resize_short_side,
                "fps": 0.0 if args.frames else float(args.fps)}
@@ -137,7 +173,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         for job in todo:
             stats[job.index] = write_shard(job, on_row=lambda: bar.update(1))
     else:
-        with ProcessPoolExecutor(args.workers, initializer=_init_worker, initargs=(counter,)) as pool:
+        with ProcessPoolExecutor(args.workers, initializer=_init_worker,
+                                 initargs=(counter, os.getpid())) as pool:
             futures = {pool.submit(_run_job, job): job for job in todo}
             pending, seen = set(futures), 0
             while pending:
@@ -156,7 +193,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     rate = built / elapsed if elapsed > 0 else 0.0
     skipped = {k: v for k, v in summary["skipped"].items() if v}
     print(f"[make_shards] done: {manifest['num_samples']} samples in {len(jobs)} shards, "
-          f"{sum(skipped.values())} skipped {skipped or ''}; built {built} rows in {elapsed:.1f}s "
+          f"{sum(skipped.values())} skipped{' ' + str(skipped) if skipped else ''}; built {built} rows in {elapsed:.1f}s "
           f"({rate:.1f} videos/s); total duration {manifest['total_duration'] / 3600:.2f} h", file=sys.stderr)
     if manifest["num_samples"] == 0:
         (out / "manifest.json").unlink(missing_ok=True)

@@ -18,10 +18,13 @@ pure function of its seed (this is what makes loader resume exact).
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
+import os
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
@@ -70,10 +73,40 @@ def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return max(2, w - w % 2), max(2, h - h % 2)
 
 
-def open_video(data: bytes, width: int = -1, height: int = -1):
-    """A decord VideoReader over in-memory bytes (single decode thread), optionally rescaled."""
+@contextlib.contextmanager
+def silenced_stderr(enabled: bool = True):
+    """Point fd 2 at /dev/null for the block. decord's C++ logger prints the *bytes* of an
+    in-memory video it cannot open (binary garbage); use only where no other thread writes."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def open_video(data: bytes, width: int = -1, height: int = -1, quiet: bool = False):
+    """A decord VideoReader over in-memory bytes (single decode thread), optionally rescaled;
+    `quiet` silences decord's stderr dump of unreadable input."""
     decord = _decord()
-    return decord.VideoReader(io.BytesIO(data), width=width, height=height, num_threads=1)
+    with silenced_stderr(quiet):
+        return decord.VideoReader(io.BytesIO(data), width=width, height=height, num_threads=1)
+
+
+def _in_worker() -> bool:
+    """True inside a torch DataLoader worker process (single-threaded: safe to silence fd 2)."""
+    try:
+        from torch.utils.data import get_worker_info
+    except ImportError:
+        return False
+    return get_worker_info() is not None
 
 
 def segment_indices(n: int, t: int, rng: Optional[np.random.Generator] = None) -> list[int]:
@@ -94,7 +127,7 @@ def decode_video(data: bytes, t: int, short_side: int, rng: Optional[np.random.G
     w, h = -1, -1
     if size_hint and short_side > 0 and min(size_hint) > short_side:
         w, h = scaled_size(size_hint[0], size_hint[1], short_side)
-    vr = open_video(data, w, h)
+    vr = open_video(data, w, h, quiet=_in_worker())
     idx = segment_indices(len(vr), t, rng)
     frames = vr.get_batch(idx).asnumpy()
     if frames.ndim != 4 or frames.shape[0] != t or frames.shape[-1] != 3:

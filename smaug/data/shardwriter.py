@@ -97,10 +97,17 @@ def _sample_json(row: Row, meta: dict) -> bytes:
     return json.dumps(info, sort_keys=True, ensure_ascii=False).encode("utf-8")
 
 
+def printable(text: str, limit: int = 200) -> str:
+    """ASCII-safe text for logs and JSON: escapes undecodable bytes and control characters."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)[:limit]
+
+
 def _bad(row: Row, reason: str, detail: str) -> dict:
-    detail = _TIMESTAMP.sub("", detail)
-    LOG.warning("skip row %d (line %d) id=%r: %s: %s", row.index + 1, row.line, row.id, reason, detail)
-    return {"row": row.index + 1, "line": row.line, "id": row.id, "reason": reason, "detail": detail}
+    detail = printable(_TIMESTAMP.sub("", detail))
+    rid = printable(row.id)
+    LOG.warning("skip row %d (line %d) id=%r: %s: %s", row.index + 1, row.line, rid, reason, detail)
+    return {"row": row.index + 1, "line": row.line, "id": rid, "reason": reason, "detail": detail}
 
 
 def write_shard(job: ShardJob, on_row: Optional[Callable[[], None]] = None) -> dict:

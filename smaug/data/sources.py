@@ -79,7 +79,7 @@ def parse_iso_duration(text: str) -> Optional[float]:
 
 def _has_bad_utf8(*texts: Optional[str]) -> bool:
     """Text read with errors='surrogateescape' keeps undecodable bytes as lone surrogates."""
-    return any(t is not None and re.search("[\udc80-\udcff]", t) for t in texts)
+    return any(t is not None and re.search("[\ud800-\udfff]", t) for t in texts)
 
 
 def _clean_caption(text: str) -> str:
@@ -226,9 +226,6 @@ def read_image_list(path: str) -> list[Row]:
             row.error = ("malformed_row", "expected caption<TAB>path")
             continue
         cap, rel = fields[0], fields[1].strip()
-        if _has_bad_utf8(rel):
-            row.error = ("invalid_utf8", "path is not valid UTF-8")
-            continue
         _set_path(row, rel)
         if row.error is None:
             _check_caption(row, [cap])
@@ -236,6 +233,9 @@ def read_image_list(path: str) -> list[Row]:
 
 
 def _set_path(row: Row, rel: str) -> None:
+    if _has_bad_utf8(rel):
+        row.id, row.error = rel, ("invalid_utf8", "path is not valid UTF-8")
+        return
     norm = safe_relpath(rel) if rel else None
     row.id = norm or rel
     if not rel:

@@ -60,7 +60,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write deterministic JSON (sorted keys, trailing newline) via a temp file and rename."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 
