@@ -7,16 +7,23 @@ f_t the frame's VTC-projected [CLS] (`frame_feat`), g the VTC-projected text [CL
 the start the selector ranks frames by the contrastive similarity) and trained by the
 fusion losses.
 
-Differentiability: straight-through. The forward picks hard top-k indices (training: Gumbel
-top-k, i.e. k frames sampled without replacement from softmax(s), for exploration; eval:
-deterministic top-k). The chosen frames' tokens are multiplied by w_t / w_t.detach(), with
-w = softmax(s) over the T frames. That factor is exactly 1, so the forward (and what fusion
-sees) is the hard selection, while the backward gives
-dL/ds_j = sum_{t chosen} <dL/dx_t, x_t> (delta_tj - w_j): a frame's score rises when
-scaling its tokens up would lower the VTM/MLM loss. Why this and not perturbed top-k or a
-soft mix: it costs nothing extra (no extra fusion passes, no [k, T] soft matrix mixing all
-frames' tokens), keeps train and eval fusion inputs identical in kind (real frames, never
-blends), and works with any k.
+Differentiability: straight-through (Gumbel-softmax style, forward hard, backward soft over all
+frames). The forward picks hard top-k indices (training: Gumbel top-k, i.e. k frames sampled
+without replacement from softmax(s), for exploration; eval: deterministic top-k). Every chosen
+slot then gets + sum_t (w_t - w_t.detach()) x_t, with w = softmax(s) over the T frames and x_t
+frame t's tokens. That term is exactly 0, so fusion sees the hard selection, but in backward
+dL/dw_t = <sum_slots dL/dslot, x_t> for every frame t, chosen or not: a frame's score rises
+when the fusion loss would fall by moving the chosen tokens towards that frame's tokens, so
+the scorer learns to compare frames. (The frame tokens themselves get no gradient through
+this term.)
+
+Why this method: it costs one [P, T] x [P, T, N*D] contraction, nothing next to the fusion
+layers (no extra fusion passes, unlike perturbed top-k which needs several noisy samples),
+fusion only ever sees real frames (no blends), and it works for any k. The simpler
+`x_t * w_t / w_t.detach()` estimator (gradient only for the chosen frames) was tried first and
+dropped: its gradient (1 - w_t) vanishes once a wrong frame is confidently chosen, and it says
+nothing about unchosen frames; `tests/test_model_grads.py` has a toy task it fails and this
+one solves (the scorer alone learns which frame lowers the loss).
 """
 from __future__ import annotations
 
@@ -52,7 +59,7 @@ class FrameSelector(nn.Module):
             u = torch.rand_like(s).clamp_(1e-9, 1 - 1e-9)
             noisy = s - torch.log(-torch.log(u))
         idx = noisy.topk(k, dim=1).indices.sort(dim=1).values
-        w = s.softmax(dim=1).gather(1, idx)  # [P, k]
-        st = (w / w.detach()).to(frame_tokens.dtype)  # == 1 in value, carries d/ds
-        chosen = frame_tokens.gather(1, idx[:, :, None, None].expand(-1, -1, N, D)) * st[:, :, None, None]
-        return chosen.flatten(1, 2), idx
+        w = s.softmax(dim=1).to(frame_tokens.dtype)  # [P, T]
+        chosen = frame_tokens.gather(1, idx[:, :, None, None].expand(-1, -1, N, D))  # [P, k, N, D]
+        zero_with_grad = torch.einsum("pt,ptnd->pnd", w - w.detach(), frame_tokens)  # == 0 in value
+        return (chosen + zero_with_grad[:, None]).flatten(1, 2), idx

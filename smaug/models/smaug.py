@@ -174,7 +174,8 @@ class SmaugModel(nn.Module):
         # BERT cross-attention keys/values take hidden_size inputs: map video tokens to Dt if needed
         self.video_to_text = nn.Linear(cfg.vision_width, cfg.text_width) if cfg.vision_width != cfg.text_width else nn.Identity()
         self.vtm_head = nn.Linear(cfg.text_width, 1)
-        self.vtc_temp = nn.Parameter(torch.tensor(cfg.temp_init))  # raw; `temp` is the clamped value in use
+        # raw, shape [1] (DeepSpeed cannot broadcast 0-d parameters); `temp` is the clamped value in use
+        self.vtc_temp = nn.Parameter(torch.full((1,), cfg.temp_init))
         for m in (self.vision_proj, self.text_proj, self.video_to_text, self.vtm_head):
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -190,7 +191,7 @@ class SmaugModel(nn.Module):
     def temp(self) -> torch.Tensor:
         """VTC temperature in use: the learnable value clamped to [temp_min, temp_max] (no in-place
         clamp, which a ZeRO fp32 master copy would undo)."""
-        return self.vtc_temp.clamp(self.config.temp_min, self.config.temp_max)
+        return self.vtc_temp.clamp(self.config.temp_min, self.config.temp_max)[0]
 
     def normalize_video(self, video: torch.Tensor) -> torch.Tensor:
         """uint8 [B, T, 3, H, W] -> (x / 255 - mean) / std in the model dtype; float input is taken as normalised."""
