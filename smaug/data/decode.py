@@ -144,7 +144,7 @@ def decode_jpeg(data: bytes, short_side: int) -> np.ndarray:
         w, h = img.size
         if min(w, h) > short_side:
             img.draft("RGB", (max(1, w * short_side // min(w, h)), max(1, h * short_side // min(w, h))))
-    return np.asarray(img.convert("RGB"))
+    return np.array(img.convert("RGB"))  # writable: torch.from_numpy warns on read-only arrays
 
 
 def random_resized_crop_box(h: int, w: int, scale: tuple, ratio: tuple,
@@ -180,11 +180,12 @@ def crop_resize(frames: np.ndarray, box: tuple[int, int, int, int], size: int) -
     import torch.nn.functional as F
 
     top, left, ch, cw = box
-    x = torch.from_numpy(np.ascontiguousarray(frames[:, top:top + ch, left:left + cw]))
-    x = x.permute(0, 3, 1, 2)
+    # HWC frames viewed as NCHW are channels_last: torch's uint8 bilinear (antialiased) path
+    # runs on them directly, ~5x faster than converting to float.
+    x = torch.from_numpy(frames[:, top:top + ch, left:left + cw]).permute(0, 3, 1, 2)
     if (ch, cw) != (size, size):
-        x = F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        x = x.round_().clamp_(0, 255).to(torch.uint8)
+        x = F.interpolate(x.contiguous(memory_format=torch.channels_last), size=(size, size), mode="bilinear",
+                          align_corners=False, antialias=True)
     return x.contiguous()
 
 

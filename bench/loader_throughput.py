@@ -1,0 +1,168 @@
+#!/usr/bin/env python
+"""Loader throughput per worker process, per shard kind, against bare decoding of the same clips.
+
+    python bench/loader_throughput.py [--corpus DIR] [--num-videos 48] [--clips 96] [--workdir DIR]
+
+Builds (in a temp dir unless --workdir) three shard kinds from one WebVid-layout corpus (the
+synthetic one from tools/make_synthetic.py when --corpus is not given):
+  raw       the source mp4s as they are
+  reencode  --resize-short-side 224 --fps 2 (Singularity-style compression)
+  frames    --frames T JPEG frames per video
+For each kind it times, in this one process with one thread (= one dataloader worker):
+  loader    smaug's train stream: tar read, decode at reduced size, T segment frames, random-resized
+            crop to image_size, tokenise, collate (clips/s)
+  bare      the same clips decoded from plain files: decord VideoReader(path, reduced size)
+            + get_batch(T segment centres) for mp4; PIL decoding the T JPEG files for frames
+and prints both and their ratio, measured in the same run. Cores per GPU follows:
+  cores per GPU = GPU clips/s (bench/train_step.py) / loader clips/s per core.
+Synthetic clips are small (<= 480x270, <= 15 fps); real WebVid 360p/25fps clips decode slower
+in both columns, so read the ratios, not the absolute numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def tool(name: str, *args) -> None:
+    r = subprocess.run([sys.executable, str(REPO / "tools" / name), *map(str, args)], capture_output=True, text=True,
+                       errors="replace")
+    if r.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{r.stderr[-3000:]}")
+
+
+def build_shards(corpus: Path, work: Path, frames: int, workers: int) -> dict[str, Path]:
+    csv_path, videos = corpus / "results_2M_train.csv", corpus / "videos"
+    kinds = {"raw": [], "reencode": ["--resize-short-side", 224, "--fps", 2], "frames": ["--frames", frames]}
+    out = {}
+    for kind, extra in kinds.items():
+        out[kind] = work / "shards" / kind
+        tool("make_shards.py", "--webvid-csv", csv_path, "--video-root", videos, "--out", out[kind],
+             "--samples-per-shard", 16, "--workers", workers, "--no-progress", *extra)
+    tool("build_tokenizer.py", "--shards", out["raw"], "--out", work / "tokenizer", "--vocab-size", 500)
+    return out
+
+
+def extract_files(shard_dir: Path, dest: Path) -> list[tuple[list[Path], dict]]:
+    """Each sample's media as plain files (mp4, or the JPEG frames) plus its json metadata."""
+    dest.mkdir(parents=True, exist_ok=True)
+    items: dict[str, dict] = {}
+    for tar in sorted(shard_dir.glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            for m in tf.getmembers():
+                key, ext = m.name.split(".", 1)
+                data = tf.extractfile(m).read()
+                entry = items.setdefault(key, {"files": [], "meta": {}})
+                if ext == "json":
+                    entry["meta"] = json.loads(data)
+                elif ext != "txt":
+                    p = dest / m.name
+                    p.write_bytes(data)
+                    entry["files"].append(p)
+    return [(sorted(v["files"]), v["meta"]) for v in items.values()]
+
+
+def bare_rate(items, kind: str, t: int, short_side: int, clips: int) -> float:
+    """Clips/s decoding the same clips from files, outside the loader."""
+    import decord
+    from PIL import Image
+
+    from smaug.data.decode import scaled_size, segment_indices
+
+    decord.logging.set_level(decord.logging.QUIET)
+    n = 0
+    start = time.perf_counter()
+    while n < clips:
+        for files, meta in items:
+            if kind == "frames":
+                for i in segment_indices(len(files), t):
+                    img = Image.open(files[i])
+                    img.draft("RGB", scaled_size(img.size[0], img.size[1], short_side))
+                    img.convert("RGB").load()
+            else:
+                w, h = scaled_size(meta["width"], meta["height"], short_side)
+                vr = decord.VideoReader(str(files[0]), width=w, height=h, num_threads=1)
+                vr.get_batch(segment_indices(len(vr), t)).asnumpy()
+            n += 1
+            if n >= clips:
+                break
+    return n / (time.perf_counter() - start)
+
+
+def loader_rate(shards: Path, tok, t: int, image_size: int, short_side: int, clips: int) -> float:
+    """Clips/s of smaug's train stream in this process (num_workers=0: one worker's work)."""
+    from smaug.data import DataConfig, build_train_loader
+
+    bs = 8
+    cfg = DataConfig(train_shards=str(shards), num_frames=t, image_size=image_size, decode_short_side=short_side,
+                     batch_size=bs, num_workers=0, shuffle_buffer=8, round_batches=10_000)
+    it = iter(build_train_loader(cfg, tok, seed=0))
+    next(it)  # warm-up: shuffle-buffer fill, imports
+    start = time.perf_counter()
+    steps = max(1, clips // bs)
+    for _ in range(steps):
+        next(it)
+    return steps * bs / (time.perf_counter() - start)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpus", help="WebVid-layout corpus dir (default: build a synthetic one)")
+    p.add_argument("--num-videos", type=int, default=48, help="synthetic clips when --corpus is not given")
+    p.add_argument("--clips", type=int, default=96, help="clips timed per measurement")
+    p.add_argument("--num-frames", type=int, default=4, help="T frames per clip")
+    p.add_argument("--image-size", type=int, default=224, help="output crop size")
+    p.add_argument("--short-side", type=int, default=224, help="decode short side (reduced-size decode)")
+    p.add_argument("--workers", type=int, default=2, help="make_shards processes")
+    p.add_argument("--workdir", help="keep shards here (default: a temp dir)")
+    p.add_argument("--gpu-clips-per-s", type=float, default=0.0, help="optional: GPU training clips/s, for cores/GPU")
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.workdir or tmp)
+        t0 = time.perf_counter()
+        corpus = Path(args.corpus) if args.corpus else work / "corpus"
+        if not args.corpus:
+            tool("make_synthetic.py", "--out", corpus, "--num-videos", args.num_videos, "--num-images", 0,
+                 "--workers", args.workers)
+        shards = build_shards(corpus, work, args.num_frames, args.workers)
+        from smaug.data import load_tokenizer
+
+        tok = load_tokenizer(work / "tokenizer")
+        print(f"setup {time.perf_counter() - t0:.1f}s; timing {args.clips} clips per row, T={args.num_frames}, "
+              f"decode short side {args.short_side}, crop {args.image_size}, 1 thread", flush=True)
+        rows = []
+        for kind, sdir in shards.items():
+            items = extract_files(sdir, work / "files" / kind)
+            bare = bare_rate(items, kind, args.num_frames, args.short_side, args.clips)
+            load = loader_rate(sdir, tok, args.num_frames, args.image_size, args.short_side, args.clips)
+            rows.append((kind, load, bare))
+    print(f"\n{'shard kind':<10} {'loader clips/s/worker':>22} {'bare decode clips/s':>20} {'loader/bare':>12}")
+    for kind, load, bare in rows:
+        print(f"{kind:<10} {load:>22.1f} {bare:>20.1f} {load / bare:>12.2f}")
+    raw = rows[0][1]
+    print("\nrelative to raw mp4 (loader): " + ", ".join(f"{k} x{v / raw:.1f}" for k, v, _ in rows))
+    print("cores per GPU = GPU clips/s / loader clips/s per core (one worker = one core)")
+    if args.gpu_clips_per_s > 0:
+        print("  " + ", ".join(f"{k}: {args.gpu_clips_per_s / v:.1f}" for k, v, _ in rows)
+              + f"  (at {args.gpu_clips_per_s:g} GPU clips/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
