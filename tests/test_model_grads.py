@@ -23,6 +23,8 @@ def test_every_parameter_gets_a_gradient_with_checkpointing_and_tied_head(dense)
     out, grads = _grads(model, make_batch(model.config, batch_size=4))
     assert set(out.losses) == {"vtc", "vtm", "mlm", "mvm"} and torch.isfinite(out.loss)
     assert (float(out.losses["mvm"].detach()) > 0) != dense
+    neg_text, neg_video = model._last_negatives  # model-level mining never returns the positive
+    assert (neg_text != torch.arange(4)).all() and (neg_video != torch.arange(4)).all()
     for n, p in model.named_parameters():
         assert p.requires_grad
         assert n in grads and grads[n].abs().sum() > 0, f"no gradient: {n}"
