@@ -126,7 +126,11 @@ def _all_gather_object(obj) -> list:
 
 
 def gather_features(local: Features, hiddens: Optional[list] = None) -> Features:
-    """Concatenate every rank's features (object all-gather on CPU), sorted by key, duplicates dropped.
+    """Concatenate every rank's features (object all-gather on CPU), sorted by key, duplicate clips dropped.
+
+    Texts with the same caption share the features of its first occurrence (in key order): they are
+    equal up to float noise of batch composition, which would otherwise break ties differently with
+    different batch sizes or world sizes.
 
     `hiddens`: this rank's per-text BERT states (list aligned with `local.text`); when given they are
     gathered too and returned as zero-padded `text_hidden` / `text_mask`.
@@ -140,6 +144,7 @@ def gather_features(local: Features, hiddens: Optional[list] = None) -> Features
                                          for j in sel]))
     rows.sort(key=lambda r: r[0])
     seen, keys, vids, texts, t2v, caps, hid = set(), [], [], [], [], [], []
+    by_caption: dict[str, tuple] = {}
     for k, v, ts in rows:
         if k in seen:
             continue
@@ -147,6 +152,8 @@ def gather_features(local: Features, hiddens: Optional[list] = None) -> Features
         keys.append(k)
         vids.append(v)
         for t, c, h in ts:
+            if c:  # the same caption gets the same (first-encoded) features: no tie-breaks by float noise
+                t, h = by_caption.setdefault(c, (t, h))
             texts.append(t)
             t2v.append(len(keys) - 1)
             caps.append(c)
@@ -225,15 +232,26 @@ def rerank_scores(sim: torch.Tensor, topk: torch.Tensor, scores: torch.Tensor) -
 @torch.no_grad()
 def vtm_pair_scores(model, feats: Features, pairs: torch.Tensor, device, batch_size: int = 64,
                     autocast_dtype=None) -> dict[tuple[int, int], float]:
-    """VTM logits of the (text, video) `pairs` [P, 2] whose video this rank holds; gathered from all ranks."""
+    """VTM logits of the (text, video) `pairs` [P, 2]; gathered from all ranks.
+
+    Each rank scores the pairs whose video it holds. Texts with the same caption are scored once
+    (so duplicate captions get bit-identical logits, as they get identical VTC similarities, and
+    never tie-break differently by floating-point noise of batch composition).
+    """
     model.eval()
-    rows = torch.tensor([feats.local_rows.get(feats.keys[v], -1) for v in pairs[:, 1].tolist()], dtype=torch.long)
-    mine = pairs[rows >= 0]
-    rows = rows[rows >= 0]
+    first: dict[str, int] = {}
+    canon = [first.setdefault(c, i) for i, c in enumerate(feats.captions)] if feats.captions else None
+    want: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for t, v in pairs.tolist():
+        if feats.keys[v] in feats.local_rows:
+            want.setdefault((canon[t] if canon else t, v), []).append((t, v))
+    todo = sorted(want)
     ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     local: dict[tuple[int, int], float] = {}
-    for s in range(0, len(mine), batch_size):
-        t, r = mine[s:s + batch_size, 0], rows[s:s + batch_size]
+    for s in range(0, len(todo), batch_size):
+        chunk = todo[s:s + batch_size]
+        t = torch.tensor([c[0] for c in chunk], dtype=torch.long)
+        r = torch.tensor([feats.local_rows[feats.keys[c[1]]] for c in chunk], dtype=torch.long)
         am = feats.text_mask[t]
         L = int(am.sum(1).max())  # trim the batch to its longest text
         with ctx:
@@ -241,8 +259,9 @@ def vtm_pair_scores(model, feats: Features, pairs: torch.Tensor, device, batch_s
                                       feats.frame_feat[r.to(feats.frame_feat.device)].to(device),
                                       feats.text_hidden[t, :L].to(device),
                                       feats.text[t].to(device, feats.frame_feat.dtype), am[:, :L].to(device))
-        for (ti, vi), x in zip(mine[s:s + batch_size].tolist(), logits.float().cpu().tolist()):
-            local[(ti, vi)] = x
+        for c, x in zip(chunk, logits.float().cpu().tolist()):
+            for pair in want[c]:
+                local[pair] = x
     out: dict[tuple[int, int], float] = {}
     for part in _all_gather_object(local):
         out.update(part)

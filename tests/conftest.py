@@ -68,3 +68,29 @@ def synthetic_shards(synthetic_corpus, tmp_path_factory) -> dict:
             f"name: {name}\nmanifest: {sub}/manifest.json\nkind: {kind}\nweight: 1.0\n", encoding="utf-8")
     return {"shards_root": str(root), "train": str(root / "train"), "eval": str(root / "eval"),
             "images": str(root / "images"), "tokenizer": str(root / "tokenizer"), "corpus": str(c)}
+
+
+# --- retrieval / export fixtures (tools/eval_retrieval.py, export_hf.py, finetune_retrieval.py)
+@pytest.fixture(scope="session")
+def pretrained_run(synthetic_shards, tmp_path_factory) -> Path:
+    """A short tiny pre-training run (the real trainer, one process) on the synthetic shards, with
+    its periodic and final zero-shot eval on the held-out split: run dir with checkpoints/ and eval.json.
+    LR 1e-4: at the quickstart's 1e-3 the tiny model's VTC features collapse in a few steps."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("pretrained") / "run"
+    d = synthetic_shards
+    cmd = [sys.executable, "-m", "smaug.train", "--config", str(REPO / "smaug" / "configs" / "quickstart.yaml"),
+           "--out", str(out), f"data.shards_root={d['shards_root']}", f"data.train_shards={d['train']}",
+           f"data.eval_shards={d['eval']}", f"model.tokenizer={d['tokenizer']}", "data.batch_size=8",
+           "data.num_workers=1", "data.round_batches=4", "data.shuffle_buffer=20", "log.progress=false",
+           "train.steps=8", "eval.every=4", "ckpt.every=4", "optim.lr=1e-4", "optim.min_lr=1e-5",
+           "optim.warmup_steps=2"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
+    if r.returncode != 0:
+        raise AssertionError(f"pre-training exited {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
+    return out
