@@ -15,7 +15,9 @@ Optional transforms: --resize-short-side S and/or --fps F re-encode to H.264 mp4
 --frames K stores K JPEG frames (segment centres) instead of the video.
 
 Rerunning the same command after a kill finishes the job without rewriting finished shards; the
-result is byte-identical to an uninterrupted run. Bad rows are skipped, counted and logged with
+result is byte-identical to an uninterrupted run. Each shard is built in its own process; if
+that process crashes or hangs (a decoder bug on some file), the shard is rebuilt with each row
+in a child process, and the offending row is skipped as `undecodable`. Bad rows are skipped, counted and logged with
 their row and line numbers; a run in which every row fails exits with status 2.
 
 Example:
@@ -32,7 +34,7 @@ import shlex
 import sys
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from collections import deque
 from pathlib import Path
 
 try:
@@ -40,12 +42,12 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from smaug.data.shardwriter import build_reports, is_done, plan_jobs, write_shard  # noqa: E402
+from smaug.data.shardwriter import build_reports, is_done, plan_jobs, preload_codecs, write_shard  # noqa: E402
 from smaug.data.sources import read_rows  # noqa: E402
 from smaug.data.specs import write_json_atomic  # noqa: E402
 
 LOG = logging.getLogger("smaug.make_shards")
-_COUNTER = None  # shared progress counter in worker processes
+POLL_S = 0.2
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -63,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resize-short-side", type=int, default=0, help="re-encode with this short side (0: keep)")
     p.add_argument("--fps", type=float, default=0.0, help="re-encode at this frame rate (0: keep; never raised)")
     p.add_argument("--frames", type=int, default=0, help="store K JPEG frames per video instead of the video")
+    p.add_argument("--row-timeout", type=float, default=600.0,
+                   help="seconds without progress before a shard is rebuilt with isolated rows (default 600)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if args.image_list and not args.image_root:
@@ -75,28 +79,75 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _exit_with_parent(parent: int) -> None:
-    """Worker watchdog: a killed parent must not leave orphans holding the output lock."""
+    """Watchdog thread: a killed parent must not leave orphans holding the output lock."""
     while True:
         time.sleep(0.5)
         if os.getppid() != parent:
             os._exit(1)
 
 
-def _init_worker(counter, parent: int = 0) -> None:
-    global _COUNTER
-    _COUNTER = counter
+def _shard_process(job, counter, parent: int, isolate: bool, row_timeout: float) -> None:
+    """Body of one shard's process: write the shard, counting rows in `counter`."""
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    if parent:
-        threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+    def tick() -> None:
+        with counter.get_lock():
+            counter.value += 1
+
+    write_shard(job, on_row=tick, isolate=isolate, row_timeout=row_timeout)
 
 
-def _tick() -> None:
-    with _COUNTER.get_lock():
-        _COUNTER.value += 1
+def build_all(todo: list, workers: int, row_timeout: float, bar) -> dict[int, dict]:
+    """Build shards in up to `workers` processes, one process per shard.
 
-
-def _run_job(job):
-    return write_shard(job, on_row=_tick)
+    A shard whose process dies (a decoder crash) or makes no progress for `row_timeout`
+    seconds (a decoder hang) is rebuilt with every row in its own child process, so the bad
+    row is skipped as `undecodable` and the run goes on.
+    """
+    ctx = mp.get_context("fork")
+    preload_codecs()
+    pending = deque((job, False) for job in todo)
+    running: dict = {}  # process -> [job, isolate, counter, last count, last change time]
+    stats: dict[int, dict] = {}
+    finished_rows = bar.n
+    while pending or running:
+        while pending and len(running) < workers:
+            job, isolate = pending.popleft()
+            counter = ctx.Value("q", 0)
+            proc = ctx.Process(target=_shard_process, args=(job, counter, os.getpid(), isolate, row_timeout),
+                               name=f"shard-{job.index}", daemon=False)
+            proc.start()
+            running[proc] = [job, isolate, counter, 0, time.time()]
+        time.sleep(POLL_S)
+        for proc, (job, isolate, counter, last, since) in list(running.items()):
+            if proc.is_alive():
+                now = counter.value
+                if now != last:
+                    running[proc][3:] = [now, time.time()]
+                elif not isolate and time.time() - since > row_timeout:
+                    LOG.warning("shard %s: no progress for %.0fs (decoder hang?); rebuilding it row by row in "
+                                "isolated processes", job.name, row_timeout)
+                    proc.kill()
+                    proc.join()
+                    del running[proc]
+                    pending.appendleft((job, True))
+                continue
+            proc.join()
+            del running[proc]
+            done = is_done(job) if proc.exitcode == 0 else None
+            if done is not None:
+                stats[job.index] = done
+                finished_rows += len(job.rows)
+            elif not isolate:
+                LOG.warning("shard %s: its process died (exit code %s, a decoder crash?); rebuilding it row by "
+                            "row in isolated processes", job.name, proc.exitcode)
+                pending.appendleft((job, True))
+            else:
+                raise RuntimeError(f"shard {job.name}: failed even with isolated rows (exit code {proc.exitcode})")
+        live = sum(min(r[2].value, len(r[0].rows)) for r in running.values())
+        bar.update(finished_rows + live - bar.n)
+    return stats
 
 
 def lock_output(out: Path):
@@ -125,6 +176,7 @@ def remove_stale_temps(out: Path) -> None:
 def _progress(total: int, disable: bool):
     from tqdm import tqdm
 
+    tqdm.monitor_interval = 0  # no monitor thread: this process forks shard processes
     return tqdm(total=total, unit="video", dynamic_ncols=True, disable=disable, smoothing=0.1)
 
 
@@ -165,24 +217,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     print(f"[make_shards] {len(rows)} rows -> {len(jobs)} shards in {out} "
           f"({len(stats)} already done, {len(todo)} to build, {args.workers} workers)", file=sys.stderr)
     t0 = time.time()
-    counter = mp.Value("q", 0)
     bar = _progress(len(rows), args.no_progress)
     bar.update(already)
-    _init_worker(counter)
-    if args.workers == 1:
-        for job in todo:
-            stats[job.index] = write_shard(job, on_row=lambda: bar.update(1))
-    else:
-        with ProcessPoolExecutor(args.workers, initializer=_init_worker,
-                                 initargs=(counter, os.getpid())) as pool:
-            futures = {pool.submit(_run_job, job): job for job in todo}
-            pending, seen = set(futures), 0
-            while pending:
-                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    stats[futures[fut].index] = fut.result()
-                bar.update(counter.value - seen)
-                seen = counter.value
+    stats.update(build_all(todo, args.workers, args.row_timeout, bar))
     bar.close()
     elapsed = time.time() - t0
     ordered = [stats[j.index] for j in jobs]

@@ -12,10 +12,12 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
 import re
+import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,10 +112,77 @@ def _bad(row: Row, reason: str, detail: str) -> dict:
     return {"row": row.index + 1, "line": row.line, "id": rid, "reason": reason, "detail": detail}
 
 
-def write_shard(job: ShardJob, on_row: Optional[Callable[[], None]] = None) -> dict:
-    """Build one shard (tar, then stats file) and return its stats."""
-    import webdataset as wds
+class SampleTarWriter:
+    """WebDataset-layout tar writer (what `webdataset.TarWriter` writes, without importing
+    torch): members `{key}.{ext}` in sorted extension order, USTAR, fixed mtime/owner/mode."""
 
+    def __init__(self, fileobj):
+        self.tar = tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.USTAR_FORMAT)
+
+    def write(self, sample: dict) -> None:
+        key = sample["__key__"]
+        for ext in sorted(k for k in sample if not k.startswith("_")):
+            data = sample[ext]
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), TAR_MTIME, 0o444
+            info.uname = info.gname = "smaug"
+            self.tar.addfile(info, io.BytesIO(data))
+
+    def close(self) -> None:
+        self.tar.close()
+
+
+def preload_codecs() -> None:
+    """Import the media libraries once, before forking shard processes (not once per fork)."""
+    import av  # noqa: F401
+    import PIL.Image  # noqa: F401
+
+    from .decode import _decord
+
+    _decord()
+
+
+def _isolated_child(conn, fn, args) -> None:
+    try:
+        conn.send((True, fn(*args)))
+    except BadSample as exn:
+        conn.send((False, (exn.reason, exn.detail)))
+    conn.close()
+    os._exit(0)
+
+
+def run_isolated(fn, args: tuple, timeout: float):
+    """`fn(*args)` in a forked child; a crash or a timeout becomes `BadSample("undecodable")`."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_isolated_child, args=(send, fn, args), daemon=True)
+    proc.start()
+    send.close()
+    try:
+        if not recv.poll(timeout):
+            proc.kill()
+            raise BadSample("undecodable", f"decoder timed out after {timeout:.0f}s")
+        try:
+            ok, payload = recv.recv()
+        except EOFError:
+            proc.join()
+            raise BadSample("undecodable", f"decoder crashed (exit code {proc.exitcode})") from None
+    finally:
+        recv.close()
+        proc.join()
+    if not ok:
+        raise BadSample(*payload)
+    return payload
+
+
+def write_shard(job: ShardJob, on_row: Optional[Callable[[], None]] = None, isolate: bool = False,
+                row_timeout: float = 600.0) -> dict:
+    """Build one shard (tar, then stats file) and return its stats.
+
+    `isolate` runs each row's media work in its own child process (crash/hang containment).
+    """
     out = Path(job.out_dir)
     job.stats_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{job.name}.{os.getpid()}.tmp"
@@ -122,13 +191,14 @@ def write_shard(job: ShardJob, on_row: Optional[Callable[[], None]] = None) -> d
     samples, duration = 0, 0.0
     opts = job.options
     with open(tmp, "wb") as f:
-        writer = wds.TarWriter(f, encoder=False, mtime=TAR_MTIME, user="smaug", group="smaug", mode=0o444)
+        writer = SampleTarWriter(f)
         for row in job.rows:
             try:
                 if row.error is not None:
                     raise BadSample(*row.error)
-                members, meta = sample_members(row, job.root, frames=opts.get("frames", 0),
-                                               short_side=opts.get("short_side", 0), fps=opts.get("fps", 0.0))
+                margs = (row, job.root, opts.get("frames", 0), opts.get("short_side", 0), opts.get("fps", 0.0))
+                members, meta = (run_isolated(sample_members, margs, row_timeout) if isolate
+                                 else sample_members(*margs))
             except BadSample as exn:
                 skipped[exn.reason] += 1
                 bad_rows.append(_bad(row, exn.reason, exn.detail))
