@@ -1,0 +1,337 @@
+"""tools/export_hf.py and smaug.weights: export fidelity in a fresh process without smaug, ZeRO
+shards from 2 ranks, no pickle, timm vision export, registration, and clear errors on bad checkpoints.
+
+Checkpoints are real DeepSpeed ZeRO-2 checkpoints in the trainer's layout, written by
+`tests/weights_helpers.py` (a few optimizer steps of a tiny SmaugModel on random batches).
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from smaug.hf.export import export_hf, find_pickles
+from smaug.weights import CheckpointError, load_smaug_checkpoint, load_weights, resolve_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+HELPER = str(REPO / "tests" / "weights_helpers.py")
+
+
+def _env():
+    env = dict(os.environ, PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    return env
+
+
+def _run(cmd, cwd=REPO, env=None):
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env or _env(), cwd=cwd)
+    assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
+    return r
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    from smaug.data import build_wordpiece_tokenizer
+
+    caps = ["a red circle moves to the left", "the blue square goes up", "one green triangle slides down",
+            "a yellow circle moving right", "white square, heading to the top"]
+    out = tmp_path_factory.mktemp("tok")
+    build_wordpiece_tokenizer(caps * 3, out, vocab_size=200)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def ckpt_w1(tokenizer_dir, tmp_path_factory):
+    """Run dir of a world-size-1 ZeRO-2 checkpoint (one optimizer step)."""
+    out = tmp_path_factory.mktemp("ckpt") / "w1"
+    _run([sys.executable, HELPER, str(out), tokenizer_dir, "run.seed=3"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def ckpt_w2(tokenizer_dir, tmp_path_factory):
+    """Run dir of a ZeRO-2 checkpoint written by 2 gloo ranks (optimizer state sharded in 2 files)."""
+    from weights_helpers import free_port
+
+    out = tmp_path_factory.mktemp("ckpt") / "w2"
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+          HELPER, str(out), tokenizer_dir])
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(ckpt_w1, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "hf"
+    info = export_hf(str(ckpt_w1), out)
+    assert info["max_abs_diff"] == pytest.approx(0.0, abs=1e-5)
+    return out
+
+
+def training_model(run_dir: Path):
+    """The model as the trainer held it: rank 0's engine module weights from mp_rank_00_model_states.pt."""
+    from smaug.models import SmaugModel
+
+    cfg = load_smaug_checkpoint(run_dir)[0]
+    tag = (run_dir / "checkpoints" / "latest").read_text().strip()
+    states = torch.load(run_dir / "checkpoints" / tag / "mp_rank_00_model_states.pt", map_location="cpu",
+                        weights_only=False)
+    model = SmaugModel(cfg)
+    model.load_state_dict(states["module"])
+    return model.eval(), cfg
+
+
+FRESH = textwrap.dedent("""
+    import sys
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModel
+    folder, inputs, out = sys.argv[1:4]
+    x = load_file(inputs)
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    with torch.no_grad():
+        o = model(input_ids=x["input_ids"], attention_mask=x["attention_mask"], pixel_values=x["video"])
+        vtm = model.get_vtm_logits(x["video"], x["input_ids"], x["attention_mask"])
+    loaded = sorted(m for m in sys.modules if m == "smaug" or m.startswith("smaug."))
+    assert not loaded, f"smaug was imported: {loaded}"
+    save_file({"video": o.video_embeds.contiguous(), "text": o.text_embeds.contiguous(),
+               "logits_per_text": o.logits_per_text.contiguous(), "logits_per_video": o.logits_per_video.contiguous(),
+               "vtm": vtm.contiguous(), "temp": model.temp.detach().reshape(1)}, out)
+    print(type(model).__module__, type(model).__name__)
+""")
+
+
+@pytest.mark.slow
+def test_export_fidelity_in_fresh_process_without_smaug(ckpt_w1, exported, tokenizer_dir, tmp_path):
+    model, cfg = training_model(ckpt_w1)
+    from smaug.data import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir)
+    enc = tok(["a red circle moves to the left", "blue square", "the green triangle goes down"], padding=True,
+              return_tensors="pt")
+    g = torch.Generator().manual_seed(0)
+    video = torch.randint(0, 256, (3, cfg.num_frames, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8, generator=g)
+    save_file({"video": video, "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]},
+              str(tmp_path / "inputs.safetensors"))
+    env = _env()
+    env.pop("PYTHONPATH", None)
+    env["HF_MODULES_CACHE"] = str(tmp_path / "hf_modules")
+    r = _run([sys.executable, "-c", FRESH, str(exported), str(tmp_path / "inputs.safetensors"),
+              str(tmp_path / "out.safetensors")], cwd=tmp_path, env=env)
+    assert "modeling_smaug SmaugHFModel" in r.stdout
+    got = load_file(str(tmp_path / "out.safetensors"))
+    with torch.no_grad():
+        ref_v = model.get_video_features(video)
+        ref_t = model.get_text_features(enc["input_ids"], enc["attention_mask"])
+        ft, _, ff = model.encode_video(video)
+        th, tf = model.encode_text(enc["input_ids"], enc["attention_mask"])
+        ref_vtm = model.vtm_logits(ft, ff, th, tf, enc["attention_mask"])
+    dv = (got["video"] - ref_v).abs().max().item()
+    dt = (got["text"] - ref_t).abs().max().item()
+    dm = (got["vtm"] - ref_vtm).abs().max().item()
+    print(f"\nexport fidelity (fresh process, no smaug): max |diff| video {dv:.3g}, text {dt:.3g}, vtm logits {dm:.3g}")
+    assert dv <= 1e-5 and dt <= 1e-5 and dm <= 1e-4
+    temp = float(got["temp"][0])
+    assert temp == pytest.approx(float(model.temp.detach()))
+    assert torch.allclose(got["logits_per_text"], got["text"] @ got["video"].t() / temp, atol=1e-5)
+    assert torch.equal(got["logits_per_video"], got["logits_per_text"].t())
+
+
+@pytest.mark.slow
+def test_export_of_two_rank_zero_shards(ckpt_w2, tmp_path):
+    """ZeRO-2 optimizer shards of 2 ranks are consolidated by zero_to_fp32 into the engine's weights."""
+    ref = resolve_checkpoint(ckpt_w2)
+    assert len(list(ref.path.glob("*_optim_states.pt"))) == 2
+    model, _ = training_model(ckpt_w2)
+    _, sd, _, _ = load_smaug_checkpoint(ckpt_w2)
+    own = model.state_dict()
+    assert set(sd) == set(own)
+    assert max((sd[k] - own[k]).abs().max().item() for k in own) == 0.0  # fp32 training: master == module
+    info = export_hf(str(ckpt_w2 / "checkpoints"), tmp_path / "hf")
+    assert info["max_abs_diff"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_exported_folder_has_no_pickle(exported):
+    names = sorted(p.name for p in exported.iterdir())
+    for need in ("config.json", "model.safetensors", "configuration_smaug.py", "modeling_smaug.py",
+                 "tokenizer.json", "tokenizer_config.json", "README.md"):
+        assert need in names, need
+    assert find_pickles(exported) == []
+    for p in exported.rglob("*"):
+        if p.is_file():
+            assert p.suffix not in (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"), p
+            assert p.read_bytes()[:1] != b"\x80", f"{p} starts with the pickle protocol opcode"
+    cfg = json.loads((exported / "config.json").read_text())
+    assert cfg["model_type"] == "smaug" and cfg["auto_map"]["AutoModel"] == "modeling_smaug.SmaugHFModel"
+    assert {"vision_config", "text_config", "preprocessing", "run_config"} <= set(cfg)
+    assert set(cfg["preprocessing"]) >= {"num_frames", "image_size", "mean", "std"}
+    card = (exported / "README.md").read_text()
+    assert "## Training configuration" in card and "preset: tiny" in card and "max |diff|" in card
+    # the exported code files are byte copies of the single source in smaug/hf/
+    for f in ("configuration_smaug.py", "modeling_smaug.py"):
+        assert (exported / f).read_bytes() == (REPO / "smaug" / "hf" / f).read_bytes()
+
+
+def test_auto_classes_registered_with_smaug_installed(exported):
+    import smaug.hf
+    from transformers import AutoConfig, AutoModel
+
+    assert type(AutoConfig.from_pretrained(exported)) is smaug.hf.SmaugHFConfig
+    model = AutoModel.from_pretrained(exported)  # no trust_remote_code: the registered local class
+    assert type(model) is smaug.hf.SmaugHFModel
+
+
+def test_hf_folder_loads_back_into_smaug(exported, ckpt_w1):
+    """An exported folder is a valid `model.init_from` / eval checkpoint: same config, same weights."""
+    from smaug.models import SmaugModel
+
+    cfg_a, sd_a, rc_a, _ = load_smaug_checkpoint(ckpt_w1)
+    cfg_b, sd_b, rc_b, tok_b = load_smaug_checkpoint(exported)
+    assert cfg_a == cfg_b and rc_a == rc_b and tok_b == str(exported)
+    assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+    m = SmaugModel(cfg_b)
+    missing, unexpected = load_weights(m, exported)
+    assert missing == [] and unexpected == []
+
+
+def test_config_roundtrip_all_presets():
+    from smaug.hf import SmaugHFConfig
+    from smaug.hf.convert import hf_config_from_smaug, smaug_config_from_hf
+    from smaug.models import SmaugConfig
+
+    for cfg in (SmaugConfig.preset("tiny"), SmaugConfig.preset("base"), SmaugConfig.preset("tiny", dense=True),
+                SmaugConfig.preset("base", num_frames=8, select_frames=3, keep_ratio=0.5, w_mlm=0.0)):
+        hf = hf_config_from_smaug(cfg)
+        assert smaug_config_from_hf(hf) == cfg
+        assert smaug_config_from_hf(SmaugHFConfig.from_dict(hf.to_dict())) == cfg
+
+
+@torch.no_grad()
+def test_timm_vision_export_reproduces_the_frame_encoder():
+    """Dense model (no token sparsification): timm's ViT on one frame == smaug's encoder on a 1-frame clip."""
+    import timm
+
+    from smaug.hf.convert import timm_vit_kwargs, timm_vit_state_dict
+    from smaug.models import SmaugConfig, SmaugModel
+
+    torch.manual_seed(0)
+    cfg = SmaugConfig.preset("tiny", dense=True)
+    model = SmaugModel(cfg).eval()
+    model.video_encoder.temporal_embed.normal_(std=0.1)  # non-zero, so the folding into pos_embed matters
+    vit = timm.create_model("vit_base_patch16_224", pretrained=False, **timm_vit_kwargs(cfg)).eval()
+    res = vit.load_state_dict(timm_vit_state_dict(model.state_dict(), cfg), strict=True)
+    assert not res.missing_keys and not res.unexpected_keys
+    frame = torch.randint(0, 256, (2, 1, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8)
+    x = model.normalize_video(frame)
+    ours = model.video_encoder(x).tokens[:, 0]  # [2, 1 + N, D]
+    theirs = vit.forward_features(x[:, 0])
+    diff = (ours - theirs).abs().max().item()
+    print(f"\ntimm ViT vs smaug frame encoder: max |diff| {diff:.3g}")
+    assert diff < 1e-4
+
+
+@pytest.mark.slow
+def test_vision_only_cli_writes_a_strict_timm_state_dict(ckpt_w1, tmp_path):
+    import timm
+
+    out = tmp_path / "vit"
+    r = _run([sys.executable, str(REPO / "tools" / "export_hf.py"), "--checkpoint", str(ckpt_w1), "--out", str(out),
+              "--vision-only"])
+    info = json.loads(r.stdout[r.stdout.index("{"):])
+    vit = timm.create_model("vit_base_patch16_224", pretrained=False, **info["timm_kwargs"])
+    vit.load_state_dict(load_file(str(out / "model.safetensors")), strict=True)
+    assert find_pickles(out) == []
+    assert json.loads((out / "config.json").read_text())["model_args"]["embed_dim"] == 192
+
+
+# ---------------------------------------------------------------------------- bad checkpoints
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _tag(run: Path) -> Path:
+    return run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match=f"checkpoint {tmp_path / 'nope'}: does not exist"):
+        load_smaug_checkpoint(tmp_path / "nope")
+    with pytest.raises(CheckpointError, match="not a smaug checkpoint"):
+        load_smaug_checkpoint(tmp_path)
+
+
+def test_incomplete_checkpoint(ckpt_w1, tmp_path):
+    run = _copy(ckpt_w1, tmp_path / "run")
+    (_tag(run) / "COMPLETE").unlink()
+    with pytest.raises(CheckpointError, match="incomplete, no COMPLETE marker"):
+        resolve_checkpoint(_tag(run))
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
+        load_smaug_checkpoint(run)
+
+
+def test_truncated_checkpoint(ckpt_w1, tmp_path):
+    run = _copy(ckpt_w1, tmp_path / "run")
+    shard = next(_tag(run).glob("*_optim_states.pt"))
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"cannot be consolidated .*truncated") as e:
+        load_smaug_checkpoint(run)
+    assert str(_tag(run)) in str(e.value)
+
+
+@pytest.mark.slow
+def test_missing_zero_shard(ckpt_w2, tmp_path):
+    run = _copy(ckpt_w2, tmp_path / "run")
+    next(iter(sorted(_tag(run).glob("*rank_1*_optim_states.pt")))).unlink()
+    with pytest.raises(CheckpointError, match=r"Expected 2 of '\*_optim_states.pt'"):
+        load_smaug_checkpoint(run)
+
+
+def test_mismatched_checkpoint(ckpt_w1):
+    from smaug.models import SmaugModel
+
+    cfg = load_smaug_checkpoint(ckpt_w1)[0]
+    import dataclasses
+
+    other = SmaugModel(dataclasses.replace(cfg, vision_width=96, vision_heads=3))
+    with pytest.raises(CheckpointError, match=r"does not fit this model .*video_encoder.*\(192, 3, 16, 16\) vs model \(96"):
+        load_weights(other, ckpt_w1)
+
+
+def test_temporal_embed_is_interpolated_to_more_frames(ckpt_w1):
+    import dataclasses
+
+    from smaug.models import SmaugModel
+
+    cfg = load_smaug_checkpoint(ckpt_w1)[0]
+    m = SmaugModel(dataclasses.replace(cfg, num_frames=8))
+    assert load_weights(m, ckpt_w1) == ([], [])
+    assert m.video_encoder.temporal_embed.shape[1] == 8
+
+
+def test_bad_hf_folders(exported, tmp_path):
+    broken = _copy(exported, tmp_path / "trunc")
+    w = broken / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=f"{w}: unreadable"):
+        load_smaug_checkpoint(broken)
+    nofile = _copy(exported, tmp_path / "noweights")
+    (nofile / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="HF folder without model.safetensors"):
+        load_smaug_checkpoint(nofile)
+
+
+def test_export_cli_reports_bad_checkpoint(tmp_path, capsys):
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        import export_hf as tool
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+    assert tool.main(["--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
