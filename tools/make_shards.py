@@ -27,6 +27,8 @@ Example:
 from __future__ import annotations
 
 import argparse
+import gc
+import itertools
 import logging
 import multiprocessing as mp
 import os
@@ -42,8 +44,9 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from smaug.data.shardwriter import build_reports, is_done, plan_jobs, preload_codecs, write_shard  # noqa: E402
-from smaug.data.sources import read_rows  # noqa: E402
+from smaug.data.shardwriter import (build_reports, compact_stats, is_done, plan_jobs,  # noqa: E402
+                                    preload_codecs, write_shard)
+from smaug.data.sources import count_records, iter_rows  # noqa: E402
 from smaug.data.specs import write_json_atomic  # noqa: E402
 
 LOG = logging.getLogger("smaug.make_shards")
@@ -98,28 +101,46 @@ def _shard_process(job, counter, parent: int, isolate: bool, row_timeout: float)
     write_shard(job, on_row=tick, isolate=isolate, row_timeout=row_timeout)
 
 
-def build_all(todo: list, workers: int, row_timeout: float, bar) -> dict[int, dict]:
-    """Build shards in up to `workers` processes, one process per shard.
+def build_all(jobs, workers: int, row_timeout: float, bar) -> tuple[list[dict], int, int, int]:
+    """Build the shards of a job stream in up to `workers` processes, one process per shard.
 
-    A shard whose process dies (a decoder crash) or makes no progress for `row_timeout`
-    seconds (a decoder hang) is rebuilt with every row in its own child process, so the bad
-    row is skipped as `undecodable` and the run goes on.
+    Finished shards (stats file with the job's fingerprint) are skipped. A shard whose process
+    dies (a decoder crash) or makes no progress for `row_timeout` seconds (a decoder hang) is
+    rebuilt with every row in its own child process, so the bad row is skipped as
+    `undecodable` and the run goes on. Jobs are pulled lazily: only running shards' rows are
+    in memory. Returns (compact stats in shard order, shards reused, shards built, rows built).
     """
     ctx = mp.get_context("fork")
     preload_codecs()
-    pending = deque((job, False) for job in todo)
+    jobs = iter(jobs)
+    retry: deque = deque()
     running: dict = {}  # process -> [job, isolate, counter, last count, last change time]
     stats: dict[int, dict] = {}
-    finished_rows = bar.n
-    while pending or running:
-        while pending and len(running) < workers:
-            job, isolate = pending.popleft()
+    reused = built = built_rows = 0
+    finished_rows = 0
+    exhausted = False
+    while not exhausted or retry or running:
+        while len(running) < workers and (retry or not exhausted):
+            if retry:
+                job, isolate = retry.popleft()
+            else:
+                job, isolate = next(jobs, None), False
+                if job is None:
+                    exhausted = True
+                    break
+                done = is_done(job)
+                if done is not None:
+                    stats[job.index] = compact_stats(done)
+                    reused += 1
+                    finished_rows += len(job.rows)
+                    continue
             counter = ctx.Value("q", 0)
+            gc.freeze()  # the child shares this process's objects without copy-on-write from gc
             proc = ctx.Process(target=_shard_process, args=(job, counter, os.getpid(), isolate, row_timeout),
-                               name=f"shard-{job.index}", daemon=False)
+                               name=f"shard-{job.index}")
             proc.start()
             running[proc] = [job, isolate, counter, 0, time.time()]
-        time.sleep(POLL_S)
+        time.sleep(POLL_S if running else 0)
         for proc, (job, isolate, counter, last, since) in list(running.items()):
             if proc.is_alive():
                 now = counter.value
@@ -131,23 +152,25 @@ def build_all(todo: list, workers: int, row_timeout: float, bar) -> dict[int, di
                     proc.kill()
                     proc.join()
                     del running[proc]
-                    pending.appendleft((job, True))
+                    retry.append((job, True))
                 continue
             proc.join()
             del running[proc]
             done = is_done(job) if proc.exitcode == 0 else None
             if done is not None:
-                stats[job.index] = done
+                stats[job.index] = compact_stats(done)
+                built += 1
+                built_rows += len(job.rows)
                 finished_rows += len(job.rows)
             elif not isolate:
                 LOG.warning("shard %s: its process died (exit code %s, a decoder crash?); rebuilding it row by "
                             "row in isolated processes", job.name, proc.exitcode)
-                pending.appendleft((job, True))
+                retry.append((job, True))
             else:
                 raise RuntimeError(f"shard {job.name}: failed even with isolated rows (exit code {proc.exitcode})")
         live = sum(min(r[2].value, len(r[0].rows)) for r in running.values())
         bar.update(finished_rows + live - bar.n)
-    return stats
+    return [stats[i] for i in sorted(stats)], reused, built, built_rows
 
 
 def lock_output(out: Path):
@@ -191,11 +214,12 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"error: media root {root} is not a directory", file=sys.stderr)
         return 2
     try:
-        rows = read_rows(kind_in, listing)
+        rows = iter_rows(kind_in, listing)
+        first = next(rows, None)
     except (OSError, ValueError) as exn:
         print(f"error: cannot read {listing}: {exn}", file=sys.stderr)
         return 2
-    if not rows:
+    if first is None:
         print(f"error: {listing} has no data rows", file=sys.stderr)
         return 2
     out = Path(args.out)
@@ -206,35 +230,28 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     options = {"frames": args.frames, "short_side": args.resize_short_side,
                "fps": 0.0 if args.frames else float(args.fps)}
     kind = "image" if kind_in == "images" else ("frames" if args.frames else "video")
-    jobs = plan_jobs(rows, str(out), prefix, args.samples_per_shard, root, options)
-    stats: dict[int, dict] = {}
-    for job in jobs:
-        done = is_done(job)
-        if done is not None:
-            stats[job.index] = done
-    todo = [j for j in jobs if j.index not in stats]
-    already = sum(len(jobs[i].rows) for i in stats)
-    print(f"[make_shards] {len(rows)} rows -> {len(jobs)} shards in {out} "
-          f"({len(stats)} already done, {len(todo)} to build, {args.workers} workers)", file=sys.stderr)
+    total = count_records(kind_in, listing)
+    print(f"[make_shards] {listing}: {total if total is not None else '?'} rows -> {out} "
+          f"({args.samples_per_shard} per shard, {args.workers} workers)", file=sys.stderr)
+    jobs = plan_jobs(itertools.chain([first], rows), str(out), prefix, args.samples_per_shard, root, options)
     t0 = time.time()
-    bar = _progress(len(rows), args.no_progress)
-    bar.update(already)
-    stats.update(build_all(todo, args.workers, args.row_timeout, bar))
+    bar = _progress(total, args.no_progress)
+    stats, reused, built, built_rows = build_all(jobs, args.workers, args.row_timeout, bar)
     bar.close()
     elapsed = time.time() - t0
-    ordered = [stats[j.index] for j in jobs]
     command = "tools/make_shards.py " + shlex.join(argv)
-    manifest, summary = build_reports(jobs, ordered, kind, command, options, prefix, args.samples_per_shard)
+    manifest, summary = build_reports(stats, kind, command, options, prefix, args.samples_per_shard)
     write_json_atomic(out / "summary.json", summary)
-    built = sum(len(j.rows) for j in todo)
-    rate = built / elapsed if elapsed > 0 else 0.0
+    n_rows = manifest["num_rows"]
+    rate = built_rows / elapsed if elapsed > 0 else 0.0
     skipped = {k: v for k, v in summary["skipped"].items() if v}
-    print(f"[make_shards] done: {manifest['num_samples']} samples in {len(jobs)} shards, "
-          f"{sum(skipped.values())} skipped{' ' + str(skipped) if skipped else ''}; built {built} rows in {elapsed:.1f}s "
-          f"({rate:.1f} videos/s); total duration {manifest['total_duration'] / 3600:.2f} h", file=sys.stderr)
+    print(f"[make_shards] done: {manifest['num_samples']} of {n_rows} rows in {len(stats)} shards "
+          f"({reused} already done, {built} built), {sum(skipped.values())} skipped"
+          f"{' ' + str(skipped) if skipped else ''}; built {built_rows} rows in {elapsed:.1f}s ({rate:.1f} videos/s); "
+          f"total duration {manifest['total_duration'] / 3600:.2f} h", file=sys.stderr)
     if manifest["num_samples"] == 0:
         (out / "manifest.json").unlink(missing_ok=True)
-        print(f"error: every one of the {len(rows)} rows failed ({skipped}); nothing usable in {listing} "
+        print(f"error: every one of the {n_rows} rows failed ({skipped}); nothing usable in {listing} "
               f"with root {root}. See {out / 'summary.json'}.", file=sys.stderr)
         return 2
     write_json_atomic(out / "manifest.json", manifest)

@@ -21,7 +21,7 @@ import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 from .sources import REASONS, Row
 from .specs import MANIFEST_FORMAT, write_json_atomic
@@ -61,21 +61,32 @@ class ShardJob:
         return hashlib.sha256(blob.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def plan_jobs(rows: list[Row], out_dir: str, prefix: str, per_shard: int, root: str,
-              options: dict) -> list[ShardJob]:
-    """Split rows into shards by row index."""
+def plan_jobs(rows: Iterable[Row], out_dir: str, prefix: str, per_shard: int, root: str,
+              options: dict) -> Iterator[ShardJob]:
+    """Group a stream of rows (consecutive indices from 0) into shard jobs by row index."""
     if per_shard < 1:
         raise ValueError("--samples-per-shard must be >= 1")
     if not re.fullmatch(r"[A-Za-z0-9_-]+", prefix):
         raise ValueError(f"--prefix {prefix!r}: use letters, digits, '_' or '-'")
-    jobs: list[ShardJob] = []
+    job: Optional[ShardJob] = None
     for row in rows:
         n = row.index // per_shard
-        while len(jobs) <= n:
-            k = len(jobs)
-            jobs.append(ShardJob(k, f"{prefix}-{k:06d}.tar", out_dir, root, options=options))
-        jobs[n].rows.append(row)
-    return jobs
+        if job is not None and job.index != n:
+            yield job
+            job = None
+        if job is None:
+            job = ShardJob(n, f"{prefix}-{n:06d}.tar", out_dir, root, options=options)
+        job.rows.append(row)
+    if job is not None:
+        yield job
+
+
+def compact_stats(stats: dict) -> dict:
+    """Shard stats without the full bad-row list (kept: the first SUMMARY_MAX_ROWS)."""
+    out = {k: v for k, v in stats.items() if k != "bad_rows"}
+    out["bad_rows_head"] = stats["bad_rows"][:SUMMARY_MAX_ROWS]
+    out["bad_rows_count"] = len(stats["bad_rows"])
+    return out
 
 
 def is_done(job: ShardJob) -> Optional[dict]:
@@ -221,23 +232,25 @@ def write_shard(job: ShardJob, on_row: Optional[Callable[[], None]] = None, isol
     return stats
 
 
-def build_reports(jobs: list[ShardJob], stats: list[dict], kind: str, command: str,
-                  options: dict, prefix: str, per_shard: int) -> tuple[dict, dict]:
-    """manifest.json and summary.json contents (deterministic: no times, no host names)."""
+def build_reports(stats: list[dict], kind: str, command: str, options: dict, prefix: str,
+                  per_shard: int) -> tuple[dict, dict]:
+    """manifest.json and summary.json from the shards' compact stats, in shard order
+    (deterministic: no times, no host names)."""
     from smaug import __version__
 
     skipped: Counter = Counter()
     for s in stats:
         skipped.update(s["skipped"])
-    bad_rows = [b for s in stats for b in s["bad_rows"]]
+    bad_rows = [b for s in stats for b in s["bad_rows_head"]][:SUMMARY_MAX_ROWS]
+    n_bad = sum(s["bad_rows_count"] for s in stats)
     total_samples = sum(s["samples"] for s in stats)
     manifest = {
         "format": MANIFEST_FORMAT,
         "kind": kind,
         "prefix": prefix,
         "samples_per_shard": per_shard,
-        "shards": [{"name": j.name, "samples": s["samples"], "bytes": s["bytes"]} for j, s in zip(jobs, stats)],
-        "num_shards": len(jobs),
+        "shards": [{"name": s["shard"], "samples": s["samples"], "bytes": s["bytes"]} for s in stats],
+        "num_shards": len(stats),
         "num_samples": total_samples,
         "num_rows": sum(s["rows"] for s in stats),
         "num_skipped": sum(skipped.values()),
@@ -250,8 +263,8 @@ def build_reports(jobs: list[ShardJob], stats: list[dict], kind: str, command: s
         "rows": manifest["num_rows"],
         "samples": total_samples,
         "skipped": {r: skipped.get(r, 0) for r in REASONS},
-        "bad_rows": bad_rows[:SUMMARY_MAX_ROWS],
-        "bad_rows_truncated": max(0, len(bad_rows) - SUMMARY_MAX_ROWS),
-        "shards": len(jobs),
+        "bad_rows": bad_rows,
+        "bad_rows_truncated": n_bad - len(bad_rows),
+        "shards": len(stats),
     }
     return manifest, summary

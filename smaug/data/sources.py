@@ -45,7 +45,7 @@ _KEY_BAD = re.compile(r"[^A-Za-z0-9_-]+")
 _MAX_KEY = 64
 
 
-@dataclass
+@dataclass(slots=True)
 class Row:
     """One input record. `error` is set when the row is already known to be unusable."""
 
@@ -108,26 +108,37 @@ def make_key(text: str) -> str:
     return key
 
 
-def _finish(rows: list[Row]) -> list[Row]:
-    """Mark duplicate ids (first occurrence wins) and give every good row a unique key."""
-    seen_ids: dict[str, int] = {}
-    used: set[str] = set()
-    for row in rows:
+def _digest64(text: str) -> int:
+    """Stable 64-bit digest (the same in every process, unlike hash())."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "little")
+
+
+class Deduper:
+    """Stateful pass over rows in order: marks duplicate ids (the first occurrence wins) and
+    gives every good row a unique key. Keeps 64-bit digests only (~100 B per row), so a
+    10M-row listing can be streamed."""
+
+    def __init__(self) -> None:
+        self.seen_ids: dict[int, int] = {}  # digest(id) -> line of its first occurrence
+        self.used_keys: set[int] = set()  # digest(key)
+
+    def __call__(self, row: Row) -> Row:
         if row.error is None:
-            if row.id in seen_ids:
-                row.error = ("duplicate_id", f"id {row.id!r} already at line {seen_ids[row.id]}")
+            d = _digest64(row.id)
+            if d in self.seen_ids:
+                row.error = ("duplicate_id", f"id {row.id!r} already at line {self.seen_ids[d]}")
             else:
-                seen_ids[row.id] = row.line
+                self.seen_ids[d] = row.line
         if row.error is None:
             stem = posixpath.splitext(row.id)[0] if row.id == row.relpath else row.id
             base = make_key(stem)
             key, n = base, 0
-            while key in used:
+            while _digest64(key) in self.used_keys:
                 n += 1
                 key = f"{base}_{n}"
-            used.add(key)
+            self.used_keys.add(_digest64(key))
             row.key = key
-    return rows
+        return row
 
 
 def _check_caption(row: Row, captions: list[str]) -> None:
@@ -140,45 +151,47 @@ def _check_caption(row: Row, captions: list[str]) -> None:
     row.captions = captions
 
 
-def read_webvid_csv(path: str) -> list[Row]:
-    """Rows of a WebVid results CSV; raises ValueError when the header is not WebVid's."""
+def _webvid_row(index: int, line: int, fields: list[str], err: Optional[str], col: dict[str, int]) -> Row:
+    row = Row(index=index, line=line)
+    if err or len(fields) != len(col):
+        row.error = ("malformed_row", err or f"{len(fields)} fields, header has {len(col)}")
+        return row
+    vid, cap, page_dir = (fields[col[c]] for c in WEBVID_COLUMNS)
+    if _has_bad_utf8(vid, page_dir):
+        row.error = ("invalid_utf8", "videoid/page_dir is not valid UTF-8")
+        return row
+    vid, page_dir = vid.strip(), page_dir.strip()
+    row.id = vid
+    if not vid or not page_dir:
+        row.error = ("malformed_row", "empty videoid or page_dir")
+        return row
+    rel = safe_relpath(page_dir, vid + ".mp4")
+    if rel is None or "/" in vid or "\\" in vid:
+        row.error = ("unsafe_path", f"page_dir={page_dir!r} videoid={vid!r} escapes the root")
+        return row
+    row.relpath = rel
+    if "duration" in col:
+        row.duration_hint = parse_iso_duration(fields[col["duration"]])
+    _check_caption(row, [cap])
+    return row
+
+
+def iter_webvid_csv(path: str) -> Iterator[Row]:
+    """Rows of a WebVid results CSV, streamed; ValueError (at the first next()) when the header
+    is not WebVid's."""
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    rows: list[Row] = []
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = csv.reader(f)
         try:
-            header = next(reader)
+            header = [h.strip() for h in next(reader)]
         except StopIteration:
             raise ValueError(f"{path}: empty CSV (expected header {WEBVID_HEADER})") from None
-        header = [h.strip() for h in header]
         missing = [c for c in WEBVID_COLUMNS if c not in header]
         if missing:
             raise ValueError(f"{path}: not a WebVid CSV, header lacks {missing} (expected {WEBVID_HEADER})")
         col = {name: i for i, name in enumerate(header)}
         for index, (line, fields, err) in enumerate(_csv_records(reader)):
-            row = Row(index=index, line=line)
-            rows.append(row)
-            if err or len(fields) != len(header):
-                row.error = ("malformed_row", err or f"{len(fields)} fields, header has {len(header)}")
-                continue
-            vid, cap, page_dir = (fields[col[c]] for c in WEBVID_COLUMNS)
-            if _has_bad_utf8(vid, page_dir):
-                row.error = ("invalid_utf8", "videoid/page_dir is not valid UTF-8")
-                continue
-            vid, page_dir = vid.strip(), page_dir.strip()
-            row.id = vid
-            if not vid or not page_dir:
-                row.error = ("malformed_row", "empty videoid or page_dir")
-                continue
-            rel = safe_relpath(page_dir, vid + ".mp4")
-            if rel is None or "/" in vid or "\\" in vid:
-                row.error = ("unsafe_path", f"page_dir={page_dir!r} videoid={vid!r} escapes the root")
-                continue
-            row.relpath = rel
-            if "duration" in col:
-                row.duration_hint = parse_iso_duration(fields[col["duration"]])
-            _check_caption(row, [cap])
-    return _finish(rows)
+            yield _webvid_row(index, line, fields, err, col)
 
 
 def _csv_records(reader) -> Iterator[tuple[int, list[str], Optional[str]]]:
@@ -202,34 +215,33 @@ def _csv_records(reader) -> Iterator[tuple[int, list[str], Optional[str]]]:
 _IMAGE_HEADERS = {"path", "image", "file", "filepath", "filename", "url", "image_path"}
 
 
-def read_image_list(path: str) -> list[Row]:
-    """Rows of a CC3M-style `caption<TAB>path` list (see module docstring)."""
-    rows: list[Row] = []
-    with open(path, "rb") as f:
-        raw_lines = f.read().split(b"\n")
+def _image_row(index: int, line: int, fields: list[str]) -> Row:
+    row = Row(index=index, line=line, kind="image")
+    if len(fields) < 2:
+        row.error = ("malformed_row", "expected caption<TAB>path")
+        return row
+    _set_path(row, fields[1].strip())
+    if row.error is None:
+        _check_caption(row, [fields[0]])
+    return row
+
+
+def iter_image_list(path: str) -> Iterator[Row]:
+    """Rows of a CC3M-style `caption<TAB>path` list, streamed (see module docstring)."""
     index = 0
-    for lineno, raw in enumerate(raw_lines, start=1):
-        raw = raw.rstrip(b"\r")
-        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw = raw[3:]
-        if not raw.strip():
-            continue
-        text = raw.decode("utf-8", errors="surrogateescape")
-        fields = text.split("\t")
-        if lineno == 1 and len(fields) >= 2 and fields[0].strip().lower() == "caption" \
-                and fields[1].strip().lower() in _IMAGE_HEADERS:
-            continue
-        row = Row(index=index, line=lineno, kind="image")
-        index += 1
-        rows.append(row)
-        if len(fields) < 2:
-            row.error = ("malformed_row", "expected caption<TAB>path")
-            continue
-        cap, rel = fields[0], fields[1].strip()
-        _set_path(row, rel)
-        if row.error is None:
-            _check_caption(row, [cap])
-    return _finish(rows)
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            raw = raw.rstrip(b"\r\n")
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            if not raw.strip():
+                continue
+            fields = raw.decode("utf-8", errors="surrogateescape").split("\t")
+            if lineno == 1 and len(fields) >= 2 and fields[0].strip().lower() == "caption" \
+                    and fields[1].strip().lower() in _IMAGE_HEADERS:
+                continue
+            yield _image_row(index, lineno, fields)
+            index += 1
 
 
 def _set_path(row: Row, rel: str) -> None:
@@ -247,7 +259,22 @@ def _set_path(row: Row, rel: str) -> None:
         row.id = norm
 
 
-def read_eval_json(path: str) -> list[Row]:
+def _json_row(index: int, ent) -> Row:
+    row = Row(index=index, line=index + 1)
+    video = ent.get("video") if isinstance(ent, dict) else None
+    caps = ent.get("caption") if isinstance(ent, dict) else None
+    if isinstance(caps, str):
+        caps = [caps]
+    if not isinstance(video, str) or not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
+        row.error = ("malformed_row", "entry needs 'video': str and 'caption': str or [str]")
+        return row
+    _set_path(row, video.strip())
+    if row.error is None:
+        _check_caption(row, caps)
+    return row
+
+
+def iter_eval_json(path: str) -> Iterator[Row]:
     """Rows of an MSRVTT/DiDeMo-style JSON list; `line` is the 1-based entry number."""
     with open(path, "rb") as f:
         raw = f.read()
@@ -257,24 +284,30 @@ def read_eval_json(path: str) -> list[Row]:
         raise ValueError(f"{path}: not a UTF-8 JSON file: {exn}") from exn
     if not isinstance(entries, list):
         raise ValueError(f"{path}: expected a JSON list of {{'video', 'caption'}} entries")
-    rows: list[Row] = []
     for index, ent in enumerate(entries):
-        row = Row(index=index, line=index + 1)
-        rows.append(row)
-        video = ent.get("video") if isinstance(ent, dict) else None
-        caps = ent.get("caption") if isinstance(ent, dict) else None
-        if isinstance(caps, str):
-            caps = [caps]
-        if not isinstance(video, str) or not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
-            row.error = ("malformed_row", "entry needs 'video': str and 'caption': str or [str]")
-            continue
-        _set_path(row, video.strip())
-        if row.error is None:
-            _check_caption(row, caps)
-    return _finish(rows)
+        yield _json_row(index, ent)
+
+
+_READERS = {"webvid": iter_webvid_csv, "images": iter_image_list, "json": iter_eval_json}
+
+
+def iter_rows(kind: str, path: str) -> Iterator[Row]:
+    """Finished rows (duplicates marked, keys assigned), streamed, for 'webvid' | 'images' | 'json'."""
+    dedup = Deduper()
+    return (dedup(row) for row in _READERS[kind](path))
 
 
 def read_rows(kind: str, path: str) -> list[Row]:
-    """Dispatch on the input kind: 'webvid' | 'images' | 'json'."""
-    readers = {"webvid": read_webvid_csv, "images": read_image_list, "json": read_eval_json}
-    return readers[kind](path)
+    """All finished rows as a list (small listings; `make_shards` streams with `iter_rows`)."""
+    return list(iter_rows(kind, path))
+
+
+def count_records(kind: str, path: str) -> Optional[int]:
+    """Quick record count for progress bars (None for JSON, whose length comes with parsing)."""
+    if kind == "webvid":
+        with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+            return max(0, sum(1 for fields in csv.reader(f) if fields) - 1)
+    if kind == "images":
+        with open(path, "rb") as f:
+            return sum(1 for line in f if line.strip())
+    return None
