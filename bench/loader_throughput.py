@@ -15,8 +15,8 @@ For each kind it times, in this one process with one thread (= one dataloader wo
             + get_batch(T segment centres) for mp4; PIL decoding the T JPEG files for frames
 and prints both and their ratio, measured in the same run. Cores per GPU follows:
   cores per GPU = GPU clips/s (bench/train_step.py) / loader clips/s per core.
-Synthetic clips are small (<= 480x270, <= 15 fps); real WebVid 360p/25fps clips decode slower
-in both columns, so read the ratios, not the absolute numbers.
+Synthetic clips are small (<= 480x270, <= 15 fps); `--webvid-like N` times N 640x360/25fps/10s
+textured clips instead, closer to WebVid's 360p previews.
 """
 from __future__ import annotations
 
@@ -42,6 +42,48 @@ def tool(name: str, *args) -> None:
                        errors="replace")
     if r.returncode != 0:
         raise SystemExit(f"{name} failed:\n{r.stderr[-3000:]}")
+
+
+def _webvid_like_clip(job: tuple[int, str, float, int, int, int]) -> None:
+    """A WebVid-like clip: smooth camera pan over a textured scene plus a moving object."""
+    import numpy as np
+    from PIL import Image
+
+    from smaug.data.transcode import encode_h264
+
+    seed, path, seconds, fps, w, h = job
+    rng = np.random.default_rng(seed)
+    small = Image.fromarray(rng.integers(0, 256, (h // 6, (w + 200) // 6, 3), dtype=np.uint8))
+    scene = np.asarray(small.resize((w + 200, h), Image.BICUBIC))
+    n = int(seconds * fps)
+
+    def frames():
+        for i in range(n):
+            x = int(200 * i / n)
+            f = scene[:, x:x + w].copy()
+            cx = int((0.2 + 0.6 * i / n) * w)
+            f[h // 3:h // 3 + h // 4, cx:cx + h // 4] = (230, 40, 40)
+            yield f
+
+    encode_h264(frames(), fps, path, crf=23, gop=2 * fps)  # a keyframe every 2 s
+
+
+def make_webvid_like(out: Path, n: int, workers: int, seconds: float = 10.0, fps: int = 25,
+                     size: tuple[int, int] = (640, 360)) -> None:
+    """N WebVid-like clips (default 640x360, 25 fps, 10 s) in WebVid's layout."""
+    import csv
+    import multiprocessing as mp
+
+    (out / "videos" / "p0").mkdir(parents=True, exist_ok=True)
+    jobs = [(i, str(out / "videos" / "p0" / f"{1000 + i}.mp4"), seconds, fps, *size) for i in range(n)]
+    with mp.get_context("fork").Pool(workers) as pool:
+        pool.map(_webvid_like_clip, jobs)
+    with open(out / "results_2M_train.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["videoid", "name", "page_idx", "page_dir", "duration", "contentUrl"])
+        for i in range(n):
+            w.writerow([1000 + i, f"a red block crosses a textured scene, take {i}", 0, "p0",
+                        f"PT00H00M{int(seconds):02d}S", "u"])
 
 
 def build_shards(corpus: Path, work: Path, frames: int, workers: int) -> dict[str, Path]:
@@ -93,7 +135,9 @@ def bare_rate(items, kind: str, t: int, short_side: int, clips: int) -> float:
                     img.draft("RGB", scaled_size(img.size[0], img.size[1], short_side))
                     img.convert("RGB").load()
             else:
-                w, h = scaled_size(meta["width"], meta["height"], short_side)
+                w, h = -1, -1  # as the loader: rescale only when the short side is larger
+                if short_side > 0 and min(meta["width"], meta["height"]) > short_side:
+                    w, h = scaled_size(meta["width"], meta["height"], short_side)
                 vr = decord.VideoReader(str(files[0]), width=w, height=h, num_threads=1)
                 vr.get_batch(segment_indices(len(vr), t)).asnumpy()
             n += 1
@@ -122,6 +166,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--corpus", help="WebVid-layout corpus dir (default: build a synthetic one)")
     p.add_argument("--num-videos", type=int, default=48, help="synthetic clips when --corpus is not given")
+    p.add_argument("--webvid-like", type=int, default=0,
+                   help="instead: build N WebVid-like clips (640x360, 25 fps, 10 s, textured) as the corpus")
     p.add_argument("--clips", type=int, default=96, help="clips timed per measurement")
     p.add_argument("--num-frames", type=int, default=4, help="T frames per clip")
     p.add_argument("--image-size", type=int, default=224, help="output crop size")
@@ -137,7 +183,9 @@ def main(argv=None) -> int:
         work = Path(args.workdir or tmp)
         t0 = time.perf_counter()
         corpus = Path(args.corpus) if args.corpus else work / "corpus"
-        if not args.corpus:
+        if args.webvid_like and not args.corpus:
+            make_webvid_like(corpus, args.webvid_like, args.workers)
+        elif not args.corpus:
             tool("make_synthetic.py", "--out", corpus, "--num-videos", args.num_videos, "--num-images", 0,
                  "--workers", args.workers)
         shards = build_shards(corpus, work, args.num_frames, args.workers)
