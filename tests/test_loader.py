@@ -248,3 +248,31 @@ def test_config_rejects_unknown_keys_and_tokenizer_loads_offline(synthetic_shard
     t = AutoTokenizer.from_pretrained(synthetic_shards["tokenizer"], local_files_only=True)
     assert t.pad_token_id == 0 and t.mask_token_id is not None and t.is_fast
     assert t.convert_ids_to_tokens(t("A Red circle")["input_ids"])[:2] == ["[CLS]", "a"]
+
+
+def test_shard_spec_forms(synthetic_shards, tmp_path, monkeypatch):
+    from smaug.data.specs import resolve_mixture, resolve_spec
+
+    train = Path(synthetic_shards["train"])
+    man = json.loads((train / "manifest.json").read_text())
+    names = [s["name"] for s in man["shards"]]
+    n = len(names)
+    root = synthetic_shards["shards_root"]
+    by_dir = resolve_spec(str(train), root)
+    by_manifest = resolve_spec(str(train / "manifest.json"), root)
+    by_brace = resolve_spec(str(train / f"synthetic-{{000000..{n - 1:06d}}}.tar"), root)
+    by_rel = resolve_spec(f"train/synthetic-{{000000..{n - 1:06d}}}.tar", root)  # relative to the root
+    by_corpus = resolve_spec("corpus:synthetic", root)
+    for ss in (by_dir, by_manifest, by_brace, by_rel, by_corpus):
+        assert [Path(u).name for u in ss.urls] == names
+    assert by_manifest.num_samples == man["num_samples"] and by_brace.num_samples is None
+    monkeypatch.setenv("SMAUG_SHARDS", root)
+    from smaug.data.config import default_shards_root
+
+    assert default_shards_root() == root
+    mix = resolve_mixture([{"spec": "corpus:synthetic", "weight": 3}, {"spec": "corpus:synthetic_images"}], root)
+    assert [round(s.weight, 3) for s in mix] == [0.75, 0.25] and mix[1].kind == "image"
+    with pytest.raises(FileNotFoundError, match="missing"):
+        resolve_spec(str(train / "synthetic-{000000..000099}.tar"), root)
+    with pytest.raises(FileNotFoundError, match="corpus:nope"):
+        resolve_spec("corpus:nope", root)
