@@ -49,7 +49,7 @@ def synthetic_corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_shards(synthetic_corpus, tmp_path_factory) -> dict:
     """Shards of the synthetic corpus: {"shards_root", "train", "eval", "images", "tokenizer",
-    "corpus"} (str paths). The root also holds corpus YAMLs `synthetic`, `synthetic_eval`,
+    "corpus"} (str paths). The root also holds corpus YAMLs `synthetic`, `synthetic_test`,
     `synthetic_images`, so `corpus:NAME` specs resolve with `shards_root`."""
     root = tmp_path_factory.mktemp("shards")
     c = synthetic_corpus
@@ -57,12 +57,12 @@ def synthetic_shards(synthetic_corpus, tmp_path_factory) -> dict:
              "--out", root / "train", "--prefix", "synthetic", "--samples-per-shard", 8, "--workers", 2,
              "--no-progress")
     run_tool("make_shards.py", "--json", c / "eval.json", "--video-root", c / "videos", "--out", root / "eval",
-             "--prefix", "synthetic_eval", "--samples-per-shard", 5, "--no-progress")
+             "--prefix", "synthetic_test", "--samples-per-shard", 5, "--no-progress")
     run_tool("make_shards.py", "--image-list", c / "images.tsv", "--image-root", c, "--out", root / "images",
              "--prefix", "synthetic_images", "--samples-per-shard", 8, "--no-progress")
     run_tool("build_tokenizer.py", "--shards", root / "train", "--captions", c / "eval.json",
              "--captions", c / "images.tsv", "--out", root / "tokenizer", "--vocab-size", 500)
-    for name, sub, kind in (("synthetic", "train", "video"), ("synthetic_eval", "eval", "video"),
+    for name, sub, kind in (("synthetic", "train", "video"), ("synthetic_test", "eval", "video"),
                             ("synthetic_images", "images", "image")):
         (root / f"{name}.yaml").write_text(
             f"name: {name}\nmanifest: {sub}/manifest.json\nkind: {kind}\nweight: 1.0\n", encoding="utf-8")

@@ -73,7 +73,7 @@ def test_eval_every_key_once_over_2_ranks_x_2_workers(synthetic_shards, tok, spl
 def test_eval_batches_carry_all_reference_captions(synthetic_shards, tok):
     entries = json.loads((Path(synthetic_shards["corpus"]) / "eval.json").read_text())
     want = sorted(e["caption"] for e in entries)
-    cfg = cfg_for(synthetic_shards, eval_shards="corpus:synthetic_eval", batch_size=4)
+    cfg = cfg_for(synthetic_shards, eval_shards="corpus:synthetic_test", batch_size=4)
     got = sorted(c for b in build_eval_loader(cfg, tok) for c in b["captions"])
     assert got == want
     b = next(iter(build_eval_loader(cfg, tok)))
