@@ -259,10 +259,13 @@ class SmaugModel(nn.Module):
         gen = torch.Generator(device=sim.device).manual_seed(seed)
         neg_text, neg_video = sample_hard_negatives(sim, same, gen)
         nt, nv = neg_text[rank * b:(rank + 1) * b], neg_video[rank * b:(rank + 1) * b]
+        # index_select, not x[idx]: its backward (index_add) is deterministic on CPU, while
+        # x[idx] backward (index_put_ accumulate) uses parallel float atomics for repeated indices
+        ft, ff, th, tf, am_neg = (x.index_select(0, i) for x, i in ((ft, nv), (ff, nv), (th, nt), (tf, nt), (am_all, nt)))
         logits = self.vtm_logits(
-            torch.cat([frame_tokens, ft[nv], frame_tokens]), torch.cat([frame_feat, ff[nv], frame_feat]),
-            torch.cat([text_hidden, text_hidden, th[nt]]), torch.cat([text_feat, text_feat, tf[nt]]),
-            torch.cat([attention_mask, attention_mask, am_all[nt]]))
+            torch.cat([frame_tokens, ft, frame_tokens]), torch.cat([frame_feat, ff, frame_feat]),
+            torch.cat([text_hidden, text_hidden, th]), torch.cat([text_feat, text_feat, tf]),
+            torch.cat([attention_mask, attention_mask, am_neg]))
         labels = torch.cat([torch.ones(b, device=logits.device), torch.zeros(2 * b, device=logits.device)])
         self._last_negatives = (neg_text, neg_video)  # global indices, for tests and debugging
         return vtm_loss(logits, labels)
