@@ -87,14 +87,17 @@ def training_model(run_dir: Path):
     return model.eval(), cfg
 
 
-FRESH = textwrap.dedent("""
+CAPTIONS = ["a red circle moves to the left", "blue square", "the green triangle goes down"]
+FRESH = f"CAPTIONS = {CAPTIONS!r}\n" + textwrap.dedent("""
     import sys
     import torch
     from safetensors.torch import load_file, save_file
-    from transformers import AutoModel
+    from transformers import AutoModel, AutoTokenizer
     folder, inputs, out = sys.argv[1:4]
     x = load_file(inputs)
     model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    ids = tok(CAPTIONS, padding=True, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         o = model(input_ids=x["input_ids"], attention_mask=x["attention_mask"], pixel_values=x["video"])
         vtm = model.get_vtm_logits(x["video"], x["input_ids"], x["attention_mask"])
@@ -102,7 +105,7 @@ FRESH = textwrap.dedent("""
     assert not loaded, f"smaug was imported: {loaded}"
     save_file({"video": o.video_embeds.contiguous(), "text": o.text_embeds.contiguous(),
                "logits_per_text": o.logits_per_text.contiguous(), "logits_per_video": o.logits_per_video.contiguous(),
-               "vtm": vtm.contiguous(), "temp": model.temp.detach().reshape(1)}, out)
+               "vtm": vtm.contiguous(), "temp": model.temp.detach().reshape(1), "ids": ids.contiguous()}, out)
     print(type(model).__module__, type(model).__name__)
 """)
 
@@ -113,8 +116,7 @@ def test_export_fidelity_in_fresh_process_without_smaug(ckpt_w1, exported, token
     from smaug.data import load_tokenizer
 
     tok = load_tokenizer(tokenizer_dir)
-    enc = tok(["a red circle moves to the left", "blue square", "the green triangle goes down"], padding=True,
-              return_tensors="pt")
+    enc = tok(CAPTIONS, padding=True, return_tensors="pt")
     g = torch.Generator().manual_seed(0)
     video = torch.randint(0, 256, (3, cfg.num_frames, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8, generator=g)
     save_file({"video": video, "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]},
@@ -126,6 +128,7 @@ def test_export_fidelity_in_fresh_process_without_smaug(ckpt_w1, exported, token
               str(tmp_path / "out.safetensors")], cwd=tmp_path, env=env)
     assert "modeling_smaug SmaugHFModel" in r.stdout
     got = load_file(str(tmp_path / "out.safetensors"))
+    assert torch.equal(got["ids"], enc["input_ids"])  # the exported tokenizer, loaded with plain transformers
     with torch.no_grad():
         ref_v = model.get_video_features(video)
         ref_t = model.get_text_features(enc["input_ids"], enc["attention_mask"])

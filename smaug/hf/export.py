@@ -46,7 +46,7 @@ def verify_export(model, folder: Path, seed: int = 0) -> float:
     cfg = model.config
     g = torch.Generator().manual_seed(seed)
     video = torch.randint(0, 256, (2, cfg.num_frames, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8, generator=g)
-    tok = AutoTokenizer.from_pretrained(str(folder))
+    tok = AutoTokenizer.from_pretrained(str(folder))  # model_type "smaug" is registered here: no remote code
     enc = tok(["a red circle moves to the left", "a square"], padding=True, return_tensors="pt")
     model.eval()
     dv = (model.get_video_features(video) - hf.get_video_features(video)).abs().max().item()
@@ -91,7 +91,7 @@ def model_card(cfg, run_config: dict, source: str, eval_reports: list[tuple[str,
         "import torch",
         "from transformers import AutoModel, AutoTokenizer",
         "model = AutoModel.from_pretrained(PATH, trust_remote_code=True).eval()   # or `import smaug.hf` first",
-        "tok = AutoTokenizer.from_pretrained(PATH)",
+        "tok = AutoTokenizer.from_pretrained(PATH, trust_remote_code=True)  # reads config.json, hence the flag",
         f"video = torch.zeros(1, {cfg.num_frames}, 3, {cfg.image_size}, {cfg.image_size}, dtype=torch.uint8)  # RGB frames",
         "text = tok([\"a red circle moves left\"], return_tensors=\"pt\", padding=True)",
         "v = model.get_video_features(video)                          # [B, E], L2-normalised",
