@@ -249,6 +249,8 @@ def test_vision_only_cli_writes_a_strict_timm_state_dict(ckpt_w1, tmp_path):
     info = json.loads(r.stdout[r.stdout.index("{"):])
     vit = timm.create_model("vit_base_patch16_224", pretrained=False, **info["timm_kwargs"])
     vit.load_state_dict(load_file(str(out / "model.safetensors")), strict=True)
+    same = timm.create_model(f"local-dir:{out}", pretrained=True)  # timm reads config.json's model_args
+    assert all(torch.equal(a, b) for a, b in zip(vit.state_dict().values(), same.state_dict().values()))
     assert find_pickles(out) == []
     assert json.loads((out / "config.json").read_text())["model_args"]["embed_dim"] == 192
 

@@ -181,9 +181,10 @@ def export_vision_timm(checkpoint: str, out: str | Path, tokenizer: Optional[str
     args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
     (out / "README.md").write_text(
         "# SMAUG video tower as a timm ViT (per frame)\n\n"
-        "```python\nimport timm\nfrom safetensors.torch import load_file\n"
+        "```python\nimport timm\nmodel = timm.create_model('local-dir:PATH', pretrained=True)  # config.json + model.safetensors\n"
+        "# or, explicitly:\nfrom safetensors.torch import load_file\n"
         f"model = timm.create_model('vit_base_patch16_224', pretrained=False, {args})\n"
-        "model.load_state_dict(load_file('model.safetensors'))\n```\n\n"
+        "model.load_state_dict(load_file('PATH/model.safetensors'))\n```\n\n"
         "The temporal embedding of a one-frame clip is folded into `pos_embed`; smaug's EViT token "
         "sparsification is not part of timm's ViT, so per-frame outputs equal smaug's only for a model "
         f"trained without it (this one: sparsify_layers={list(cfg.sparsify_layers)}).\n")
