@@ -2,7 +2,7 @@
 
     [{"video": "relative/path.mp4", "caption": "a caption" | ["caption 1", "caption 2", ...]}, ...]
 
-Rows are read by `smaug.data.sources.read_eval_json` and each clip goes through exactly what a
+Rows are read by `smaug.data.sources.read_rows("json", ...)` and each clip goes through exactly what a
 shard sample of the same row goes through: `transcode.sample_members` (probe, stored bytes and
 size metadata, as `tools/make_shards.py` writes them without re-encoding) and then
 `decode.decode_sample` in eval mode (segment-centre frames, short-side resize, centre crop), so
@@ -54,9 +54,9 @@ class JsonEvalLoader:
     def __init__(self, json_path: str, video_root: str, tokenizer, num_frames: int, image_size: int,
                  short_side: int, batch_size: int, num_workers: int = 0, max_text_len: int = 32,
                  rank: int = 0, world_size: int = 1):
-        from smaug.data.sources import read_eval_json
+        from smaug.data.sources import read_rows
 
-        rows = read_eval_json(json_path)
+        rows = read_rows("json", json_path)  # duplicates marked and keys assigned as make_shards does
         self.bad_rows = Counter(r.error[0] for r in rows if r.error is not None)
         good = [r for r in rows if r.error is None]
         self.num_samples = len(good)
