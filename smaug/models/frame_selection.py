@@ -59,7 +59,9 @@ class FrameSelector(nn.Module):
             u = torch.rand_like(s).clamp_(1e-9, 1 - 1e-9)
             noisy = s - torch.log(-torch.log(u))
         idx = noisy.topk(k, dim=1).indices.sort(dim=1).values
-        w = s.softmax(dim=1).to(frame_tokens.dtype)  # [P, T]
         chosen = frame_tokens.gather(1, idx[:, :, None, None].expand(-1, -1, N, D))  # [P, k, N, D]
-        zero_with_grad = torch.einsum("pt,ptnd->pnd", w - w.detach(), frame_tokens)  # == 0 in value
-        return (chosen + zero_with_grad[:, None]).flatten(1, 2), idx
+        if torch.is_grad_enabled():
+            w = s.softmax(dim=1).to(frame_tokens.dtype)  # [P, T]
+            zero_with_grad = torch.einsum("pt,ptnd->pnd", w - w.detach(), frame_tokens)  # == 0 in value
+            chosen = chosen + zero_with_grad[:, None]
+        return chosen.flatten(1, 2), idx
