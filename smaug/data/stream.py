@@ -215,7 +215,10 @@ def _fingerprint(cfg: DataConfig, corpora: list[ShardSet], rank: int, world_size
 
 
 def _dataloader(ds: IterableDataset, cfg: DataConfig) -> DataLoader:
-    kw: dict[str, Any] = {}
+    # A private generator for the DataLoader's base seed: drawing it from the global RNG would
+    # shift the training RNG (masking, MLM) whenever an iterator is created, e.g. on resume.
+    # Workers seed everything they use from (seed, rank, worker, round) anyway.
+    kw: dict[str, Any] = {"generator": torch.Generator().manual_seed(0)}
     if cfg.num_workers > 0:
         kw.update(worker_init_fn=_worker_init, prefetch_factor=cfg.prefetch_factor)
     return DataLoader(ds, batch_size=None, num_workers=cfg.num_workers, **kw)

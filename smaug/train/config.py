@@ -191,8 +191,13 @@ def _check_type(key: str, value, tp):
     if origin is typing.Union:
         if value is None and type(None) in args:
             return None
-        inner = [a for a in args if a is not type(None)]
-        return _check_type(key, value, inner[0])
+        errors = []
+        for a in (a for a in args if a is not type(None)):
+            try:
+                return _check_type(key, value, a)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError("; ".join(errors))
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")

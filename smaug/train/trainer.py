@@ -138,6 +138,11 @@ class Trainer:
             lr_scheduler=make_scheduler(cfg.optim.warmup_steps, cfg.train.steps, cfg.optim.lr, cfg.optim.min_lr))
         self.model = self.engine.module
 
+        # Per-rank stream for masking/dropout/sampling (the engine broadcast rank 0's weights);
+        # measured before a resume restores the RNG, so the matmul probe cannot shift it.
+        torch.manual_seed(cfg.run.seed + 1000003 * self.rank)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            peak, src = device_peak_tflops(self.device, cfg.log.peak_tflops)
         self.step, self.samples_seen, self.skipped_steps = 0, 0, 0
         loader_state = None
         found = ckpt.find_resume(self.out, cfg.ckpt.resume)
@@ -153,14 +158,13 @@ class Trainer:
             else:
                 # A different world size cannot continue the per-rank streams; start new ones
                 # seeded by the step so that no stream is replayed.
-                torch.manual_seed(cfg.run.seed + self.step)
+                torch.manual_seed(cfg.run.seed + self.step + 1000003 * self.rank)
                 self._say(f"[smaug] resumed with world size {self.world} != saved {client.get('world_size')}: "
                           f"data streams restart (seed offset {self.step}), RNG re-seeded")
             self._say(f"[smaug] resumed from {found[0]}/{found[1]} at step {self.step}")
         seed = cfg.run.seed if loader_state is not None or self.step == 0 else cfg.run.seed + self.step
         self.loader = build_train_loader(cfg.data, self.tokenizer, rank=self.rank, world_size=self.world,
                                          seed=seed, state=loader_state)
-        peak, src = device_peak_tflops(self.device, cfg.log.peak_tflops)
         self.monitor = Monitor(self.out, cfg, cfg.train.steps, self.step, self.is_main, peak,
                                wandb_config=cfg.to_dict())
         self._say(f"[smaug] world={self.world} device={self.device} params={sum(p.numel() for p in model.parameters())/1e6:.1f}M "
@@ -219,12 +223,12 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + float(v)
         scalars = {k: v / done for k, v in sums.items()}
         scalars["lr"] = self.scheduler.get_last_lr()[0]
-        scalars["temp"] = float(self.model.temp)
+        scalars["temp"] = float(self.model.temp.detach())
         return scalars, clips, flops, wait, preempt
 
     def save(self) -> Path:
         client = {"step": self.step, "samples_seen": self.samples_seen, "skipped_steps": self.skipped_steps,
-                  "config": self.cfg.to_dict()}
+                  "config": self.cfg.to_dict(), "model_config": dataclasses.asdict(self.mcfg)}
         per_rank = {"loader": self.loader.state_dict(), "rng": ckpt.rng_state()}
         path = ckpt.save(self.engine, self.out, self.step, client, per_rank, self.cfg.ckpt.keep)
         self._say(f"[smaug] checkpoint {path}")
