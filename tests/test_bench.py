@@ -1,0 +1,27 @@
+"""Smoke mode of the throughput bench: the real step (model + DeepSpeed engine) on CPU, tiny preset."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_train_step_bench_cpu_smoke(tmp_path):
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "train_step.py"), "--device", "cpu", "--preset", "tiny",
+                        "--batch", "4", "--steps", "1", "--warmup", "1", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    res = json.loads(out.read_text())
+    for name in ("smaug", "dense"):
+        for path in ("engine", "bare"):
+            v = res["runs"][name][path]
+            assert v["clips_per_s"] > 0 and v["model_tflops"] > 0 and v["batch"] == 4
+    # the analytic FLOPs of a SMAUG step are well below the dense step's at the same batch
+    flops = {n: res["runs"][n]["engine"]["model_tflops"] * res["runs"][n]["engine"]["ms_per_step"] for n in res["runs"]}
+    assert flops["smaug"] < 0.6 * flops["dense"]
+    assert res["ratio_same_batch"] > 0 and "engine_overhead_smaug" in res
+    assert "SMAUG/dense clips/s, same batch 4" in r.stdout
