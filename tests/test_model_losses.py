@@ -73,3 +73,13 @@ def test_mvm_uses_masked_patches_only():
     t = target[:, :4]
     tn = (t - t.mean(-1, keepdim=True)) / (t.var(-1, keepdim=True) + 1e-6).sqrt()
     torch.testing.assert_close(mvm_loss(pred, target, mask, norm_pix=True), ((pred[:, :4] - tn) ** 2).mean())
+
+
+def test_hard_negatives_survive_non_finite_similarities():
+    """A diverged step (NaN/inf logits) yields a NaN loss to skip, not a sampler crash."""
+    sim = torch.randn(4, 4)
+    sim[1, 2] = float("nan")
+    sim[3] = float("inf")
+    neg_t, neg_v = sample_hard_negatives(sim)
+    idx = torch.arange(4)
+    assert (neg_t != idx).all() and (neg_v != idx).all()

@@ -167,3 +167,15 @@ def test_sigterm_saves_and_exits_zero(train_data, tmp_path):
     step = int(tag.split("_")[1])
     assert step >= 2 and (out / "checkpoints" / tag / "COMPLETE").is_file()
     assert "SIGTERM received" in stdout
+
+
+def test_nonfinite_losses_are_skipped_then_stop_the_run(train_data, tmp_path):
+    """An absurd LR blows the weights up; each non-finite loss is skipped, N in a row stop the run clearly."""
+    out = tmp_path / "nan"
+    r = subprocess.run(train_cmd(train_data, out, "train.steps=50", "optim.lr=1e30", "optim.warmup_steps=0",
+                                 "train.max_nonfinite=3", "ckpt.every=1000"),
+                       capture_output=True, text=True, timeout=600, env=_env(), cwd=REPO)
+    assert r.returncode != 0
+    text = r.stdout + r.stderr
+    assert "non-finite loss at step" in text and "micro-batch skipped" in text
+    assert "3 non-finite losses in a row" in text and "train.max_nonfinite=3" in text

@@ -38,7 +38,7 @@ def sample_hard_negatives(sim: torch.Tensor, same: torch.Tensor | None = None,
     True where two samples must not be each other's negative (identical captions).
     Each video draws one text with prob softmax(sim[v]) and each text one video with prob
     softmax(sim[:, t]), with the positive (diagonal) and `same` pairs at probability 0; a row
-    left with no candidate falls back to uniform over the other indices. The positive is never
+    left with no candidate, or with non-finite weights, falls back to uniform over the other indices. The positive is never
     drawn. Returns (neg_text_for_video [Bg], neg_video_for_text [Bg]) global indices.
     """
     Bg = sim.shape[0]
@@ -49,7 +49,9 @@ def sample_hard_negatives(sim: torch.Tensor, same: torch.Tensor | None = None,
     out = []
     for logits in (sim.float(), sim.float().T):
         w = logits.softmax(dim=1).masked_fill(banned, 0.0)
-        dead = w.sum(1) <= 0
+        # non-finite similarities (a diverged step) must not crash the sampler: such a row falls
+        # back to uniform and the non-finite loss is then skipped by the trainer.
+        dead = ~torch.isfinite(w).all(1) | (w.sum(1) <= 0)
         w = torch.where(dead[:, None], (~eye).float(), w)
         out.append(torch.multinomial(w, 1, generator=generator).squeeze(1))
     return out[0], out[1]

@@ -127,7 +127,8 @@ class Trainer:
                                  mask_token_id=tok.mask_token_id, cls_token_id=tok.cls_token_id,
                                  sep_token_id=tok.sep_token_id)
         model = SmaugModel(self.mcfg)
-        if cfg.model.init_from and ckpt.find_resume(self.out, cfg.ckpt.resume) is None:
+        found = ckpt.find_resume(self.out, cfg.ckpt.resume)
+        if cfg.model.init_from and found is None:  # a resumed run loads its own checkpoint instead
             from smaug.weights import load_weights
 
             missing, unexpected = load_weights(model, cfg.model.init_from)
@@ -145,7 +146,6 @@ class Trainer:
             peak, src = device_peak_tflops(self.device, cfg.log.peak_tflops)
         self.step, self.samples_seen, self.skipped_steps = 0, 0, 0
         loader_state = None
-        found = ckpt.find_resume(self.out, cfg.ckpt.resume)
         if found is not None:
             client = ckpt.load(self.engine, *found)
             self.step = client["step"]
