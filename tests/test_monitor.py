@@ -1,0 +1,24 @@
+"""Rank-0 monitoring: JSONL records with throughput/MFU fields, and wandb in offline mode (no network)."""
+import json
+from pathlib import Path
+
+from smaug.train.config import load_config
+from smaug.train.monitor import Monitor
+
+QUICKSTART = str(Path(__file__).resolve().parents[1] / "smaug" / "configs" / "quickstart.yaml")
+
+
+def test_jsonl_and_wandb_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = load_config([QUICKSTART], ["log.every=2", "log.progress=false"], output_dir=str(tmp_path))
+    mon = Monitor(tmp_path, cfg, total_steps=4, start_step=0, enabled=True, peak_tflops=2.0,
+                  wandb_config=cfg.to_dict())
+    assert mon.wandb is not None
+    out = [mon.update(s, clips=16, flops=1e12, data_time=0.0, scalars={"loss": 5.0 - s}) for s in (1, 2, 3, 4)]
+    mon.close()
+    assert out[0] is None and out[1]["step"] == 2 and out[1]["loss"] == 3.5  # mean over the window
+    recs = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [2, 4]
+    assert all(r["clips_per_s"] > 0 and 0 <= r["data_wait_frac"] <= 1 and r["mfu"] > 0 for r in recs)
+    assert list((tmp_path / "wandb").glob("offline-run-*")), "wandb offline run directory missing"
