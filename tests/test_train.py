@@ -76,7 +76,7 @@ def assert_loss_falls(out, k=5):
 
 def test_train_world1_loss_falls_and_logs(train_data, tmp_path):
     out = tmp_path / "w1"
-    run(train_cmd(train_data, out, "train.steps=24", "ckpt.every=100", "eval.every=12"))
+    run(train_cmd(train_data, out, "train.steps=24", "ckpt.every=100", "eval.every=12", "eval.num_frames=6"))
     assert_loss_falls(out)
     rec = [r for r in records(out) if "loss" in r][-1]
     for key in ("vtc", "vtm", "mlm", "mvm", "lr", "temp", "clips_per_s", "data_wait_frac", "mfu",
@@ -87,6 +87,7 @@ def test_train_world1_loss_falls_and_logs(train_data, tmp_path):
     assert [r["step"] for r in evals] == [12, 24]
     report = json.loads((out / "eval.json").read_text())
     assert {"t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "chance_r1"} <= set(report)
+    assert report["frames"] == 6 and report["method"] == "vtc"  # the protocol is recorded
     assert (out / "config.yaml").is_file() and (out / "ds_config.json").is_file()
     ds = json.loads((out / "ds_config.json").read_text())
     assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["zero_optimization"]["stage"] == 2

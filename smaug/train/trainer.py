@@ -246,6 +246,7 @@ class Trainer:
         with _keep_rng(self.device):
             metrics = zero_shot(self.model, loader, self.tokenizer, self.device, cfg.eval.max_samples,
                                 cfg.data.max_text_len)
+        metrics = {**metrics, "frames": dcfg.num_frames, "method": "vtc", "split": str(cfg.data.eval_shards)}
         rec = {"step": self.step, **{f"eval/{k}": v for k, v in metrics.items()}}
         self.monitor.log(rec)
         self._say(f"[smaug] eval step {self.step}: t2v R@1 {metrics['t2v_r1']:.1f} R@5 {metrics['t2v_r5']:.1f} "
