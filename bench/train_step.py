@@ -17,7 +17,6 @@ import argparse
 import gc
 import json
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -27,40 +26,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def init_dist(device: str) -> None:
-    import deepspeed
-
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
-    deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo")
+from smaug.train.monitor import measure_matmul_tflops  # noqa: E402
+from smaug.train.trainer import setup_distributed  # noqa: E402
 
 
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def matmul_tflops(device, n: int) -> float:
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    sync(device)
-    iters = 20 if device.type == "cuda" else 3
-    t = time.perf_counter()
-    for _ in range(iters):
-        a @ b
-    sync(device)
-    return 2 * n**3 * iters / (time.perf_counter() - t) / 1e12
 
 
 def make_batch(mcfg, batch: int, text_len: int, device) -> dict:
@@ -206,9 +178,11 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="write all numbers here")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    init_dist(args.device)
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
+    setup_distributed(args.device)  # the trainer's own: a plain run becomes world size 1
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    peak = matmul_tflops(device, 8192 if device.type == "cuda" else 512)
+    cuda = device.type == "cuda"
+    peak = measure_matmul_tflops(device, n=8192 if cuda else 512, iters=20 if cuda else 3, warmup=3)
     print(f"device: {name}; measured {'bf16' if device.type == 'cuda' else 'fp32'} matmul {peak:.1f} TFLOP/s")
     res = {"device": name, "matmul_tflops": peak, "preset": args.preset, "frames": args.frames, "runs": {}}
     for cfg_name, dense in (("smaug", False), ("dense", True)):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from weights_helpers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 QS = str(REPO / "smaug" / "configs" / "quickstart.yaml")
@@ -30,16 +31,8 @@ def train_cmd(data, out, *extra, launcher=None):
             "log.every=1", "log.progress=false", "eval.every=0", "optim.warmup_steps=2", *extra]
     if launcher == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-                str(_port()), "-m", "smaug.train", *args]
+                str(free_port()), "-m", "smaug.train", *args]
     return [sys.executable, "-m", "smaug.train", *args]
-
-
-def _port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env():

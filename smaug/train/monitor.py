@@ -14,12 +14,13 @@ PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "GH200": 989.0, "A100": 312.0,
                     "A6000": 155.0, "L4": 121.0, "A10": 125.0, "V100": 125.0, "4090": 165.0}
 
 
-def measure_matmul_tflops(device: torch.device, n: int = 1024, iters: int = 5) -> float:
+def measure_matmul_tflops(device: torch.device, n: int = 1024, iters: int = 5, warmup: int = 1) -> float:
     """Measure a bf16 (CUDA) / fp32 (CPU) matmul rate: the peak for MFU where no table entry applies."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
+    for _ in range(warmup):
+        a @ b
     if device.type == "cuda":
         torch.cuda.synchronize()
     t = time.perf_counter()

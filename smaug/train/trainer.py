@@ -91,7 +91,7 @@ def _all_max(values: list[float], device) -> list[float]:
 
 @contextmanager
 def _keep_rng(device):
-    """Eval must not move the training RNG (exact resume compares runs with and without it)."""
+    """Eval and probes must not move the training RNG (exact resume compares runs with and without them)."""
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         yield
@@ -142,7 +142,7 @@ class Trainer:
         # Per-rank stream for masking/dropout/sampling (the engine broadcast rank 0's weights);
         # measured before a resume restores the RNG, so the matmul probe cannot shift it.
         torch.manual_seed(cfg.run.seed + 1000003 * self.rank)
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        with _keep_rng(self.device):
             peak, src = device_peak_tflops(self.device, cfg.log.peak_tflops)
         self.step, self.samples_seen, self.skipped_steps = 0, 0, 0
         loader_state = None
