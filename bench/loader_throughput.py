@@ -3,18 +3,25 @@
 
     python bench/loader_throughput.py [--corpus DIR] [--num-videos 48] [--clips 96] [--workdir DIR]
 
-Builds (in a temp dir unless --workdir) three shard kinds from one WebVid-layout corpus (the
+Builds (in a temp dir unless --workdir) four shard kinds from one WebVid-layout corpus (the
 synthetic one from tools/make_synthetic.py when --corpus is not given):
-  raw       the source mp4s as they are
-  reencode  --resize-short-side 224 --fps 2 (Singularity-style compression)
-  frames    --frames T JPEG frames per video
+  raw        the source mp4s as they are
+  reencode   --resize-short-side 224 --fps 2 (Singularity-style compression)
+  frames     --frames 2T JPEG frames per video, at the source size
+  frames224  --frames 2T --resize-short-side 224: JPEG frames stored at the training size
+             (the kind the README recommends for pre-training)
 For each kind it times, in this one process with one thread (= one dataloader worker):
   loader    smaug's train stream: tar read, decode at reduced size, T segment frames, random-resized
             crop to image_size, tokenise, collate (clips/s)
   bare      the same clips decoded from plain files: decord VideoReader(path, reduced size)
             + get_batch(T segment centres) for mp4; PIL decoding the T JPEG files for frames
-and prints both and their ratio, measured in the same run. Cores per GPU follows:
-  cores per GPU = GPU clips/s (bench/train_step.py) / loader clips/s per core.
+and prints both and their ratio, measured in the same run. For the recommended kind it also runs
+the real DataLoader with one worker process and measures the main process's CPU time per clip
+(receiving batches from the worker), which a training process pays on top of its workers.
+Cores per GPU follows:
+  cores per GPU = GPU clips/s x (1 / loader clips/s per worker + main-process CPU s per clip)
+with GPU clips/s from bench/train_step.py (--gpu-clips-per-s; default 1265, the SMAUG step of
+the bare H200 rendition in ../shared/GPU.md at 256 clips: the rate our step must at least match).
 Synthetic clips are small (<= 480x270, <= 15 fps); `--webvid-like N` times N 640x360/25fps/10s
 textured clips instead, closer to WebVid's 360p previews.
 """
@@ -88,7 +95,8 @@ def make_webvid_like(out: Path, n: int, workers: int, seconds: float = 10.0, fps
 
 def build_shards(corpus: Path, work: Path, frames: int, workers: int) -> dict[str, Path]:
     csv_path, videos = corpus / "results_2M_train.csv", corpus / "videos"
-    kinds = {"raw": [], "reencode": ["--resize-short-side", 224, "--fps", 2], "frames": ["--frames", frames]}
+    kinds = {"raw": [], "reencode": ["--resize-short-side", 224, "--fps", 2], "frames": ["--frames", 2 * frames],
+             "frames224": ["--frames", 2 * frames, "--resize-short-side", 224]}
     out = {}
     for kind, extra in kinds.items():
         out[kind] = work / "shards" / kind
@@ -129,7 +137,7 @@ def bare_rate(items, kind: str, t: int, short_side: int, clips: int) -> float:
     start = time.perf_counter()
     while n < clips:
         for files, meta in items:
-            if kind == "frames":
+            if kind.startswith("frames"):
                 for i in segment_indices(len(files), t):
                     img = Image.open(files[i])
                     img.draft("RGB", scaled_size(img.size[0], img.size[1], short_side))
@@ -162,6 +170,23 @@ def loader_rate(shards: Path, tok, t: int, image_size: int, short_side: int, cli
     return steps * bs / (time.perf_counter() - start)
 
 
+def main_process_cpu(shards: Path, tok, t: int, image_size: int, short_side: int, clips: int) -> tuple[float, float]:
+    """(clips/s, main-process CPU seconds per clip) of the real DataLoader with one worker process."""
+    from smaug.data import DataConfig, build_train_loader
+
+    bs = 8
+    cfg = DataConfig(train_shards=str(shards), num_frames=t, image_size=image_size, decode_short_side=short_side,
+                     batch_size=bs, num_workers=1, shuffle_buffer=8, round_batches=10_000)
+    it = iter(build_train_loader(cfg, tok, seed=0))
+    next(it)
+    steps = max(1, clips // bs)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        next(it)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return steps * bs / wall, cpu / (steps * bs)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--corpus", help="WebVid-layout corpus dir (default: build a synthetic one)")
@@ -174,7 +199,9 @@ def main(argv=None) -> int:
     p.add_argument("--short-side", type=int, default=224, help="decode short side (reduced-size decode)")
     p.add_argument("--workers", type=int, default=2, help="make_shards processes")
     p.add_argument("--workdir", help="keep shards here (default: a temp dir)")
-    p.add_argument("--gpu-clips-per-s", type=float, default=0.0, help="optional: GPU training clips/s, for cores/GPU")
+    p.add_argument("--gpu-clips-per-s", type=float, default=1265.0,
+                   help="GPU training clips/s for the cores-per-GPU column (default: the bare H200 SMAUG rendition)")
+    p.add_argument("--json", default=None, help="write every number here")
     args = p.parse_args(argv)
     import torch
 
@@ -200,15 +227,22 @@ def main(argv=None) -> int:
             bare = bare_rate(items, kind, args.num_frames, args.short_side, args.clips)
             load = loader_rate(sdir, tok, args.num_frames, args.image_size, args.short_side, args.clips)
             rows.append((kind, load, bare))
-    print(f"\n{'shard kind':<10} {'loader clips/s/worker':>22} {'bare decode clips/s':>20} {'loader/bare':>12}")
+        dl_rate, main_cpu = main_process_cpu(shards["frames224"], tok, args.num_frames, args.image_size,
+                                             args.short_side, args.clips)
+    gpu = args.gpu_clips_per_s
+    print(f"\n{'shard kind':<10} {'loader clips/s/worker':>22} {'bare decode clips/s':>20} {'loader/bare':>12} "
+          f"{'cores/GPU':>10}")
     for kind, load, bare in rows:
-        print(f"{kind:<10} {load:>22.1f} {bare:>20.1f} {load / bare:>12.2f}")
+        print(f"{kind:<10} {load:>22.1f} {bare:>20.1f} {load / bare:>12.2f} {gpu * (1 / load + main_cpu):>10.1f}")
     raw = rows[0][1]
     print("\nrelative to raw mp4 (loader): " + ", ".join(f"{k} x{v / raw:.1f}" for k, v, _ in rows))
-    print("cores per GPU = GPU clips/s / loader clips/s per core (one worker = one core)")
-    if args.gpu_clips_per_s > 0:
-        print("  " + ", ".join(f"{k}: {args.gpu_clips_per_s / v:.1f}" for k, v, _ in rows)
-              + f"  (at {args.gpu_clips_per_s:g} GPU clips/s)")
+    print(f"main process with 1 worker (frames224): {dl_rate:.1f} clips/s, {main_cpu * 1e3:.2f} ms CPU per clip")
+    print(f"cores/GPU = {gpu:g} GPU clips/s x (1 / clips/s per worker + main-process CPU per clip)")
+    if args.json:
+        res = {"gpu_clips_per_s": gpu, "main_process_cpu_s_per_clip": main_cpu, "dataloader_1_worker_clips_per_s": dl_rate,
+               "kinds": {k: {"loader_clips_per_s": load, "bare_clips_per_s": bare,
+                             "cores_per_gpu": gpu * (1 / load + main_cpu)} for k, load, bare in rows}}
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     return 0
 
 

@@ -1,9 +1,12 @@
-"""Smoke mode of the throughput bench: the real step (model + DeepSpeed engine) on CPU, tiny preset."""
+"""Smoke modes of the benches: the real step (model + DeepSpeed engine) on CPU with the tiny preset,
+and the loader bench on a few synthetic clips."""
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,3 +28,18 @@ def test_train_step_bench_cpu_smoke(tmp_path):
     assert flops["smaug"] < 0.6 * flops["dense"]
     assert res["ratio_same_batch"] > 0 and "engine_overhead_smaug" in res
     assert "SMAUG/dense clips/s, same batch 4" in r.stdout
+
+
+def test_loader_bench_smoke(tmp_path):
+    out = tmp_path / "loader.json"
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "loader_throughput.py"), "--num-videos", "6", "--clips", "8",
+                        "--workers", "1", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    res = json.loads(out.read_text())
+    assert set(res["kinds"]) == {"raw", "reencode", "frames", "frames224"}
+    for v in res["kinds"].values():
+        assert v["loader_clips_per_s"] > 0 and v["bare_clips_per_s"] > 0
+        assert v["cores_per_gpu"] == pytest.approx(res["gpu_clips_per_s"] * (1 / v["loader_clips_per_s"]
+                                                                           + res["main_process_cpu_s_per_clip"]))
+    assert res["main_process_cpu_s_per_clip"] > 0
+    assert "cores/GPU" in r.stdout

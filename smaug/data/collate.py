@@ -26,8 +26,13 @@ def collate(samples: Sequence[Decoded], tokenizer, max_text_len: int, with_capti
     """
     if not samples:
         raise ValueError("empty batch")
+    video = torch.empty((len(samples), *samples[0].video.shape), dtype=samples[0].video.dtype)
+    for i, s in enumerate(samples):  # one copy per clip, whatever its layout (HWC view, expanded image)
+        if s.video.shape != video.shape[1:]:  # copy_ would broadcast silently
+            raise ValueError(f"clip {s.key} has shape {tuple(s.video.shape)}, the batch {tuple(video.shape[1:])}")
+        video[i].copy_(s.video)
     batch: dict[str, Any] = {
-        "video": torch.stack([s.video for s in samples]),
+        "video": video,
         "is_image": torch.tensor([s.is_image for s in samples], dtype=torch.bool),
         "key": [s.key for s in samples],
         "caption": [s.caption for s in samples],

@@ -144,7 +144,10 @@ def decode_jpeg(data: bytes, short_side: int) -> np.ndarray:
         w, h = img.size
         if min(w, h) > short_side:
             img.draft("RGB", (max(1, w * short_side // min(w, h)), max(1, h * short_side // min(w, h))))
-    return np.array(img.convert("RGB"))  # writable: torch.from_numpy warns on read-only arrays
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    img.load()
+    return np.asarray(img)  # read-only; callers stack or copy it before torch.from_numpy
 
 
 def random_resized_crop_box(h: int, w: int, scale: tuple, ratio: tuple,
@@ -175,7 +178,10 @@ def center_crop_box(h: int, w: int) -> tuple[int, int, int, int]:
 
 
 def crop_resize(frames: np.ndarray, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
-    """Crop `[T, H, W, 3]` uint8 frames to `box` and resize to `[T, 3, size, size]` uint8."""
+    """Crop `[T, H, W, 3]` uint8 frames to `box` and resize to `[T, 3, size, size]` uint8.
+
+    The result keeps the frames' HWC memory layout (a channels_last view, not contiguous):
+    `collate` writes it into the contiguous batch, so transposing here would copy twice."""
     import torch
     import torch.nn.functional as F
 
@@ -186,7 +192,7 @@ def crop_resize(frames: np.ndarray, box: tuple[int, int, int, int], size: int) -
     if (ch, cw) != (size, size):
         x = F.interpolate(x.contiguous(memory_format=torch.channels_last), size=(size, size), mode="bilinear",
                           align_corners=False, antialias=True)
-    return x.contiguous()
+    return x
 
 
 @dataclass
@@ -246,7 +252,7 @@ def decode_sample(sample: dict, num_frames: int, image_size: int, short_side: in
             frames = np.stack([decoded[i] for i in idx])
         elif image_ext is not None:
             img = decode_jpeg(sample[image_ext], short_side)
-            frames, is_image = img[None], True
+            frames, is_image = img[None].copy(), True
         else:
             raise CorruptSample("missing_media", f"no video/image member among {sorted(k for k in sample if not k.startswith('__'))}")
     except CorruptSample:
