@@ -1,18 +1,46 @@
 #!/usr/bin/env bash
 # One prepared GPU check (issue 6), for an offline H100/H200 whose image has torch/timm/transformers:
 #   carry .whl (bench/gpu_wheels.sh) and, if wanted, a copy of ../shared/probes in .probes/
-#   command: bash bench/gpu_bench.sh        (writes $OUT/*.json and logs)
+#   command: bash bench/gpu_bench.sh        (writes $OUT/*.json, logs and profile tables)
 # Builds nothing but DeepSpeed's FusedAdam JIT op (~40 s). Order: our bench first (the targets),
 # then the bare peer rendition at the same batch in the same call, so ratios share the machine.
+#   GPU_BENCH_DRYRUN=1 PYTHON=.venv/bin/python bash bench/gpu_bench.sh
+#       the same script on CPU in an env that has everything (tiny preset, a few steps): checks
+#       every phase before spending GPU time (not the cp312 wheels themselves)
 set -uo pipefail
 OUT="${OUT:-/tmp/smaug-gpu}"; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  && export PYTHONPATH=/tmp/site:$PWD || exit 1
-export TORCH_CUDA_ARCH_LIST=9.0 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 WANDB_MODE=disabled
-export TORCH_EXTENSIONS_DIR=/tmp/torch_ext
-nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
-timeout 420 python3 bench/train_step.py --device cuda --preset base --batch 64 --steps 10 --warmup 3 \
-  --max-batch --json "$OUT/train_step.json" 2>&1 | grep -v '^\[20' | tee "$OUT/train_step.log"
-if [ -f .probes/step_ratio.py ]; then
-  CLIPS=64 OUT="$OUT" timeout 120 python3 .probes/step_ratio.py 2>&1 | tail -20 | tee "$OUT/step_ratio.log"
+PY="${PYTHON:-python3}"
+SITE="${SITE:-/tmp/site}"
+t0=$(date +%s)
+if [ "${GPU_BENCH_DRYRUN:-0}" = 1 ]; then  # the wheels are cp312 for the GPU image: use this env as it is
+  export PYTHONPATH="$PWD"
+else
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
+    && export PYTHONPATH="$SITE:$PWD" || exit 1
 fi
+export TORCH_CUDA_ARCH_LIST=9.0 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 WANDB_MODE=disabled
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-/tmp/torch_ext}"
+"$PY" - <<'PY' 2>&1 | tee "$OUT/versions.txt"
+import importlib, sys
+print("python", sys.version.split()[0])
+for m in ("torch", "deepspeed", "timm", "transformers", "decord", "webdataset", "smaug.models", "smaug.train"):
+    mod = importlib.import_module(m)
+    print(m, getattr(mod, "__version__", "ok"))
+PY
+[ "${PIPESTATUS[0]}" = 0 ] || { echo "imports failed: see $OUT/versions.txt"; exit 1; }
+if [ "${GPU_BENCH_DRYRUN:-0}" = 1 ]; then
+  ARGS=(--device cpu --preset tiny --batch 4 --steps 1 --warmup 1 --profile-steps 1)
+  export PROBE_TINY=1
+else
+  nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
+  # 64 clips both configs (engine + bare, profiled), the SMAUG engine under other ZeRO settings,
+  # then each config's largest micro-batch within 80 GiB (the issue's card size, also on an H200)
+  ARGS=(--device cuda --preset base --batch 64 --steps 10 --warmup 3 --max-batch --mem-limit-gib 80)
+fi
+timeout 420 "$PY" bench/train_step.py "${ARGS[@]}" --profile "$OUT/profile" --engine-variants \
+  --json "$OUT/train_step.json" 2>&1 | grep -v '^\[20' | tee "$OUT/train_step.log"
+echo "train_step exit ${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"
+if [ -f .probes/step_ratio.py ]; then
+  CLIPS=64 OUT="$OUT" timeout 120 "$PY" .probes/step_ratio.py 2>&1 | tail -20 | tee "$OUT/step_ratio.log"
+fi
+echo "gpu_bench done after $(( $(date +%s) - t0 )) s; results in $OUT"

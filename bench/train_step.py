@@ -8,7 +8,12 @@ inside the DeepSpeed ZeRO-2 engine built from the same run config the trainer us
 (bf16 + FusedAdam on GPU), and the same model stepped by bare PyTorch (AdamW fused on GPU,
 bf16 autocast). It prints clips/s, model TFLOP/s, MFU against a bf16 matmul measured in
 the same run, peak memory, the SMAUG/dense ratio and the engine's overhead over bare.
-`--max-batch` also searches each config's largest micro-batch that fits the GPU.
+`--max-batch` also searches each config's largest micro-batch that fits in `--mem-limit-gib`
+(80 by default, so an H200 answers for an 80 GiB card too). `--profile DIR` records a
+torch.profiler trace of a few steps of each path at the same batch and writes where the time
+goes: forward / backward / optimizer phases, kernel launches and host syncs per step, GPU busy
+fraction, and the top ops by host and by device time. `--engine-variants` times the SMAUG
+engine under other ZeRO settings (stage 0/1, overlap_comm) at the same batch.
 `--json FILE` writes every number.
 """
 from __future__ import annotations
@@ -22,12 +27,13 @@ import time
 from pathlib import Path
 
 import torch
+from torch.profiler import record_function
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from smaug.train.monitor import measure_matmul_tflops  # noqa: E402
-from smaug.train.trainer import setup_distributed  # noqa: E402
+from smaug.train.trainer import step_flags, setup_distributed  # noqa: E402
 
 
 def sync(device):
@@ -80,7 +86,15 @@ def build_model(cfg):
     return mcfg, model
 
 
-def engine_step(cfg, device, batch_size):
+# --engine-variants: ZeRO settings timed against the shipped ds_configs/zero2_gpu.json
+ENGINE_VARIANTS = {
+    "zero2+overlap+contig": {"overlap_comm": True, "contiguous_gradients": True},
+    "zero1": {"stage": 1},
+    "zero0": {"stage": 0},
+}
+
+
+def engine_step(cfg, device, batch_size, zero_patch: dict | None = None):
     import deepspeed
 
     from smaug.train.ds_config import build_ds_config
@@ -89,14 +103,19 @@ def engine_step(cfg, device, batch_size):
     cfg.data.batch_size = batch_size
     mcfg, model = build_model(cfg)
     ds = build_ds_config(cfg, world_size=1, device=device.type)
+    ds["zero_optimization"] = {**ds.get("zero_optimization", {}), **(zero_patch or {})}
     engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, cfg.optim.weight_decay),
                                       config=ds)
     batch = make_batch(mcfg, batch_size, 32, device)
 
-    def step():
-        out = engine(batch)
-        engine.backward(out.loss)
-        engine.step()
+    def step():  # as Trainer.train_step: forward, the non-finite/preemption flags (one sync), backward, step
+        with record_function("phase:forward"):
+            out = engine(batch)
+            step_flags(out.loss, False)
+        with record_function("phase:backward"):
+            engine.backward(out.loss)
+        with record_function("phase:optimizer"):
+            engine.step()
 
     return mcfg, engine, step
 
@@ -113,29 +132,86 @@ def bare_step(cfg, device, batch_size):
     use_amp = device.type == "cuda"
 
     def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with record_function("phase:forward"), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             out = model(batch)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        with record_function("phase:backward"):
+            out.loss.backward()
+        with record_function("phase:optimizer"):
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
 
     return mcfg, model, step
 
 
-def measure(kind, cfg, device, batch_size, args) -> dict:
-    if device.type == "cuda":
+SYNC_OPS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "aten::_local_scalar_dense")
+LAUNCH_OPS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch")
+
+
+def profile_step(step, device, steps: int, out_dir: Path, name: str) -> dict:
+    """Where the time of `steps` steps goes: per-phase host/device ms, launches and syncs per step,
+    GPU busy fraction; the top-op tables go to `out_dir/profile_{name}.txt`."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    sync(device)
+    t = time.perf_counter()
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            step()
+        sync(device)
+    wall_ms = (time.perf_counter() - t) * 1e3 / steps
+    avgs = prof.key_averages()
+
+    def dev_us(e) -> float:  # the attribute was renamed from cuda_* to device_* in torch 2.4
+        return float(getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0.0)))
+
+    res = {"wall_ms_per_step_profiled": wall_ms, "phases": {}}
+    for e in avgs:
+        if e.key.startswith("phase:"):
+            res["phases"][e.key[6:]] = {"host_ms": e.cpu_time_total / 1e3 / steps, "device_ms": dev_us(e) / 1e3 / steps}
+    counts = {e.key: e.count for e in avgs}
+    res["launches_per_step"] = sum(counts.get(k, 0) for k in LAUNCH_OPS) / steps
+    res["syncs_per_step"] = {k: counts[k] / steps for k in SYNC_OPS if k in counts}
+    if cuda:
+        kernel_us = sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == DeviceType.CUDA)
+        res["kernel_ms_per_step"] = kernel_us / 1e3 / steps
+        res["gpu_busy_fraction"] = res["kernel_ms_per_step"] / wall_ms
+    tables = [f"# {name}: {wall_ms:.1f} ms/step under the profiler, {steps} steps\n",
+              json.dumps(res, indent=1), "\n## top ops by self host time\n",
+              avgs.table(sort_by="self_cpu_time_total", row_limit=30)]
+    if cuda:
+        tables += ["\n## top ops by self device time\n", avgs.table(sort_by="self_device_time_total", row_limit=30)]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"profile_{name}.txt").write_text("".join(tables))
+    return res
+
+
+def measure(kind, cfg, device, batch_size, args, zero_patch: dict | None = None,
+            profile_name: str | None = None) -> dict:
+    cuda = device.type == "cuda"
+    if cuda:
+        gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    mcfg, holder, step = (engine_step if kind == "engine" else bare_step)(cfg, device, batch_size)
+    before = torch.cuda.memory_allocated() / 2**30 if cuda else float("nan")  # a leak between runs shows here
+    if kind == "engine":
+        mcfg, holder, step = engine_step(cfg, device, batch_size, zero_patch)
+    else:
+        mcfg, holder, step = bare_step(cfg, device, batch_size)
     sec = timed(step, device, args.warmup, args.steps)
     model = holder.module if kind == "engine" else holder
     flops = model.train_flops(batch_size, 32)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    res = {"ms_per_step": sec * 1e3, "clips_per_s": batch_size / sec, "model_tflops": flops / sec / 1e12,
+           "peak_gib": peak, "batch": batch_size, "allocated_before_gib": before}
+    if profile_name and args.profile:
+        res["profile"] = profile_step(step, device, args.profile_steps, Path(args.profile), profile_name)
     del holder, step, model
     gc.collect()
-    return {"ms_per_step": sec * 1e3, "clips_per_s": batch_size / sec, "model_tflops": flops / sec / 1e12,
-            "peak_gib": peak, "batch": batch_size}
+    return res
 
 
 def fits(cfg, device, batch_size, args) -> bool:
@@ -174,7 +250,14 @@ def main(argv=None) -> int:
     p.add_argument("--grad-ckpt", action="store_true", help="activation checkpointing on (off: faster, more memory)")
     p.add_argument("--max-batch", action="store_true", help="also search each config's largest micro-batch (GPU)")
     p.add_argument("--max-batch-cap", type=int, default=1024)
+    p.add_argument("--mem-limit-gib", type=float, default=80.0,
+                   help="GPU memory the --max-batch search may use (default 80: the issue's 80 GiB)")
     p.add_argument("--no-bare", action="store_true", help="skip the bare-PyTorch comparison")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="profile each path at --batch and write profile_*.txt tables here")
+    p.add_argument("--profile-steps", type=int, default=3)
+    p.add_argument("--engine-variants", action="store_true",
+                   help="also time the SMAUG engine with other ZeRO settings at --batch")
     p.add_argument("--json", default=None, help="write all numbers here")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -182,14 +265,22 @@ def main(argv=None) -> int:
     setup_distributed(args.device)  # the trainer's own: a plain run becomes world size 1
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     cuda = device.type == "cuda"
+    if cuda and args.mem_limit_gib > 0:
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.mem_limit_gib * 2**30 / total))
     peak = measure_matmul_tflops(device, n=8192 if cuda else 512, iters=20 if cuda else 3, warmup=3)
     print(f"device: {name}; measured {'bf16' if device.type == 'cuda' else 'fp32'} matmul {peak:.1f} TFLOP/s")
-    res = {"device": name, "matmul_tflops": peak, "preset": args.preset, "frames": args.frames, "runs": {}}
+    res = {"device": name, "matmul_tflops": peak, "preset": args.preset, "frames": args.frames,
+           "mem_limit_gib": args.mem_limit_gib if cuda else None, "runs": {}}
     for cfg_name, dense in (("smaug", False), ("dense", True)):
         cfg = run_config(args, dense)
-        r = {"engine": measure("engine", cfg, device, args.batch, args)}
+        r = {"engine": measure("engine", cfg, device, args.batch, args, profile_name=f"{cfg_name}_engine")}
         if not args.no_bare:
-            r["bare"] = measure("bare", run_config(args, dense), device, args.batch, args)
+            r["bare"] = measure("bare", run_config(args, dense), device, args.batch, args,
+                                profile_name=f"{cfg_name}_bare")
+        if args.engine_variants and not dense:
+            for vname, patch in ENGINE_VARIANTS.items():
+                r[f"engine[{vname}]"] = measure("engine", run_config(args, dense), device, args.batch, args, patch)
         if args.max_batch and device.type == "cuda":
             mb = largest_batch(run_config(args, dense), device, args.batch, args)
             r["engine_max"] = measure("engine", run_config(args, dense), device, mb, args)
@@ -200,11 +291,25 @@ def main(argv=None) -> int:
     res["ratio_same_batch"] = rs["engine"]["clips_per_s"] / rd["engine"]["clips_per_s"]
     if "engine_max" in rs:
         res["ratio_best_batch"] = rs["engine_max"]["clips_per_s"] / rd["engine_max"]["clips_per_s"]
-    print(f"\n{'config':8} {'path':11} {'batch':>5} {'ms/step':>9} {'clips/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>9}")
+    print(f"\n{'config':8} {'path':28} {'batch':>5} {'ms/step':>9} {'clips/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>9}")
     for cfg_name, r in res["runs"].items():
         for path, v in r.items():
-            print(f"{cfg_name:8} {path:11} {v['batch']:5d} {v['ms_per_step']:9.1f} {v['clips_per_s']:9.1f} "
+            print(f"{cfg_name:8} {path:28} {v['batch']:5d} {v['ms_per_step']:9.1f} {v['clips_per_s']:9.1f} "
                   f"{v['model_tflops']:8.2f} {v['mfu']:6.1%} {v['peak_gib']:9.1f}")
+    if args.profile:
+        print(f"\nprofile at batch {args.batch} (ms per step; tables in {args.profile}/profile_*.txt)")
+        print(f"{'config':8} {'path':7} {'forward':>14} {'backward':>14} {'optimizer':>14} {'launches':>9} "
+              f"{'syncs':>6} {'GPU busy':>9}")
+        for cfg_name, r in res["runs"].items():
+            for path in ("engine", "bare"):
+                pr = r.get(path, {}).get("profile")
+                if pr:
+                    ph = {k: f"{v['host_ms']:.1f}/{v['device_ms']:.1f}" for k, v in pr["phases"].items()}
+                    busy = pr.get("gpu_busy_fraction")
+                    print(f"{cfg_name:8} {path:7} {ph.get('forward', '-'):>14} {ph.get('backward', '-'):>14} "
+                          f"{ph.get('optimizer', '-'):>14} {pr['launches_per_step']:9.0f} "
+                          f"{sum(pr['syncs_per_step'].values()):6.0f} {'-' if busy is None else f'{busy:.0%}':>9}")
+        print("(phase columns: host ms / device ms; syncs count host-blocking waits and .item() calls)")
     print(f"\nSMAUG/dense clips/s, same batch {args.batch}: {res['ratio_same_batch']:.2f}x")
     if "ratio_best_batch" in res:
         print(f"SMAUG/dense clips/s, best batch each ({rs['engine_max']['batch']} vs {rd['engine_max']['batch']}): "

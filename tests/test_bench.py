@@ -15,7 +15,8 @@ def test_train_step_bench_cpu_smoke(tmp_path):
     out = tmp_path / "bench.json"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
     r = subprocess.run([sys.executable, str(REPO / "bench" / "train_step.py"), "--device", "cpu", "--preset", "tiny",
-                        "--batch", "4", "--steps", "1", "--warmup", "1", "--json", str(out)],
+                        "--batch", "4", "--steps", "1", "--warmup", "1", "--json", str(out),
+                        "--profile", str(tmp_path / "prof"), "--profile-steps", "1", "--engine-variants"],
                        capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     res = json.loads(out.read_text())
@@ -28,6 +29,15 @@ def test_train_step_bench_cpu_smoke(tmp_path):
     assert flops["smaug"] < 0.6 * flops["dense"]
     assert res["ratio_same_batch"] > 0 and "engine_overhead_smaug" in res
     assert "SMAUG/dense clips/s, same batch 4" in r.stdout
+    # --profile: per-phase times of each path, and the top-op tables on disk
+    for name in ("smaug", "dense"):
+        for path in ("engine", "bare"):
+            prof = res["runs"][name][path]["profile"]
+            assert set(prof["phases"]) == {"forward", "backward", "optimizer"}
+            assert all(v["host_ms"] > 0 for v in prof["phases"].values())
+            assert "top ops by self host time" in (tmp_path / "prof" / f"profile_{name}_{path}.txt").read_text()
+    # --engine-variants: the SMAUG engine under other ZeRO settings at the same batch
+    assert {"engine[zero0]", "engine[zero1]", "engine[zero2+overlap+contig]"} <= set(res["runs"]["smaug"])
 
 
 def test_loader_bench_smoke(tmp_path):

@@ -276,3 +276,24 @@ def test_shard_spec_forms(synthetic_shards, tmp_path, monkeypatch):
         resolve_spec(str(train / "synthetic-{000000..000099}.tar"), root)
     with pytest.raises(FileNotFoundError, match="corpus:nope"):
         resolve_spec("corpus:nope", root)
+
+
+def test_device_prefetcher_state_excludes_the_batch_in_flight(synthetic_shards, tok):
+    """The trainer pulls one batch ahead (its host-to-device copy overlaps the step); a checkpoint
+    taken after k batches must still resume at batch k, not k + 1."""
+    from smaug.train.prefetch import DevicePrefetcher
+
+    cfg = cfg_for(synthetic_shards, train_shards=synthetic_shards["train"], num_workers=2)
+    plain = build_train_loader(cfg, tok, seed=3)
+    want = [b["key"] for _, b in zip(range(7), plain)]
+    pre = DevicePrefetcher(build_train_loader(cfg, tok, seed=3), torch.device("cpu"))
+    it = iter(pre)
+    got = [next(it)["key"] for _ in range(4)]
+    assert got == want[:4]
+    state, skips = pre.state_dict(), pre.skip_counts()
+    assert state["consumed"] == 4 and pre.loader.state_dict()["consumed"] == 5  # one in flight
+    resumed = build_train_loader(cfg, tok, seed=3, state=state)
+    assert [b["key"] for _, b in zip(range(3), resumed)] == want[4:7]
+    four = build_train_loader(cfg, tok, seed=3)
+    _ = [b for _, b in zip(range(4), four)]
+    assert skips == four.skip_counts() and state == four.state_dict()

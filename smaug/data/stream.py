@@ -214,14 +214,14 @@ def _fingerprint(cfg: DataConfig, corpora: list[ShardSet], rank: int, world_size
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _dataloader(ds: IterableDataset, cfg: DataConfig) -> DataLoader:
+def _dataloader(ds: IterableDataset, cfg: DataConfig, pin_memory: bool = False) -> DataLoader:
     # A private generator for the DataLoader's base seed: drawing it from the global RNG would
     # shift the training RNG (masking, MLM) whenever an iterator is created, e.g. on resume.
     # Workers seed everything they use from (seed, rank, worker, round) anyway.
     kw: dict[str, Any] = {"generator": torch.Generator().manual_seed(0)}
     if cfg.num_workers > 0:
         kw.update(worker_init_fn=_worker_init, prefetch_factor=cfg.prefetch_factor)
-    return DataLoader(ds, batch_size=None, num_workers=cfg.num_workers, **kw)
+    return DataLoader(ds, batch_size=None, num_workers=cfg.num_workers, pin_memory=pin_memory, **kw)
 
 
 class TrainLoader:
@@ -232,8 +232,9 @@ class TrainLoader:
     """
 
     def __init__(self, cfg: DataConfig, tokenizer, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 state: Optional[dict] = None):
+                 state: Optional[dict] = None, pin_memory: bool = False):
         self.cfg = cfg
+        self.pin_memory = pin_memory  # page-locked batches (CUDA): asynchronous host-to-device copies
         self.corpora = resolve_mixture(cfg.train_shards, cfg.shards_root)
         self.dataset = TrainStream(cfg, self.corpora, tokenizer, rank, world_size, seed)
         self.fingerprint = _fingerprint(cfg, self.corpora, rank, world_size, seed)
@@ -260,7 +261,7 @@ class TrainLoader:
         w = max(1, self.cfg.num_workers)
         self.dataset.start = {int(k): v for k, v in self.workers.items()}
         self.dataset.offset = self.consumed % w
-        it = iter(_dataloader(self.dataset, self.cfg))
+        it = iter(_dataloader(self.dataset, self.cfg, self.pin_memory))
         try:
             for batch in it:
                 meta = batch["__meta__"]
@@ -371,11 +372,12 @@ class EvalLoader:
 
 
 def build_train_loader(cfg: DataConfig, tokenizer, rank: int = 0, world_size: int = 1, seed: int = 0,
-                       state: Optional[dict] = None) -> TrainLoader:
-    """Endless training loader for one rank; `state` is a previous `loader.state_dict()`."""
+                       state: Optional[dict] = None, pin_memory: bool = False) -> TrainLoader:
+    """Endless training loader for one rank; `state` is a previous `loader.state_dict()`;
+    `pin_memory` hands out page-locked batches (for asynchronous copies to a GPU)."""
     if cfg.train_shards is None:
         raise ValueError("DataConfig.train_shards is not set")
-    return TrainLoader(cfg, tokenizer, rank, world_size, seed, state)
+    return TrainLoader(cfg, tokenizer, rank, world_size, seed, state, pin_memory)
 
 
 def build_eval_loader(cfg: DataConfig, tokenizer, shards: Any = None, rank: int = 0, world_size: int = 1) -> EvalLoader:

@@ -151,7 +151,7 @@ PRESETS: dict[str, dict] = {
 class SmaugOutput:
     loss: torch.Tensor  # weighted sum of the losses
     losses: dict[str, torch.Tensor] = field(default_factory=dict)  # vtc, vtm, mlm, mvm (0 when off)
-    stats: dict[str, float] = field(default_factory=dict)  # per-clip token/frame counts, temp
+    stats: dict[str, float] = field(default_factory=dict)  # per-clip token/frame counts (host floats)
 
 
 class SmaugModel(nn.Module):
@@ -313,7 +313,7 @@ class SmaugModel(nn.Module):
         T, n_out = enc.tokens.shape[1], enc.tokens.shape[2] - 1
         k = T if self.frame_selector is None else min(self.frame_selector.k, T)
         stats = dict(visible_tokens=float(T * enc.num_visible), kept_tokens=float(T * n_out),
-                     selected_frames=float(k), fusion_tokens=float(k * (n_out + 1)), temp=float(self.temp.detach()))
+                     selected_frames=float(k), fusion_tokens=float(k * (n_out + 1)))  # host numbers: no GPU sync
         return SmaugOutput(loss, losses, stats)
 
     # ------------------------------------------------------------------ trainer hooks

@@ -86,14 +86,14 @@ class Monitor:
         self.flops += flops
         self.data_time += data_time
         self.n += 1
-        for k, v in scalars.items():
-            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        for k, v in scalars.items():  # device tensors stay on the device until a record is written
+            self.sums[k] = self.sums.get(k, 0.0) + (v.detach() if torch.is_tensor(v) else float(v))
         if self.bar is not None:
             self.bar.update(1)
         if step % self.every:
             return None
         dt = max(time.perf_counter() - self.t0, 1e-9)
-        rec = {"step": step, **{k: v / self.n for k, v in self.sums.items()},
+        rec = {"step": step, **{k: float(v) / self.n for k, v in self.sums.items()},
                "clips_per_s": self.clips / dt, "data_wait_frac": self.data_time / dt,
                "model_tflops": self.flops / dt / 1e12}
         rec["mfu"] = rec["model_tflops"] / self.peak if self.peak else 0.0

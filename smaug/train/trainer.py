@@ -28,6 +28,7 @@ from .config import ConfigError, RunConfig, load_config, model_config, save_reso
 from .ds_config import build_ds_config, save_ds_config
 from .monitor import Monitor, device_peak_tflops
 from .optim import make_scheduler, param_groups
+from .prefetch import DevicePrefetcher
 
 LOSS_KEYS = ("vtc", "vtm", "mlm", "mvm")
 
@@ -64,10 +65,6 @@ def setup_distributed(device_kind: str) -> tuple[int, int, int]:
     return dist.get_rank(), dist.get_world_size(), local_rank
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-
-
 class Preemption:
     """SIGTERM / SIGUSR1 set a flag; the loop checkpoints at the next step boundary and exits 0."""
 
@@ -82,11 +79,15 @@ class Preemption:
         self.signal = signal.Signals(signum).name
 
 
-def _all_max(values: list[float], device) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float32, device=device)
+def step_flags(loss: torch.Tensor, preempt: bool) -> tuple[float, float, float]:
+    """(non-finite here, non-finite on any rank, preemption on any rank): one all-reduce and the
+    step's only host sync, between forward and backward (a skipped micro-batch has no backward)."""
+    bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+    g = torch.cat([bad, bad.new_full((1,), float(preempt))])
     if dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.tolist()
+        dist.all_reduce(g, op=dist.ReduceOp.MAX)
+    local, bad_any, pre_any = torch.cat([bad, g]).tolist()
+    return local, bad_any, pre_any
 
 
 @contextmanager
@@ -164,7 +165,8 @@ class Trainer:
             self._say(f"[smaug] resumed from {found[0]}/{found[1]} at step {self.step}")
         seed = cfg.run.seed if loader_state is not None or self.step == 0 else cfg.run.seed + self.step
         self.loader = build_train_loader(cfg.data, self.tokenizer, rank=self.rank, world_size=self.world,
-                                         seed=seed, state=loader_state)
+                                         seed=seed, state=loader_state, pin_memory=self.device.type == "cuda")
+        self.batches = DevicePrefetcher(self.loader, self.device)  # the copy of batch i+1 overlaps step i
         self.monitor = Monitor(self.out, cfg, cfg.train.steps, self.step, self.is_main, peak,
                                wandb_config=cfg.to_dict())
         self._say(f"[smaug] world={self.world} device={self.device} params={sum(p.numel() for p in model.parameters())/1e6:.1f}M "
@@ -194,10 +196,8 @@ class Trainer:
             batch = next(it)
             wait += time.perf_counter() - t0
             batch.pop("__meta__", None)
-            batch = to_device(batch, self.device)
             out = self.engine(batch)
-            bad_local = 0.0 if bool(torch.isfinite(out.loss.detach())) else 1.0
-            bad, preempt_any = _all_max([bad_local, float(self.preempt.requested)], self.device)
+            bad_local, bad, preempt_any = step_flags(out.loss, self.preempt.requested)
             preempt = preempt or preempt_any > 0
             if bad:
                 self.skipped_steps += 1
@@ -216,20 +216,20 @@ class Trainer:
             b = batch["video"].shape[0]
             clips += b * self.world
             flops += self.model.train_flops(b, batch["input_ids"].shape[1]) * self.world
-            vals = torch.stack([out.loss.detach().float()] + [out.losses[k].detach().float() for k in out.losses]).tolist()
-            for k, v in zip(["loss", *out.losses], vals):
-                sums[k] = sums.get(k, 0.0) + v
+            # losses stay on the device (no host sync per step); the monitor converts them when it logs
+            for k, v in zip(["loss", *out.losses], [out.loss, *out.losses.values()]):
+                sums[k] = sums.get(k, 0.0) + v.detach().float()
             for k, v in out.stats.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         scalars = {k: v / done for k, v in sums.items()}
         scalars["lr"] = self.scheduler.get_last_lr()[0]
-        scalars["temp"] = float(self.model.temp.detach())
+        scalars["temp"] = self.model.temp.detach().float()
         return scalars, clips, flops, wait, preempt
 
     def save(self) -> Path:
         client = {"step": self.step, "samples_seen": self.samples_seen, "skipped_steps": self.skipped_steps,
                   "config": self.cfg.to_dict(), "model_config": dataclasses.asdict(self.mcfg)}
-        per_rank = {"loader": self.loader.state_dict(), "rng": ckpt.rng_state()}
+        per_rank = {"loader": self.batches.state_dict(), "rng": ckpt.rng_state()}
         path = ckpt.save(self.engine, self.out, self.step, client, per_rank, self.cfg.ckpt.keep)
         self._say(f"[smaug] checkpoint {path}")
         return path
@@ -258,14 +258,14 @@ class Trainer:
 
     def run(self) -> int:
         cfg = self.cfg
-        it = iter(self.loader)
+        it = iter(self.batches)
         last_saved = self.step if self.step else -1
         preempted = False
         while self.step < cfg.train.steps:
             scalars, clips, flops, wait, preempted = self.train_step(it)
             self.step += 1
             self.samples_seen += clips
-            skips = self.loader.skip_counts()
+            skips = self.batches.skip_counts()
             scalars.update({f"skipped/{k}": v for k, v in skips.items()})
             scalars["skipped_steps"] = self.skipped_steps
             self.monitor.update(self.step, clips, flops, wait, scalars)
