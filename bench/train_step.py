@@ -272,30 +272,40 @@ def main(argv=None) -> int:
     print(f"device: {name}; measured {'bf16' if device.type == 'cuda' else 'fp32'} matmul {peak:.1f} TFLOP/s")
     res = {"device": name, "matmul_tflops": peak, "preset": args.preset, "frames": args.frames,
            "mem_limit_gib": args.mem_limit_gib if cuda else None, "runs": {}}
-    for cfg_name, dense in (("smaug", False), ("dense", True)):
-        cfg = run_config(args, dense)
-        r = {"engine": measure("engine", cfg, device, args.batch, args, profile_name=f"{cfg_name}_engine")}
-        if not args.no_bare:
-            r["bare"] = measure("bare", run_config(args, dense), device, args.batch, args,
-                                profile_name=f"{cfg_name}_bare")
-        if args.engine_variants and not dense:
-            for vname, patch in ENGINE_VARIANTS.items():
-                r[f"engine[{vname}]"] = measure("engine", run_config(args, dense), device, args.batch, args, patch)
-        if args.max_batch and device.type == "cuda":
+    res["runs"] = {"smaug": {}, "dense": {}}
+    configs = (("smaug", False), ("dense", True))
+    print(f"\n{'config':8} {'path':28} {'batch':>5} {'ms/step':>9} {'clips/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>9}",
+          flush=True)
+
+    def record(cfg_name: str, path: str, v: dict) -> None:
+        """Keep, print and save each number as soon as it exists: a run cut short keeps what it measured."""
+        v["mfu"] = v["model_tflops"] / peak
+        res["runs"][cfg_name][path] = v
+        print(f"{cfg_name:8} {path:28} {v['batch']:5d} {v['ms_per_step']:9.1f} {v['clips_per_s']:9.1f} "
+              f"{v['model_tflops']:8.2f} {v['mfu']:6.1%} {v['peak_gib']:9.1f}", flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+
+    # most important first: the same-batch ratio, then engine vs bare, the best-batch ratio, variants
+    for cfg_name, dense in configs:
+        record(cfg_name, "engine", measure("engine", run_config(args, dense), device, args.batch, args,
+                                           profile_name=f"{cfg_name}_engine"))
+    if not args.no_bare:
+        for cfg_name, dense in configs:
+            record(cfg_name, "bare", measure("bare", run_config(args, dense), device, args.batch, args,
+                                             profile_name=f"{cfg_name}_bare"))
+    if args.max_batch and device.type == "cuda":
+        for cfg_name, dense in configs:
             mb = largest_batch(run_config(args, dense), device, args.batch, args)
-            r["engine_max"] = measure("engine", run_config(args, dense), device, mb, args)
-        for v in r.values():
-            v["mfu"] = v["model_tflops"] / peak
-        res["runs"][cfg_name] = r
+            record(cfg_name, "engine_max", measure("engine", run_config(args, dense), device, mb, args))
+    if args.engine_variants:
+        for vname, patch in ENGINE_VARIANTS.items():
+            record("smaug", f"engine[{vname}]", measure("engine", run_config(args, False), device, args.batch, args,
+                                                         patch))
     rs, rd = res["runs"]["smaug"], res["runs"]["dense"]
     res["ratio_same_batch"] = rs["engine"]["clips_per_s"] / rd["engine"]["clips_per_s"]
     if "engine_max" in rs:
         res["ratio_best_batch"] = rs["engine_max"]["clips_per_s"] / rd["engine_max"]["clips_per_s"]
-    print(f"\n{'config':8} {'path':28} {'batch':>5} {'ms/step':>9} {'clips/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>9}")
-    for cfg_name, r in res["runs"].items():
-        for path, v in r.items():
-            print(f"{cfg_name:8} {path:28} {v['batch']:5d} {v['ms_per_step']:9.1f} {v['clips_per_s']:9.1f} "
-                  f"{v['model_tflops']:8.2f} {v['mfu']:6.1%} {v['peak_gib']:9.1f}")
     if args.profile:
         print(f"\nprofile at batch {args.batch} (ms per step; tables in {args.profile}/profile_*.txt)")
         print(f"{'config':8} {'path':7} {'forward':>14} {'backward':>14} {'optimizer':>14} {'launches':>9} "

@@ -193,7 +193,7 @@ class SmaugTextTower(nn.Module):
     def forward_fusion(self, hidden: torch.Tensor, attention_mask: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
         ext = self.extended_mask(attention_mask, hidden.dtype)
         for layer in self.fusion:
-            hidden = layer(hidden, ext, video)
+            hidden = layer(hidden, ext, encoder_hidden_states=video)  # by keyword: order differs across releases
         return hidden
 
 

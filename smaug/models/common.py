@@ -11,16 +11,16 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 
-def maybe_checkpoint(enabled: bool, fn, *args):
-    """`fn(*args)`, recomputed in backward when `enabled` (non-reentrant, RNG state preserved).
+def maybe_checkpoint(enabled: bool, fn, *args, **kwargs):
+    """`fn(*args, **kwargs)`, recomputed in backward when `enabled` (non-reentrant, RNG state preserved).
 
     Non-reentrant checkpointing keeps a single autograd graph, so a parameter used inside and
     outside the checkpointed region (the tied word embeddings, the twice-run text encoder) gets
     exactly one gradient-accumulation hook call per backward, which DeepSpeed ZeRO-2 requires.
     """
     if enabled and torch.is_grad_enabled():
-        return checkpoint(fn, *args, use_reentrant=False)
-    return fn(*args)
+        return checkpoint(fn, *args, use_reentrant=False, **kwargs)
+    return fn(*args, **kwargs)
 
 
 def world() -> tuple[int, int]:

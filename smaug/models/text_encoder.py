@@ -120,7 +120,8 @@ class TextEncoder(nn.Module):
         """hidden: [P, L, Dt] text states, attention_mask: [P, L], video: [P, S, Dt] tokens -> [P, L, Dt]."""
         ext = self.extended_mask(attention_mask, hidden.dtype)
         for layer in self.fusion:
-            hidden = maybe_checkpoint(self.grad_checkpointing, layer, hidden, ext, video)
+            # by keyword: BertLayer's positional order differs between transformers releases
+            hidden = maybe_checkpoint(self.grad_checkpointing, layer, hidden, ext, encoder_hidden_states=video)
         return hidden
 
     def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
