@@ -83,3 +83,23 @@ def test_hard_negatives_survive_non_finite_similarities():
     neg_t, neg_v = sample_hard_negatives(sim)
     idx = torch.arange(4)
     assert (neg_t != idx).all() and (neg_v != idx).all()
+
+
+def test_model_never_mines_an_identical_caption_as_negative():
+    """forward_vtm bans pairs whose padded token ids are equal (a caption repeated in the batch)."""
+    from model_helpers import make_batch
+
+    from smaug.models import SmaugConfig, SmaugModel
+
+    torch.manual_seed(0)
+    cfg = SmaugConfig.preset("tiny")
+    model = SmaugModel(cfg)
+    batch = make_batch(cfg, batch_size=4)
+    for a, b in ((0, 1), (2, 3)):  # two pairs of identical captions: each row's only allowed negatives are the other pair
+        batch["input_ids"][b], batch["attention_mask"][b] = batch["input_ids"][a], batch["attention_mask"][a]
+    partner = {0: {0, 1}, 1: {0, 1}, 2: {2, 3}, 3: {2, 3}}
+    for _ in range(5):
+        model(batch)
+        neg_text, neg_video = model._last_negatives
+        for i in range(4):
+            assert int(neg_text[i]) not in partner[i] and int(neg_video[i]) not in partner[i]

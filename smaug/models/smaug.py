@@ -254,8 +254,9 @@ class SmaugModel(nn.Module):
         ft, ff = all_gather_with_grad(frame_tokens), all_gather_with_grad(frame_feat)
         th, tf = all_gather_with_grad(text_hidden), all_gather_with_grad(text_feat)
         ids_all, am_all = all_gather_no_grad(input_ids), all_gather_no_grad(attention_mask)
-        caption = torch.unique(ids_all, dim=0, return_inverse=True)[1]  # equal id = identical caption
-        same = caption[:, None] == caption[None]
+        # identical captions (same padded ids) are not each other's negatives; an elementwise compare,
+        # not torch.unique, whose data-dependent output size would force a host sync mid-forward
+        same = (ids_all[:, None, :] == ids_all[None, :, :]).all(-1)
         gen = torch.Generator(device=sim.device).manual_seed(seed)
         neg_text, neg_video = sample_hard_negatives(sim, same, gen)
         nt, nv = neg_text[rank * b:(rank + 1) * b], neg_video[rank * b:(rank + 1) * b]
