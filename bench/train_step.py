@@ -214,14 +214,23 @@ def measure(kind, cfg, device, batch_size, args, zero_patch: dict | None = None,
     return res
 
 
+OOM_MARKERS = ("out of memory", "ALLOC_FAILED")  # cuBLAS/cuDNN workspace failures are RuntimeErrors, not OOM errors
+
+
 def fits(cfg, device, batch_size, args) -> bool:
     try:
-        measure("engine", cfg, device, batch_size, argparse.Namespace(**{**vars(args), "warmup": 1, "steps": 1}))
+        measure("engine", cfg, device, batch_size, argparse.Namespace(**{**vars(args), "warmup": 1, "steps": 1,
+                                                                         "profile": None}))
         return True
     except torch.cuda.OutOfMemoryError:
-        gc.collect()
-        torch.cuda.empty_cache()
-        return False
+        pass
+    except RuntimeError as exn:
+        if not any(m in str(exn) for m in OOM_MARKERS):
+            raise
+    gc.collect()
+    torch.cuda.empty_cache()
+    print(f"  batch {batch_size}: does not fit", flush=True)
+    return False
 
 
 def largest_batch(cfg, device, start: int, args) -> int:
@@ -297,6 +306,9 @@ def main(argv=None) -> int:
     if args.max_batch and device.type == "cuda":
         for cfg_name, dense in configs:
             mb = largest_batch(run_config(args, dense), device, args.batch, args)
+            print(f"  {cfg_name}: largest micro-batch within {args.mem_limit_gib:g} GiB: {mb}", flush=True)
+            if mb == 0:
+                continue
             record(cfg_name, "engine_max", measure("engine", run_config(args, dense), device, mb, args))
     if args.engine_variants:
         for vname, patch in ENGINE_VARIANTS.items():

@@ -53,3 +53,18 @@ def test_loader_bench_smoke(tmp_path):
                                                                            + res["main_process_cpu_s_per_clip"]))
     assert res["main_process_cpu_s_per_clip"] > 0
     assert "cores/GPU" in r.stdout
+
+
+def test_max_batch_search_lands_within_its_tolerance(monkeypatch):
+    """`--max-batch` doubles from --batch until a step does not fit, then bisects to within 1/16."""
+    import argparse
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import train_step
+
+    args = argparse.Namespace(max_batch_cap=1024)
+    for limit in (300, 64, 1000, 2000, 40):
+        monkeypatch.setattr(train_step, "fits", lambda cfg, dev, b, a, limit=limit: b <= limit)
+        got = train_step.largest_batch(None, None, 64, args)
+        want = min(limit, 1024)
+        assert got <= want and got >= want - max(8, want // 16), (limit, got)
