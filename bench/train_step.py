@@ -13,7 +13,9 @@ the same run, peak memory, the SMAUG/dense ratio and the engine's overhead over 
 torch.profiler trace of a few steps of each path at the same batch and writes where the time
 goes: forward / backward / optimizer phases, kernel launches and host syncs per step, GPU busy
 fraction, and the top ops by host and by device time. `--engine-variants` times the SMAUG
-engine under other ZeRO settings (stage 0/1, overlap_comm) at the same batch.
+engine under other ZeRO settings (stage 0/1, overlap_comm) at the same batch. `--skeleton` keeps
+every parameter tensor of the preset but shrinks widths and frames until FLOPs vanish: the step
+is then host time, so engine minus bare is DeepSpeed's per-parameter host cost (measurable on a CPU).
 `--json FILE` writes every number.
 """
 from __future__ import annotations
@@ -51,6 +53,12 @@ def make_batch(mcfg, batch: int, text_len: int, device) -> dict:
             "attention_mask": torch.ones_like(ids).to(device), "is_image": torch.zeros(batch, dtype=torch.bool, device=device)}
 
 
+def precision(args) -> str:
+    """bf16 on CUDA, fp32 on CPU unless --precision says otherwise (engine and bare alike)."""
+    p = getattr(args, "precision", "auto")
+    return p if p != "auto" else ("bf16" if args.device == "cuda" else "fp32")
+
+
 def run_config(args, dense: bool):
     """The trainer's own RunConfig, so the engine here is configured exactly as in training."""
     from smaug.train.config import load_config
@@ -58,10 +66,17 @@ def run_config(args, dense: bool):
     ov = [f"model.preset={args.preset}", f"model.dense={str(dense).lower()}",
           f"model.grad_checkpointing={str(args.grad_ckpt).lower()}", f"data.num_frames={args.frames}",
           f"data.batch_size={args.batch}", "data.train_shards=unused",
-          f"train.precision={'bf16' if args.device == 'cuda' else 'fp32'}", f"train.device={args.device}"]
+          f"train.precision={precision(args)}", f"train.device={args.device}"]
     if args.preset == "tiny":
         ov.append("data.image_size=112")
+    if getattr(args, "skeleton", False):  # the preset's parameter tensors, next to no FLOPs: the step is host time
+        ov += ["data.image_size=32", "model.overrides={" + ", ".join(f"{k}: {v}" for k, v in SKELETON.items()) + "}"]
     return load_config([str(REPO / "smaug" / "configs" / "base.yaml")], ov, output_dir="/tmp/smaug-bench")
+
+
+# --skeleton: every parameter tensor of the preset (449 for SMAUG base) at width 64 and 32 px frames
+SKELETON = dict(vision_width=64, vision_heads=2, decoder_width=32, decoder_heads=2, text_width=64, text_heads=2,
+                text_intermediate=128, embed_dim=32)
 
 
 def timed(step, device, warmup: int, iters: int) -> float:
@@ -86,15 +101,24 @@ def build_model(cfg):
     return mcfg, model
 
 
-# --engine-variants: ZeRO settings timed against the shipped ds_configs/zero2_gpu.json
+# --engine-variants: DeepSpeed settings timed against the shipped ds_configs/zero2_gpu.json
 ENGINE_VARIANTS = {
-    "zero2+overlap+contig": {"overlap_comm": True, "contiguous_gradients": True},
-    "zero1": {"stage": 1},
-    "zero0": {"stage": 0},
+    "bf16 check_grad_overflow=true": {"bf16": {"check_grad_overflow": True}},  # DeepSpeed's default
+    "zero2+overlap+contig": {"zero_optimization": {"overlap_comm": True, "contiguous_gradients": True}},
+    "zero1": {"zero_optimization": {"stage": 1}},
+    "zero0": {"zero_optimization": {"stage": 0}},
 }
 
 
-def engine_step(cfg, device, batch_size, zero_patch: dict | None = None):
+def merged(base: dict, patch: dict) -> dict:
+    """`base` with `patch` merged in, dicts recursively."""
+    out = dict(base)
+    for k, v in patch.items():
+        out[k] = merged(out.get(k, {}), v) if isinstance(v, dict) else v
+    return out
+
+
+def engine_step(cfg, device, batch_size, ds_patch: dict | None = None):
     import deepspeed
 
     from smaug.train.ds_config import build_ds_config
@@ -103,7 +127,7 @@ def engine_step(cfg, device, batch_size, zero_patch: dict | None = None):
     cfg.data.batch_size = batch_size
     mcfg, model = build_model(cfg)
     ds = build_ds_config(cfg, world_size=1, device=device.type)
-    ds["zero_optimization"] = {**ds.get("zero_optimization", {}), **(zero_patch or {})}
+    ds = merged(ds, ds_patch or {})
     engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, cfg.optim.weight_decay),
                                       config=ds)
     batch = make_batch(mcfg, batch_size, 32, device)
@@ -129,7 +153,7 @@ def bare_step(cfg, device, batch_size):
     opt = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                             betas=tuple(cfg.optim.betas), fused=device.type == "cuda")
     batch = make_batch(mcfg, batch_size, 32, device)
-    use_amp = device.type == "cuda"
+    use_amp = cfg.train.precision == "bf16"  # the engine holds bf16 weights; bare autocasts fp32 weights
 
     def step():
         with record_function("phase:forward"), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -189,7 +213,7 @@ def profile_step(step, device, steps: int, out_dir: Path, name: str) -> dict:
     return res
 
 
-def measure(kind, cfg, device, batch_size, args, zero_patch: dict | None = None,
+def measure(kind, cfg, device, batch_size, args, ds_patch: dict | None = None,
             profile_name: str | None = None) -> dict:
     cuda = device.type == "cuda"
     if cuda:
@@ -198,7 +222,7 @@ def measure(kind, cfg, device, batch_size, args, zero_patch: dict | None = None,
         torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated() / 2**30 if cuda else float("nan")  # a leak between runs shows here
     if kind == "engine":
-        mcfg, holder, step = engine_step(cfg, device, batch_size, zero_patch)
+        mcfg, holder, step = engine_step(cfg, device, batch_size, ds_patch)
     else:
         mcfg, holder, step = bare_step(cfg, device, batch_size)
     sec = timed(step, device, args.warmup, args.steps)
@@ -265,6 +289,11 @@ def main(argv=None) -> int:
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="profile each path at --batch and write profile_*.txt tables here")
     p.add_argument("--profile-steps", type=int, default=3)
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="auto: bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--skeleton", action="store_true",
+                   help="the preset's parameter structure at negligible compute (width 64, 32 px): engine vs bare "
+                        "then measures the engine's per-parameter host cost, on CPU too")
     p.add_argument("--engine-variants", action="store_true",
                    help="also time the SMAUG engine with other ZeRO settings at --batch")
     p.add_argument("--json", default=None, help="write all numbers here")

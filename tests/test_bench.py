@@ -37,7 +37,7 @@ def test_train_step_bench_cpu_smoke(tmp_path):
             assert all(v["host_ms"] > 0 for v in prof["phases"].values())
             assert "top ops by self host time" in (tmp_path / "prof" / f"profile_{name}_{path}.txt").read_text()
     # --engine-variants: the SMAUG engine under other ZeRO settings at the same batch
-    assert {"engine[zero0]", "engine[zero1]", "engine[zero2+overlap+contig]"} <= set(res["runs"]["smaug"])
+    assert {"engine[zero0]", "engine[zero1]", "engine[zero2+overlap+contig]", "engine[bf16 check_grad_overflow=true]"} <= set(res["runs"]["smaug"])
 
 
 def test_loader_bench_smoke(tmp_path):

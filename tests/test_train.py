@@ -173,3 +173,36 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(train_data, tmp_path):
     text = r.stdout + r.stderr
     assert "non-finite loss at step" in text and "micro-batch skipped" in text
     assert "3 non-finite losses in a row" in text and "train.max_nonfinite=3" in text
+
+
+def _overflow_run(train_data, out, *extra):
+    """bf16 with w_vtc=1e38: the loss stays finite (~2.8e38 < fp32 max) but bf16 gradients overflow."""
+    return subprocess.run(train_cmd(train_data, out, "train.steps=3", "train.precision=bf16", "optim.warmup_steps=0",
+                                    "model.overrides={w_vtc: 1.0e+38}", "ckpt.every=1", *extra),
+                          capture_output=True, text=True, timeout=600, env=_env(), cwd=REPO)
+
+
+def test_nonfinite_gradients_with_a_finite_loss_stop_before_any_save(train_data, tmp_path):
+    """The shipped JSON turns DeepSpeed's per-tensor bf16 overflow check off; the trainer's grad-norm
+    guard must then stop the run, and no checkpoint may hold the corrupted weights."""
+    out = tmp_path / "gnorm"
+    r = _overflow_run(train_data, out)
+    text = r.stdout + r.stderr
+    assert r.returncode == 3, text[-3000:]
+    assert "non-finite loss" not in text  # the loss was finite: only the gradients overflowed
+    assert "non-finite gradient norm at or before step 1" in text and "nothing was saved" in text
+    ckpts = out / "checkpoints"
+    assert not ckpts.exists() or not any(p.name.startswith("step_") for p in ckpts.iterdir())
+
+
+def test_nonfinite_gradients_are_skipped_and_counted_when_deepspeed_checks(train_data, tmp_path):
+    """With bf16.check_grad_overflow=true DeepSpeed skips those steps; the trainer counts them."""
+    ds = json.loads((REPO / "ds_configs" / "zero2_cpu.json").read_text())
+    ds["bf16"]["check_grad_overflow"] = True
+    (tmp_path / "ds.json").write_text(json.dumps(ds))
+    out = tmp_path / "gnorm_skip"
+    r = _overflow_run(train_data, out, f"train.ds_config={tmp_path / 'ds.json'}")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "skipped by DeepSpeed" in r.stdout + r.stderr
+    recs = [x for x in records(out) if "loss" in x]
+    assert recs[-1]["skipped_steps"] == 3 and all(x["loss"] < float("inf") for x in recs)

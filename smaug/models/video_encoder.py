@@ -137,7 +137,7 @@ class VideoEncoder(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.num_patches, D))  # timm layout: [CLS] slot first
         self.temporal_embed = nn.Parameter(torch.zeros(1, cfg.num_frames, 1, D))  # zero: starts as the image model
-        dpr = [r.item() for r in torch.linspace(0, cfg.drop_path_rate, cfg.vision_depth)]
+        dpr = [cfg.drop_path_rate * i / max(1, cfg.vision_depth - 1) for i in range(cfg.vision_depth)]  # as linspace
         self.blocks = nn.ModuleList([
             Block(D, cfg.vision_heads, cfg.vision_mlp_ratio, qkv_bias=cfg.vision_qkv_bias, drop_path=dpr[i])
             for i in range(cfg.vision_depth)])

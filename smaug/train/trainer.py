@@ -172,6 +172,14 @@ class Trainer:
         self._say(f"[smaug] world={self.world} device={self.device} params={sum(p.numel() for p in model.parameters())/1e6:.1f}M "
                   f"global_batch={cfg.data.batch_size * cfg.train.grad_accum * self.world} peak={peak:.1f} TFLOP/s ({src})")
         self.preempt = Preemption()
+        # Non-finite gradients with a finite loss. DeepSpeed's bf16 `check_grad_overflow` finds
+        # them with ~13 small kernels per parameter tensor (5,800 for SMAUG base, the largest host
+        # cost of its step), so the shipped JSON turns it off and this guard reads the grad norm
+        # DeepSpeed computes anyway for clipping: a device-side count, checked (one sync) when a
+        # record is logged and before every checkpoint, so a corrupted state is never saved.
+        self.ds_skips_overflow = bool(ds_cfg.get("bf16", {}).get("check_grad_overflow", True)) or not self.engine.bfloat16_enabled()
+        self._bad_norm = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._bad_norm_seen = 0
 
     def _say(self, msg: str) -> None:
         if self.is_main:
@@ -213,6 +221,11 @@ class Trainer:
             self.engine.backward(out.loss)
             self.engine.step()
             done += 1
+            norm = self.engine.get_global_grad_norm()  # a device tensor; a float (inf) for a skipped step
+            if norm is not None:
+                norm = torch.as_tensor(norm, dtype=torch.float32, device=self.device).detach().reshape(())
+                self._bad_norm += (~torch.isfinite(norm) | (norm < 0)).long()
+                sums["grad_norm"] = sums.get("grad_norm", 0.0) + norm
             b = batch["video"].shape[0]
             clips += b * self.world
             flops += self.model.train_flops(b, batch["input_ids"].shape[1]) * self.world
@@ -222,11 +235,37 @@ class Trainer:
             for k, v in out.stats.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         scalars = {k: v / done for k, v in sums.items()}
+        if "grad_norm" in scalars:
+            scalars["grad_norm"] = sums["grad_norm"]  # one norm per optimizer step, not per micro-batch
         scalars["lr"] = self.scheduler.get_last_lr()[0]
         scalars["temp"] = self.model.temp.detach().float()
         return scalars, clips, flops, wait, preempt
 
+    def check_gradients(self) -> None:
+        """Act on non-finite gradient norms since the last check (one host sync).
+
+        With DeepSpeed's bf16 overflow check on (or fp32, where it uses the norm), DeepSpeed
+        skipped those optimizer steps: they are counted in `skipped_steps`. With it off (the
+        shipped ds_configs), the update has already been applied, so the weights are no longer
+        trustworthy: stop before anything is saved; the last checkpoint predates the bad step.
+        """
+        bad = int(self._bad_norm)
+        if bad == self._bad_norm_seen:
+            return
+        new, self._bad_norm_seen = bad - self._bad_norm_seen, bad
+        if self.ds_skips_overflow:
+            self.skipped_steps += new
+            self._say(f"[smaug] {new} optimizer step(s) with a non-finite gradient norm skipped by DeepSpeed "
+                      f"(by step {self.step})")
+            return
+        raise FloatingPointError(
+            f"non-finite gradient norm at or before step {self.step} with a finite loss: the update was applied "
+            f"(bf16.check_grad_overflow is off in the DeepSpeed JSON), so the weights are not trustworthy and "
+            f"nothing was saved. Resume from the last checkpoint ({ckpt.ckpt_root(self.out)}); lower optim.lr or "
+            f"raise optim.warmup_steps, or set bf16.check_grad_overflow=true to skip such steps (slower)")
+
     def save(self) -> Path:
+        self.check_gradients()  # never checkpoint weights updated with non-finite gradients
         client = {"step": self.step, "samples_seen": self.samples_seen, "skipped_steps": self.skipped_steps,
                   "config": self.cfg.to_dict(), "model_config": dataclasses.asdict(self.mcfg)}
         per_rank = {"loader": self.batches.state_dict(), "rng": ckpt.rng_state()}
@@ -267,6 +306,8 @@ class Trainer:
             self.samples_seen += clips
             skips = self.batches.skip_counts()
             scalars.update({f"skipped/{k}": v for k, v in skips.items()})
+            if self.step % cfg.log.every == 0:
+                self.check_gradients()
             scalars["skipped_steps"] = self.skipped_steps
             self.monitor.update(self.step, clips, flops, wait, scalars)
             if preempted or self.step % cfg.ckpt.every == 0 or self.step == cfg.train.steps:
@@ -303,5 +344,8 @@ def main(argv=None) -> int:
         return 2
     try:
         return trainer.run()
+    except FloatingPointError as e:  # diverged: the message says what happened and what to do
+        print(f"[smaug] stopped: {e}", file=sys.stderr, flush=True)
+        return 3
     finally:
         trainer.close()
