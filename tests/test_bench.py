@@ -68,3 +68,69 @@ def test_max_batch_search_lands_within_its_tolerance(monkeypatch):
         got = train_step.largest_batch(None, None, 64, args)
         want = min(limit, 1024)
         assert got <= want and got >= want - max(8, want // 16), (limit, got)
+
+
+def test_train_step_bench_skeleton_cpu(tmp_path):
+    """--skeleton: the base preset's parameter tensors at negligible FLOPs, bf16, on CPU (host cost)."""
+    out = tmp_path / "skel.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "train_step.py"), "--device", "cpu", "--preset", "base",
+                        "--skeleton", "--precision", "bf16", "--batch", "2", "--steps", "1", "--warmup", "1",
+                        "--json", str(out)], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    res = json.loads(out.read_text())
+    assert res["preset"] == "base" and set(res["runs"]) == {"smaug", "dense"}
+    assert all(v["engine"]["clips_per_s"] > 0 and v["bare"]["clips_per_s"] > 0 for v in res["runs"].values())
+
+
+def test_shipped_engine_adds_few_ops_per_parameter_tensor(monkeypatch):
+    """Host cost of the engine: ops DeepSpeed itself dispatches per step (beyond the model's forward and
+    backward) stay within a few per parameter tensor with ds_configs as shipped; DeepSpeed's bf16
+    per-tensor overflow check alone adds ~13 per tensor (it is why the JSON turns it off)."""
+    import argparse
+    import traceback
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import torch
+    import train_step
+
+    views = {"view", "t", "transpose", "expand", "detach", "as_strided", "_unsafe_view", "alias", "slice", "select",
+             "unsqueeze", "squeeze", "permute", "reshape"}
+
+    class DeepSpeedOps(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.count = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if str(func.overloadpacket).removeprefix("aten.") not in views:
+                for f in reversed(traceback.extract_stack()[:-2]):
+                    if "/smaug/" in f.filename or "/bench/" in f.filename:
+                        break  # the model's own ops (forward, or backward run by autograd)
+                    if "/deepspeed/" in f.filename:
+                        # engine.py / nvtx.py frames are engine.backward running autograd: the model's ops
+                        if not f.filename.endswith(("engine.py", "nvtx.py")):
+                            self.count[f.name] += 1
+                        break
+            return func(*args, **(kwargs or {}))
+
+    for k, v in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1").items():
+        monkeypatch.setenv(k, v)
+    from weights_helpers import free_port
+
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    train_step.setup_distributed("cpu")
+    args = argparse.Namespace(preset="tiny", precision="bf16", grad_ckpt=False, frames=4, batch=2, device="cpu")
+    per_tensor = {}
+    for name, patch in (("shipped", None), ("overflow check", {"bf16": {"check_grad_overflow": True}})):
+        _, engine, step = train_step.engine_step(train_step.run_config(args, False), torch.device("cpu"), 2, patch)
+        step()
+        mode = DeepSpeedOps()
+        with mode:
+            step()
+        per_tensor[name] = sum(mode.count.values()) / sum(1 for p in engine.module.parameters() if p.requires_grad)
+    assert per_tensor["shipped"] <= 4, per_tensor
+    assert per_tensor["overflow check"] >= per_tensor["shipped"] + 8, per_tensor
