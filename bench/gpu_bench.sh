@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One prepared GPU check (issue 6), for an offline H100/H200 whose image has torch/timm/transformers:
-#   carry .whl (bench/gpu_wheels.sh) and, if wanted, a copy of ../shared/probes in .probes/
+#   carry .whl (bench/gpu_wheels.sh), optionally a copy of ../shared/probes in .probes/, and
+#   optionally shards/synthetic + data/synthetic/tokenizer (from launch/quickstart.sh) for a short
+#   run of the real trainer on the GPU (~41 MiB in all, under the 64 MiB carry limit)
 #   command: bash bench/gpu_bench.sh        (writes $OUT/*.json, logs and profile tables)
 # Builds nothing but DeepSpeed's FusedAdam JIT op (~40 s). Order: our bench first (the targets),
 # then the bare peer rendition at the same batch in the same call, so ratios share the machine.
@@ -42,5 +44,21 @@ timeout 420 "$PY" bench/train_step.py "${ARGS[@]}" --profile "$OUT/profile" --en
 echo "train_step exit ${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"
 if [ -f .probes/step_ratio.py ]; then
   CLIPS=64 OUT="$OUT" timeout 120 "$PY" .probes/step_ratio.py 2>&1 | tail -20 | tee "$OUT/step_ratio.log"
+fi
+# The real trainer on this device: pinned batches + CUDA-stream prefetch, FusedAdam, bf16 and the
+# grad-norm guard, a checkpoint, the final eval. Needs the quickstart's shards and tokenizer
+# carried along (shards/synthetic, data/synthetic/tokenizer: ~10 MB; made by launch/quickstart.sh).
+if [ -f shards/synthetic/train/manifest.json ] && [ -f data/synthetic/tokenizer/tokenizer.json ]; then
+  if [ "${GPU_BENCH_DRYRUN:-0}" = 1 ]; then
+    TR=(train.device=cpu train.precision=fp32 train.steps=4 data.batch_size=4 data.num_workers=1 ckpt.every=2)
+  else
+    TR=(train.device=cuda train.precision=bf16 train.steps=60 data.batch_size=64 data.num_workers=8 ckpt.every=30)
+  fi
+  rm -rf "$OUT/trainer_run"
+  SMAUG_SHARDS="$PWD/shards" timeout 240 "$PY" -m smaug.train --config smaug/configs/quickstart.yaml \
+    --out "$OUT/trainer_run" "model.tokenizer=$PWD/data/synthetic/tokenizer" "${TR[@]}" \
+    optim.warmup_steps=2 eval.every=0 log.every=10 log.progress=false 2>&1 | grep -v '^\[20' | tail -12 \
+    | tee "$OUT/trainer_run.log"
+  echo "trainer exit ${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"
 fi
 echo "gpu_bench done after $(( $(date +%s) - t0 )) s; results in $OUT"
