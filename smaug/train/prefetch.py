@@ -31,17 +31,22 @@ class DevicePrefetcher:
         self._state = loader.state_dict()
         self._skips = loader.skip_counts()
 
-    def _copy(self, batch: dict) -> dict:
+    def _copy(self, batch: dict):
+        """Start `batch`'s copy; returns (device batch, event marking the copy's end, or None on CPU)."""
         if self.stream is None:
-            return to_device(batch, self.device)
+            return to_device(batch, self.device), None
         with torch.cuda.stream(self.stream):
-            return to_device(batch, self.device)
+            out = to_device(batch, self.device)
+            done = torch.cuda.Event()
+            done.record(self.stream)
+        return out, done
 
-    def _ready(self, batch: dict) -> dict:
-        """Make the compute stream wait for `batch`'s copy, and keep its memory alive on that stream."""
-        if self.stream is not None:
+    def _ready(self, batch: dict, done) -> dict:
+        """Make the compute stream wait for this batch's copy only (not for the one started after it),
+        and keep its memory alive until the compute stream is done with it."""
+        if done is not None:
             cur = torch.cuda.current_stream(self.device)
-            cur.wait_stream(self.stream)
+            cur.wait_event(done)
             for v in batch.values():
                 if torch.is_tensor(v) and v.device.type == "cuda":
                     v.record_stream(cur)
@@ -49,15 +54,15 @@ class DevicePrefetcher:
 
     def __iter__(self) -> Iterator[dict]:
         it = iter(self.loader)
-        nxt = next(it, None)
-        nxt = None if nxt is None else self._copy(nxt)
+        raw = next(it, None)
+        nxt = None if raw is None else self._copy(raw)
         while nxt is not None:
-            batch = nxt
+            batch, done = nxt
             # the loader's position now: right after `batch`, before the one we pull next
             self._state, self._skips = self.loader.state_dict(), self.loader.skip_counts()
             raw = next(it, None)
             nxt = None if raw is None else self._copy(raw)
-            yield self._ready(batch)
+            yield self._ready(batch, done)
 
     def state_dict(self) -> dict:
         """The loader's position after the batches handed out (the one in flight excluded)."""
