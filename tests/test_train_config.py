@@ -104,6 +104,7 @@ def test_ds_config_is_derived_from_the_run_config():
     ({"optimizer": {"type": "AdamW", "params": {"lr": 0.5, "torch_adam": True}}}, "optimizer.params.lr"),
     ({"bf16": {"enabled": True}}, "bf16.enabled"),
     ({"scheduler": {"type": "WarmupLR"}}, "scheduler"),
+    ({"zero_optimization": {"stage": 2, "compute_grad_norm": False}}, "compute_grad_norm"),  # guard would be blind
 ])
 def test_ds_json_mismatch_is_refused(tmp_path, patch, key):
     base = json.loads((REPO / "ds_configs" / "zero2_cpu.json").read_text())

@@ -70,6 +70,11 @@ def build_ds_config(cfg: RunConfig, world_size: int, device: str) -> dict:
     if stage not in (0, 1, 2):
         raise ConfigError(f"{path}: zero_optimization.stage={stage}: smaug supports ZeRO 0-2 (stage 3 is untested here)")
 
+    if (ds.get("zero_optimization", {}).get("compute_grad_norm", True) is False
+            and ds.get("bf16", {}).get("check_grad_overflow", True) is False):
+        raise ConfigError(f"{path}: zero_optimization.compute_grad_norm=false with bf16.check_grad_overflow=false: "
+                          f"nothing would detect non-finite gradients (the trainer's guard reads the grad norm)")
+
     out = copy.deepcopy(ds)
     for ds_key, (run_key, get) in _DERIVED.items():
         want = get(cfg, world_size)
