@@ -16,6 +16,8 @@ fraction, and the top ops by host and by device time. `--engine-variants` times 
 engine under other ZeRO settings (stage 0/1, overlap_comm) at the same batch. `--skeleton` keeps
 every parameter tensor of the preset but shrinks widths and frames until FLOPs vanish: the step
 is then host time, so engine minus bare is DeepSpeed's per-parameter host cost (measurable on a CPU).
+`--interleave N` builds the SMAUG engine, bare and the variants first and steps them round-robin
+N rounds (medians): the only fair comparison on a host whose speed drifts, such as a shared VM.
 `--json FILE` writes every number.
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ import argparse
 import gc
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -272,6 +275,32 @@ def largest_batch(cfg, device, start: int, args) -> int:
     return lo
 
 
+def interleaved(args, device, rounds: int) -> dict:
+    """SMAUG at --batch: the shipped engine, bare PyTorch and every --engine-variants engine, all built
+    first, then stepped round-robin for `rounds` rounds; median ms per step of each. On a host whose
+    speed drifts (a shared VM), only an interleaved comparison is fair."""
+    steps = {"engine": engine_step(run_config(args, False), device, args.batch)[2],
+             "bare": bare_step(run_config(args, False), device, args.batch)[2]}
+    if args.engine_variants:
+        for vname, patch in ENGINE_VARIANTS.items():
+            steps[f"engine[{vname}]"] = engine_step(run_config(args, False), device, args.batch, patch)[2]
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for step in steps.values():
+        step()
+    for _ in range(rounds):
+        for name, step in steps.items():
+            sync(device)
+            t = time.perf_counter()
+            step()
+            sync(device)
+            times[name].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    print(f"\ninterleaved, smaug, batch {args.batch}, {rounds} rounds (median ms/step; x bare):")
+    for k, v in med.items():
+        print(f"  {k:34} {v:8.1f}  {v / med['bare']:5.2f}x")
+    return med
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
@@ -294,6 +323,8 @@ def main(argv=None) -> int:
     p.add_argument("--skeleton", action="store_true",
                    help="the preset's parameter structure at negligible compute (width 64, 32 px): engine vs bare "
                         "then measures the engine's per-parameter host cost, on CPU too")
+    p.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
+                   help="only: build the SMAUG engine, bare and the variants, step them round-robin, print medians")
     p.add_argument("--engine-variants", action="store_true",
                    help="also time the SMAUG engine with other ZeRO settings at --batch")
     p.add_argument("--json", default=None, help="write all numbers here")
@@ -308,6 +339,11 @@ def main(argv=None) -> int:
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.mem_limit_gib * 2**30 / total))
     peak = measure_matmul_tflops(device, n=8192 if cuda else 512, iters=20 if cuda else 3, warmup=3)
     print(f"device: {name}; measured {'bf16' if device.type == 'cuda' else 'fp32'} matmul {peak:.1f} TFLOP/s")
+    if args.interleave:
+        med = interleaved(args, device, args.interleave)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"device": name, "interleaved_ms": med}, indent=2) + "\n")
+        return 0
     res = {"device": name, "matmul_tflops": peak, "preset": args.preset, "frames": args.frames,
            "mem_limit_gib": args.mem_limit_gib if cuda else None, "runs": {}}
     res["runs"] = {"smaug": {}, "dense": {}}

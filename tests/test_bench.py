@@ -81,6 +81,14 @@ def test_train_step_bench_skeleton_cpu(tmp_path):
     res = json.loads(out.read_text())
     assert res["preset"] == "base" and set(res["runs"]) == {"smaug", "dense"}
     assert all(v["engine"]["clips_per_s"] > 0 and v["bare"]["clips_per_s"] > 0 for v in res["runs"].values())
+    # --interleave: engine, bare and the variants stepped round-robin (fair on a drifting host)
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "train_step.py"), "--device", "cpu", "--preset", "base",
+                        "--skeleton", "--precision", "bf16", "--batch", "2", "--interleave", "2", "--engine-variants",
+                        "--json", str(out)], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    med = json.loads(out.read_text())["interleaved_ms"]
+    assert {"engine", "bare", "engine[zero0]", "engine[bf16 check_grad_overflow=true]"} <= set(med)
+    assert all(v > 0 for v in med.values())
 
 
 def test_shipped_engine_adds_few_ops_per_parameter_tensor(monkeypatch):
