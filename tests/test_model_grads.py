@@ -22,6 +22,8 @@ def test_every_parameter_gets_a_gradient_with_checkpointing_and_tied_head(dense)
     model.set_grad_checkpointing(True)
     out, grads = _grads(model, make_batch(model.config, batch_size=4))
     assert set(out.losses) == {"vtc", "vtm", "mlm", "mvm"} and torch.isfinite(out.loss)
+    acc = float(out.metrics["vtm_acc"])  # over 3 pairs per clip (1 positive, 2 negatives)
+    assert not out.metrics["vtm_acc"].requires_grad and abs(acc * 12 - round(acc * 12)) < 1e-5 and 0 <= acc <= 1
     assert (float(out.losses["mvm"].detach()) > 0) != dense
     neg_text, neg_video = model._last_negatives  # model-level mining never returns the positive
     assert (neg_text != torch.arange(4)).all() and (neg_video != torch.arange(4)).all()

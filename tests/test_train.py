@@ -73,8 +73,9 @@ def test_train_world1_loss_falls_and_logs(train_data, tmp_path):
     assert_loss_falls(out)
     rec = [r for r in records(out) if "loss" in r][-1]
     for key in ("vtc", "vtm", "mlm", "mvm", "lr", "temp", "clips_per_s", "data_wait_frac", "mfu",
-                "visible_tokens", "kept_tokens", "selected_frames", "skipped_steps"):
+                "visible_tokens", "kept_tokens", "selected_frames", "skipped_steps", "grad_norm", "vtm_acc"):
         assert key in rec, key
+    assert 0 <= rec["vtm_acc"] <= 1 and 0 < rec["grad_norm"] < float("inf")
     assert 0 <= rec["data_wait_frac"] <= 1 and rec["clips_per_s"] > 0
     evals = [r for r in records(out) if "eval/t2v_r1" in r]
     assert [r["step"] for r in evals] == [12, 24]

@@ -152,6 +152,7 @@ class SmaugOutput:
     loss: torch.Tensor  # weighted sum of the losses
     losses: dict[str, torch.Tensor] = field(default_factory=dict)  # vtc, vtm, mlm, mvm (0 when off)
     stats: dict[str, float] = field(default_factory=dict)  # per-clip token/frame counts (host floats)
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # detached device scalars, logged: vtm_acc
 
 
 class SmaugModel(nn.Module):
@@ -246,9 +247,10 @@ class SmaugModel(nn.Module):
 
     # ------------------------------------------------------------------ losses
     def forward_vtm(self, frame_tokens, frame_feat, text_hidden, text_feat, input_ids, attention_mask,
-                    sim: torch.Tensor, seed: int) -> torch.Tensor:
+                    sim: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """1 positive + 2 hard negatives per sample (one video per text, one text per video),
-        mined from the global VTC similarities `sim` [Bg, Bg]; negatives may live on other ranks."""
+        mined from the global VTC similarities `sim` [Bg, Bg]; negatives may live on other ranks.
+        Returns (loss, pair accuracy of this rank's 3b pairs, detached)."""
         b = frame_tokens.shape[0]
         rank, _ = world()
         ft, ff = all_gather_with_grad(frame_tokens), all_gather_with_grad(frame_feat)
@@ -269,7 +271,9 @@ class SmaugModel(nn.Module):
             torch.cat([attention_mask, attention_mask, am_neg]))
         labels = torch.cat([torch.ones(b, device=logits.device), torch.zeros(2 * b, device=logits.device)])
         self._last_negatives = (neg_text, neg_video)  # global indices, for tests and debugging
-        return vtm_loss(logits, labels)
+        # pair accuracy; 2/3 = always "no match" (the label prior), what a VTM head that learned nothing gives
+        acc = ((logits.detach() > 0).float() == labels).float().mean()
+        return vtm_loss(logits, labels), acc
 
     def forward_mlm(self, input_ids, attention_mask, fusion_video: torch.Tensor) -> torch.Tensor:
         """Masked captions through the text layers, then fused with the positive pair's frames."""
@@ -299,11 +303,13 @@ class SmaugModel(nn.Module):
         text_hidden, text_feat = self.encode_text(ids, am)
         zero = video_feat.new_zeros((), dtype=torch.float32)
         losses = dict(vtc=zero, vtm=zero, mlm=zero, mvm=zero)
+        metrics: dict[str, torch.Tensor] = {}
 
         vtc, sim = vtc_loss(video_feat, text_feat, self.temp)
         losses["vtc"] = vtc
         if cfg.w_vtm > 0:
-            losses["vtm"] = self.forward_vtm(enc.tokens, frame_feat, text_hidden, text_feat, ids, am, sim, seed)
+            losses["vtm"], metrics["vtm_acc"] = self.forward_vtm(enc.tokens, frame_feat, text_hidden, text_feat, ids,
+                                                                 am, sim, seed)
         if cfg.w_mlm > 0:
             fusion_video = self.select_frames(enc.tokens, frame_feat, text_feat)
             losses["mlm"] = self.forward_mlm(ids, am, fusion_video)
@@ -315,7 +321,7 @@ class SmaugModel(nn.Module):
         k = T if self.frame_selector is None else min(self.frame_selector.k, T)
         stats = dict(visible_tokens=float(T * enc.num_visible), kept_tokens=float(T * n_out),
                      selected_frames=float(k), fusion_tokens=float(k * (n_out + 1)))  # host numbers: no GPU sync
-        return SmaugOutput(loss, losses, stats)
+        return SmaugOutput(loss, losses, stats, metrics)
 
     # ------------------------------------------------------------------ trainer hooks
     def set_grad_checkpointing(self, enable: bool = True) -> None:

@@ -230,7 +230,7 @@ class Trainer:
             clips += b * self.world
             flops += self.model.train_flops(b, batch["input_ids"].shape[1]) * self.world
             # losses stay on the device (no host sync per step); the monitor converts them when it logs
-            for k, v in zip(["loss", *out.losses], [out.loss, *out.losses.values()]):
+            for k, v in [("loss", out.loss), *out.losses.items(), *out.metrics.items()]:
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
             for k, v in out.stats.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
