@@ -13,7 +13,8 @@ the same run, peak memory, the SMAUG/dense ratio and the engine's overhead over 
 torch.profiler trace of a few steps of each path at the same batch and writes where the time
 goes: forward / backward / optimizer phases, kernel launches and host syncs per step, GPU busy
 fraction, and the top ops by host and by device time. `--engine-variants` times the SMAUG
-engine under other ZeRO settings (stage 0/1, overlap_comm) at the same batch. `--skeleton` keeps
+engine under other DeepSpeed settings (bf16 overflow check on, ZeRO-0/1, overlap_comm) at the
+same batch. `--skeleton` keeps
 every parameter tensor of the preset but shrinks widths and frames until FLOPs vanish: the step
 is then host time, so engine minus bare is DeepSpeed's per-parameter host cost (measurable on a CPU).
 `--interleave N` builds the SMAUG engine, bare and the variants first and steps them round-robin
@@ -326,7 +327,7 @@ def main(argv=None) -> int:
     p.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
                    help="only: build the SMAUG engine, bare and the variants, step them round-robin, print medians")
     p.add_argument("--engine-variants", action="store_true",
-                   help="also time the SMAUG engine with other ZeRO settings at --batch")
+                   help="also time the SMAUG engine with other DeepSpeed settings at --batch (ENGINE_VARIANTS)")
     p.add_argument("--json", default=None, help="write all numbers here")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -345,8 +346,7 @@ def main(argv=None) -> int:
             Path(args.json).write_text(json.dumps({"device": name, "interleaved_ms": med}, indent=2) + "\n")
         return 0
     res = {"device": name, "matmul_tflops": peak, "preset": args.preset, "frames": args.frames,
-           "mem_limit_gib": args.mem_limit_gib if cuda else None, "runs": {}}
-    res["runs"] = {"smaug": {}, "dense": {}}
+           "mem_limit_gib": args.mem_limit_gib if cuda else None, "runs": {"smaug": {}, "dense": {}}}
     configs = (("smaug", False), ("dense", True))
     print(f"\n{'config':8} {'path':28} {'batch':>5} {'ms/step':>9} {'clips/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>9}",
           flush=True)

@@ -207,3 +207,18 @@ def test_nonfinite_gradients_are_skipped_and_counted_when_deepspeed_checks(train
     assert "skipped by DeepSpeed" in r.stdout + r.stderr
     recs = [x for x in records(out) if "loss" in x]
     assert recs[-1]["skipped_steps"] == 3 and all(x["loss"] < float("inf") for x in recs)
+
+
+def test_gradient_accumulation_steps_once_per_accum_micro_batches(train_data, tmp_path):
+    """train.grad_accum=2: each logged step consumed 2 micro-batches (clips), took one optimizer step
+    (one grad norm) and the checkpoint counts optimizer steps."""
+    out = tmp_path / "accum"
+    run(train_cmd(train_data, out, "train.steps=3", "train.grad_accum=2", "ckpt.every=3"))
+    recs = [r for r in records(out) if "loss" in r]
+    assert [r["step"] for r in recs] == [1, 2, 3]
+    assert all(0 < r["grad_norm"] < float("inf") for r in recs)
+    ds = json.loads((out / "ds_config.json").read_text())
+    assert ds["gradient_accumulation_steps"] == 2 and ds["train_batch_size"] == 8
+    state = torch.load(out / "checkpoints" / "step_00000003" / "mp_rank_00_model_states.pt", map_location="cpu",
+                       weights_only=False)
+    assert state["global_steps"] == 3 and state["global_samples"] == 24

@@ -177,7 +177,8 @@ class Trainer:
         # cost of its step), so the shipped JSON turns it off and this guard reads the grad norm
         # DeepSpeed computes anyway for clipping: a device-side count, checked (one sync) when a
         # record is logged and before every checkpoint, so a corrupted state is never saved.
-        self.ds_skips_overflow = bool(ds_cfg.get("bf16", {}).get("check_grad_overflow", True)) or not self.engine.bfloat16_enabled()
+        bf16_check = bool(ds_cfg.get("bf16", {}).get("check_grad_overflow", True))
+        self.ds_skips_overflow = bf16_check or not self.engine.bfloat16_enabled()
         self._bad_norm = torch.zeros((), dtype=torch.int64, device=self.device)
         self._bad_norm_seen = 0
 
@@ -221,11 +222,6 @@ class Trainer:
             self.engine.backward(out.loss)
             self.engine.step()
             done += 1
-            norm = self.engine.get_global_grad_norm()  # a device tensor; a float (inf) for a skipped step
-            if norm is not None:
-                norm = torch.as_tensor(norm, dtype=torch.float32, device=self.device).detach().reshape(())
-                self._bad_norm += (~torch.isfinite(norm) | (norm < 0)).long()
-                sums["grad_norm"] = sums.get("grad_norm", 0.0) + norm
             b = batch["video"].shape[0]
             clips += b * self.world
             flops += self.model.train_flops(b, batch["input_ids"].shape[1]) * self.world
@@ -235,8 +231,12 @@ class Trainer:
             for k, v in out.stats.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         scalars = {k: v / done for k, v in sums.items()}
-        if "grad_norm" in scalars:
-            scalars["grad_norm"] = sums["grad_norm"]  # one norm per optimizer step, not per micro-batch
+        # the optimizer step just taken (the last micro-batch was the accumulation boundary)
+        norm = self.engine.get_global_grad_norm()  # a device tensor; a float (inf) for a skipped step
+        if norm is not None:
+            norm = torch.as_tensor(norm, dtype=torch.float32, device=self.device).detach().reshape(())
+            self._bad_norm += (~torch.isfinite(norm) | (norm < 0)).long()
+            scalars["grad_norm"] = norm
         scalars["lr"] = self.scheduler.get_last_lr()[0]
         scalars["temp"] = self.model.temp.detach().float()
         return scalars, clips, flops, wait, preempt
