@@ -154,31 +154,18 @@ def bare_rate(items, kind: str, t: int, short_side: int, clips: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def loader_rate(shards: Path, tok, t: int, image_size: int, short_side: int, clips: int) -> float:
-    """Clips/s of smaug's train stream in this process (num_workers=0: one worker's work)."""
+def loader_rate(shards: Path, tok, t: int, image_size: int, short_side: int, clips: int,
+                num_workers: int = 0) -> tuple[float, float]:
+    """(clips/s, this process's CPU seconds per clip) of smaug's train stream. num_workers=0: all
+    the work in this process (one worker's work); 1: a real worker process, so the CPU time is
+    what the main process pays on top (receiving batches)."""
     from smaug.data import DataConfig, build_train_loader
 
     bs = 8
     cfg = DataConfig(train_shards=str(shards), num_frames=t, image_size=image_size, decode_short_side=short_side,
-                     batch_size=bs, num_workers=0, shuffle_buffer=8, round_batches=10_000)
+                     batch_size=bs, num_workers=num_workers, shuffle_buffer=8, round_batches=10_000)
     it = iter(build_train_loader(cfg, tok, seed=0))
-    next(it)  # warm-up: shuffle-buffer fill, imports
-    start = time.perf_counter()
-    steps = max(1, clips // bs)
-    for _ in range(steps):
-        next(it)
-    return steps * bs / (time.perf_counter() - start)
-
-
-def main_process_cpu(shards: Path, tok, t: int, image_size: int, short_side: int, clips: int) -> tuple[float, float]:
-    """(clips/s, main-process CPU seconds per clip) of the real DataLoader with one worker process."""
-    from smaug.data import DataConfig, build_train_loader
-
-    bs = 8
-    cfg = DataConfig(train_shards=str(shards), num_frames=t, image_size=image_size, decode_short_side=short_side,
-                     batch_size=bs, num_workers=1, shuffle_buffer=8, round_batches=10_000)
-    it = iter(build_train_loader(cfg, tok, seed=0))
-    next(it)
+    next(it)  # warm-up: shuffle-buffer fill, imports, worker start
     steps = max(1, clips // bs)
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
@@ -225,10 +212,10 @@ def main(argv=None) -> int:
         for kind, sdir in shards.items():
             items = extract_files(sdir, work / "files" / kind)
             bare = bare_rate(items, kind, args.num_frames, args.short_side, args.clips)
-            load = loader_rate(sdir, tok, args.num_frames, args.image_size, args.short_side, args.clips)
+            load = loader_rate(sdir, tok, args.num_frames, args.image_size, args.short_side, args.clips)[0]
             rows.append((kind, load, bare))
-        dl_rate, main_cpu = main_process_cpu(shards["frames224"], tok, args.num_frames, args.image_size,
-                                             args.short_side, args.clips)
+        dl_rate, main_cpu = loader_rate(shards["frames224"], tok, args.num_frames, args.image_size,
+                                        args.short_side, args.clips, num_workers=1)
     gpu = args.gpu_clips_per_s
     print(f"\n{'shard kind':<10} {'loader clips/s/worker':>22} {'bare decode clips/s':>20} {'loader/bare':>12} "
           f"{'cores/GPU':>10}")

@@ -142,3 +142,12 @@ def test_shipped_engine_adds_few_ops_per_parameter_tensor(monkeypatch):
         per_tensor[name] = sum(mode.count.values()) / sum(1 for p in engine.module.parameters() if p.requires_grad)
     assert per_tensor["shipped"] <= 4, per_tensor
     assert per_tensor["overflow check"] >= per_tensor["shipped"] + 8, per_tensor
+
+
+def test_cls_row_bench_runs():
+    """bench/cls_row.py: the [CLS]-row cost figures quoted in smaug/models/video_encoder.py."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from cls_row import bench_cls_row
+
+    r = bench_cls_row(64, 2, frames=2, tokens=5, iters=2)
+    assert set(r) == {"sdpa", "sdpa+row", "sdpa+full_matrix"} and all(v > 0 for v in r.values())

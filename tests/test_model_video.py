@@ -128,10 +128,3 @@ def test_other_frame_counts_interpolate_temporal_embeddings():
         tokens, video_feat, _ = m.encode_video(batch["video"])
         assert tokens.shape[:2] == (2, 6) and video_feat.shape == (2, 128)
         assert torch.isfinite(m(batch).loss)
-
-
-def test_cls_row_benchmark_runs():
-    from smaug.models.video_encoder import bench_cls_row
-
-    r = bench_cls_row(64, 2, frames=2, tokens=5, iters=2)
-    assert set(r) == {"sdpa", "sdpa+row", "sdpa+full_matrix"} and all(v > 0 for v in r.values())

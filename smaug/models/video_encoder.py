@@ -13,13 +13,12 @@ Pipeline (`forward`):
 Token sparsification reuses the block's own attention pass: `attention_with_cls_row` computes q,
 k, v once, runs fused SDPA over all tokens, and gets the [CLS] attention row explicitly from the
 same q and k (softmax(q_cls k^T * scale), one query per frame: O(n D), not O(n^2 D)); only
-sparsify blocks do this, the others run timm's own forward. Measured cost (`bench_cls_row`,
+sparsify blocks do this, the others run timm's own forward. Measured cost (`bench/cls_row.py`,
 forward of one block's attention module, median of 100 interleaved runs, CPU, 1 thread, torch
 2.14, on a shared 2-core box): ViT-B (768 wide, 12 heads), 16 frames x 50 tokens: SDPA 42.7 ms,
 SDPA + row 43.8 ms (+2.5%), SDPA + a second full attention-matrix pass 76.5 ms (+79%);
 16 x 197 tokens: +3.0% vs +90%; tiny (192 wide, 3 heads), 32 x 13 tokens: 1.59 vs 1.77 ms
-(+11%, small-kernel overhead) vs +95%. Reproduce with
-`python -c "from smaug.models.video_encoder import bench_cls_row as b; print(b(768, 12, 16, 50))"`.
+(+11%, small-kernel overhead) vs +95%. Reproduce with `python bench/cls_row.py 768 12 16 50`.
 """
 from __future__ import annotations
 
@@ -241,32 +240,3 @@ class VideoEncoder(nn.Module):
             raise ValueError(f"vision_pretrained={name_or_path!r}: has more blocks than vision_depth="
                              f"{self.cfg.vision_depth} ({[k for k in unexpected if k.startswith('blocks.')][:2]} ...)")
         return {"missing": res.missing_keys, "unexpected": unexpected}  # e.g. head, fc_norm: unused
-
-
-def bench_cls_row(width: int, heads: int, frames: int, tokens: int, iters: int = 50) -> dict:
-    """Median forward time (ms) of one block's attention: timm's fused SDPA alone, with the
-    explicit [CLS] row (`attention_with_cls_row`), and with a second full attention-matrix
-    pass (what the row avoids). `python -m smaug.models.video_encoder` prints the numbers."""
-    import statistics
-    import time
-
-    blk = Block(width, heads, qkv_bias=True).eval()
-    x = torch.randn(frames, tokens, width)
-
-    def second_pass(h):
-        a = blk.attn
-        qkv = a.qkv(h).reshape(frames, tokens, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
-        full = (qkv[0] @ qkv[1].transpose(-2, -1) * a.scale).softmax(-1)  # [M, H, n, n]
-        return a(h), full[:, :, 0, 1:].mean(1)
-
-    fns = {"sdpa": blk.attn, "sdpa+row": lambda h: attention_with_cls_row(blk.attn, h), "sdpa+full_matrix": second_pass}
-    ts = {k: [] for k in fns}
-    with torch.no_grad():
-        for i in range(iters + 5):  # interleaved, so load changes hit all three alike
-            for name, fn in fns.items():
-                t0 = time.perf_counter()
-                fn(x)
-                if i >= 5:
-                    ts[name].append(time.perf_counter() - t0)
-    return {k: 1e3 * statistics.median(v) for k, v in ts.items()}
-
