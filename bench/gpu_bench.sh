@@ -20,7 +20,7 @@ if [ "${GPU_BENCH_DRYRUN:-0}" = 1 ]; then  # the wheels are cp312 for the GPU im
   export PYTHONPATH="$PWD"
 else
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
-    && export PYTHONPATH="$SITE:$PWD" || exit 1
+    && export PYTHONPATH="$SITE:$PWD" PATH="$SITE/bin:$PATH" || exit 1  # bin: ninja, for the FusedAdam JIT build
 fi
 export TORCH_CUDA_ARCH_LIST=9.0 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 WANDB_MODE=disabled
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-/tmp/torch_ext}"
@@ -39,7 +39,7 @@ else
   nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
   # 64 clips both configs (engine + bare, profiled), the SMAUG engine under other ZeRO settings,
   # then each config's largest micro-batch within 80 GiB (the card size, also on an H200)
-  ARGS=(--device cuda --preset base --batch 64 --steps 10 --warmup 3 --max-batch --mem-limit-gib 80)
+  ARGS=(--device cuda --preset base --batch 64 --steps 20 --warmup 5 --max-batch --mem-limit-gib 80)
 fi
 timeout 330 "$PY" bench/train_step.py "${ARGS[@]}" --profile "$OUT/profile" --engine-variants \
   --json "$OUT/train_step.json" 2>&1 | grep -v '^\[20' | tee "$OUT/train_step.log"

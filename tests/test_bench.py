@@ -56,18 +56,33 @@ def test_loader_bench_smoke(tmp_path):
 
 
 def test_max_batch_search_lands_within_its_tolerance(monkeypatch):
-    """`--max-batch` doubles from --batch until a step does not fit, then bisects to within 1/16."""
+    """`--max-batch` brackets the limit from a guess (x2 from --batch, or x1.15 from the memory
+    model's estimate, up or down), then bisects: a multiple of 8 within 1/16 below the true limit,
+    never above it or the cap; probes are counted (each builds an engine on the GPU)."""
     import argparse
 
     sys.path.insert(0, str(REPO / "bench"))
     import train_step
 
     args = argparse.Namespace(max_batch_cap=1024)
-    for limit in (300, 64, 1000, 2000, 40):
-        monkeypatch.setattr(train_step, "fits", lambda cfg, dev, b, a, limit=limit: b <= limit)
-        got = train_step.largest_batch(None, None, 64, args)
-        want = min(limit, 1024)
-        assert got <= want and got >= want - max(8, want // 16), (limit, got)
+    for limit in (300, 64, 1000, 2000, 40, 7, 8, 555):
+        for start, grow in ((64, 2.0), (int(limit * 0.9) + 1, 1.15), (int(limit * 1.2) + 1, 1.15), (1, 2.0)):
+            probes = []
+            monkeypatch.setattr(train_step, "fits", lambda cfg, dev, b, a, limit=limit: probes.append(b) or b <= limit)
+            got = train_step.largest_batch(None, None, start, args, grow)
+            want = min(limit, 1024) // 8 * 8
+            assert got % 8 == 0 and want - max(8, want // 16) <= got <= want, (limit, start, got)
+            assert len(probes) <= 12, (limit, start, probes)
+            if grow < 2 and 64 <= limit <= 1024:  # a good estimate: a handful of probes
+                assert len(probes) <= 6, (limit, start, probes)
+
+
+def test_memory_model_estimate():
+    sys.path.insert(0, str(REPO / "bench"))
+    import train_step
+
+    run = {"peak_gib": 20.0, "static_gib": 4.0, "batch": 64}  # 0.25 GiB per clip
+    assert train_step.estimate_max_batch(run, 80.0) == int((80 * 0.97 - 4) / 0.25)
 
 
 def test_train_step_bench_skeleton_cpu(tmp_path):
@@ -142,6 +157,47 @@ def test_shipped_engine_adds_few_ops_per_parameter_tensor(monkeypatch):
         per_tensor[name] = sum(mode.count.values()) / sum(1 for p in engine.module.parameters() if p.requires_grad)
     assert per_tensor["shipped"] <= 4, per_tensor
     assert per_tensor["overflow check"] >= per_tensor["shipped"] + 8, per_tensor
+
+
+def test_measure_frees_each_engine(monkeypatch):
+    """bench/train_step.measure() releases the engine it built, also when its step raises (an OOM in
+    the --max-batch search): ZeRO's grad-accumulator hooks otherwise keep every engine alive, and on a
+    GPU each probe's weights and optimizer state would stay allocated and shrink the next one's room."""
+    import argparse
+    import gc
+    import weakref
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import torch
+    import train_step
+
+    for k, v in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1").items():
+        monkeypatch.setenv(k, v)
+    from weights_helpers import free_port
+
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    train_step.setup_distributed("cpu")
+    args = argparse.Namespace(preset="tiny", precision="fp32", grad_ckpt=False, frames=4, batch=2, device="cpu",
+                              warmup=1, steps=1, profile=None)
+    built = []
+    real = train_step.engine_step
+
+    def spy(*a, fail=False, **kw):
+        mcfg, engine, step = real(*a, **kw)
+        built.append(weakref.ref(engine.module))
+
+        def failing():
+            step()
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return mcfg, engine, failing if fail else step
+
+    monkeypatch.setattr(train_step, "engine_step", spy)
+    train_step.measure("engine", train_step.run_config(args, False), torch.device("cpu"), 2, args)
+    monkeypatch.setattr(train_step, "engine_step", lambda *a, **kw: spy(*a, fail=True, **kw))
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        train_step.measure("engine", train_step.run_config(args, False), torch.device("cpu"), 2, args)
+    gc.collect()
+    assert len(built) == 2 and all(r() is None for r in built)
 
 
 def test_cls_row_bench_runs():

@@ -61,7 +61,8 @@ def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, mlm_prob:
     chosen = (torch.rand(input_ids.shape, device=dev) < mlm_prob) & maskable
     empty = ~chosen.any(1) & maskable.any(1)
     pick = (torch.rand(input_ids.shape, device=dev) * maskable).argmax(1)
-    chosen = chosen | (F.one_hot(pick, input_ids.shape[1]).bool() & empty[:, None])
+    # a comparison, not F.one_hot: one_hot validates its indices with a host sync (on CPU; CUDA asserts)
+    chosen = chosen | ((torch.arange(input_ids.shape[1], device=dev) == pick[:, None]) & empty[:, None])
     labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
     u = torch.rand(input_ids.shape, device=dev)
     masked = torch.where(chosen & (u < 0.8), torch.full_like(input_ids, mask_token_id), input_ids)
