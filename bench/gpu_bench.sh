@@ -27,11 +27,19 @@ export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-/tmp/torch_ext}"
 "$PY" - <<'PY' 2>&1 | tee "$OUT/versions.txt"
 import importlib, sys
 print("python", sys.version.split()[0])
-for m in ("torch", "deepspeed", "timm", "transformers", "decord", "webdataset", "smaug.models", "smaug.train"):
-    mod = importlib.import_module(m)
-    print(m, getattr(mod, "__version__", "ok"))
+need = ("torch", "deepspeed", "smaug.models", "smaug.train")  # the bench; the rest only for the trainer run
+bad = []
+for m in ("torch", "deepspeed", "timm", "transformers", "decord", "webdataset", "PIL", "yaml", "tokenizers",
+          "smaug.models", "smaug.train", "smaug.data"):
+    try:
+        mod = importlib.import_module(m)
+        print(m, getattr(mod, "__version__", "ok"))
+    except Exception as exn:  # noqa: BLE001 - report every missing piece at once
+        print(m, "FAILED:", type(exn).__name__, exn)
+        bad += [m] if m in need else []
+sys.exit(1 if bad else 0)
 PY
-[ "${PIPESTATUS[0]}" = 0 ] || { echo "imports failed: see $OUT/versions.txt"; exit 1; }
+[ "${PIPESTATUS[0]}" = 0 ] || { echo "imports the bench needs failed: see $OUT/versions.txt"; exit 1; }
 if [ "${GPU_BENCH_DRYRUN:-0}" = 1 ]; then
   ARGS=(--device cpu --preset tiny --batch 4 --steps 1 --warmup 1 --profile-steps 1)
   export PROBE_TINY=1
