@@ -23,6 +23,7 @@ else
     && export PYTHONPATH="$SITE:$PWD" PATH="$SITE/bin:$PATH" || exit 1  # bin: ninja, for the FusedAdam JIT build
 fi
 export TORCH_CUDA_ARCH_LIST=9.0 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 WANDB_MODE=disabled
+export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"  # batch-size probes fragment the cache
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-/tmp/torch_ext}"
 "$PY" - <<'PY' 2>&1 | tee "$OUT/versions.txt"
 import importlib, sys

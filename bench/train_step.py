@@ -10,7 +10,7 @@ bf16 autocast). It prints clips/s, model TFLOP/s, MFU against a bf16 matmul meas
 the same run, peak memory, the SMAUG/dense ratio and the engine's overhead over bare.
 `--max-batch` also searches each config's largest micro-batch that fits in `--mem-limit-gib`
 (80 by default, so an H200 answers for an 80 GiB card too). `--profile DIR` records a
-torch.profiler trace of a few steps of each path at the same batch and writes where the time
+torch.profiler trace of a few steps of each path at the same batch and writes (DIR/profiles.txt) where the time
 goes: forward / backward / optimizer phases, kernel launches and host syncs per step, GPU busy
 fraction, and the top ops by host and by device time. `--engine-variants` times the SMAUG
 engine under other DeepSpeed settings (bf16 overflow check on, ZeRO-0/1, overlap_comm) at the
@@ -24,6 +24,8 @@ N rounds (medians): the only fair comparison on a host whose speed drifts, such 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import gc
 import json
 import os
@@ -180,9 +182,36 @@ SYNC_OPS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchron
 LAUNCH_OPS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch")
 
 
+MODULE_LABELS = ("forward_video", "encode_text", "forward_vtm", "forward_mlm", "forward_mvm")
+
+
+@contextlib.contextmanager
+def module_labels():
+    """Label SmaugModel's loss branches (forward only) for the profiler: `module:<method>` ranges."""
+    from smaug.models import SmaugModel
+
+    saved = {m: getattr(SmaugModel, m) for m in MODULE_LABELS}
+
+    def labelled(name, fn):
+        @functools.wraps(fn)
+        def run(*a, **kw):
+            with record_function(f"module:{name}"):
+                return fn(*a, **kw)
+        return run
+
+    for m, fn in saved.items():
+        setattr(SmaugModel, m, labelled(m, fn))
+    try:
+        yield
+    finally:
+        for m, fn in saved.items():
+            setattr(SmaugModel, m, fn)
+
+
 def profile_step(step, device, steps: int, out_dir: Path, name: str) -> dict:
-    """Where the time of `steps` steps goes: per-phase host/device ms, launches and syncs per step,
-    GPU busy fraction; the top-op tables go to `out_dir/profile_{name}.txt`."""
+    """Where the time of `steps` steps goes: per-phase and per-loss-branch host/device ms, launches
+    and syncs per step, GPU busy fraction; top-op tables (also by input shape) are appended to
+    `out_dir/profiles.txt` (one file for every path: a GPU check brings back only a few files)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -190,7 +219,7 @@ def profile_step(step, device, steps: int, out_dir: Path, name: str) -> dict:
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     sync(device)
     t = time.perf_counter()
-    with profile(activities=acts) as prof:
+    with module_labels(), profile(activities=acts, record_shapes=True) as prof:
         for _ in range(steps):
             step()
         sync(device)
@@ -200,10 +229,12 @@ def profile_step(step, device, steps: int, out_dir: Path, name: str) -> dict:
     def dev_us(e) -> float:  # the attribute was renamed from cuda_* to device_* in torch 2.4
         return float(getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0.0)))
 
-    res = {"wall_ms_per_step_profiled": wall_ms, "phases": {}}
+    res = {"wall_ms_per_step_profiled": wall_ms, "phases": {}, "modules": {}}
     for e in avgs:
-        if e.key.startswith("phase:"):
-            res["phases"][e.key[6:]] = {"host_ms": e.cpu_time_total / 1e3 / steps, "device_ms": dev_us(e) / 1e3 / steps}
+        for prefix, key in (("phase:", "phases"), ("module:", "modules")):
+            if e.key.startswith(prefix):
+                res[key][e.key[len(prefix):]] = {"host_ms": e.cpu_time_total / 1e3 / steps,
+                                                 "device_ms": dev_us(e) / 1e3 / steps}
     counts = {e.key: e.count for e in avgs}
     res["launches_per_step"] = sum(counts.get(k, 0) for k in LAUNCH_OPS) / steps
     res["syncs_per_step"] = {k: counts[k] / steps for k in SYNC_OPS if k in counts}
@@ -211,13 +242,18 @@ def profile_step(step, device, steps: int, out_dir: Path, name: str) -> dict:
         kernel_us = sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == DeviceType.CUDA)
         res["kernel_ms_per_step"] = kernel_us / 1e3 / steps
         res["gpu_busy_fraction"] = res["kernel_ms_per_step"] / wall_ms
-    tables = [f"# {name}: {wall_ms:.1f} ms/step under the profiler, {steps} steps\n",
+    tables = [f"\n\n# {name}: {wall_ms:.1f} ms/step under the profiler, {steps} steps\n",
               json.dumps(res, indent=1), "\n## top ops by self host time\n",
               avgs.table(sort_by="self_cpu_time_total", row_limit=30)]
     if cuda:
-        tables += ["\n## top ops by self device time\n", avgs.table(sort_by="self_device_time_total", row_limit=30)]
+        tables += ["\n## top ops by self device time\n", avgs.table(sort_by="self_device_time_total", row_limit=40)]
+    by = "self_device_time_total" if cuda else "self_cpu_time_total"
+    tables += [f"\n## top ops by {by}, by input shape\n",
+               prof.key_averages(group_by_input_shape=True).table(sort_by=by, row_limit=40, max_name_column_width=40,
+                                                                  max_shapes_column_width=90)]
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"profile_{name}.txt").write_text("".join(tables))
+    with open(out_dir / "profiles.txt", "a") as f:
+        f.write("".join(tables))
     return res
 
 
@@ -270,7 +306,8 @@ OOM_MARKERS = ("out of memory", "ALLOC_FAILED")  # cuBLAS/cuDNN workspace failur
 
 def fits(cfg, device, batch_size, args) -> bool:
     try:
-        measure("engine", cfg, device, batch_size, argparse.Namespace(**{**vars(args), "warmup": 1, "steps": 1,
+        # 4 steps: the caching allocator's footprint grows over the first few (fragmentation)
+        measure("engine", cfg, device, batch_size, argparse.Namespace(**{**vars(args), "warmup": 2, "steps": 2,
                                                                          "profile": None}))
         return True
     except torch.cuda.OutOfMemoryError:
@@ -365,8 +402,10 @@ def main(argv=None) -> int:
     p.add_argument("--mem-limit-gib", type=float, default=80.0,
                    help="GPU memory the --max-batch search may use (default 80: the issue's 80 GiB)")
     p.add_argument("--no-bare", action="store_true", help="skip the bare-PyTorch comparison")
+    p.add_argument("--paths", default="smaug:engine,dense:engine,smaug:bare,dense:bare",
+                   help="which same-batch measurements to run (config:path, comma-separated)")
     p.add_argument("--profile", default=None, metavar="DIR",
-                   help="profile each path at --batch and write profile_*.txt tables here")
+                   help="profile each path at --batch and append its top-op tables to DIR/profiles.txt")
     p.add_argument("--profile-steps", type=int, default=3)
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="auto: bf16 on CUDA, fp32 on CPU")
@@ -421,13 +460,14 @@ def main(argv=None) -> int:
                 Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
 
     # most important first: the same-batch ratio, then engine vs bare, the best-batch ratio, variants
-    for cfg_name, dense in configs:
-        attempt(cfg_name, "engine", lambda: measure("engine", run_config(args, dense), device, args.batch, args,
-                                                    profile_name=f"{cfg_name}_engine"))
-    if not args.no_bare:
-        for cfg_name, dense in configs:
-            attempt(cfg_name, "bare", lambda: measure("bare", run_config(args, dense), device, args.batch, args,
-                                                      profile_name=f"{cfg_name}_bare"))
+    paths = [tuple(x.split(":")) for x in args.paths.split(",") if x]
+    for cfg_name, path in paths:
+        if path not in ("engine", "bare") or cfg_name not in ("smaug", "dense"):
+            p.error(f"--paths: {cfg_name}:{path} is not config:path with config smaug|dense, path engine|bare")
+    paths = [(c, k) for c, k in paths if not (k == "bare" and args.no_bare)]
+    for cfg_name, path in paths:
+        attempt(cfg_name, path, lambda: measure(path, run_config(args, cfg_name == "dense"), device, args.batch, args,
+                                                profile_name=f"{cfg_name}_{path}"))
     if args.max_batch and device.type == "cuda":
         for cfg_name, dense in configs:
             def best():
@@ -437,9 +477,17 @@ def main(argv=None) -> int:
                 mb = (largest_batch(run_config(args, dense), device, est, args, grow=1.15) if est >= 8 else
                       largest_batch(run_config(args, dense), device, args.batch, args))
                 print(f"  {cfg_name}: largest micro-batch within {args.mem_limit_gib:g} GiB: {mb}", flush=True)
-                if mb == 0:
-                    raise RuntimeError(f"not even 8 clips fit in {args.mem_limit_gib:g} GiB")
-                return measure("engine", run_config(args, dense), device, mb, args)
+                for _ in range(3):  # a longer timed run can still outgrow the probe: back off by ~3%
+                    if mb < 8:
+                        raise RuntimeError(f"not even 8 clips fit in {args.mem_limit_gib:g} GiB")
+                    try:
+                        return measure("engine", run_config(args, dense), device, mb, args)
+                    except torch.cuda.OutOfMemoryError:
+                        gc.collect()
+                        torch.cuda.empty_cache()
+                        mb -= max(8, mb // 32 // 8 * 8)
+                        print(f"  {cfg_name}: the timed run did not fit; retrying at {mb}", flush=True)
+                raise RuntimeError(f"{cfg_name}: no timed run fitted near the searched batch")
             attempt(cfg_name, "engine_max", best)
     if args.engine_variants:
         for vname, patch in ENGINE_VARIANTS.items():
@@ -451,7 +499,7 @@ def main(argv=None) -> int:
     if "engine_max" in rs and "engine_max" in rd:
         res["ratio_best_batch"] = rs["engine_max"]["clips_per_s"] / rd["engine_max"]["clips_per_s"]
     if args.profile:
-        print(f"\nprofile at batch {args.batch} (ms per step; tables in {args.profile}/profile_*.txt)")
+        print(f"\nprofile at batch {args.batch} (ms per step; tables in {args.profile}/profiles.txt)")
         print(f"{'config':8} {'path':7} {'forward':>14} {'backward':>14} {'optimizer':>14} {'launches':>9} "
               f"{'syncs':>6} {'GPU busy':>9}")
         for cfg_name, r in res["runs"].items():
@@ -464,6 +512,15 @@ def main(argv=None) -> int:
                           f"{ph.get('optimizer', '-'):>14} {pr['launches_per_step']:9.0f} "
                           f"{sum(pr['syncs_per_step'].values()):6.0f} {'-' if busy is None else f'{busy:.0%}':>9}")
         print("(phase columns: host ms / device ms; syncs count host-blocking waits and .item() calls)")
+        print(f"\nforward by loss branch, ms per step (device on CUDA, host on CPU): {', '.join(MODULE_LABELS)}")
+        for cfg_name, r in res["runs"].items():
+            for path in ("engine", "bare"):
+                pr = r.get(path, {}).get("profile")
+                if pr:
+                    mods = pr.get("modules", {})
+                    key = "device_ms" if device.type == "cuda" else "host_ms"
+                    print(f"{cfg_name:8} {path:7} " + " ".join(f"{mods.get(m, {}).get(key, 0.0):8.1f}"
+                                                             for m in MODULE_LABELS))
     if "ratio_same_batch" in res:
         print(f"\nSMAUG/dense clips/s, same batch {args.batch}: {res['ratio_same_batch']:.2f}x")
     if "ratio_best_batch" in res:
