@@ -9,16 +9,18 @@ inside the DeepSpeed ZeRO-2 engine built from the same run config the trainer us
 bf16 autocast). It prints clips/s, model TFLOP/s, MFU against a bf16 matmul measured in
 the same run, peak memory, the SMAUG/dense ratio and the engine's overhead over bare.
 `--max-batch` also searches each config's largest micro-batch that fits in `--mem-limit-gib`
-(80 by default, so an H200 answers for an 80 GiB card too). `--profile DIR` records a
-torch.profiler trace of a few steps of each path at the same batch and writes (DIR/profiles.txt) where the time
-goes: forward / backward / optimizer phases, kernel launches and host syncs per step, GPU busy
-fraction, and the top ops by host and by device time. `--engine-variants` times the SMAUG
-engine under other DeepSpeed settings (bf16 overflow check on, ZeRO-0/1, overlap_comm) at the
-same batch. `--skeleton` keeps
-every parameter tensor of the preset but shrinks widths and frames until FLOPs vanish: the step
-is then host time, so engine minus bare is DeepSpeed's per-parameter host cost (measurable on a CPU).
-`--interleave N` builds the SMAUG engine, bare and the variants first and steps them round-robin
-N rounds (medians): the only fair comparison on a host whose speed drifts, such as a shared VM.
+(80 by default, so an H200 answers for an 80 GiB card too), starting from a memory model fitted
+to the same-batch run. `--profile DIR` records, after every timing (a profiler session slows
+what runs after it), a torch.profiler trace of a few steps of each path at the same batch and
+appends to DIR/profiles.txt where the time goes: forward / backward / optimizer phases, the
+forward of each loss branch, kernel launches and host syncs per step, GPU busy fraction, and
+the top ops by host and by device time (also by input shape). `--engine-variants` times the
+SMAUG engine under other DeepSpeed settings (bf16 overflow check on, ZeRO-0/1, overlap_comm) at
+the same batch. `--skeleton` keeps every parameter tensor of the preset but shrinks widths and
+frames until FLOPs vanish: the step is then host time, so engine minus bare is DeepSpeed's
+per-parameter host cost (measurable on a CPU). `--interleave N` builds the SMAUG engine, bare
+and the variants first and steps them round-robin N rounds (medians): the only fair comparison
+on a host whose speed drifts, such as a shared VM. Results of H100 runs: bench/results/.
 `--json FILE` writes every number.
 """
 from __future__ import annotations
@@ -257,40 +259,52 @@ def profile_step(step, device, steps: int, out_dir: Path, name: str) -> dict:
     return res
 
 
-def measure(kind, cfg, device, batch_size, args, ds_patch: dict | None = None,
-            profile_name: str | None = None) -> dict:
+@contextlib.contextmanager
+def built(kind: str, cfg, device, batch_size: int, ds_patch: dict | None = None):
+    """(model or engine, step) of one path; freed on exit, also after an OOM, so the next
+    measurement starts from an empty device."""
+    holder = step = None
+    try:
+        if kind == "engine":
+            _, holder, step = engine_step(cfg, device, batch_size, ds_patch)
+        else:
+            _, holder, step = bare_step(cfg, device, batch_size)
+        yield holder, step
+    finally:
+        release(holder)
+        del holder, step
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def measure(kind, cfg, device, batch_size, args, ds_patch: dict | None = None) -> dict:
+    """Time `args.steps` steps after `args.warmup`; clips/s, model TFLOP/s, peak memory."""
     cuda = device.type == "cuda"
     if cuda:
         gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated() / 2**30 if cuda else float("nan")  # a leak between runs shows here
-    holder = step = model = None
-    try:
-        if kind == "engine":
-            mcfg, holder, step = engine_step(cfg, device, batch_size, ds_patch)
-        else:
-            mcfg, holder, step = bare_step(cfg, device, batch_size)
+    with built(kind, cfg, device, batch_size, ds_patch) as (holder, step):
         static = torch.cuda.memory_allocated() / 2**30 if cuda else float("nan")  # before any activation
         sec = timed(step, device, args.warmup, args.steps)
         model = holder.module if kind == "engine" else holder
         flops = model.train_flops(batch_size, 32)
-        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-        res = {"ms_per_step": sec * 1e3, "clips_per_s": batch_size / sec, "model_tflops": flops / sec / 1e12,
-               "peak_gib": peak, "batch": batch_size, "allocated_before_gib": before, "static_gib": static}
-        if profile_name and args.profile:
-            try:
-                res["profile"] = profile_step(step, device, args.profile_steps, Path(args.profile), profile_name)
-            except Exception as exn:  # noqa: BLE001 - a diagnostic (CUPTI, trace parsing) must not cost the figures
-                print(f"  profile of {profile_name} failed: {type(exn).__name__}: {exn}", flush=True)
-                res["profile_error"] = f"{type(exn).__name__}: {exn}"
-        return res
-    finally:  # also after an OOM: the next measurement must start from an empty device
-        release(holder)
-        del holder, step, model
-        gc.collect()
-        if cuda:
-            torch.cuda.empty_cache()
+        del model
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    return {"ms_per_step": sec * 1e3, "clips_per_s": batch_size / sec, "model_tflops": flops / sec / 1e12,
+            "peak_gib": peak, "batch": batch_size, "allocated_before_gib": before, "static_gib": static}
+
+
+def profile_path(kind, cfg, device, batch_size, args, name: str) -> dict:
+    """Profile a freshly built path after every timing is done: a torch.profiler session (with
+    record_shapes) leaves per-op overhead behind in this process, which would slow whatever is
+    timed after it (the first H100 runs timed bare PyTorch after profiling the engines)."""
+    with built(kind, cfg, device, batch_size) as (_, step):
+        for _ in range(2):
+            step()
+        return profile_step(step, device, args.profile_steps, Path(args.profile), name)
 
 
 def release(holder) -> None:
@@ -466,8 +480,7 @@ def main(argv=None) -> int:
             p.error(f"--paths: {cfg_name}:{path} is not config:path with config smaug|dense, path engine|bare")
     paths = [(c, k) for c, k in paths if not (k == "bare" and args.no_bare)]
     for cfg_name, path in paths:
-        attempt(cfg_name, path, lambda: measure(path, run_config(args, cfg_name == "dense"), device, args.batch, args,
-                                                profile_name=f"{cfg_name}_{path}"))
+        attempt(cfg_name, path, lambda: measure(path, run_config(args, cfg_name == "dense"), device, args.batch, args))
     if args.max_batch and device.type == "cuda":
         for cfg_name, dense in configs:
             def best():
@@ -493,6 +506,18 @@ def main(argv=None) -> int:
         for vname, patch in ENGINE_VARIANTS.items():
             attempt("smaug", f"engine[{vname}]", lambda: measure("engine", run_config(args, False), device,
                                                                  args.batch, args, patch))
+    if args.profile:  # last: a profiler session slows what runs after it
+        for cfg_name, path in paths:
+            if path not in res["runs"][cfg_name]:
+                continue
+            try:
+                res["runs"][cfg_name][path]["profile"] = profile_path(
+                    path, run_config(args, cfg_name == "dense"), device, args.batch, args, f"{cfg_name}_{path}")
+            except Exception as exn:  # noqa: BLE001 - a diagnostic (CUPTI, trace parsing) must not cost the figures
+                traceback.print_exc()
+                res.setdefault("errors", {})[f"{cfg_name}/{path}/profile"] = f"{type(exn).__name__}: {exn}"
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     rs, rd = res["runs"]["smaug"], res["runs"]["dense"]
     if "engine" in rs and "engine" in rd:
         res["ratio_same_batch"] = rs["engine"]["clips_per_s"] / rd["engine"]["clips_per_s"]
