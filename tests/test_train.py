@@ -222,3 +222,14 @@ def test_gradient_accumulation_steps_once_per_accum_micro_batches(train_data, tm
     state = torch.load(out / "checkpoints" / "step_00000003" / "mp_rank_00_model_states.pt", map_location="cpu",
                        weights_only=False)
     assert state["global_steps"] == 3 and state["global_samples"] == 24
+
+
+def test_main_runs_twice_in_one_process(train_data, tmp_path):
+    """`main(argv)` is callable from Python (a notebook, a sweep): a second run in the same process
+    reuses the process group (DeepSpeed caches its groups; only `python -m smaug.train` tears it down)."""
+    argvs = [train_cmd(train_data, tmp_path / f"run{i}", "train.steps=2", "optim.warmup_steps=1")[3:] for i in range(2)]
+    code = ("import json, sys\nfrom smaug.train.trainer import main\n"
+            "rcs = [main(a) for a in json.loads(sys.argv[1])]\nprint('rcs', rcs)\nsys.exit(max(rcs))\n")
+    r = run([sys.executable, "-c", code, json.dumps(argvs)])
+    assert "rcs [0, 0]" in r.stdout
+    assert all(train_losses(tmp_path / f"run{i}") for i in range(2))

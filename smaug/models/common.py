@@ -69,3 +69,9 @@ def pad_text_to_global_length(input_ids: torch.Tensor, attention_mask: torch.Ten
         input_ids = F.pad(input_ids, (0, extra), value=pad_id)
         attention_mask = F.pad(attention_mask, (0, extra), value=0)
     return input_ids, attention_mask
+
+
+def draw_seed() -> int:
+    """A seed from torch's global CPU generator (so torch.manual_seed makes a run repeatable). A CPU
+    tensor: reading it is no device sync."""
+    return int(torch.randint(0, 2**62, (1,)).item())

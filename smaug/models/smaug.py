@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import flops as _flops
-from .common import all_gather_no_grad, all_gather_with_grad, pad_text_to_global_length, world
+from .common import all_gather_no_grad, all_gather_with_grad, draw_seed, pad_text_to_global_length, world
 from .frame_selection import FrameSelector
 from .losses import mlm_loss, mvm_loss, sample_hard_negatives, vtc_loss, vtm_loss
 from .mae_decoder import MAEDecoder, patchify
@@ -182,6 +182,7 @@ class SmaugModel(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
         self.pretrained_info = {}
+        self._pixel_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # see pixel_stats()
         if cfg.vision_pretrained:
             self.pretrained_info["vision"] = self.video_encoder.load_pretrained(cfg.vision_pretrained)
         if cfg.text_pretrained:
@@ -194,12 +195,21 @@ class SmaugModel(nn.Module):
         clamp, which a ZeRO fp32 master copy would undo)."""
         return self.vtc_temp.clamp(self.config.temp_min, self.config.temp_max)[0]
 
+    def pixel_stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """fp32 (mean, std) [1, 1, 3, 1, 1] on `device`, uploaded once per device: an upload each step
+        (torch.tensor(..., device=cuda)) would be a host-device sync. Not buffers, so DeepSpeed's
+        bf16 cast cannot round them and state dicts do not carry them."""
+        key = str(device)
+        if key not in self._pixel_stats:
+            self._pixel_stats[key] = tuple(torch.tensor(v, dtype=torch.float32).view(1, 1, 3, 1, 1).to(device)
+                                           for v in (self.config.mean, self.config.std))
+        return self._pixel_stats[key]
+
     def normalize_video(self, video: torch.Tensor) -> torch.Tensor:
         """uint8 [B, T, 3, H, W] -> (x / 255 - mean) / std in the model dtype; float input is taken as normalised."""
         dtype = self.vision_proj.weight.dtype
         if video.dtype == torch.uint8:
-            mean = torch.tensor(self.config.mean, device=video.device).view(1, 1, 3, 1, 1)
-            std = torch.tensor(self.config.std, device=video.device).view(1, 1, 3, 1, 1)
+            mean, std = self.pixel_stats(video.device)
             video = (video.float() / 255.0 - mean) / std
         return video.to(dtype)
 
@@ -296,7 +306,7 @@ class SmaugModel(nn.Module):
         """batch: video uint8 [B, T, 3, H, W], input_ids / attention_mask [B, L] (other keys ignored)."""
         cfg = self.config
         # first draw of the step: ranks seeded alike draw the same negatives as one process would
-        seed = int(torch.randint(0, 2**62, (1,)).item())
+        seed = draw_seed()
         video = self.normalize_video(batch["video"])  # once; float input passes through
         ids, am = pad_text_to_global_length(batch["input_ids"], batch["attention_mask"], cfg.pad_token_id)
         enc, video_feat, frame_feat = self.forward_video(video)

@@ -57,7 +57,9 @@ def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, mlm_prob:
     input_ids, attention_mask: [B, L] -> masked_ids [B, L], labels [B, L] (-100 = not chosen).
     """
     dev = input_ids.device
-    maskable = attention_mask.bool() & ~torch.isin(input_ids, torch.tensor(special_ids, device=dev))
+    maskable = attention_mask.bool()
+    for i in special_ids:  # compares with Python ints: a tensor of the ids would be an upload (a sync) per step
+        maskable = maskable & (input_ids != i)
     chosen = (torch.rand(input_ids.shape, device=dev) < mlm_prob) & maskable
     empty = ~chosen.any(1) & maskable.any(1)
     pick = (torch.rand(input_ids.shape, device=dev) * maskable).argmax(1)

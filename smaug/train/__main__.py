@@ -1,5 +1,7 @@
 import sys
 
-from .trainer import main
+from .trainer import main, teardown_distributed
 
-sys.exit(main())
+rc = main()
+teardown_distributed()  # a CLI run ends here; in-process callers of main() keep the process group
+sys.exit(rc)

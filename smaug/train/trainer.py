@@ -57,12 +57,26 @@ def setup_distributed(device_kind: str) -> tuple[int, int, int]:
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    from deepspeed.constants import default_pg_timeout  # $DEEPSPEED_TIMEOUT minutes, as DeepSpeed's own init
+
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    backend = "nccl" if device_kind == "cuda" else "gloo"
     if device_kind == "cuda":
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if device_kind == "cuda" else "gloo")
+        # torch's init (env://) with device_id binds NCCL to this rank's GPU; DeepSpeed's init cannot
+        # pass it, and NCCL then warns at the first barrier that it is guessing the device
+        bind = {"device_id": torch.device("cuda", local_rank)} if device_kind == "cuda" else {}
+        dist.init_process_group(backend=backend, timeout=default_pg_timeout, **bind)
+    deepspeed.init_distributed(dist_backend=backend, timeout=default_pg_timeout)  # adopts the process group
     return dist.get_rank(), dist.get_world_size(), local_rank
+
+
+def teardown_distributed() -> None:
+    """Destroy the process group at process exit (NCCL warns, and may leak, without it). Only at
+    exit: DeepSpeed caches its process groups, so a later in-process `main()` could not run."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class Preemption:
