@@ -13,6 +13,7 @@
 #   MASTER_PORT   rendezvous port                        [29500]
 #   SMAUG_SHARDS  shard root (same path on all nodes)   [<repo>/shards]
 #   SMAUG_SETUP   1 = create/refresh .venv on this node first                  [1]
+#   PYTORCH_CUDA_ALLOC_CONF  CUDA caching allocator        [expandable_segments:True]
 # Data-parallel size = total slots; the global batch grows with it (see data.batch_size).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,10 +24,11 @@ OUT="${OUT:-runs/$(basename "$first" .yaml)}"
 MASTER_ADDR="${MASTER_ADDR:-$(awk 'NF && $1 !~ /^#/ {print $1; exit}' "$HOSTFILE")}"
 MASTER_PORT="${MASTER_PORT:-29500}"
 if [ "${SMAUG_SETUP:-1}" = 1 ]; then . launch/setup_env.sh; fi
+export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"  # less fragmentation: text lengths vary per batch
 cfg_args=(); for c in $CONFIG; do cfg_args+=(--config "$c"); done
 # DeepSpeed forwards these variables to every node (see its .deepspeed_env mechanism).
 export DS_ENV_FILE="${DS_ENV_FILE:-$PWD/.deepspeed_env}"
-{ for v in SMAUG_SHARDS WANDB_MODE HF_HUB_OFFLINE TORCH_EXTENSIONS_DIR PYTHONPATH; do
+{ for v in SMAUG_SHARDS WANDB_MODE HF_HUB_OFFLINE TORCH_EXTENSIONS_DIR PYTHONPATH PYTORCH_CUDA_ALLOC_CONF; do
     [ -n "${!v:-}" ] && echo "$v=${!v}"; done; } > "$DS_ENV_FILE"
 exec deepspeed --hostfile "$HOSTFILE" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
   --module smaug.train "${cfg_args[@]}" --out "$OUT" "$@"

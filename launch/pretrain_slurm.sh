@@ -12,6 +12,7 @@
 #   MASTER_PORT   rendezvous port                       [29500]
 #   SMAUG_SHARDS  shard root                            [<repo>/shards]
 #   SMAUG_VENV    virtualenv to use (must exist on all nodes; run launch/setup_env.sh once)  [<repo>/.venv]
+#   PYTORCH_CUDA_ALLOC_CONF  CUDA caching allocator        [expandable_segments:True]
 #SBATCH --job-name=smaug
 #SBATCH --output=slurm-%j.out
 set -euo pipefail
@@ -22,6 +23,7 @@ export OUT="${OUT:-runs/$(basename "$first" .yaml)}"
 export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
 export MASTER_PORT="${MASTER_PORT:-29500}"
 SMAUG_VENV="${SMAUG_VENV:-$PWD/.venv}"
+export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"  # less fragmentation: text lengths vary per batch
 cfg_args=(); for c in $CONFIG; do cfg_args+=(--config "$c"); done
 # Each task maps Slurm's ids to torch.distributed's env contract, then runs the trainer.
 srun --kill-on-bad-exit=1 bash -c '
