@@ -20,8 +20,8 @@ the real DataLoader with one worker process and measures the main process's CPU 
 (receiving batches from the worker), which a training process pays on top of its workers.
 Cores per GPU follows:
   cores per GPU = GPU clips/s x (1 / loader clips/s per worker + main-process CPU s per clip)
-with GPU clips/s from bench/train_step.py (--gpu-clips-per-s; default 1265, the SMAUG step of
-the bare H200 rendition in ../shared/GPU.md at 256 clips: the rate our step must at least match).
+with GPU clips/s from bench/train_step.py (--gpu-clips-per-s; default 1272, the real SMAUG step
+on one H100 at its largest batch, 600 clips: bench/results/h100-2026-11-26).
 Synthetic clips are small (<= 480x270, <= 15 fps); `--webvid-like N` times N 640x360/25fps/10s
 textured clips instead, closer to WebVid's 360p previews.
 """
@@ -186,8 +186,9 @@ def main(argv=None) -> int:
     p.add_argument("--short-side", type=int, default=224, help="decode short side (reduced-size decode)")
     p.add_argument("--workers", type=int, default=2, help="make_shards processes")
     p.add_argument("--workdir", help="keep shards here (default: a temp dir)")
-    p.add_argument("--gpu-clips-per-s", type=float, default=1265.0,
-                   help="GPU training clips/s for the cores-per-GPU column (default: the bare H200 SMAUG rendition)")
+    p.add_argument("--gpu-clips-per-s", type=float, default=1272.0,
+                   help="GPU training clips/s for the cores-per-GPU column (default: SMAUG base on one H100, "
+                        "600 clips per step)")
     p.add_argument("--json", default=None, help="write every number here")
     args = p.parse_args(argv)
     import torch
