@@ -6,7 +6,7 @@
 #   command: bash bench/gpu_bench.sh        (writes $OUT/*.json, logs and profile tables)
 # Builds nothing but DeepSpeed's FusedAdam JIT op (~40 s). Order: our bench first (the targets),
 # then the bare peer rendition at the same batch in the same call, so ratios share the machine,
-# then the trainer. Timeouts (330 + 90 + 100 s) keep the call under the device's 600 s limit;
+# then the trainer. Timeouts (360 + 60 + 90 s) keep the call under the device's 600 s limit;
 # the bench saves each number as it is measured, so a cut-off run still reports.
 #   GPU_BENCH_DRYRUN=1 PYTHON=.venv/bin/python bash bench/gpu_bench.sh
 #       the same script on CPU in an env that has everything (tiny preset, a few steps): checks
@@ -45,16 +45,18 @@ if [ "${GPU_BENCH_DRYRUN:-0}" = 1 ]; then
   ARGS=(--device cpu --preset tiny --batch 4 --steps 1 --warmup 1 --profile-steps 1)
   export PROBE_TINY=1
 else
-  nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
-  # 64 clips both configs (engine + bare, profiled), the SMAUG engine under other ZeRO settings,
-  # then each config's largest micro-batch within 80 GiB (the card size, also on an H200)
+  nvidia-smi --query-gpu=name,memory.total --format=csv | tee -a "$OUT/versions.txt"  # <= 8 files in $OUT: a device call brings back no more
+  # 64 clips both configs (engine + bare), each config's largest micro-batch within 80 GiB (the
+  # issue's card size, also on an H200), the SMAUG engine under other ZeRO settings, then profiles
+  # of all of them (last: a profiler session slows what is timed after it)
   ARGS=(--device cuda --preset base --batch 64 --steps 20 --warmup 5 --max-batch --mem-limit-gib 80)
 fi
-timeout 330 "$PY" bench/train_step.py "${ARGS[@]}" --profile "$OUT/profile" --engine-variants \
+# one profiles.txt, not a file per path: a device call brings back only a few files
+timeout 360 "$PY" bench/train_step.py "${ARGS[@]}" --profile "$OUT" --engine-variants \
   --json "$OUT/train_step.json" 2>&1 | grep -v '^\[20' | tee "$OUT/train_step.log"
 echo "train_step exit ${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"
 if [ -f .probes/step_ratio.py ]; then
-  CLIPS=64 OUT="$OUT" timeout 90 "$PY" .probes/step_ratio.py 2>&1 | tail -20 | tee "$OUT/step_ratio.log"
+  CLIPS=64 OUT="$OUT" timeout 60 "$PY" .probes/step_ratio.py 2>&1 | tail -20 | tee "$OUT/step_ratio.log"
 fi
 # The real trainer on this device: pinned batches + CUDA-stream prefetch, FusedAdam, bf16 and the
 # grad-norm guard, a checkpoint, the final eval. Needs the quickstart's shards and tokenizer
@@ -65,11 +67,12 @@ if [ -f shards/synthetic/train/manifest.json ] && [ -f data/synthetic/tokenizer/
   else
     TR=(train.device=cuda train.precision=bf16 train.steps=30 data.batch_size=64 data.num_workers=8 ckpt.every=15)
   fi
-  rm -rf "$OUT/trainer_run"
-  SMAUG_SHARDS="$PWD/shards" timeout 100 "$PY" -m smaug.train --config smaug/configs/quickstart.yaml \
-    --out "$OUT/trainer_run" "model.tokenizer=$PWD/data/synthetic/tokenizer" "${TR[@]}" \
+  run_dir="$(mktemp -d)/trainer_run"  # checkpoints stay out of $OUT (too many files to bring back)
+  SMAUG_SHARDS="$PWD/shards" timeout 90 "$PY" -m smaug.train --config smaug/configs/quickstart.yaml \
+    --out "$run_dir" "model.tokenizer=$PWD/data/synthetic/tokenizer" "${TR[@]}" \
     optim.warmup_steps=2 eval.every=0 log.every=10 log.progress=false 2>&1 | grep -v '^\[20' | tail -12 \
     | tee "$OUT/trainer_run.log"
   echo "trainer exit ${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"
+  cp "$run_dir/log.jsonl" "$OUT/trainer_log.jsonl" 2>/dev/null || true
 fi
 echo "gpu_bench done after $(( $(date +%s) - t0 )) s; results in $OUT"

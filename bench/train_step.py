@@ -507,12 +507,15 @@ def main(argv=None) -> int:
             attempt("smaug", f"engine[{vname}]", lambda: measure("engine", run_config(args, False), device,
                                                                  args.batch, args, patch))
     if args.profile:  # last: a profiler session slows what runs after it
-        for cfg_name, path in paths:
+        todo = [(c, k, args.batch) for c, k in paths] + [  # and each config at its largest batch
+            (c, "engine_max", r["engine_max"]["batch"]) for c, r in res["runs"].items() if "engine_max" in r]
+        for cfg_name, path, batch in todo:
             if path not in res["runs"][cfg_name]:
                 continue
             try:
                 res["runs"][cfg_name][path]["profile"] = profile_path(
-                    path, run_config(args, cfg_name == "dense"), device, args.batch, args, f"{cfg_name}_{path}")
+                    path.removesuffix("_max"), run_config(args, cfg_name == "dense"), device, batch, args,
+                    f"{cfg_name}_{path}")
             except Exception as exn:  # noqa: BLE001 - a diagnostic (CUPTI, trace parsing) must not cost the figures
                 traceback.print_exc()
                 res.setdefault("errors", {})[f"{cfg_name}/{path}/profile"] = f"{type(exn).__name__}: {exn}"
@@ -524,28 +527,29 @@ def main(argv=None) -> int:
     if "engine_max" in rs and "engine_max" in rd:
         res["ratio_best_batch"] = rs["engine_max"]["clips_per_s"] / rd["engine_max"]["clips_per_s"]
     if args.profile:
-        print(f"\nprofile at batch {args.batch} (ms per step; tables in {args.profile}/profiles.txt)")
-        print(f"{'config':8} {'path':7} {'forward':>14} {'backward':>14} {'optimizer':>14} {'launches':>9} "
+        print(f"\nprofile at batch {args.batch}, engine_max at the largest batch (ms per step; tables in "
+              f"{args.profile}/profiles.txt)")
+        print(f"{'config':8} {'path':10} {'forward':>14} {'backward':>14} {'optimizer':>14} {'launches':>9} "
               f"{'syncs':>6} {'GPU busy':>9}")
         for cfg_name, r in res["runs"].items():
-            for path in ("engine", "bare"):
+            for path in ("engine", "bare", "engine_max"):
                 pr = r.get(path, {}).get("profile")
                 if pr:
                     ph = {k: f"{v['host_ms']:.1f}/{v['device_ms']:.1f}" for k, v in pr["phases"].items()}
                     busy = pr.get("gpu_busy_fraction")
-                    print(f"{cfg_name:8} {path:7} {ph.get('forward', '-'):>14} {ph.get('backward', '-'):>14} "
+                    print(f"{cfg_name:8} {path:10} {ph.get('forward', '-'):>14} {ph.get('backward', '-'):>14} "
                           f"{ph.get('optimizer', '-'):>14} {pr['launches_per_step']:9.0f} "
                           f"{sum(pr['syncs_per_step'].values()):6.0f} {'-' if busy is None else f'{busy:.0%}':>9}")
         print("(phase columns: host ms / device ms; syncs count host-blocking waits and .item() calls)")
         print(f"\nforward by loss branch, ms per step (device on CUDA, host on CPU): {', '.join(MODULE_LABELS)}")
         for cfg_name, r in res["runs"].items():
-            for path in ("engine", "bare"):
+            for path in ("engine", "bare", "engine_max"):
                 pr = r.get(path, {}).get("profile")
                 if pr:
                     mods = pr.get("modules", {})
                     key = "device_ms" if device.type == "cuda" else "host_ms"
-                    print(f"{cfg_name:8} {path:7} " + " ".join(f"{mods.get(m, {}).get(key, 0.0):8.1f}"
-                                                             for m in MODULE_LABELS))
+                    print(f"{cfg_name:8} {path:10} " + " ".join(f"{mods.get(m, {}).get(key, 0.0):8.1f}"
+                                                              for m in MODULE_LABELS))
     if "ratio_same_batch" in res:
         print(f"\nSMAUG/dense clips/s, same batch {args.batch}: {res['ratio_same_batch']:.2f}x")
     if "ratio_best_batch" in res:
