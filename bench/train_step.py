@@ -321,8 +321,7 @@ OOM_MARKERS = ("out of memory", "ALLOC_FAILED")  # cuBLAS/cuDNN workspace failur
 def fits(cfg, device, batch_size, args) -> bool:
     try:
         # 4 steps: the caching allocator's footprint grows over the first few (fragmentation)
-        measure("engine", cfg, device, batch_size, argparse.Namespace(**{**vars(args), "warmup": 2, "steps": 2,
-                                                                         "profile": None}))
+        measure("engine", cfg, device, batch_size, argparse.Namespace(**{**vars(args), "warmup": 2, "steps": 2}))
         return True
     except torch.cuda.OutOfMemoryError:
         pass

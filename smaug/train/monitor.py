@@ -11,8 +11,9 @@ import torch
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) by device-name substring, first match wins
 # (so the PCIe / NVL H100 parts come before the SXM one).
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "GH200": 989.0, "A100": 312.0, "L40S": 362.0,
-                    "A6000": 155.0, "L4": 121.0, "A10": 125.0, "V100": 125.0, "4090": 165.0}
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "GH200": 989.0,
+                    "A100": 312.0, "L40S": 362.0, "A6000": 155.0, "L4": 121.0, "A10": 125.0, "V100": 125.0,
+                    "4090": 165.0}
 
 
 def measure_matmul_tflops(device: torch.device, n: int = 1024, iters: int = 5, warmup: int = 1) -> float:

@@ -25,8 +25,8 @@ def aligned_order(params: list[torch.Tensor]) -> list[torch.Tensor]:
     temperature, the 30,522-element MLM bias) shifts every later parameter off 16-byte alignment,
     and cuBLAS then runs those layers' GEMMs (bias epilogues included) with slow unaligned kernels:
     on an H100 the dense step's ViT forward took 3.4x longer (`cutlass_75` kernels in place of
-    the sm90 ones). With the odd ones last, largest first, every parameter but the tiny trailing ones (here the
-    VTM bias) starts on an aligned offset."""
+    the sm90 ones). With the odd ones last, largest first, every parameter but the tiny trailing
+    ones (the temperature, the VTM bias) starts on an aligned offset."""
     odd = sorted((p for p in params if p.numel() % ALIGN), key=lambda p: -p.numel())  # the largest still aligned
     return [p for p in params if p.numel() % ALIGN == 0] + odd
 
