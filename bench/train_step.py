@@ -281,7 +281,7 @@ def built(kind: str, cfg, device, batch_size: int, ds_patch: dict | None = None)
 def measure(kind, cfg, device, batch_size, args, ds_patch: dict | None = None) -> dict:
     """Time `args.steps` steps after `args.warmup`; clips/s, model TFLOP/s, peak memory."""
     cuda = device.type == "cuda"
-    if cuda:
+    if cuda:  # here, not only in built(): after an OOM the traceback held the last path until now
         gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -328,9 +328,7 @@ def fits(cfg, device, batch_size, args) -> bool:
     except RuntimeError as exn:
         if not any(m in str(exn) for m in OOM_MARKERS):
             raise
-    gc.collect()
-    torch.cuda.empty_cache()
-    print(f"  batch {batch_size}: does not fit", flush=True)
+    print(f"  batch {batch_size}: does not fit", flush=True)  # the next measure() frees its memory
     return False
 
 
@@ -452,25 +450,33 @@ def main(argv=None) -> int:
     print(f"\n{'config':8} {'path':28} {'batch':>5} {'ms/step':>9} {'clips/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>9}",
           flush=True)
 
+    def save() -> None:
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+
     def record(cfg_name: str, path: str, v: dict) -> None:
         """Keep, print and save each number as soon as it exists: a run cut short keeps what it measured."""
         v["mfu"] = v["model_tflops"] / peak
         res["runs"][cfg_name][path] = v
         print(f"{cfg_name:8} {path:28} {v['batch']:5d} {v['ms_per_step']:9.1f} {v['clips_per_s']:9.1f} "
               f"{v['model_tflops']:8.2f} {v['mfu']:6.1%} {v['peak_gib']:9.1f}", flush=True)
-        if args.json:
-            Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+        save()
 
-    def attempt(cfg_name: str, path: str, fn) -> None:
-        """One measurement; a failure is printed and kept in the JSON, and the others still run (a GPU
-        check is one prepared call: one broken path must not cost every other number)."""
+    def guarded(what: str, fn):
+        """fn()'s result, or None after a failure, which is printed and kept in the JSON: the others
+        still run (a GPU check is one prepared call: one broken path must not cost every other number)."""
         try:
-            record(cfg_name, path, fn())
+            return fn()
         except Exception as exn:  # noqa: BLE001 - reported below and in the JSON, never swallowed
             traceback.print_exc()
-            res.setdefault("errors", {})[f"{cfg_name}/{path}"] = f"{type(exn).__name__}: {exn}"
-            if args.json:
-                Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+            res.setdefault("errors", {})[what] = f"{type(exn).__name__}: {exn}"
+            save()
+            return None
+
+    def attempt(cfg_name: str, path: str, fn) -> None:
+        v = guarded(f"{cfg_name}/{path}", fn)
+        if v is not None:
+            record(cfg_name, path, v)
 
     # most important first: the same-batch ratio, then engine vs bare, the best-batch ratio, variants
     paths = [tuple(x.split(":")) for x in args.paths.split(",") if x]
@@ -494,9 +500,7 @@ def main(argv=None) -> int:
                         raise RuntimeError(f"not even 8 clips fit in {args.mem_limit_gib:g} GiB")
                     try:
                         return measure("engine", run_config(args, dense), device, mb, args)
-                    except torch.cuda.OutOfMemoryError:
-                        gc.collect()
-                        torch.cuda.empty_cache()
+                    except torch.cuda.OutOfMemoryError:  # the next measure() frees this one's memory
                         mb -= max(8, mb // 32 // 8 * 8)
                         print(f"  {cfg_name}: the timed run did not fit; retrying at {mb}", flush=True)
                 raise RuntimeError(f"{cfg_name}: no timed run fitted near the searched batch")
@@ -511,15 +515,12 @@ def main(argv=None) -> int:
         for cfg_name, path, batch in todo:
             if path not in res["runs"][cfg_name]:
                 continue
-            try:
-                res["runs"][cfg_name][path]["profile"] = profile_path(
-                    path.removesuffix("_max"), run_config(args, cfg_name == "dense"), device, batch, args,
-                    f"{cfg_name}_{path}")
-            except Exception as exn:  # noqa: BLE001 - a diagnostic (CUPTI, trace parsing) must not cost the figures
-                traceback.print_exc()
-                res.setdefault("errors", {})[f"{cfg_name}/{path}/profile"] = f"{type(exn).__name__}: {exn}"
-        if args.json:
-            Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+            pr = guarded(f"{cfg_name}/{path}/profile", lambda: profile_path(
+                path.removesuffix("_max"), run_config(args, cfg_name == "dense"), device, batch, args,
+                f"{cfg_name}_{path}"))
+            if pr is not None:
+                res["runs"][cfg_name][path]["profile"] = pr
+        save()
     rs, rd = res["runs"]["smaug"], res["runs"]["dense"]
     if "engine" in rs and "engine" in rd:
         res["ratio_same_batch"] = rs["engine"]["clips_per_s"] / rd["engine"]["clips_per_s"]
@@ -563,8 +564,7 @@ def main(argv=None) -> int:
             print(f"engine overhead over bare PyTorch ({cfg_name}): {ov:+.1%}")
     for what, err in res.get("errors", {}).items():
         print(f"FAILED {what}: {err}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    save()
     return 1 if res.get("errors") else 0
 
 
