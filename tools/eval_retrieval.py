@@ -81,8 +81,8 @@ def setup_distributed(kind: str) -> tuple[int, int, torch.device]:
     device = torch.device("cuda", local) if kind == "cuda" else torch.device("cpu")
     if kind == "cuda":
         torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if kind == "cuda" else "gloo")
+    if world > 1 and not dist.is_initialized():  # device_id binds NCCL to this rank's GPU (as the trainer)
+        dist.init_process_group("nccl" if kind == "cuda" else "gloo", device_id=device if kind == "cuda" else None)
     return (dist.get_rank() if world > 1 else 0), world, device
 
 

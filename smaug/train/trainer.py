@@ -95,7 +95,8 @@ class Preemption:
 
 def step_flags(loss: torch.Tensor, preempt: bool) -> tuple[float, float, float]:
     """(non-finite here, non-finite on any rank, preemption on any rank): one all-reduce and the
-    step's only host sync, between forward and backward (a skipped micro-batch has no backward)."""
+    trainer's only host sync per micro-batch (the model's MLM selection is the other one in a step),
+    between forward and backward (a skipped micro-batch has no backward)."""
     bad = (~torch.isfinite(loss.detach())).float().reshape(1)
     g = torch.cat([bad, bad.new_full((1,), float(preempt))])
     if dist.get_world_size() > 1:
