@@ -81,6 +81,25 @@ def test_held_out_combinations_never_in_training(synthetic_corpus):
         assert {t[i] for t in all_train} == {t[i] for t in full_held | all_train}
 
 
+def test_held_out_split_needs_time(synthetic_corpus):
+    """Whole (colour, shape) pairs are held out with all four motions, never seen in training (clips
+    or images): within the held-out split, colour + shape do not determine the motion."""
+    mod = _synth_module()
+    lab = _labels(synthetic_corpus)
+    held = {tuple(x) for x in lab["held_out_combos"]}
+    pairs = {(c, s) for c, s, _ in held}
+    assert pairs == set(mod.HELD_OUT_PAIRS) and held == {(c, s, m) for c, s in pairs for m in mod.MOTIONS}
+    seen = {(o["colour"], o["shape"]) for x in lab["clips"] + lab["images"] if x["split"] != "eval"
+            for o in x["objects"]}
+    assert seen and not (seen & pairs)
+    motions_per_pair: dict = {}
+    for x in lab["clips"]:
+        if x["split"] == "eval":
+            (o,) = x["objects"]  # held-out clips show one object
+            motions_per_pair.setdefault((o["colour"], o["shape"]), set()).add(o["motion"])
+    assert max(len(m) for m in motions_per_pair.values()) >= 2  # clips that differ only in motion
+
+
 def _centroid_x_y(frame, rgb):
     mask = np.abs(frame.astype(int) - np.array(rgb)).sum(-1) < 90
     ys, xs = np.nonzero(mask)
