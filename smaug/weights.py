@@ -135,7 +135,10 @@ def adapt_state_dict(sd: dict, own: dict, source: str) -> tuple[dict, list[str]]
     frame counts differ; refuse any other shape mismatch. Returns (state dict, notes)."""
     notes, bad = [], []
     out = dict(sd)
-    for k, v in sd.items():
+    if "vtc_temp" in out and "vtc_log_temp" in own and "vtc_log_temp" not in out:  # before the log-space temperature
+        out["vtc_log_temp"] = out.pop("vtc_temp").float().clamp_min(1e-8).log()
+        notes.append("vtc_temp: converted to vtc_log_temp")
+    for k, v in out.items():
         if k not in own or own[k].shape == v.shape:
             continue
         if k.endswith("temporal_embed") and v.ndim == 4 and v.shape[0::2] == own[k].shape[0::2]:

@@ -34,7 +34,7 @@ def global_batch_worker(rank: int, world_size: int, port: int, cfg_kwargs: dict,
     import torch.distributed as dist
 
     from smaug.models import SmaugConfig, SmaugModel
-    from smaug.models.losses import sample_hard_negatives, vtc_loss
+    from smaug.models.losses import sample_negatives, vtc_loss
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
@@ -62,7 +62,7 @@ def global_batch_worker(rank: int, world_size: int, port: int, cfg_kwargs: dict,
         v = torch.nn.functional.normalize(torch.randn(8, 16, generator=g), dim=-1)
         t = torch.nn.functional.normalize(torch.randn(8, 16, generator=g), dim=-1)
         fvtc, sim = vtc_loss(v[rank * b:(rank + 1) * b], t[rank * b:(rank + 1) * b], torch.tensor(0.1))
-        negs = sample_hard_negatives(sim, None, torch.Generator().manual_seed(3))
+        negs = sample_negatives(sim, None, torch.Generator().manual_seed(3))
         if rank == 0:
             torch.save({"vtc": out.losses["vtc"].detach(), "vtm_mean": vtm / world_size,
                         "negatives": model._last_negatives, "grads": grads, "fn_vtc": fvtc.detach(), "fn_negs": negs},

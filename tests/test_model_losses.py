@@ -1,9 +1,10 @@
 """Loss functions on small hand-checkable inputs, and hard-negative mining."""
 import math
 
+import pytest
 import torch
 
-from smaug.models.losses import mvm_loss, sample_hard_negatives, vtc_loss, vtm_loss
+from smaug.models.losses import mvm_loss, sample_negatives, vtc_loss, vtm_loss
 
 
 def test_vtc_equals_hand_computed_value():
@@ -34,22 +35,53 @@ def test_hard_negatives_never_sample_the_positive():
     sim = torch.randn(B, B) + torch.eye(B) * 50
     g = torch.Generator().manual_seed(0)
     for _ in range(200):
-        neg_t, neg_v = sample_hard_negatives(sim, None, g)
+        neg_t, neg_v = sample_negatives(sim, None, g)
         assert (neg_t != torch.arange(B)).all() and (neg_v != torch.arange(B)).all()
     # identical captions (0 and 1) are never each other's negative either
     same = torch.eye(B, dtype=torch.bool)
     same[0, 1] = same[1, 0] = True
     for _ in range(200):
-        neg_t, neg_v = sample_hard_negatives(sim, same, g)
+        neg_t, neg_v = sample_negatives(sim, same, g)
         assert neg_t[0] not in (0, 1) and neg_t[1] not in (0, 1) and neg_v[0] not in (0, 1)
     # hard: the sampler follows the similarities
     sim = torch.zeros(B, B)
     sim[0, 3] = 10.0
-    counts = torch.bincount(torch.stack([sample_hard_negatives(sim, None, g)[0][0] for _ in range(100)]), minlength=B)
+    counts = torch.bincount(torch.stack([sample_negatives(sim, None, g)[0][0] for _ in range(100)]), minlength=B)
     assert counts[3] > 90
     # a row with only banned candidates falls back to uniform over the others, still not the positive
-    neg_t, _ = sample_hard_negatives(torch.zeros(2, 2), torch.ones(2, 2, dtype=torch.bool), g)
+    neg_t, _ = sample_negatives(torch.zeros(2, 2), torch.ones(2, 2, dtype=torch.bool), g)
     assert neg_t.tolist() == [1, 0]
+
+
+def test_uniform_negatives_ignore_the_similarities_and_respect_bans():
+    B = 6
+    sim = torch.zeros(B, B)
+    sim[0, 3] = 50.0  # hard mining would take text 3 for video 0 every time
+    same = torch.eye(B, dtype=torch.bool)
+    same[0, 1] = same[1, 0] = True  # e.g. the same clip with two captions
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([sample_negatives(sim, same, g, hard=False)[0][0] for _ in range(2000)])
+    counts = torch.bincount(draws, minlength=B).float()
+    assert counts[0] == 0 and counts[1] == 0  # never the positive, never the banned same sample
+    assert ((counts[2:] / 2000 - 0.25).abs() < 0.04).all(), counts  # uniform over the 4 others
+    hard = torch.stack([sample_negatives(sim, same, g, hard=True)[0][0] for _ in range(200)])
+    assert (hard == 3).all()
+
+
+def test_vtc_with_extra_positives_targets_each_rows_positives_uniformly():
+    torch.manual_seed(0)
+    v = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    t = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    temp = torch.tensor(0.1)
+    plain, _ = vtc_loss(v, t, temp)
+    assert torch.allclose(vtc_loss(v, t, temp, torch.eye(4, dtype=torch.bool))[0], plain)
+    pos = torch.eye(4, dtype=torch.bool)
+    pos[0, 1] = pos[1, 0] = True  # rows 0 and 1: one clip with two captions
+    got, _ = vtc_loss(v, t, temp, pos)
+    logp_v, logp_t = (v @ t.T / temp).log_softmax(1), (t @ v.T / temp).log_softmax(1)
+    target = pos.float() / pos.float().sum(1, keepdim=True)
+    expect = (-(target * logp_v).sum(1).mean() - (target * logp_t).sum(1).mean()) / 2
+    assert torch.allclose(got, expect) and not torch.allclose(got, plain)
 
 
 def test_vtm_is_binary_cross_entropy():
@@ -80,7 +112,7 @@ def test_hard_negatives_survive_non_finite_similarities():
     sim = torch.randn(4, 4)
     sim[1, 2] = float("nan")
     sim[3] = float("inf")
-    neg_t, neg_v = sample_hard_negatives(sim)
+    neg_t, neg_v = sample_negatives(sim)
     idx = torch.arange(4)
     assert (neg_t != idx).all() and (neg_v != idx).all()
 
@@ -103,3 +135,70 @@ def test_model_never_mines_an_identical_caption_as_negative():
         neg_text, neg_video = model._last_negatives
         for i in range(4):
             assert int(neg_text[i]) not in partner[i] and int(neg_video[i]) not in partner[i]
+
+
+# ---------------------------------------------------------------------------- model level
+def _tiny_model(**kw):
+    from smaug.models import SmaugConfig, SmaugModel
+
+    torch.manual_seed(0)
+    return SmaugModel(SmaugConfig.preset("tiny", vocab_size=6000, **kw))
+
+
+def test_the_same_sample_is_never_its_own_vtm_negative_and_is_a_vtc_positive():
+    from model_helpers import make_batch
+
+    model = _tiny_model(vtm_negatives="hard")
+    batch = make_batch(model.config, batch_size=6, seed=1)
+    batch["video"][1] = batch["video"][0]  # rows 0 and 1: one clip, two different captions
+    batch["sample_id"] = torch.tensor([7, 7, 1, 2, 3, 4])
+    for seed in range(20):
+        torch.manual_seed(seed)
+        out = model(batch)
+        neg_text, neg_video = model._last_negatives
+        assert neg_text[0] != 1 and neg_text[1] != 0 and neg_video[0] != 1 and neg_video[1] != 0
+    torch.manual_seed(0)
+    with_id = model(batch).losses["vtc"]
+    torch.manual_seed(0)
+    without = model({k: v for k, v in batch.items() if k != "sample_id"}).losses["vtc"]
+    assert not torch.allclose(with_id, without)  # the second caption of clip 0 counts as its positive
+    assert out.metrics["vtm_acc"].shape == ()
+
+
+def test_vtm_negatives_mode_switches_the_sampler():
+    from model_helpers import make_batch
+
+    model = _tiny_model(vtm_negatives="auto")
+    assert model.vtm_hard is False  # "auto" starts uniform; the trainer flips it
+    batch = make_batch(model.config, batch_size=8, seed=2)
+    picks = {}
+    for hard in (False, True):
+        model.vtm_hard = hard
+        torch.manual_seed(0)
+        model(batch)
+        picks[hard] = [t.clone() for t in model._last_negatives]
+    assert any((a != b).any() for a, b in zip(picks[False], picks[True]))
+    assert _tiny_model(vtm_negatives="hard").vtm_hard is True
+    with pytest.raises(ValueError, match="vtm_negatives"):
+        _tiny_model(vtm_negatives="hardest")
+    with pytest.raises(ValueError, match="vtm_switch_acc"):
+        _tiny_model(vtm_switch_acc=1.5)
+
+
+@pytest.mark.parametrize("start, loss_sign, moves", [(2.0, +1, True), (2.0, -1, False), (-9.0, -1, True),
+                                                     (-9.0, +1, False), (-2.0, +1, True), (-2.0, -1, True)])
+def test_temperature_can_never_get_stuck_outside_its_range(start, loss_sign, moves):
+    """log temperature pushed out of [log 0.001, log 0.5]: the clamp holds the value in range, and a
+    gradient that points back inside always reaches the parameter (a plain clamp would give 0 forever)."""
+    model = _tiny_model()
+    with torch.no_grad():
+        model.vtc_log_temp.fill_(start)
+    t = model.temp
+    assert model.config.temp_min * (1 - 1e-6) <= t.item() <= model.config.temp_max * (1 + 1e-6)
+    (loss_sign * t).backward()  # +1: the loss wants a lower temperature, -1: a higher one
+    g = model.vtc_log_temp.grad.item()
+    assert (g != 0) == moves
+    if moves:
+        opt = torch.optim.SGD([model.vtc_log_temp], lr=0.5)
+        opt.step()
+        assert (model.vtc_log_temp.item() - start) * loss_sign < 0  # moved the way the loss asks

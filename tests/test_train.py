@@ -4,6 +4,7 @@ Each run is a subprocess (`python -m smaug.train` or torchrun), as a user would 
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -233,3 +234,42 @@ def test_main_runs_twice_in_one_process(train_data, tmp_path):
     r = run([sys.executable, "-c", code, json.dumps(argvs)])
     assert "rcs [0, 0]" in r.stdout
     assert all(train_losses(tmp_path / f"run{i}") for i in range(2))
+
+
+def test_vtm_curriculum_and_unmasked_tail_switch_on_time_and_resume_exactly(train_data, tmp_path):
+    """"auto" VTM negatives switch from uniform to hard at the first log window whose pair accuracy
+    reaches `vtm_switch_acc`, and not before (the run equals the all-uniform one bit for bit up to
+    there); `train.unmasked_tail_steps` trains the last steps on every patch without MVM; a run
+    resumed from a checkpoint taken mid-window (before the switch or after it) equals the
+    uninterrupted one."""
+    common = ["train.steps=12", "log.every=2", "ckpt.every=5", "train.unmasked_tail_steps=3"]
+    uni = train_cmd(train_data, tmp_path / "uniform", *common, "model.overrides={vtm_negatives: uniform}")[3:]
+    code = ("import json, sys\nfrom smaug.train.trainer import main\n"
+            "sys.exit(max(main(a) for a in json.loads(sys.argv[1])))\n")
+    run([sys.executable, "-c", code, json.dumps([uni])])
+    accs = [(r["step"], r["vtm_acc"]) for r in records(tmp_path / "uniform") if "vtm_acc" in r]
+    thr = max(a for s, a in accs if s < 10)  # a threshold this short run reaches, before the last checkpoint
+    switch_step = next(s for s, a in accs if a >= thr)
+    auto = train_cmd(train_data, tmp_path / "auto", *common,
+                     f"model.overrides={{vtm_negatives: auto, vtm_switch_acc: {thr - 1e-6:.9f}}}")[3:]
+    r = run([sys.executable, "-c", code, json.dumps([auto])])
+    assert f"hard negatives from step {switch_step + 1}" in r.stdout + r.stderr
+    ra, ru = ([x for x in records(tmp_path / d) if "loss" in x] for d in ("auto", "uniform"))
+    assert [x["vtm_hard"] for x in ra] == [float(x["step"] > switch_step) for x in ra]
+    assert [x["loss"] for x in ra if x["step"] <= switch_step] == [x["loss"] for x in ru if x["step"] <= switch_step]
+    assert [x["loss"] for x in ra if x["step"] > switch_step] != [x["loss"] for x in ru if x["step"] > switch_step]
+    # unmasked tail: steps 10-12 see all 4 x 49 patches and skip MVM
+    assert [x["visible_tokens"] for x in ra] == [48.0] * 4 + [122.0, 196.0]  # windows of 2 steps: (9, 10) is half
+    assert ra[-1]["mvm"] == 0.0 and ra[0]["mvm"] > 0
+    # resume from each checkpoint (steps 5 and 10, mid-window) -> the same weights at step 12
+    ref = module_state(tmp_path / "auto", 12)
+    for start in (5, 10):
+        d = tmp_path / f"resume{start}"
+        shutil.copytree(tmp_path / "auto", d)
+        for p in (d / "checkpoints").iterdir():
+            if p.is_dir() and p.name != f"step_{start:08d}":
+                shutil.rmtree(p)
+        (d / "checkpoints" / "latest").write_text(f"step_{start:08d}")
+        run([sys.executable, "-c", code, json.dumps([[*auto[:3], str(d), *auto[4:]]])])
+        got = module_state(d, 12)
+        assert all(torch.equal(got[k], ref[k]) for k in ref), f"resume from step {start} differs"

@@ -5,11 +5,17 @@ Tokenisation happens here, inside the dataloader worker, with a Hugging Face fas
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Sequence
 
 import torch
 
 from .decode import Decoded
+
+
+def sample_id(key: str) -> int:
+    """A signed 64-bit id of a sample key (blake2b): rows of one clip share it in a batch, across ranks."""
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
 
 
 def tokenize(tokenizer, captions: Sequence[str], max_text_len: int) -> dict[str, torch.Tensor]:
@@ -34,6 +40,7 @@ def collate(samples: Sequence[Decoded], tokenizer, max_text_len: int, with_capti
     batch: dict[str, Any] = {
         "video": video,
         "is_image": torch.tensor([s.is_image for s in samples], dtype=torch.bool),
+        "sample_id": torch.tensor([sample_id(s.key) for s in samples], dtype=torch.long),
         "key": [s.key for s in samples],
         "caption": [s.caption for s in samples],
     }

@@ -13,7 +13,7 @@ Copied as it is into every exported folder, so that
                   cross-attention layers used by VTM
   vision_proj / text_proj   VTC projections; frame [CLS] features are averaged over time
   frame_selector, video_to_text, vtm_head   text-guided frame selection + VTM head
-  vtc_temp        learned temperature, clamped to [temp_min, temp_max]
+  vtc_log_temp    learned log temperature; the temperature is exp of it, clamped to [temp_min, temp_max]
 
 Interface (named as transformers' CLIP):
   get_video_features(pixel_values) -> [B, E] L2-normalised
@@ -245,7 +245,7 @@ class SmaugHFModel(PreTrainedModel):
         self.video_to_text = (nn.Linear(vc.hidden_size, tc.hidden_size) if vc.hidden_size != tc.hidden_size
                               else nn.Identity())
         self.vtm_head = nn.Linear(tc.hidden_size, 1)
-        self.vtc_temp = nn.Parameter(torch.full((1,), 0.07))  # shape [1], as in SmaugModel
+        self.vtc_log_temp = nn.Parameter(torch.full((1,), math.log(0.07)))  # shape [1], as in SmaugModel
         self.post_init()
 
     def _init_weights(self, module):
@@ -262,7 +262,7 @@ class SmaugHFModel(PreTrainedModel):
 
     @property
     def temp(self) -> torch.Tensor:
-        return self.vtc_temp.clamp(self.config.temp_min, self.config.temp_max)[0]
+        return self.vtc_log_temp.exp().clamp(self.config.temp_min, self.config.temp_max)[0]
 
     def normalize_video(self, pixel_values: torch.Tensor) -> torch.Tensor:
         dtype = self.vision_proj.weight.dtype

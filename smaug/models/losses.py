@@ -1,7 +1,9 @@
 """The four pre-training losses and hard-negative mining.
 
-VTC  symmetric InfoNCE over the global batch (features all-gathered with gradient).
-VTM  binary match/no-match on the fusion [CLS]; negatives mined from the VTC similarities.
+VTC  symmetric InfoNCE over the global batch (features all-gathered with gradient); rows of the
+     same sample (a clip seen with two of its captions) are each other's positives.
+VTM  binary match/no-match on the fusion [CLS]; negatives drawn uniformly or mined from the VTC
+     similarities (hard), never the same sample or an identical caption.
 MLM  masked language modelling through the fusion layers (masking: `text_encoder.mask_tokens`).
 MVM  MAE normalised-pixel regression on masked patches only.
 """
@@ -13,42 +15,52 @@ import torch.nn.functional as F
 from .common import all_gather_with_grad
 
 
-def vtc_loss(video_feat: torch.Tensor, text_feat: torch.Tensor, temp: torch.Tensor):
+def vtc_loss(video_feat: torch.Tensor, text_feat: torch.Tensor, temp: torch.Tensor,
+             positives: torch.Tensor | None = None):
     """Symmetric InfoNCE. video_feat, text_feat: [b, E] L2-normalised, this rank's rows.
 
     Features of all ranks are gathered with gradient, and every rank computes the loss of the
     whole global batch [Bg, Bg] (the same value on every rank; data-parallel gradient averaging
-    then gives exactly the gradient of the global loss). Returns (loss, sim) with sim the
+    then gives exactly the gradient of the global loss). `positives` [Bg, Bg] bool (diagonal
+    set) marks further positive pairs, e.g. two rows of the same clip with different captions:
+    the target of each row is then uniform over its positives (ALBEF's retrieval fine-tuning),
+    which equals plain InfoNCE when only the diagonal is set. Returns (loss, sim) with sim the
     detached [Bg, Bg] video-to-text logits (row = video, column = text), for negative mining.
     """
     v = all_gather_with_grad(video_feat).float()
     t = all_gather_with_grad(text_feat).float()
     sim = v @ t.T / temp.float()
-    labels = torch.arange(sim.shape[0], device=sim.device)
-    loss = (F.cross_entropy(sim, labels) + F.cross_entropy(sim.T, labels)) / 2
+    if positives is None:
+        labels = torch.arange(sim.shape[0], device=sim.device)
+        loss = (F.cross_entropy(sim, labels) + F.cross_entropy(sim.T, labels)) / 2
+    else:
+        target = positives.float() / positives.float().sum(1, keepdim=True)  # symmetric: same for sim.T
+        loss = (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target)) / 2
     return loss, sim.detach()
 
 
 @torch.no_grad()
-def sample_hard_negatives(sim: torch.Tensor, same: torch.Tensor | None = None,
-                          generator: torch.Generator | None = None):
-    """ALBEF/BLIP hard negatives over the global batch.
+def sample_negatives(sim: torch.Tensor, same: torch.Tensor | None = None,
+                     generator: torch.Generator | None = None, hard: bool = True):
+    """VTM negatives over the global batch: ALBEF/BLIP hard negatives, or uniform ones.
 
     sim: [Bg, Bg] video-to-text logits (positives on the diagonal); same: optional [Bg, Bg] bool,
-    True where two samples must not be each other's negative (identical captions).
-    Each video draws one text with prob softmax(sim[v]) and each text one video with prob
-    softmax(sim[:, t]), with the positive (diagonal) and `same` pairs at probability 0; a row
-    left with no candidate, or with non-finite weights, falls back to uniform over the other indices. The positive is never
-    drawn. Returns (neg_text_for_video [Bg], neg_video_for_text [Bg]) global indices.
+    True where two samples must not be each other's negative (the same sample, identical captions).
+    `hard`: each video draws one text with prob softmax(sim[v]) and each text one video with prob
+    softmax(sim[:, t]); otherwise each draws uniformly. The positive (diagonal) and `same` pairs
+    have probability 0; a row left with no candidate, or with non-finite weights, falls back to
+    uniform over the other indices. The positive is never drawn.
+    Returns (neg_text_for_video [Bg], neg_video_for_text [Bg]) global indices.
     """
     Bg = sim.shape[0]
     if Bg < 2:
-        raise ValueError("VTM hard negatives need a global batch of at least 2")
+        raise ValueError("VTM negatives need a global batch of at least 2")
     eye = torch.eye(Bg, dtype=torch.bool, device=sim.device)
     banned = eye if same is None else (eye | same)
     out = []
     for logits in (sim.float(), sim.float().T):
-        w = logits.softmax(dim=1).masked_fill(banned, 0.0)
+        w = logits.softmax(dim=1) if hard else torch.ones_like(logits)
+        w = w.masked_fill(banned, 0.0)
         # non-finite similarities (a diverged step) must not crash the sampler: such a row falls
         # back to uniform and the non-finite loss is then skipped by the trainer.
         dead = ~torch.isfinite(w).all(1) | (w.sum(1) <= 0)

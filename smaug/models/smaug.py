@@ -2,10 +2,11 @@
 Singularity-style baseline as a config switch.
 
     video [B, T, 3, H, W] uint8 --normalise--> ViT per frame (MAE masking, EViT sparsification)
-        -> frame tokens [B, T, 1 + n, Dv] --(frame [CLS] -> vision_proj)--> frame_feat / video_feat
+        -> frame tokens [B, T, 1 + n, Dv] --(frame [CLS] -> temporal blocks -> vision_proj)--> frame_feat / video_feat
     text [B, L] --BERT layers [0, fusion_layer)--> text_hidden [B, L, Dt] --([CLS] -> text_proj)--> text_feat
     VTC  video_feat x text_feat over the global batch
-    VTM  text-guided frame selection -> fusion layers (cross-attention) -> vtm_head, 1 pos + 2 hard neg pairs
+    VTM  text-guided frame selection -> fusion layers (cross-attention) -> vtm_head, 1 pos + 2 neg pairs
+         (negatives uniform until VTM beats its prior, then hard: `vtm_negatives`)
     MLM  masked text -> BERT text layers -> fusion with the positive pair's frames -> tied MLM head
     MVM  MAE decoder on the encoder tokens -> normalised pixels of masked patches
 
@@ -13,6 +14,7 @@ Singularity-style baseline as a config switch.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -22,8 +24,9 @@ import torch.nn.functional as F
 from . import flops as _flops
 from .common import all_gather_no_grad, all_gather_with_grad, draw_seed, pad_text_to_global_length, world
 from .frame_selection import FrameSelector
-from .losses import mlm_loss, mvm_loss, sample_hard_negatives, vtc_loss, vtm_loss
+from .losses import mlm_loss, mvm_loss, sample_negatives, vtc_loss, vtm_loss
 from .mae_decoder import MAEDecoder, patchify
+from .temporal import TemporalEncoder
 from .text_encoder import TextEncoder, mask_tokens
 from .video_encoder import VideoEncoder
 
@@ -42,6 +45,8 @@ class SmaugConfig:
     vision_mlp_ratio: float = 4.0  # ViT MLP hidden = ratio * width
     vision_qkv_bias: bool = True  # qkv bias, as ViT-B/16 (timm, MAE)
     drop_path_rate: float = 0.1  # stochastic depth, linear over the blocks
+    temporal_layers: int = 0  # transformer blocks over the T frame [CLS] tokens (Singularity-temporal); 0 = none, the
+    # video feature is then the mean of per-frame features, blind to the order of frames (e.g. motion direction)
     vision_pretrained: str = ""  # timm name (e.g. "vit_base_patch16_224.mae") or local .pth/.safetensors; "" = random
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # pixel mean (ImageNet); uint8 video is normalised on device
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # pixel std (ImageNet)
@@ -76,9 +81,16 @@ class SmaugConfig:
     select_gumbel: bool = True  # training samples the k frames (Gumbel top-k) instead of plain top-k; eval is top-k
     # ---- contrastive head and loss weights ----
     embed_dim: int = 256  # VTC embedding dim E (vision_proj / text_proj output)
-    temp_init: float = 0.07  # initial VTC temperature (learnable)
-    temp_min: float = 0.001  # VTC temperature clamp, low end
+    temp_init: float = 0.07  # initial VTC temperature (learned in log space)
+    temp_min: float = 0.001  # VTC temperature clamp, low end (a gradient back inside always passes)
     temp_max: float = 0.5  # VTC temperature clamp, high end
+    # VTM negatives: "hard" = mined from the VTC similarities (ALBEF/BLIP, the paper); "uniform" = any
+    # other sample; "auto" = uniform until VTM clearly beats its label prior, then hard for good (the
+    # trainer switches when the pair accuracy over a log window reaches vtm_switch_acc). Hard negatives
+    # from a random init keep VTM at its prior (pair accuracy 2/3), so "auto" is the default.
+    vtm_negatives: str = "auto"
+    vtm_switch_acc: float = 0.8  # "auto": pair accuracy on uniform negatives that switches to hard; the prior (always
+    # "no match") scores 2/3, so a value above it means "VTM has learned something"
     w_vtc: float = 1.0  # loss weight: video-text contrastive
     w_vtm: float = 1.0  # loss weight: video-text matching
     w_mlm: float = 1.0  # loss weight: masked language modelling
@@ -90,6 +102,7 @@ class SmaugConfig:
         checks = [
             ("image_size", self.image_size > 0 and self.image_size % self.patch_size == 0, "a positive multiple of patch_size"),
             ("num_frames", self.num_frames >= 1, ">= 1"),
+            ("temporal_layers", self.temporal_layers >= 0, ">= 0"),
             ("vision_width", self.vision_width % self.vision_heads == 0, "divisible by vision_heads"),
             ("text_width", self.text_width % self.text_heads == 0, "divisible by text_heads"),
             ("decoder_width", self.decoder_width % self.decoder_heads == 0 and self.decoder_width % 4 == 0,
@@ -103,6 +116,8 @@ class SmaugConfig:
             ("select_temp", self.select_temp > 0, "> 0"),
             ("mlm_prob", 0.0 < self.mlm_prob < 1.0, "in (0, 1)"),
             ("temp_init", 0 < self.temp_min <= self.temp_init <= self.temp_max, "in [temp_min, temp_max], temp_min > 0"),
+            ("vtm_negatives", self.vtm_negatives in ("auto", "hard", "uniform"), "'auto', 'hard' or 'uniform'"),
+            ("vtm_switch_acc", 0.0 < self.vtm_switch_acc <= 1.0, "in (0, 1]"),
             ("std", len(self.mean) == 3 and len(self.std) == 3 and min(self.std) > 0, "3 positive values (mean: 3)"),
         ]
         checks += [(w, getattr(self, w) >= 0, ">= 0") for w in ("w_vtc", "w_vtm", "w_mlm", "w_mvm", "drop_path_rate")]
@@ -155,6 +170,28 @@ class SmaugOutput:
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # detached device scalars, logged: vtm_acc
 
 
+class _InwardClamp(torch.autograd.Function):
+    """clamp(x, lo, hi) whose backward blocks only the gradient that would push an out-of-range x
+    further out (gradient descent moves x by -grad); inside the range it is the identity's."""
+
+    @staticmethod
+    def forward(ctx, x, lo: float, hi: float):
+        ctx.save_for_backward(x)
+        ctx.lo, ctx.hi = lo, hi
+        return x.clamp(lo, hi)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        outward = ((x > ctx.hi) & (grad < 0)) | ((x < ctx.lo) & (grad > 0))
+        return grad.masked_fill(outward, 0.0), None, None
+
+
+def inward_clamp(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """x clamped to [lo, hi]; its gradient passes inside the range and wherever it points back in."""
+    return _InwardClamp.apply(x, lo, hi)
+
+
 class SmaugModel(nn.Module):
     """The SMAUG model (or the dense baseline). `forward(batch) -> SmaugOutput`.
 
@@ -166,6 +203,8 @@ class SmaugModel(nn.Module):
         super().__init__()
         self.config = cfg = config
         self.video_encoder = VideoEncoder(cfg)
+        self.temporal = (TemporalEncoder(cfg.vision_width, cfg.temporal_layers, cfg.vision_heads, cfg.num_frames,
+                                         cfg.vision_mlp_ratio) if cfg.temporal_layers else None)
         self.text_encoder = TextEncoder(cfg)
         self.mae_decoder = MAEDecoder(cfg) if cfg.mask_ratio > 0 and cfg.w_mvm > 0 else None
         self.frame_selector = (FrameSelector(cfg.embed_dim, cfg.select_frames, cfg.select_temp, cfg.select_gumbel)
@@ -175,8 +214,12 @@ class SmaugModel(nn.Module):
         # BERT cross-attention keys/values take hidden_size inputs: map video tokens to Dt if needed
         self.video_to_text = nn.Linear(cfg.vision_width, cfg.text_width) if cfg.vision_width != cfg.text_width else nn.Identity()
         self.vtm_head = nn.Linear(cfg.text_width, 1)
-        # raw, shape [1] (DeepSpeed cannot broadcast 0-d parameters); `temp` is the clamped value in use
-        self.vtc_temp = nn.Parameter(torch.full((1,), cfg.temp_init))
+        # log temperature, shape [1] (DeepSpeed cannot broadcast 0-d parameters); `temp` is the value in use
+        self.vtc_log_temp = nn.Parameter(torch.full((1,), math.log(cfg.temp_init)))
+        # VTM negatives in use (the trainer flips "auto" to hard once VTM beats its prior; checkpointed there)
+        self.vtm_hard = cfg.vtm_negatives == "hard"
+        # MAE mask ratio of training forwards (the trainer sets 0 for train.unmasked_tail_steps); eval uses 0
+        self.train_mask_ratio = cfg.mask_ratio
         for m in (self.vision_proj, self.text_proj, self.video_to_text, self.vtm_head):
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -191,9 +234,11 @@ class SmaugModel(nn.Module):
     # ------------------------------------------------------------------ encoders
     @property
     def temp(self) -> torch.Tensor:
-        """VTC temperature in use: the learnable value clamped to [temp_min, temp_max] (no in-place
-        clamp, which a ZeRO fp32 master copy would undo)."""
-        return self.vtc_temp.clamp(self.config.temp_min, self.config.temp_max)[0]
+        """VTC temperature in use: exp of the learned log temperature, clamped to [temp_min, temp_max].
+        No in-place clamp (a ZeRO fp32 master copy would undo it); instead the clamp passes every
+        gradient that points back inside the range, so the temperature can never get stuck outside."""
+        lo, hi = math.log(self.config.temp_min), math.log(self.config.temp_max)
+        return inward_clamp(self.vtc_log_temp, lo, hi).exp()[0]
 
     def pixel_stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """fp32 (mean, std) [1, 1, 3, 1, 1] on `device`, uploaded once per device: an upload each step
@@ -214,18 +259,23 @@ class SmaugModel(nn.Module):
         return video.to(dtype)
 
     def forward_video(self, video: torch.Tensor, mask_ratio: float | None = None):
-        """video: [B, T, 3, H, W] -> (VideoEncoderOutput, video_feat [B, E], frame_feat [B, T, E]).
-        mask_ratio None = config.mask_ratio in training, 0 in eval."""
+        """video: [B, T, 3, H, W] -> (VideoEncoderOutput, frame_tokens [B, T, 1 + n, Dv], video_feat [B, E],
+        frame_feat [B, T, E]). frame_tokens = the encoder's tokens with each frame's [CLS] replaced by its
+        temporal-block output (what fusion sees); `enc.tokens` stays per frame (what the MAE decoder sees).
+        mask_ratio None = train_mask_ratio (config.mask_ratio) in training, 0 in eval."""
         if mask_ratio is None:
-            mask_ratio = self.config.mask_ratio if self.training else 0.0
+            mask_ratio = self.train_mask_ratio if self.training else 0.0
         enc = self.video_encoder(self.normalize_video(video), mask_ratio)
-        cls = self.vision_proj(enc.tokens[:, :, 0])  # [B, T, E]
-        return enc, F.normalize(cls.mean(1), dim=-1), F.normalize(cls, dim=-1)
+        tokens, cls = enc.tokens, enc.tokens[:, :, 0]  # [B, T, 1 + n, Dv], [B, T, Dv]
+        if self.temporal is not None:
+            cls = self.temporal(cls)
+            tokens = torch.cat([cls[:, :, None], tokens[:, :, 1:]], dim=2)
+        feat = self.vision_proj(cls)  # [B, T, E]
+        return enc, tokens, F.normalize(feat.mean(1), dim=-1), F.normalize(feat, dim=-1)
 
     def encode_video(self, video: torch.Tensor):
         """-> frame_tokens [B, T, 1 + n, Dv], video_feat [B, E], frame_feat [B, T, E] (normalised)."""
-        enc, video_feat, frame_feat = self.forward_video(video)
-        return enc.tokens, video_feat, frame_feat
+        return self.forward_video(video)[1:]
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """-> text_hidden [B, L, Dt] (before fusion), text_feat [B, E] normalised."""
@@ -234,7 +284,7 @@ class SmaugModel(nn.Module):
 
     def get_video_features(self, video: torch.Tensor) -> torch.Tensor:
         """[B, T, 3, H, W] -> [B, E] L2-normalised retrieval embedding (never masked)."""
-        return self.forward_video(video, mask_ratio=0.0)[1]
+        return self.forward_video(video, mask_ratio=0.0)[2]
 
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """[B, L] -> [B, E] L2-normalised retrieval embedding."""
@@ -257,9 +307,12 @@ class SmaugModel(nn.Module):
 
     # ------------------------------------------------------------------ losses
     def forward_vtm(self, frame_tokens, frame_feat, text_hidden, text_feat, input_ids, attention_mask,
-                    sim: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """1 positive + 2 hard negatives per sample (one video per text, one text per video),
-        mined from the global VTC similarities `sim` [Bg, Bg]; negatives may live on other ranks.
+                    sim: torch.Tensor, seed: int, same_sample: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """1 positive + 2 negatives per sample (one video per text, one text per video), drawn from
+        the global batch (uniformly, or mined from the VTC similarities `sim` [Bg, Bg] when
+        `vtm_hard`); negatives may live on other ranks. Never a negative: the same sample
+        (`same_sample` [Bg, Bg]) or an identical caption.
         Returns (loss, pair accuracy of this rank's 3b pairs, detached)."""
         b = frame_tokens.shape[0]
         rank, _ = world()
@@ -269,8 +322,10 @@ class SmaugModel(nn.Module):
         # identical captions (same padded ids) are not each other's negatives; an elementwise compare,
         # not torch.unique, whose data-dependent output size would force a host sync mid-forward
         same = (ids_all[:, None, :] == ids_all[None, :, :]).all(-1)
+        if same_sample is not None:
+            same = same | same_sample
         gen = torch.Generator(device=sim.device).manual_seed(seed)
-        neg_text, neg_video = sample_hard_negatives(sim, same, gen)
+        neg_text, neg_video = sample_negatives(sim, same, gen, hard=self.vtm_hard)
         nt, nv = neg_text[rank * b:(rank + 1) * b], neg_video[rank * b:(rank + 1) * b]
         # index_select, not x[idx]: its backward (index_add) is deterministic on CPU, while
         # x[idx] backward (index_put_ accumulate) uses parallel float atomics for repeated indices
@@ -309,19 +364,23 @@ class SmaugModel(nn.Module):
         seed = draw_seed()
         video = self.normalize_video(batch["video"])  # once; float input passes through
         ids, am = pad_text_to_global_length(batch["input_ids"], batch["attention_mask"], cfg.pad_token_id)
-        enc, video_feat, frame_feat = self.forward_video(video)
+        enc, frame_tokens, video_feat, frame_feat = self.forward_video(video)
         text_hidden, text_feat = self.encode_text(ids, am)
         zero = video_feat.new_zeros((), dtype=torch.float32)
         losses = dict(vtc=zero, vtm=zero, mlm=zero, mvm=zero)
         metrics: dict[str, torch.Tensor] = {}
+        same_sample = None
+        if batch.get("sample_id") is not None:  # rows of one clip: VTC positives, never VTM negatives
+            sid = all_gather_no_grad(batch["sample_id"])
+            same_sample = sid[:, None] == sid[None, :]
 
-        vtc, sim = vtc_loss(video_feat, text_feat, self.temp)
+        vtc, sim = vtc_loss(video_feat, text_feat, self.temp, same_sample)
         losses["vtc"] = vtc
         if cfg.w_vtm > 0:
-            losses["vtm"], metrics["vtm_acc"] = self.forward_vtm(enc.tokens, frame_feat, text_hidden, text_feat, ids,
-                                                                 am, sim, seed)
+            losses["vtm"], metrics["vtm_acc"] = self.forward_vtm(frame_tokens, frame_feat, text_hidden, text_feat, ids,
+                                                                 am, sim, seed, same_sample)
         if cfg.w_mlm > 0:
-            fusion_video = self.select_frames(enc.tokens, frame_feat, text_feat)
+            fusion_video = self.select_frames(frame_tokens, frame_feat, text_feat)
             losses["mlm"] = self.forward_mlm(ids, am, fusion_video)
         if self.mae_decoder is not None and enc.mask is not None:
             losses["mvm"] = self.forward_mvm(video, enc)
@@ -343,8 +402,8 @@ class SmaugModel(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Parameter names without weight decay: every bias / norm / scalar (ndim <= 1), the
         temperature, [CLS] / mask tokens and the position and temporal embeddings."""
-        extra = {"video_encoder.cls_token", "video_encoder.pos_embed", "video_encoder.temporal_embed",
-                 "mae_decoder.mask_token", "vtc_temp"}
+        extra = {"video_encoder.cls_token", "video_encoder.pos_embed", "video_encoder.temporal_embed", "temporal.pos_embed",
+                 "mae_decoder.mask_token", "vtc_log_temp"}
         names = {n for n, _ in self.named_parameters()}
         return {n for n, p in self.named_parameters() if p.ndim <= 1} | (extra & names)
 

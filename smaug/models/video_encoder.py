@@ -33,6 +33,7 @@ from timm.layers import PatchEmbed, resample_abs_pos_embed, trunc_normal_
 from timm.models.vision_transformer import Block, init_weights_vit_timm
 
 from .common import maybe_checkpoint
+from .temporal import resize_time
 
 
 def num_visible(num_patches: int, mask_ratio: float) -> int:
@@ -148,10 +149,7 @@ class VideoEncoder(nn.Module):
 
     def temporal(self, T: int) -> torch.Tensor:
         """Temporal embeddings for T frames [1, T, 1, D], linearly interpolated if T != num_frames."""
-        te = self.temporal_embed
-        if T == te.shape[1]:
-            return te
-        return F.interpolate(te[0, :, 0].T[None], size=T, mode="linear", align_corners=False)[0].T[None, :, None]
+        return resize_time(self.temporal_embed, T)
 
     def embed(self, video: torch.Tensor):
         """video: [B, T, 3, H, W] normalised -> patches [B*T, N, D], cls [B*T, 1, D]."""

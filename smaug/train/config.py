@@ -64,6 +64,7 @@ class TrainSection:
     ds_config: str = "auto"  # DeepSpeed JSON: "auto" = ds_configs/zero2_gpu.json on CUDA, zero2_cpu.json on CPU
     device: Literal["auto", "cuda", "cpu"] = "auto"
     max_nonfinite: int = 20  # stop after this many non-finite losses in a row (each is skipped and counted)
+    unmasked_tail_steps: int = 0  # the last N steps train without MAE masking (FLIP's unmasked tuning; MVM is off there)
 
 
 @dataclass
@@ -306,6 +307,8 @@ def validate(cfg: RunConfig) -> None:
                    ("ckpt.keep", cfg.ckpt.keep), ("log.every", cfg.log.every), ("train.max_nonfinite", t.max_nonfinite)):
         if v < 1:
             raise ConfigError(f"{key}: must be >= 1, got {v}")
+    if not 0 <= t.unmasked_tail_steps <= t.steps:
+        raise ConfigError(f"train.unmasked_tail_steps: must be in [0, train.steps={t.steps}], got {t.unmasked_tail_steps}")
     if cfg.eval.every < 0:
         raise ConfigError(f"eval.every: must be >= 0, got {cfg.eval.every}")
     if cfg.eval.every and not cfg.data.eval_shards:

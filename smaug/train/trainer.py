@@ -161,12 +161,17 @@ class Trainer:
         with _keep_rng(self.device):
             peak, src = device_peak_tflops(self.device, cfg.log.peak_tflops)
         self.step, self.samples_seen, self.skipped_steps = 0, 0, 0
+        self.vtm_hard_step = None  # step at which "auto" VTM negatives switched to hard
+        self._vtm_window = [0.0, 0]  # (sum of VTM pair accuracy, micro-batches) since the last curriculum check
         loader_state = None
         if found is not None:
             client = ckpt.load(self.engine, *found)
             self.step = client["step"]
             self.samples_seen = client["samples_seen"]
             self.skipped_steps = client.get("skipped_steps", 0)
+            self.vtm_hard_step = client.get("vtm_hard_step")
+            self._vtm_window = list(client.get("vtm_window", self._vtm_window))
+            self.model.vtm_hard = self.model.vtm_hard or self.vtm_hard_step is not None
             if client.get("world_size") == self.world:
                 mine = client["ranks"][self.rank]
                 loader_state = mine["loader"]
@@ -220,6 +225,7 @@ class Trainer:
             batch = next(it)
             wait += time.perf_counter() - t0
             batch.pop("__meta__", None)
+            self.model.train_mask_ratio = 0.0 if self.unmasked_tail else self.mcfg.mask_ratio
             out = self.engine(batch)
             bad_local, bad, preempt_any = step_flags(out.loss, self.preempt.requested)
             preempt = preempt or preempt_any > 0
@@ -243,6 +249,8 @@ class Trainer:
             # losses stay on the device (no host sync per step); the monitor converts them when it logs
             for k, v in [("loss", out.loss), *out.losses.items(), *out.metrics.items()]:
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
+            if "vtm_acc" in out.metrics and not self.model.vtm_hard:  # the curriculum's evidence
+                self._vtm_window = [self._vtm_window[0] + out.metrics["vtm_acc"].detach().float(), self._vtm_window[1] + 1]
             for k, v in out.stats.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         scalars = {k: v / done for k, v in sums.items()}
@@ -254,7 +262,32 @@ class Trainer:
             scalars["grad_norm"] = norm
         scalars["lr"] = self.scheduler.get_last_lr()[0]
         scalars["temp"] = self.model.temp.detach().float()
+        scalars["vtm_hard"] = float(self.model.vtm_hard)
         return scalars, clips, flops, wait, preempt
+
+    @property
+    def unmasked_tail(self) -> bool:
+        """The step being taken is one of the last `train.unmasked_tail_steps` (no MAE masking)."""
+        return self.step >= self.cfg.train.steps - self.cfg.train.unmasked_tail_steps
+
+    def update_vtm_curriculum(self) -> None:
+        """"auto" VTM negatives: uniform until the pair accuracy averaged over the window since the last
+        check (and over ranks) reaches `vtm_switch_acc`, then hard for good. Checked at log steps (one
+        host sync); the decision and the open window are checkpointed, so a resumed run switches at the
+        same step as an uninterrupted one."""
+        total, n = self._vtm_window
+        if self.model.vtm_hard or self.mcfg.vtm_negatives != "auto" or n == 0:
+            return
+        acc = torch.as_tensor(total, dtype=torch.float32, device=self.device).reshape(1) / n
+        if self.world > 1:
+            dist.all_reduce(acc)
+            acc /= self.world
+        acc = float(acc)
+        self._vtm_window = [0.0, 0]
+        if acc >= self.mcfg.vtm_switch_acc:
+            self.model.vtm_hard, self.vtm_hard_step = True, self.step
+            self._say(f"[smaug] VTM pair accuracy {acc:.3f} >= {self.mcfg.vtm_switch_acc} on uniform negatives "
+                      f"(prior 0.667): hard negatives from step {self.step + 1}")
 
     def check_gradients(self) -> None:
         """Act on non-finite gradient norms since the last check (one host sync).
@@ -282,6 +315,7 @@ class Trainer:
     def save(self) -> Path:
         self.check_gradients()  # never checkpoint weights updated with non-finite gradients
         client = {"step": self.step, "samples_seen": self.samples_seen, "skipped_steps": self.skipped_steps,
+                  "vtm_hard_step": self.vtm_hard_step, "vtm_window": [float(self._vtm_window[0]), self._vtm_window[1]],
                   "config": self.cfg.to_dict(), "model_config": dataclasses.asdict(self.mcfg)}
         per_rank = {"loader": self.batches.state_dict(), "rng": ckpt.rng_state()}
         path = ckpt.save(self.engine, self.out, self.step, client, per_rank, self.cfg.ckpt.keep)
@@ -316,6 +350,8 @@ class Trainer:
         last_saved = self.step if self.step else -1
         preempted = False
         while self.step < cfg.train.steps:
+            if cfg.train.unmasked_tail_steps and self.step == cfg.train.steps - cfg.train.unmasked_tail_steps:
+                self._say(f"[smaug] unmasked tuning: steps {self.step + 1}-{cfg.train.steps} see every patch (no MVM)")
             scalars, clips, flops, wait, preempted = self.train_step(it)
             self.step += 1
             self.samples_seen += clips
@@ -323,6 +359,7 @@ class Trainer:
             scalars.update({f"skipped/{k}": v for k, v in skips.items()})
             if self.step % cfg.log.every == 0:
                 self.check_gradients()
+                self.update_vtm_curriculum()
             scalars["skipped_steps"] = self.skipped_steps
             self.monitor.update(self.step, clips, flops, wait, scalars)
             if preempted or self.step % cfg.ckpt.every == 0 or self.step == cfg.train.steps:

@@ -1,0 +1,80 @@
+"""What a text-to-video top-1 gets right, attribute by attribute, on a labelled synthetic split.
+
+The built-in synthetic corpus (`tools/make_synthetic.py`) writes `labels.json`: colour, shape and
+motion of every clip. Its held-out split holds out whole (colour, shape) pairs with all four
+motions, so clips of one pair differ only in motion. For each text query (every caption of every
+held-out clip), the top-1 video by similarity is compared with the query's own clip on each
+attribute and on all three at once ("combination"):
+
+    accuracy = mean over queries of P(top-1 video has the query clip's attribute value)
+
+Ties at the top are broken uniformly at random in expectation (the fraction of tied videos that
+match), as the retrieval metrics do, so collapsed features score chance, not 100%. Chance is the
+same expectation for a video drawn uniformly from the split.
+
+The frozen-frame control (`frozen_frames`) evaluates the same checkpoint with every frame replaced
+by the middle one: any single frame has the same position distribution for opposite motions, so
+what stays above chance on motion without time is not motion. A model that uses time is well above
+its control on motion.
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+from pathlib import Path
+
+import torch
+
+ATTRIBUTES = ("colour", "shape", "motion")
+
+
+def load_clip_labels(labels_json: str | Path) -> dict[str, dict]:
+    """Shard key -> {"colour", "shape", "motion"} for every single-object clip of a `labels.json`.
+
+    Keys are derived from the clip's path as `tools/make_shards.py` derives them from a JSON row
+    (`smaug.data.sources.make_key` of the path without extension)."""
+    from smaug.data.sources import make_key
+
+    lab = json.loads(Path(labels_json).read_text(encoding="utf-8"))
+    out = {}
+    for clip in lab["clips"]:
+        if len(clip["objects"]) == 1:
+            out[make_key(posixpath.splitext(clip["relpath"])[0])] = dict(clip["objects"][0])
+    return out
+
+
+def frozen_frames(video: torch.Tensor) -> torch.Tensor:
+    """video: [B, T, 3, H, W] -> every frame replaced by the middle one (frame T // 2)."""
+    T = video.shape[1]
+    return video[:, T // 2:T // 2 + 1].expand_as(video).contiguous()
+
+
+@torch.no_grad()
+def attribute_accuracy(sim: torch.Tensor, txt2vid: torch.Tensor, keys: list[str], labels: dict[str, dict]) -> dict:
+    """sim: [Nt, Nv] text-video scores, txt2vid: [Nt] the query's own video, keys: [Nv] shard keys.
+
+    Returns {attribute: {"acc": %, "chance": %}} for colour, shape, motion and "combination", plus
+    "num_queries". Every video must have labels (single-object clips), else ValueError."""
+    missing = [k for k in keys if k not in labels]
+    if missing:
+        raise ValueError(f"attribute accuracy: {len(missing)} clips have no single-object labels (e.g. {missing[:3]})")
+    nt, nv = sim.shape
+    top = sim == sim.max(dim=1, keepdim=True).values  # [Nt, Nv] the tied top-1 set
+    top = top.double() / top.sum(1, keepdim=True).double()  # uniform over ties
+    out: dict = {"num_queries": nt}
+    match_all = torch.ones(nt, nv, dtype=torch.bool)
+    for a in ATTRIBUTES:
+        values = {}
+        code = torch.tensor([values.setdefault(labels[k][a], len(values)) for k in keys])  # [Nv]
+        match = code[txt2vid][:, None] == code[None, :]  # [Nt, Nv] video shares the query clip's value
+        match_all &= match
+        out[a] = _acc(top, match)
+    out["combination"] = _acc(top, match_all)
+    return out
+
+
+def _acc(top: torch.Tensor, match: torch.Tensor) -> dict:
+    """Expected top-1 accuracy (top: [Nt, Nv] tie weights) and its chance level (a uniform video), in %."""
+    acc = (top * match.double()).sum(1).mean().item()
+    chance = match.double().mean(1).mean().item()
+    return {"acc": 100.0 * acc, "chance": 100.0 * chance}

@@ -1,0 +1,52 @@
+"""Temporal modelling over the frames' [CLS] tokens (Singularity-temporal, CLIP4Clip's seqTransf).
+
+The video encoder attends within each frame only (space-only, as Singularity), so its frame
+features know *when* they are (the temporal embedding) but not what the other frames show, and the
+mean of per-frame features cannot tell "moves left" from "moves right" (the same frames in reverse
+order give the same mean). `TemporalEncoder` lets the T frame [CLS] tokens attend to each other:
+
+    cls [B, T, D] + temporal position embedding -> `depth` timm `Block`s over T tokens -> [B, T, D]
+
+It is cheap (T tokens per clip, not T x N) and starts as the identity (each block's output
+projections are zero at init), so a model built on image-pretrained towers starts as the image
+model. SMAUG's savings (masking, sparsification, frame selection) act before and after it
+unchanged; the dense baseline gets the same module, so the comparison stays like for like.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import trunc_normal_
+from timm.models.vision_transformer import Block, init_weights_vit_timm
+
+
+def resize_time(embed: torch.Tensor, T: int) -> torch.Tensor:
+    """embed: [1, T0, ..., D] learned per-frame embedding -> [1, T, ..., D], linearly interpolated over time."""
+    if embed.shape[1] == T:
+        return embed
+    rest = embed.shape[2:]
+    x = embed.reshape(embed.shape[1], -1).T[None]  # [1, prod(rest), T0]
+    x = F.interpolate(x, size=T, mode="linear", align_corners=False)[0].T  # [T, prod(rest)]
+    return x.reshape(1, T, *rest)
+
+
+class TemporalEncoder(nn.Module):
+    """`depth` transformer blocks over the frame [CLS] tokens of each clip."""
+
+    def __init__(self, width: int, depth: int, heads: int, num_frames: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_frames, width))  # [1, T, D]
+        self.blocks = nn.ModuleList([Block(width, heads, mlp_ratio, qkv_bias=True) for _ in range(depth)])
+        trunc_normal_(self.pos_embed, std=0.02)
+        self.apply(init_weights_vit_timm)
+        for blk in self.blocks:  # residual branches start at zero: the module starts as the identity
+            nn.init.zeros_(blk.attn.proj.weight)
+            nn.init.zeros_(blk.mlp.fc2.weight)
+
+    def forward(self, cls: torch.Tensor) -> torch.Tensor:
+        """cls: [B, T, D] frame [CLS] tokens -> [B, T, D], each frame aware of the others."""
+        x = cls + resize_time(self.pos_embed, cls.shape[1]).to(cls.dtype)
+        for blk in self.blocks:
+            x = blk(x)
+        return x
