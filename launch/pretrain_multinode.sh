@@ -28,7 +28,7 @@ export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:T
 cfg_args=(); for c in $CONFIG; do cfg_args+=(--config "$c"); done
 # DeepSpeed forwards these variables to every node (see its .deepspeed_env mechanism).
 export DS_ENV_FILE="${DS_ENV_FILE:-$PWD/.deepspeed_env}"
-{ for v in SMAUG_SHARDS WANDB_MODE HF_HUB_OFFLINE TORCH_EXTENSIONS_DIR PYTHONPATH PYTORCH_CUDA_ALLOC_CONF; do
+{ for v in SMAUG_SHARDS WANDB_MODE HF_HUB_OFFLINE HF_HOME HF_HUB_CACHE TORCH_EXTENSIONS_DIR PYTHONPATH PYTORCH_CUDA_ALLOC_CONF; do
     [ -n "${!v:-}" ] && echo "$v=${!v}"; done; } > "$DS_ENV_FILE"
 exec deepspeed --hostfile "$HOSTFILE" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
   --module smaug.train "${cfg_args[@]}" --out "$OUT" "$@"

@@ -17,7 +17,6 @@ path and what is wrong.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import pickle
@@ -242,9 +241,12 @@ def load_smaug_checkpoint(path: str | os.PathLike, tokenizer: Optional[str] = No
     else:
         client = read_client_state(ref)
         run_config = _run_config_of(ref, client)
-        tok = tokenizer or resolve_tokenizer((run_config.get("model") or {}).get("tokenizer", ""), ref.run_dir)
+        m = run_config.get("model") or {}
+        tok = tokenizer or resolve_tokenizer(m.get("tokenizer") or m.get("text_init") or "", ref.run_dir)
         if isinstance(client.get("model_config"), dict):
             mc = dict(client["model_config"])
+            for k in ("vision_pretrained", "text_pretrained"):  # checkpoints before model.vision_init/text_init
+                mc.pop(k, None)
             for k in ("sparsify_layers", "mean", "std"):
                 if k in mc:
                     mc[k] = tuple(mc[k])
@@ -257,13 +259,12 @@ def load_smaug_checkpoint(path: str | os.PathLike, tokenizer: Optional[str] = No
 def model_from_checkpoint(path: str | os.PathLike, tokenizer: Optional[str] = None):
     """-> (SmaugModel in eval mode with the checkpoint's weights, SmaugConfig, run config, tokenizer path).
 
-    The model is built from the checkpoint's own configuration (pretrained-weight paths cleared:
-    everything comes from the checkpoint); every parameter must be in the checkpoint.
+    The model is built from the checkpoint's own configuration (its architecture fields: no
+    pretrained tower is read); every parameter must be in the checkpoint.
     """
     from smaug.models import SmaugModel
 
     cfg, sd, run_config, tok = load_smaug_checkpoint(path, tokenizer)
-    cfg = dataclasses.replace(cfg, vision_pretrained="", text_pretrained="")
     model = SmaugModel(cfg)
     own = model.state_dict()
     sd, _ = adapt_state_dict(sd, own, str(path))

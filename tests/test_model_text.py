@@ -1,6 +1,6 @@
-"""Text side: bidirectional attention (text layers, fusion layers, MLM), BERT checkpoints, MLM masking."""
+"""Text side: bidirectional attention (text layers, fusion layers, MLM), MLM masking (BERT checkpoints:
+test_model_pretrained.py)."""
 import torch
-from transformers import BertConfig, BertForMaskedLM, BertModel
 
 from smaug.models import SmaugConfig, SmaugModel
 from smaug.models.text_encoder import mask_tokens
@@ -38,42 +38,6 @@ def test_last_token_changes_first_token_output_everywhere():
         torch.testing.assert_close(te.forward_text(ids, am_pad)[:, :-1], te.forward_text(ids3, am_pad)[:, :-1])
     layer = te.fusion[0]
     assert layer.is_decoder and hasattr(layer, "crossattention") and not layer.attention.self.is_causal
-
-
-def _tiny_bert_config():
-    return BertConfig(vocab_size=30522, hidden_size=192, num_hidden_layers=6, num_attention_heads=3,
-                      intermediate_size=768, max_position_embeddings=128, hidden_dropout_prob=0.0,
-                      attention_probs_dropout_prob=0.0)
-
-
-def test_saved_bert_checkpoints_reproduce_their_outputs(tmp_path):
-    torch.manual_seed(3)
-    mlm = BertForMaskedLM(_tiny_bert_config()).eval()
-    mlm.save_pretrained(tmp_path / "mlm")
-    bert = BertModel(_tiny_bert_config(), add_pooling_layer=False).eval()
-    bert.save_pretrained(tmp_path / "bert")
-    ids = torch.tensor([[101, 2000, 2001, 2002, 102, 0], [101, 3000, 3001, 102, 0, 0]])
-    am = (ids != 0).long()
-
-    for path, ref_model in ((tmp_path / "mlm", mlm), (tmp_path / "bert", bert)):
-        m = _model(text_pretrained=str(path))
-        with torch.no_grad():
-            ref = ref_model(input_ids=ids, attention_mask=am, output_hidden_states=True).hidden_states
-            h, _ = m.encode_text(ids, am)
-        # the text encoder = the first fusion_layer=4 BERT layers
-        torch.testing.assert_close(h * am[..., None], ref[4] * am[..., None], rtol=1e-4, atol=1e-4)
-        # fusion layers carry the checkpoint's layers 4, 5 (self-attention + FFN)
-        src = ref_model.bert if hasattr(ref_model, "bert") else ref_model
-        torch.testing.assert_close(m.text_encoder.fusion[1].output.dense.weight, src.encoder.layer[5].output.dense.weight)
-        missing = m.pretrained_info["text"]["missing"]
-        assert missing and all(".crossattention." in k for k in missing)
-
-    # the MLM head (transform + bias, decoder tied) reproduces BertForMaskedLM's logits
-    m = _model(text_pretrained=str(tmp_path / "mlm"))
-    with torch.no_grad():
-        last = mlm.bert(input_ids=ids, attention_mask=am).last_hidden_state
-        torch.testing.assert_close(m.text_encoder.mlm_logits(last[0]), mlm(input_ids=ids, attention_mask=am).logits[0],
-                                   rtol=1e-4, atol=1e-4)
 
 
 def test_mlm_head_is_tied_to_word_embeddings():

@@ -1,7 +1,5 @@
 """Video side: token counts (masking, sparsification, frame selection), EViT fusion, the single
-attention pass of sparsify blocks, and loading timm ViT weights."""
-import pytest
-import timm
+attention pass of sparsify blocks (pretrained weights: test_model_pretrained.py)."""
 import torch
 
 from model_helpers import make_batch
@@ -93,32 +91,6 @@ def test_cls_attention_comes_from_the_blocks_own_pass():
     for h in hooks:
         h.remove()
     assert len(calls) == len(enc.blocks)
-
-
-def test_timm_vit_state_dict_reproduces_timm_outputs(tmp_path):
-    cfg = SmaugConfig.preset("tiny", dense=True)
-    torch.manual_seed(1)
-    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=112, depth=4, num_classes=0).eval()
-    torch.save(vit.state_dict(), tmp_path / "vit.pth")
-    m = SmaugModel(SmaugConfig.preset("tiny", dense=True, vision_pretrained=str(tmp_path / "vit.pth"))).eval()
-    assert m.pretrained_info["vision"]["missing"] == ["temporal_embed"]
-    frames = torch.randn(2, cfg.num_frames, 3, 112, 112)
-    with torch.no_grad():
-        tokens = m.video_encoder(frames).tokens  # [B, T, 50, D], temporal embeddings zero-init
-        ref = vit.forward_features(frames.flatten(0, 1)).unflatten(0, (2, cfg.num_frames))
-    torch.testing.assert_close(tokens, ref, rtol=1e-4, atol=1e-4)
-    # a 224px checkpoint loads into the 112px model (pos_embed resampled); safetensors works too
-    from safetensors.torch import save_file
-
-    big = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=4, num_classes=0)
-    save_file(big.state_dict(), str(tmp_path / "vit224.safetensors"))
-    m2 = SmaugModel(SmaugConfig.preset("tiny", vision_pretrained=str(tmp_path / "vit224.safetensors")))
-    torch.testing.assert_close(m2.video_encoder.blocks[0].attn.qkv.weight, big.blocks[0].attn.qkv.weight)
-    assert m2.video_encoder.pos_embed.shape == (1, 50, 192)
-    deeper = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=6, num_classes=0)
-    torch.save({"model": deeper.state_dict()}, tmp_path / "deeper.pth")  # MAE-style wrapper
-    with pytest.raises(ValueError, match="vision_depth"):
-        SmaugModel(SmaugConfig.preset("tiny", vision_pretrained=str(tmp_path / "deeper.pth")))
 
 
 def test_other_frame_counts_interpolate_temporal_embeddings():

@@ -42,9 +42,11 @@ def test_base_yaml_documents_every_knob_with_its_default():
 
 
 def test_all_shipped_configs_load():
+    no_init = ["model.vision_init=null", "model.text_init=null", "model.allow_random_init=true",
+               "model.tokenizer=bert-base-uncased"]  # pretrain_5m's towers are not in the test's HF cache
     for f in ("base.yaml", "pretrain_5m.yaml", "quickstart.yaml"):
-        cfg = load_config([str(CONFIGS / f)], ["data.train_shards=corpus:x"] if f == "base.yaml" else [],
-                          output_dir="/tmp/x")
+        cfg = load_config([str(CONFIGS / f)], (["data.train_shards=corpus:x"] if f == "base.yaml" else [])
+                          + (no_init if f != "quickstart.yaml" else []), output_dir="/tmp/x")
         assert cfg.run.output_dir == "/tmp/x"
     dense = load_config([QS, str(CONFIGS / "dense.yaml")], [], output_dir="/tmp/x")
     assert dense.model.dense and dense.model.preset == "tiny"
@@ -131,3 +133,28 @@ def test_cli_rejects_bad_key_before_compute(tmp_path):
     assert r.returncode == 2
     assert "optim.lrr" in r.stderr
     assert not out.exists()
+
+
+def test_base_run_without_pretrained_towers_is_refused(tmp_path, monkeypatch):
+    """A base pre-training run with neither init set stops before any compute (exit 2, no output dir)."""
+    from huggingface_hub import constants
+
+    from smaug.train.trainer import main
+
+    tree = yaml.safe_load((CONFIGS / "pretrain_5m.yaml").read_text())["model"]
+    assert (tree["vision_init"], tree["text_init"]) == ("beit_base_patch16_224.in22k_ft_in22k", "bert-base-uncased")
+    out = tmp_path / "run"
+    args = ["--config", str(CONFIGS / "pretrain_5m.yaml"), "--out", str(out), "model.vision_init=null",
+            "model.text_init=null", "model.tokenizer=bert-base-uncased"]
+    assert main(args) == 2 and not out.exists()
+    with pytest.raises(ConfigError, match=r"model.vision_init / model.text_init"):
+        load_config([str(CONFIGS / "pretrain_5m.yaml")], args[4:], output_dir=str(out))
+    cfg = load_config([str(CONFIGS / "pretrain_5m.yaml")], [*args[4:], "model.allow_random_init=true"], str(out))
+    assert cfg.model.allow_random_init and cfg.model.preset == "base"
+    with pytest.raises(ConfigError, match="model.tokenizer"):  # neither a tokenizer nor a text_init to take it from
+        load_config([str(CONFIGS / "pretrain_5m.yaml")], [*args[4:6], "model.allow_random_init=true"], str(out))
+    # the shipped recipe as it is, with an empty HF cache offline: refused naming the repo, before compute
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    assert main(args[:4]) == 2 and not out.exists()
+    with pytest.raises(ConfigError, match=r"timm/beit_base_patch16_224.in22k_ft_in22k"):
+        load_config([str(CONFIGS / "pretrain_5m.yaml")], [], str(out))

@@ -38,6 +38,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from smaug.hf.convert import ExportError
     from smaug.hf.export import export_hf, export_vision_timm
 
     try:
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
             info = export_vision_timm(args.checkpoint, args.out, args.tokenizer)
         else:
             info = export_hf(args.checkpoint, args.out, args.tokenizer, args.eval_report, verify=not args.no_verify)
-    except CheckpointError as e:
+    except (CheckpointError, ExportError) as e:
         print(f"export_hf: {e}", file=sys.stderr)
         return 2
     print(json.dumps(info, indent=2))

@@ -36,12 +36,29 @@ TOP_FIELDS = {"embed_dim": "projection_dim", "temp_min": "temp_min", "temp_max":
 PREPROCESSING_FIELDS = ("num_frames", "image_size", "mean", "std")
 
 
+class ExportError(ValueError):
+    """A model the export cannot represent (yet)."""
+
+
+def check_exportable(cfg) -> None:
+    """The export's hand-written video tower (modeling_smaug.py) and the timm ViT export are the plain
+    timm ViT block (GELU, LayerNorm eps 1e-6, no layer scale, absolute position embedding). A CLIP or
+    BEiT tower (model.vision_init) is refused rather than exported wrong."""
+    plain = dict(vision_family="vit", vision_act="gelu", vision_norm_eps=1e-6, vision_layer_scale=0.0, vision_abs_pos=True)
+    bad = {k: getattr(cfg, k) for k, v in plain.items() if getattr(cfg, k) != v}
+    if bad:
+        raise ExportError(f"export: this model's video tower ({', '.join(f'{k}={v!r}' for k, v in bad.items())}) cannot "
+                         f"be exported yet: the exported code only has the plain timm ViT block "
+                         f"({', '.join(f'{k}={v!r}' for k, v in plain.items())})")
+
+
 def _plain(v):
     return list(v) if isinstance(v, tuple) else v
 
 
 def hf_config_from_smaug(cfg, **extra) -> SmaugHFConfig:
     """The exported `config.json` content of a `smaug.models.SmaugConfig`."""
+    check_exportable(cfg)
     d = dataclasses.asdict(cfg)
     vision = {VISION_FIELDS[k]: _plain(d[k]) for k in VISION_FIELDS}
     text = {TEXT_FIELDS[k]: d[k] for k in TEXT_FIELDS}
@@ -71,6 +88,7 @@ def smaug_config_from_hf(hf) -> "SmaugConfig":  # noqa: F821
 def timm_vit_kwargs(cfg) -> dict:
     """`timm.create_model(<any vit_*>, pretrained=False, num_classes=0, **kwargs)` arguments that
     build a `VisionTransformer` with the key layout and shapes of `timm_vit_state_dict`."""
+    check_exportable(cfg)
     return dict(img_size=cfg.image_size, patch_size=cfg.patch_size, embed_dim=cfg.vision_width,
                 depth=cfg.vision_depth, num_heads=cfg.vision_heads, mlp_ratio=cfg.vision_mlp_ratio,
                 qkv_bias=cfg.vision_qkv_bias, class_token=True, global_pool="token", num_classes=0)

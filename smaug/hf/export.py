@@ -126,11 +126,12 @@ def export_hf(checkpoint: str, out: str | Path, tokenizer: Optional[str] = None,
     from transformers import AutoTokenizer
 
     from smaug.hf import AUTO_MAP, CODE_FILES
-    from smaug.hf.convert import hf_config_from_smaug
+    from smaug.hf.convert import check_exportable, hf_config_from_smaug
     from smaug.weights import model_from_checkpoint, resolve_checkpoint
 
     ref = resolve_checkpoint(checkpoint)
     model, cfg, run_config, tok_path = model_from_checkpoint(checkpoint, tokenizer)
+    check_exportable(cfg)  # before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     hf_cfg = hf_config_from_smaug(cfg, run_config=run_config)
@@ -157,11 +158,12 @@ def export_hf(checkpoint: str, out: str | Path, tokenizer: Optional[str] = None,
 
 def export_vision_timm(checkpoint: str, out: str | Path, tokenizer: Optional[str] = None) -> dict:
     """Export the video tower as a per-frame timm ViT (see `smaug.hf.convert.timm_vit_state_dict`)."""
-    from smaug.hf.convert import timm_vit_kwargs, timm_vit_state_dict
+    from smaug.hf.convert import check_exportable, timm_vit_kwargs, timm_vit_state_dict
     from smaug.weights import load_smaug_checkpoint, resolve_checkpoint
 
     ref = resolve_checkpoint(checkpoint)
     cfg, sd, run_config, _ = load_smaug_checkpoint(checkpoint, tokenizer)
+    check_exportable(cfg)  # before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     vit = timm_vit_state_dict(sd, cfg)

@@ -29,6 +29,7 @@ from .mae_decoder import MAEDecoder, patchify
 from .temporal import TemporalEncoder
 from .text_encoder import TextEncoder, mask_tokens
 from .video_encoder import VideoEncoder
+from .vit_blocks import ACTIVATIONS, FAMILIES
 
 
 @dataclass
@@ -43,13 +44,18 @@ class SmaugConfig:
     vision_depth: int = 12  # number of ViT blocks
     vision_heads: int = 12  # attention heads per ViT block
     vision_mlp_ratio: float = 4.0  # ViT MLP hidden = ratio * width
-    vision_qkv_bias: bool = True  # qkv bias, as ViT-B/16 (timm, MAE)
+    vision_qkv_bias: bool = True  # qkv bias, as ViT-B/16 (timm, MAE, CLIP); BEiT: q and v biases
     drop_path_rate: float = 0.1  # stochastic depth, linear over the blocks
     temporal_layers: int = 0  # transformer blocks over the T frame [CLS] tokens (Singularity-temporal); 0 = none, the
     # video feature is then the mean of per-frame features, blind to the order of frames (e.g. motion direction)
-    vision_pretrained: str = ""  # timm name (e.g. "vit_base_patch16_224.mae") or local .pth/.safetensors; "" = random
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # pixel mean (ImageNet); uint8 video is normalised on device
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # pixel std (ImageNet)
+    # block family and options; set from the checkpoint by `pretrained.init_config` (model.vision_init)
+    vision_family: str = "vit"  # "vit" (timm ViT: augreg, MAE), "clip" (timm CLIP: norm_pre, no patch bias), "beit"
+    vision_act: str = "gelu"  # ViT MLP activation: "gelu" or "quick_gelu" (OpenAI CLIP's quickgelu architectures)
+    vision_norm_eps: float = 1e-6  # LayerNorm eps of the ViT (timm ViT / BEiT 1e-6, timm CLIP 1e-5)
+    vision_layer_scale: float = 0.0  # layer-scale init value (BEiT-base 0.1); 0 = no layer scale
+    vision_abs_pos: bool = True  # absolute position embedding (BEiT-base has only the relative bias)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # pixel mean (ImageNet); from the vision checkpoint's pretrained_cfg when loaded
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # pixel std (ImageNet); uint8 video is normalised on device
     # ---- MAE masking + decoder ----
     mask_ratio: float = 0.75  # fraction of each frame's patches hidden from the encoder (random per frame, train only)
     decoder_width: int = 384  # MAE decoder width: VideoMAE's lightweight ViT-B decoder (half the encoder)
@@ -68,7 +74,6 @@ class SmaugConfig:
     text_intermediate: int = 3072  # BERT FFN hidden size
     text_dropout: float = 0.1  # BERT hidden + attention dropout
     text_max_positions: int = 512  # BERT position embeddings (>= the loader's max_text_len)
-    text_pretrained: str = ""  # HF name (e.g. "bert-base-uncased") or local dir; "" = random init from this config
     vocab_size: int = 30522  # tokenizer vocabulary (trainer fills the token fields from the tokenizer)
     pad_token_id: int = 0  # [PAD]
     mask_token_id: int = 103  # [MASK]
@@ -118,6 +123,10 @@ class SmaugConfig:
             ("temp_init", 0 < self.temp_min <= self.temp_init <= self.temp_max, "in [temp_min, temp_max], temp_min > 0"),
             ("vtm_negatives", self.vtm_negatives in ("auto", "hard", "uniform"), "'auto', 'hard' or 'uniform'"),
             ("vtm_switch_acc", 0.0 < self.vtm_switch_acc <= 1.0, "in (0, 1]"),
+            ("vision_family", self.vision_family in FAMILIES, f"one of {FAMILIES}"),
+            ("vision_act", self.vision_act in ACTIVATIONS, f"one of {ACTIVATIONS}"),
+            ("vision_norm_eps", self.vision_norm_eps > 0, "> 0"),
+            ("vision_layer_scale", self.vision_layer_scale >= 0, ">= 0 (0 = none)"),
             ("std", len(self.mean) == 3 and len(self.std) == 3 and min(self.std) > 0, "3 positive values (mean: 3)"),
         ]
         checks += [(w, getattr(self, w) >= 0, ">= 0") for w in ("w_vtc", "w_vtm", "w_mlm", "w_mvm", "drop_path_rate")]
@@ -224,12 +233,7 @@ class SmaugModel(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
-        self.pretrained_info = {}
         self._pixel_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # see pixel_stats()
-        if cfg.vision_pretrained:
-            self.pretrained_info["vision"] = self.video_encoder.load_pretrained(cfg.vision_pretrained)
-        if cfg.text_pretrained:
-            self.pretrained_info["text"] = self.text_encoder.load_pretrained(cfg.text_pretrained)
 
     # ------------------------------------------------------------------ encoders
     @property
@@ -401,11 +405,13 @@ class SmaugModel(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names without weight decay: every bias / norm / scalar (ndim <= 1), the
-        temperature, [CLS] / mask tokens and the position and temporal embeddings."""
+        temperature, [CLS] / mask tokens, the position and temporal embeddings and BEiT's relative
+        position bias tables (as timm's BEiT)."""
         extra = {"video_encoder.cls_token", "video_encoder.pos_embed", "video_encoder.temporal_embed", "temporal.pos_embed",
                  "mae_decoder.mask_token", "vtc_log_temp"}
         names = {n for n, _ in self.named_parameters()}
-        return {n for n, p in self.named_parameters() if p.ndim <= 1} | (extra & names)
+        return {n for n, p in self.named_parameters() if p.ndim <= 1 or n.endswith(".relative_position_bias_table")} | (
+            extra & names)
 
     def train_flops(self, batch_size: int, text_len: int) -> float:
         """Model FLOPs of one forward + backward on `batch_size` clips (see `flops.train_flops`)."""

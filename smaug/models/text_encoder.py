@@ -3,7 +3,7 @@
 BERT layers [0, fusion_layer) encode the text alone (`forward_text`); layers
 [fusion_layer, text_layers) are `BertLayer`s with cross-attention to the video tokens
 (`forward_fusion`). For BERT-base that is 9 + 3, as in Singularity; the cross-attention
-weights are new, everything else loads from a BERT checkpoint (`load_pretrained`).
+weights are new, everything else loads from a BERT checkpoint (`smaug.models.pretrained`).
 
 Attention masks. transformers only builds cross-attention into a `BertLayer` whose config has
 `is_decoder=True`, and then its self-attention is marked causal. In transformers 5's SDPA path
@@ -130,42 +130,3 @@ class TextEncoder(nn.Module):
     def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [K, Dt] fusion output at masked positions -> [K, vocab] (decoder tied to word embeddings)."""
         return self.mlm_head(hidden, self.word_embeddings)
-
-    # ------------------------------------------------------------------ pretrained weights
-    @torch.no_grad()
-    def load_pretrained(self, name_or_path: str) -> dict:
-        """Load a BERT checkpoint (HF name or a directory saved by `BertModel` / `BertForMaskedLM`).
-
-        Layers [0, fusion_layer) -> text layers; the rest -> fusion layers (their cross-attention
-        stays freshly initialised); the MLM transform + bias load when the checkpoint has them.
-        Returns {"missing": [...]} (this module's keys that stayed as initialised).
-        """
-        from transformers import BertForMaskedLM
-
-        hf = BertForMaskedLM.from_pretrained(name_or_path, attn_implementation="sdpa")
-        hc, cfg = hf.config, self.cfg
-        for field, theirs, ours in (("text_width", hc.hidden_size, cfg.text_width),
-                                    ("text_layers", hc.num_hidden_layers, cfg.text_layers),
-                                    ("text_heads", hc.num_attention_heads, cfg.text_heads),
-                                    ("text_intermediate", hc.intermediate_size, cfg.text_intermediate),
-                                    ("vocab_size", hc.vocab_size, cfg.vocab_size),
-                                    ("text_max_positions", hc.max_position_embeddings, cfg.text_max_positions)):
-            if theirs != ours:
-                raise ValueError(f"text_pretrained={name_or_path!r}: checkpoint has {field}={theirs}, config has {ours}")
-        sd = {}
-        for k, v in hf.state_dict().items():
-            if k.startswith("bert.encoder.layer."):
-                i, rest = k[len("bert.encoder.layer."):].split(".", 1)
-                i = int(i)
-                k = f"bert.encoder.layer.{i}.{rest}" if i < cfg.fusion_layer else f"fusion.{i - cfg.fusion_layer}.{rest}"
-            elif k.startswith("cls.predictions.transform."):
-                k = "mlm_head." + k[len("cls.predictions."):]
-            elif k == "cls.predictions.bias":
-                k = "mlm_head.bias"
-            elif not k.startswith("bert.embeddings."):
-                continue  # pooler, tied decoder weight
-            sd[k] = v
-        res = self.load_state_dict(sd, strict=False)
-        if res.unexpected_keys:
-            raise ValueError(f"text_pretrained: unexpected keys {res.unexpected_keys[:8]}")
-        return {"missing": res.missing_keys}

@@ -5,35 +5,40 @@ Frames are encoded independently (space-only attention, as in Singularity), so t
 is M = B * T frames; time enters through learned temporal embeddings added to every token.
 
 Pipeline (`forward`):
-  embed             patches + spatial pos embed + temporal embed, one [CLS] per frame
+  embed             patches (+ spatial pos embed) + temporal embed, one [CLS] per frame
   random_masking    MAE: keep int(N * (1 - mask_ratio)) random patches per frame (train only)
-  blocks            timm `Block`s; at `sparsify_layers` the block runs `sparsify_block` instead
+  norm_pre          CLIP only: LayerNorm on the embedded tokens (per token, so after masking)
+  blocks            timm blocks of `vision_family` (`vit_blocks.py`); at `sparsify_layers` the block
+                    runs `block_forward` with EViT reorganisation between attention and MLP
   norm              final LayerNorm; output tokens [B, T, 1 + n_out, D]
 
-Token sparsification reuses the block's own attention pass: `attention_with_cls_row` computes q,
+Token sparsification reuses the block's own attention pass: `vit_blocks.attention` computes q,
 k, v once, runs fused SDPA over all tokens, and gets the [CLS] attention row explicitly from the
-same q and k (softmax(q_cls k^T * scale), one query per frame: O(n D), not O(n^2 D)); only
-sparsify blocks do this, the others run timm's own forward. Measured cost (`bench/cls_row.py`,
+same q and k (softmax(q_cls k^T * scale + bias), one query per frame: O(n D), not O(n^2 D)); only
+sparsify blocks (and BEiT blocks, whose relative position bias is gathered by the tokens' `ids`)
+do this, the others run timm's own forward. Measured cost (`bench/cls_row.py`,
 forward of one block's attention module, median of 100 interleaved runs, CPU, 1 thread, torch
 2.14, on a shared 2-core box): ViT-B (768 wide, 12 heads), 16 frames x 50 tokens: SDPA 42.7 ms,
 SDPA + row 43.8 ms (+2.5%), SDPA + a second full attention-matrix pass 76.5 ms (+79%);
 16 x 197 tokens: +3.0% vs +90%; tiny (192 wide, 3 heads), 32 x 13 tokens: 1.59 vs 1.77 ms
 (+11%, small-kernel overhead) vs +95%. Reproduce with `python bench/cls_row.py 768 12 16 50`.
+
+Pretrained weights load through `smaug.models.pretrained` (timm key names, strict, with a report).
 """
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import PatchEmbed, resample_abs_pos_embed, trunc_normal_
-from timm.models.vision_transformer import Block, init_weights_vit_timm
+from timm.layers import LayerNorm, PatchEmbed, trunc_normal_
+from timm.models.vision_transformer import init_weights_vit_timm
 
 from .common import maybe_checkpoint
 from .temporal import resize_time
+from .vit_blocks import attention, bias_index, gathered_bias, layer_scale, make_block
 
 
 def num_visible(num_patches: int, mask_ratio: float) -> int:
@@ -76,23 +81,12 @@ def random_masking(x: torch.Tensor, mask_ratio: float):
     return x_vis, mask, ids_keep
 
 
-def attention_with_cls_row(attn: nn.Module, x: torch.Tensor):
-    """The timm `Attention` forward, plus the head-averaged [CLS] attention row, in one pass.
+def attention_with_cls_row(attn: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None):
+    """A block's attention forward plus the head-averaged [CLS] attention row, in one pass.
 
-    x: [M, n, D] (token 0 = [CLS]) -> out [M, n, D], cls_attn [M, n - 1] (over non-[CLS] tokens).
+    x: [M, n, D] (token 0 = [CLS]), bias: BEiT's gathered bias or None -> out [M, n, D], cls_attn [M, n - 1].
     """
-    M, n, _ = x.shape
-    if getattr(attn, "gate", None) is not None:
-        raise NotImplementedError("gated attention is not supported at sparsify layers")
-    qkv = attn.qkv(x).reshape(M, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0)
-    row = ((q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)).float().softmax(dim=-1)  # [M, H, 1, n]
-    cls_attn = row.mean(dim=1).squeeze(1)[:, 1:]
-    out = out.transpose(1, 2).reshape(M, n, attn.attn_dim)
-    out = attn.proj_drop(attn.proj(attn.norm(out)))
-    return out, cls_attn
+    return attention(attn, x, bias, cls_row=True)
 
 
 def sparsify_tokens(x: torch.Tensor, cls_attn: torch.Tensor, ids: torch.Tensor, keep: int, mode: str = "fuse"):
@@ -132,20 +126,27 @@ class VideoEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         D = cfg.vision_width
-        self.patch_embed = PatchEmbed(cfg.image_size, cfg.patch_size, 3, D)
+        clip = cfg.vision_family == "clip"
+        self.patch_embed = PatchEmbed(cfg.image_size, cfg.patch_size, 3, D, bias=not clip)  # timm CLIP: no bias
         self.num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.num_patches, D))  # timm layout: [CLS] slot first
+        # timm layout: [CLS] slot first; None for BEiT-base (relative position bias only)
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.num_patches, D)) if cfg.vision_abs_pos else None
         self.temporal_embed = nn.Parameter(torch.zeros(1, cfg.num_frames, 1, D))  # zero: starts as the image model
+        self.norm_pre = LayerNorm(D, eps=cfg.vision_norm_eps) if clip else nn.Identity()
         dpr = [cfg.drop_path_rate * i / max(1, cfg.vision_depth - 1) for i in range(cfg.vision_depth)]  # as linspace
-        self.blocks = nn.ModuleList([
-            Block(D, cfg.vision_heads, cfg.vision_mlp_ratio, qkv_bias=cfg.vision_qkv_bias, drop_path=dpr[i])
-            for i in range(cfg.vision_depth)])
-        self.norm = nn.LayerNorm(D, eps=1e-6)
+        self.blocks = nn.ModuleList([make_block(cfg, self.patch_embed.grid_size, dpr[i]) for i in range(cfg.vision_depth)])
+        self.norm = LayerNorm(D, eps=cfg.vision_norm_eps)
         self.grad_checkpointing = False
-        trunc_normal_(self.pos_embed, std=0.02)
+        if self.pos_embed is not None:
+            trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
-        self.apply(init_weights_vit_timm)
+        self.apply(init_weights_vit_timm)  # Linear layers; BEiT's q/v biases, tables and layer scale self-initialise
+
+    @property
+    def rel_pos(self) -> bool:
+        """BEiT: every block has a relative position bias that must follow the tokens."""
+        return self.cfg.vision_family == "beit"
 
     def temporal(self, T: int) -> torch.Tensor:
         """Temporal embeddings for T frames [1, T, 1, D], linearly interpolated if T != num_frames."""
@@ -154,29 +155,49 @@ class VideoEncoder(nn.Module):
     def embed(self, video: torch.Tensor):
         """video: [B, T, 3, H, W] normalised -> patches [B*T, N, D], cls [B*T, 1, D]."""
         B, T = video.shape[:2]
-        x = self.patch_embed(video.flatten(0, 1)) + self.pos_embed[:, 1:]
+        x = self.patch_embed(video.flatten(0, 1))
+        cls = self.cls_token
+        if self.pos_embed is not None:
+            x, cls = x + self.pos_embed[:, 1:], cls + self.pos_embed[:, :1]
         te = self.temporal(T)
         x = (x.unflatten(0, (B, T)) + te).flatten(0, 1)
-        cls = (self.cls_token + self.pos_embed[:, :1] + te).expand(B, -1, -1, -1).flatten(0, 1)
+        cls = (cls + te).expand(B, -1, -1, -1).flatten(0, 1)
         return x, cls
 
-    def sparsify_block(self, blk: Block, x: torch.Tensor, ids: torch.Tensor):
-        """A timm `Block` with EViT reorganisation between attention and MLP.
+    def block_forward(self, blk: nn.Module, x: torch.Tensor, ids: torch.Tensor, idx: torch.Tensor | None,
+                      sparsify: bool):
+        """One block by hand: attention (+ BEiT's gathered relative bias), EViT reorganisation
+        between attention and MLP when `sparsify`, MLP.
 
-        x: [M, 1 + n, D], ids: [M, n] -> x [M, 1 + n', D], ids [M, n'].
+        x: [M, 1 + n, D], ids: [M, n], idx: [M or 1, 1 + n, 1 + n] bias rows (BEiT) or None
+        -> x [M, 1 + n', D], ids [M, n'].
         """
-        out, cls_attn = attention_with_cls_row(blk.attn, blk.norm1(x))
-        x = x + blk.drop_path1(blk.ls1(out))
-        keep = num_kept(x.shape[1] - 1, self.cfg.keep_ratio)
-        x, ids = sparsify_tokens(x, cls_attn, ids, keep, self.cfg.sparsify_mode)
-        x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
+        bias = gathered_bias(blk.attn, idx) if idx is not None else None  # [M or 1, H, 1 + n, 1 + n]
+        out, cls_attn = attention(blk.attn, blk.norm1(x), bias, cls_row=sparsify)
+        x = x + blk.drop_path1(layer_scale(blk, 1, out))
+        if sparsify:
+            keep = num_kept(x.shape[1] - 1, self.cfg.keep_ratio)
+            x, ids = sparsify_tokens(x, cls_attn, ids, keep, self.cfg.sparsify_mode)
+        x = x + blk.drop_path2(layer_scale(blk, 2, blk.mlp(blk.norm2(x))))
         return x, ids
 
-    def forward_blocks(self, x: torch.Tensor, ids: torch.Tensor):
-        """x: [M, 1 + n, D], ids: [M, n] -> normed x [M, 1 + n_out, D], ids [M, n_out]."""
+    def forward_blocks(self, x: torch.Tensor, ids: torch.Tensor, same_ids: bool = False):
+        """x: [M, 1 + n, D], ids: [M, n] -> normed x [M, 1 + n_out, D], ids [M, n_out].
+
+        same_ids: every frame holds the same tokens (no masking), so BEiT's bias is computed once
+        ([1, H, n, n], broadcast) until the first sparsify layer.
+        """
+        idx = None
         for i, blk in enumerate(self.blocks):
-            if i in self.cfg.sparsify_layers:
-                x, ids = maybe_checkpoint(self.grad_checkpointing, self.sparsify_block, blk, x, ids)
+            sparsify = i in self.cfg.sparsify_layers
+            if self.rel_pos and idx is None:  # BEiT: bias rows of the current token set (after each sparsify)
+                attn = blk.attn
+                idx = bias_index(attn.relative_position_index, ids[:1] if same_ids else ids,
+                                 attn.relative_position_bias_table.shape[0])
+            if sparsify or self.rel_pos:
+                x, ids = maybe_checkpoint(self.grad_checkpointing, self.block_forward, blk, x, ids, idx, sparsify)
+                if sparsify:
+                    idx, same_ids = None, False
             else:
                 x = maybe_checkpoint(self.grad_checkpointing, blk, x)
         return self.norm(x), ids
@@ -192,49 +213,5 @@ class VideoEncoder(nn.Module):
         else:
             ids = torch.arange(N, device=x.device).expand(M, -1)
         n_vis = x.shape[1]
-        x, ids = self.forward_blocks(torch.cat([cls, x], dim=1), ids)
+        x, ids = self.forward_blocks(self.norm_pre(torch.cat([cls, x], dim=1)), ids, same_ids=mask is None)
         return VideoEncoderOutput(x.unflatten(0, (B, T)), ids, mask, n_vis)
-
-    # ------------------------------------------------------------------ pretrained weights
-    @torch.no_grad()
-    def load_pretrained(self, name_or_path: str) -> dict:
-        """Load image-pretrained ViT weights: a local state dict (.pth/.pt/.bin/.safetensors; MAE's
-        {'model': ...} wrapper is fine) or a timm model name (needs the hub or its cache).
-
-        timm ViT key names are used as they are; `pos_embed` is resampled to this grid. Returns
-        {"missing": [...], "unexpected": [...]}; missing may only be `temporal_embed`.
-        """
-        if os.path.isfile(name_or_path):
-            if name_or_path.endswith(".safetensors"):
-                from safetensors.torch import load_file
-
-                sd = load_file(name_or_path)
-            else:
-                sd = torch.load(name_or_path, map_location="cpu", weights_only=True)
-            for key in ("model", "state_dict", "module"):
-                if isinstance(sd.get(key), dict):
-                    sd = sd[key]
-        else:
-            import timm
-
-            try:
-                sd = timm.create_model(name_or_path, pretrained=True, num_classes=0).state_dict()
-            except Exception as e:  # offline, unknown name, ...
-                raise ValueError(f"vision_pretrained={name_or_path!r}: not a file and timm could not load it ({e})") from e
-        grid = self.patch_embed.grid_size
-        if "pos_embed" in sd and sd["pos_embed"].shape != self.pos_embed.shape:
-            old = int(math.isqrt(sd["pos_embed"].shape[1] - 1))
-            sd["pos_embed"] = resample_abs_pos_embed(sd["pos_embed"], list(grid), old_size=[old, old], num_prefix_tokens=1)
-        own = self.state_dict()
-        for k, v in sd.items():
-            if k in own and own[k].shape != v.shape:
-                raise ValueError(f"vision_pretrained: {k} has shape {tuple(v.shape)}, model needs {tuple(own[k].shape)}")
-        res = self.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
-        missing = [k for k in res.missing_keys if k != "temporal_embed"]
-        if missing:
-            raise ValueError(f"vision_pretrained={name_or_path!r}: missing keys {missing[:8]} (not a timm ViT?)")
-        unexpected = sorted(set(sd) - set(own))
-        if any(k.startswith("blocks.") for k in unexpected):
-            raise ValueError(f"vision_pretrained={name_or_path!r}: has more blocks than vision_depth="
-                             f"{self.cfg.vision_depth} ({[k for k in unexpected if k.startswith('blocks.')][:2]} ...)")
-        return {"missing": res.missing_keys, "unexpected": unexpected}  # e.g. head, fc_norm: unused

@@ -39,7 +39,10 @@ class RunSection:
 class ModelSection:
     preset: Literal["tiny", "base"] = "base"  # SmaugConfig preset
     dense: bool = False  # True = Singularity-style dense baseline (no masking, no sparsify, all frames fused)
-    tokenizer: str = "bert-base-uncased"  # HF name or local dir of a fast tokenizer (tools/build_tokenizer.py makes one offline)
+    tokenizer: Optional[str] = None  # HF name or local dir of a fast tokenizer; None = the one of text_init (tools/build_tokenizer.py makes one offline)
+    vision_init: Optional[str] = None  # pretrained image tower: timm hub name (HF cache), local folder or weights file
+    text_init: Optional[str] = None  # pretrained BERT: hub name (HF cache) or local folder; fusion layers from its top layers
+    allow_random_init: bool = False  # a `base` run with neither init is refused unless this is true
     init_from: Optional[str] = None  # initialise weights (only) from a DeepSpeed checkpoint dir or an exported HF folder (fine-tuning)
     grad_checkpointing: bool = True  # non-reentrant activation checkpointing of ViT blocks and BERT layers
     overrides: dict = field(default_factory=dict)  # any SmaugConfig field, e.g. {mask_ratio: 0.9}
@@ -320,27 +323,46 @@ def validate(cfg: RunConfig) -> None:
 
         if not torch.cuda.is_available():
             raise ConfigError("train.device: 'cuda' requested but no CUDA device is visible")
-    # the model section must build a valid SmaugConfig (it validates its own fields)
+    m = cfg.model
+    if m.preset == "base" and not (m.vision_init or m.text_init or m.init_from or m.allow_random_init):
+        raise ConfigError("model.vision_init / model.text_init: neither is set, so this base run would pre-train the "
+                          "ViT and BERT from random weights; set them (e.g. beit_base_patch16_224.in22k_ft_in22k and "
+                          "bert-base-uncased, as pretrain_5m.yaml) or model.allow_random_init=true")
+    if not (m.tokenizer or m.text_init):
+        raise ConfigError("model.tokenizer: required when model.text_init is not set")
+    # the model section must build a valid SmaugConfig (it validates its own fields and the init checkpoints)
     model_config(cfg)
 
 
 def model_config(cfg: RunConfig, **tokenizer_fields):
-    """The SmaugConfig this run trains: preset + dense + overrides + data-derived fields."""
+    """The SmaugConfig this run trains: preset + dense + overrides + data-derived fields + the fields
+    the vision checkpoint (model.vision_init) fixes."""
     from smaug.models import SmaugConfig
+    from smaug.models.pretrained import init_config
 
     ov = dict(cfg.model.overrides)
     for k in ("num_frames", "image_size"):
         if k in ov and ov[k] != getattr(cfg.data, k):
             raise ConfigError(f"model.overrides.{k}: {ov[k]} conflicts with data.{k}={getattr(cfg.data, k)}; set data.{k} only")
+    explicit = dict(ov)
     ov.update(num_frames=cfg.data.num_frames, image_size=cfg.data.image_size, **tokenizer_fields)
     try:
-        return SmaugConfig.preset(cfg.model.preset, dense=cfg.model.dense, **ov)
+        mc = SmaugConfig.preset(cfg.model.preset, dense=cfg.model.dense, **ov)
+        # the vision checkpoint sets the block family, its options and mean/std; sizes are checked
+        return init_config(mc, cfg.model.vision_init, cfg.model.text_init, explicit)
     except (ValueError, TypeError, KeyError) as e:
         raise ConfigError(f"model: {e}") from e
 
 
 def save_resolved(cfg: RunConfig, path: Path) -> None:
+    """config.yaml; model.overrides also holds what model.vision_init fixed (family, block options, mean/std)."""
+    d = cfg.to_dict()
+    if cfg.model.vision_init:
+        no_init = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vision_init=None))
+        mc, base = model_config(cfg), model_config(no_init)
+        d["model"]["overrides"] = {**{k: _plain(v) for k, v in dataclasses.asdict(mc).items() if getattr(base, k) != v},
+                                   **d["model"]["overrides"]}
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         f.write("# Resolved configuration of this run (all defaults filled in).\n")
-        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+        yaml.safe_dump(d, f, sort_keys=False)

@@ -137,13 +137,15 @@ class Trainer:
                 print(f"[smaug] removed incomplete checkpoints: {removed}", flush=True)
         dist.barrier()
 
-        self.tokenizer = load_tokenizer(cfg.model.tokenizer)
+        self.tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.text_init)  # text_init's own by default
         tok = self.tokenizer
         self.mcfg = model_config(cfg, vocab_size=len(tok), pad_token_id=tok.pad_token_id,
                                  mask_token_id=tok.mask_token_id, cls_token_id=tok.cls_token_id,
                                  sep_token_id=tok.sep_token_id)
         model = SmaugModel(self.mcfg)
         found = ckpt.find_resume(self.out, cfg.ckpt.resume)
+        if found is None and not cfg.model.init_from:  # resume / init_from bring every weight themselves
+            self.init_towers(model)
         if cfg.model.init_from and found is None:  # a resumed run loads its own checkpoint instead
             from smaug.weights import load_weights
 
@@ -201,6 +203,19 @@ class Trainer:
         self.ds_skips_overflow = bf16_check or not self.engine.bfloat16_enabled()
         self._bad_norm = torch.zeros((), dtype=torch.int64, device=self.device)
         self._bad_norm_seen = 0
+
+    def init_towers(self, model) -> None:
+        """Pretrained towers (model.vision_init / text_init): strict load, `init_report.json`, summary first in the log."""
+        from smaug.models.pretrained import InitError, init_towers, summary_lines
+
+        try:
+            report = init_towers(model, self.cfg.model.vision_init, self.cfg.model.text_init)
+        except InitError as e:
+            raise ConfigError(str(e)) from e
+        if self.is_main:
+            (self.out / "init_report.json").write_text(json.dumps(report, indent=1) + "\n")
+        for line in summary_lines(report):
+            self._say(line)
 
     def _say(self, msg: str) -> None:
         if self.is_main:
