@@ -158,3 +158,12 @@ def test_base_run_without_pretrained_towers_is_refused(tmp_path, monkeypatch):
     assert main(args[:4]) == 2 and not out.exists()
     with pytest.raises(ConfigError, match=r"timm/beit_base_patch16_224.in22k_ft_in22k"):
         load_config([str(CONFIGS / "pretrain_5m.yaml")], [], str(out))
+
+
+def test_cli_takes_overrides_between_config_files():
+    """`--config a.yaml key=value --config b.yaml key=value`: argparse's plain parse_args refused the
+    overrides before a later --config ("unrecognized arguments")."""
+    from smaug.train.trainer import parse_args
+
+    args = parse_args(["--config", QS, "optim.lr=1e-3", "--config", "dense.yaml", "--out", "x", "train.steps=5"])
+    assert args.config == [QS, "dense.yaml"] and args.overrides == ["optim.lr=1e-3", "train.steps=5"]

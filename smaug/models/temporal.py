@@ -1,9 +1,10 @@
 """Temporal modelling over the frames' [CLS] tokens (Singularity-temporal, CLIP4Clip's seqTransf).
 
 The video encoder attends within each frame only (space-only, as Singularity), so its frame
-features know *when* they are (the temporal embedding) but not what the other frames show, and the
-mean of per-frame features cannot tell "moves left" from "moves right" (the same frames in reverse
-order give the same mean). `TemporalEncoder` lets the T frame [CLS] tokens attend to each other:
+features know *when* they are (the temporal embedding) but not what the other frames show: the mean
+of per-frame features combines frames additively, and telling "moves left" from "moves right" then
+needs every frame to encode its position times the sign of its time offset by itself.
+`TemporalEncoder` lets the T frame [CLS] tokens attend to each other:
 
     cls [B, T, D] + temporal position embedding -> `depth` timm `Block`s over T tokens -> [B, T, D]
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block, init_weights_vit_timm
 
 
@@ -38,9 +38,8 @@ class TemporalEncoder(nn.Module):
         super().__init__()
         self.pos_embed = nn.Parameter(torch.zeros(1, num_frames, width))  # [1, T, D]
         self.blocks = nn.ModuleList([Block(width, heads, mlp_ratio, qkv_bias=True) for _ in range(depth)])
-        trunc_normal_(self.pos_embed, std=0.02)
         self.apply(init_weights_vit_timm)
-        for blk in self.blocks:  # residual branches start at zero: the module starts as the identity
+        for blk in self.blocks:  # zero position embedding and residual branches: the module starts as the identity
             nn.init.zeros_(blk.attn.proj.weight)
             nn.init.zeros_(blk.mlp.fc2.weight)
 

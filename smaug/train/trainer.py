@@ -41,7 +41,7 @@ def parse_args(argv):
     p.add_argument("--out", default=None, help="output directory (or run.output_dir=..., or $SMAUG_OUTPUT)")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 train.steps=100")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # overrides may come between --config files
 
 
 def _free_port() -> int:
