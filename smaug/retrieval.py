@@ -453,8 +453,9 @@ def retrieval_report(res: dict, *, split: str, data: dict, frames: int, image_si
                      precision: str, device: str, world_size: int, skipped: dict, step=None,
                      checkpoint=None, checkpoint_kind=None) -> dict:
     """The report of an `evaluate` result: {"protocol": how the numbers were made, "results": {ranking:
-    metrics or None, "vtm_acc", "vtm_pos_frac"}}. One schema for `tools/eval_retrieval.py --out` and the
-    trainer's eval.json. Per-set counts and chance levels live in the protocol, not in each ranking."""
+    metrics or None, "vtm_acc", "vtm_pos_frac"}, "warnings": `report_warnings`}. One schema for
+    `tools/eval_retrieval.py --out` and the trainer's eval.json. Per-set counts and chance levels live
+    in the protocol, not in each ranking."""
     opt, vtc = res["options"], res["vtc"]
     k = opt["k"]
     protocol = {
@@ -480,7 +481,21 @@ def retrieval_report(res: dict, *, split: str, data: dict, frames: int, image_si
     results = {name: ({key: v for key, v in res[name].items() if key not in _PER_SET} if res[name] else None)
                for name in RANKINGS if name != "vtc_dsl" or opt["dsl"]}
     results.update(vtm_acc=res["vtm_acc"], vtm_pos_frac=res["vtm_pos_frac"])
-    return {"protocol": protocol, "results": results}
+    return {"protocol": protocol, "results": results, "warnings": report_warnings(results)}
+
+
+def report_warnings(results: dict) -> list[str]:
+    """What in a report's `results` should not pass silently: a VTM head no better than its label
+    prior on the scored pairs, and a VTM-based ranking with a lower R@1 than VTC alone."""
+    out = []
+    if results.get("vtm_acc") is not None and results["vtm_acc"] <= 1 - results["vtm_pos_frac"]:
+        out.append(f"the VTM head is no better than its label prior: pair accuracy {results['vtm_acc']:.3f}, "
+                   f"always-'no' {1 - results['vtm_pos_frac']:.3f}")
+    for name in ("vtm", "combined"):
+        for d in ("t2v", "v2t") if results.get(name) else ():
+            if results[name][f"{d}_r1"] < results["vtc"][f"{d}_r1"]:
+                out.append(f"{name} {d} R@1 {results[name][f'{d}_r1']:.2f} is below VTC's {results['vtc'][f'{d}_r1']:.2f}")
+    return out
 
 
 def report_scalars(report: dict) -> dict:

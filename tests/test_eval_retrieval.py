@@ -200,6 +200,17 @@ def test_combined_scores_are_vtc_probability_times_vtm_probability():
         assert R.rerank_scores(sim, topk, torch.tensor([vtm]))[0].argsort(descending=True).tolist()[:2] == [1, 0]
 
 
+def test_report_warns_when_vtm_is_at_its_prior_or_below_vtc():
+    vtc = {"t2v_r1": 5.0, "v2t_r1": 9.0}
+    ok = {"vtc": vtc, "vtm": {"t2v_r1": 6.0, "v2t_r1": 9.0}, "combined": {"t2v_r1": 5.0, "v2t_r1": 10.0},
+          "vtm_acc": 0.95, "vtm_pos_frac": 0.1}
+    assert R.report_warnings(ok) == []
+    bad = {**ok, "vtm": {"t2v_r1": 4.5, "v2t_r1": 9.0}, "vtm_acc": 0.9}
+    w = R.report_warnings(bad)
+    assert len(w) == 2 and "no better than its label prior" in w[0] and "vtm t2v R@1 4.50 is below VTC's 5.00" == w[1]
+    assert R.report_warnings({"vtc": vtc, "vtm": None, "combined": None, "vtm_acc": None, "vtm_pos_frac": None}) == []
+
+
 def test_dual_softmax_over_the_text_axis_fixes_a_hub_video():
     """Video 0 is a hub, nearest to every text; texts 0-2 belong to videos 1-3."""
     sim = torch.tensor([[0.9, 0.8, 0.1, 0.1],
@@ -363,7 +374,10 @@ def test_eval_agrees_with_trainer_periodic_eval(pretrained_run, base_report):
     """The trainer's eval.json (eval.rerank_k = 16 by default) is the tool's report: same schema, same numbers."""
     report, stdout = base_report
     trainer = json.loads((pretrained_run / "eval.json").read_text())
-    assert set(trainer) == {"protocol", "results"}
+    assert set(trainer) == {"protocol", "results", "warnings"}
+    assert trainer["warnings"] == report["warnings"] == R.report_warnings(report["results"])
+    for w in report["warnings"]:
+        assert f"WARNING: {w}" in stdout
     print(f"\ntrainer eval.json (step {trainer['protocol']['step']}) vs eval_retrieval:")
     for name in ("vtc", "vtm", "combined"):
         for k in METRIC_KEYS:

@@ -89,6 +89,8 @@ def test_finetuning_raises_r1_over_zero_shot(pretrained_run, synthetic_shards, t
               + f" | vtm_acc {res['vtm_acc']:.3f} (always-no {1 - res['vtm_pos_frac']:.3f})")
     assert rep["finetuned_r1"].keys() == {"vtc", "vtm", "combined"}
     assert "combined t2v R@1" in r.stdout and "vtm_acc" in r.stdout  # the summary shows all three and the VTM check
+    for w in ft["warnings"]:  # e.g. a VTM rerank below VTC: said, not left for the reader to spot
+        assert f"fine-tuned WARNING: {w}" in r.stdout
     assert ft_r1 > zs_r1, f"fine-tuning did not raise R@1: zero-shot {zs_r1:.2f}, fine-tuned {ft_r1:.2f}"
 
 

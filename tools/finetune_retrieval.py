@@ -167,6 +167,8 @@ def main(argv=None) -> int:
             if res.get("vtm_acc") is not None:
                 line += f"  vtm_acc {res['vtm_acc']:.3f} (always-no {1 - res['vtm_pos_frac']:.3f})"
             print(f"[finetune] {name:<10} {line}", flush=True)
+            for w in rep["warnings"]:
+                print(f"[finetune] {name:<10} WARNING: {w}", flush=True)
     print(f"[finetune] report: {out / 'finetune_report.json'}", flush=True)
     return 0
 

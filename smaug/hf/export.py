@@ -76,6 +76,7 @@ def _fmt_metrics(title: str, report: dict) -> list[str]:
     if res.get("vtm_acc") is not None:
         rows.append(f"\nVTM pair accuracy on the scored pairs: {res['vtm_acc']:.3f} "
                     f"(an always-'no' head: {1 - res['vtm_pos_frac']:.3f}).")
+    rows += [f"\n**Warning**: {w}." for w in report["warnings"]]
     return rows
 
 

@@ -317,6 +317,8 @@ class Trainer:
                   + (f"  vtm_acc {acc:.3f} (always-no {1 - report['results']['vtm_pos_frac']:.3f})"
                      if acc is not None else "")
                   + f" (chance R@1 {report['protocol']['chance_r1']:.1f}, {report['protocol']['num_videos']} clips)")
+        for warning in report["warnings"]:
+            self._say(f"[smaug] eval step {self.step} WARNING: {warning}")
         if self.is_main:
             (self.out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
         return report
