@@ -484,6 +484,14 @@ def retrieval_report(res: dict, *, split: str, data: dict, frames: int, image_si
     return {"protocol": protocol, "results": results, "warnings": report_warnings(results)}
 
 
+def ranking_rows(results: dict):
+    """(ranking, direction, R@1, R@5, R@10, MedR, MeanR) for each ranking present in a report's `results`,
+    in table order (for the tool's table and the model card)."""
+    for name in RANKINGS:
+        for d in ("t2v", "v2t") if results.get(name) else ():
+            yield (name, d, *(results[name][f"{d}_{key}"] for key in ("r1", "r5", "r10", "medr", "meanr")))
+
+
 def report_warnings(results: dict) -> list[str]:
     """What in a report's `results` should not pass silently: a VTM head no better than its label
     prior on the scored pairs, and a VTM-based ranking with a lower R@1 than VTC alone."""

@@ -151,20 +151,15 @@ def build_loader(args, dcfg, tokenizer, rank: int, world: int):
 
 
 def format_table(report: dict) -> str:
-    from smaug.retrieval import RANKINGS
+    from smaug.retrieval import ranking_rows
 
     pr, res = report["protocol"], report["results"]
     head = (f"retrieval  split={pr['split']}  clips={pr['num_videos']}  queries={pr['num_texts']}  "
             f"frames={pr['frames']}  k={pr['k']}  pooling={pr['pooling']}  checkpoint={pr['checkpoint']}"
             + (f" (step {pr['step']})" if pr.get("step") is not None else ""))
     lines = [head, f"{'method':<10}{'dir':<5}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'MedR':>8}{'MeanR':>9}"]
-    for name in RANKINGS:
-        m = res.get(name)
-        if not m:
-            continue
-        for d in ("t2v", "v2t"):
-            lines.append(f"{name:<10}{d:<5}{m[f'{d}_r1']:>8.2f}{m[f'{d}_r5']:>8.2f}{m[f'{d}_r10']:>8.2f}"
-                         f"{m[f'{d}_medr']:>8.1f}{m[f'{d}_meanr']:>9.2f}")
+    for name, d, r1, r5, r10, medr, meanr in ranking_rows(res):
+        lines.append(f"{name:<10}{d:<5}{r1:>8.2f}{r5:>8.2f}{r10:>8.2f}{medr:>8.1f}{meanr:>9.2f}")
     lines.append(f"chance R@1/5/10: t2v {pr['chance_r1']:.2f} / {pr['chance_r5']:.2f} / {pr['chance_r10']:.2f}, "
                  f"v2t {pr['v2t_chance_r1']:.2f} / {pr['v2t_chance_r5']:.2f} / {pr['v2t_chance_r10']:.2f}")
     if res.get("vtm_acc") is not None:

@@ -58,7 +58,7 @@ def verify_export(model, folder: Path, seed: int = 0) -> float:
 def _fmt_metrics(title: str, report: dict) -> list[str]:
     """Markdown table of a retrieval report (`smaug.retrieval.retrieval_report`: eval_retrieval's JSON or
     the trainer's eval.json)."""
-    from smaug.retrieval import RANKINGS
+    from smaug.retrieval import ranking_rows
 
     proto, res = report["protocol"], report["results"]
     rows = [f"{title}: {proto['num_videos']} clips, {proto['num_texts']} queries, {proto['frames']} frames per clip, "
@@ -66,13 +66,8 @@ def _fmt_metrics(title: str, report: dict) -> list[str]:
             f"combined: by VTC log-softmax + VTM log-sigmoid).\n"]
     rows.append("| method | direction | R@1 | R@5 | R@10 | MedR | MeanR |")
     rows.append("|---|---|---|---|---|---|---|")
-    for name in RANKINGS:
-        m = res.get(name)
-        if not m:
-            continue
-        for d in ("t2v", "v2t"):
-            rows.append(f"| {name} | {d} | {m[f'{d}_r1']:.1f} | {m[f'{d}_r5']:.1f} | {m[f'{d}_r10']:.1f} | "
-                        f"{m[f'{d}_medr']:.1f} | {m[f'{d}_meanr']:.1f} |")
+    for name, d, *values in ranking_rows(res):
+        rows.append(f"| {name} | {d} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
     if res.get("vtm_acc") is not None:
         rows.append(f"\nVTM pair accuracy on the scored pairs: {res['vtm_acc']:.3f} "
                     f"(an always-'no' head: {1 - res['vtm_pos_frac']:.3f}).")
