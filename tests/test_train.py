@@ -78,11 +78,16 @@ def test_train_world1_loss_falls_and_logs(train_data, tmp_path):
         assert key in rec, key
     assert 0 <= rec["vtm_acc"] <= 1 and 0 < rec["grad_norm"] < float("inf")
     assert 0 <= rec["data_wait_frac"] <= 1 and rec["clips_per_s"] > 0
-    evals = [r for r in records(out) if "eval/t2v_r1" in r]
+    evals = [r for r in records(out) if "eval/vtc/t2v_r1" in r]
     assert [r["step"] for r in evals] == [12, 24]
-    report = json.loads((out / "eval.json").read_text())
-    assert {"t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "chance_r1"} <= set(report)
-    assert report["frames"] == 6 and report["method"] == "vtc"  # the protocol is recorded
+    for key in ("eval/vtm/t2v_r1", "eval/combined/t2v_r1", "eval/vtm_acc", "eval/vtm_pos_frac", "eval/chance_r1"):
+        assert key in evals[-1], key
+    report = json.loads((out / "eval.json").read_text())  # tools/eval_retrieval.py's report schema
+    for name in ("vtc", "vtm", "combined"):
+        assert {"t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_medr"} <= set(report["results"][name]), name
+    assert 0 <= report["results"]["vtm_acc"] <= 1
+    pr = report["protocol"]
+    assert pr["frames"] == 6 and pr["k"] == 16 and pr["step"] == 24 and "chance_r1" in pr  # the protocol is recorded
     assert (out / "config.yaml").is_file() and (out / "ds_config.json").is_file()
     ds = json.loads((out / "ds_config.json").read_text())
     assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["zero_optimization"]["stage"] == 2

@@ -7,9 +7,25 @@
     torchrun --nproc_per_node 8 tools/eval_retrieval.py ...      # ranks split the clips and the rerank work
 
 Method (Singularity's): VTC cosine similarity for all (text, video) pairs, then the VTM head
-rescores the top-k candidates of every query (k = --k, default 128; --k 0 = VTC only). Metrics
-for VTC alone and for reranked, both directions: R@1/5/10 (percent), median and mean rank
-(1-based). Every caption of a clip is a text query; video->text counts the best-ranked caption.
+rescores the top-k candidates of every query (k = --k, default 128; --k 0 = VTC only). Three
+rankings, both directions, R@1/5/10 (percent), median and mean rank (1-based):
+  vtc       VTC similarity alone;
+  vtm       the top-k by VTM logit, then the rest in VTC order (Singularity's rerank);
+  combined  the top-k by log softmax(sim / temp) over all videos (t2v) or texts (v2t) + log
+            sigmoid(VTM logit), temp the model's VTC temperature (VTC's retrieval probability x
+            VTM's match probability), then the rest in VTC order.
+Next to them, vtm_acc: the VTM pair accuracy on the scored pairs, and the fraction of positives
+among them (an always-"no" head scores 1 - that). Ties count at their expected rank under a random
+order (all-equal scores give chance level); the median rank of an even count is the mean of the
+two middle ranks (np.median). Every caption of a clip is a text query; video->text counts the
+best-ranked caption.
+
+Protocol options: --pooling embed (cosine of the mean-pooled, normalised video embedding) or
+frame_sim (mean over frames of each normalised frame embedding's cosine with the text); --dsl
+adds dual-softmax VTC results (vtc_dsl: sim * softmax(100 sim) over the texts of each video for
+t2v, over the videos of each text for v2t) next to the plain ones; --paragraph joins each clip's
+captions (space-separated, in order) into one query (DiDeMo / ActivityNet paragraph retrieval),
+truncated to --max-text-len tokens.
 
 --checkpoint: a DeepSpeed checkpoint (run dir, its checkpoints/ dir, or a step dir) or an
 exported Hugging Face folder. Data: --shards SPEC (shard spec, dir, manifest or corpus:NAME;
@@ -19,8 +35,9 @@ batch size, workers and caption length default to the run's eval settings, so wi
 the numbers equal the trainer's periodic eval (VTC).
 
 Output: a readable table on stdout and a JSON report (--out) recording the protocol
-(checkpoint, step, frames, k, split, data, clip/caption counts, chance levels, precision,
-world size) next to the metrics.
+(checkpoint, step, frames, k, pooling, dsl, queries, split, data, clip/caption counts, chance
+levels, precision, world size) next to the metrics: `smaug.retrieval.retrieval_report`, the schema
+of the trainer's eval.json too.
 """
 from __future__ import annotations
 
@@ -53,6 +70,12 @@ def parse_args(argv=None):
     p.add_argument("--split", default=None, help="name of the split, recorded in the report (default: the data path)")
     p.add_argument("--frames", type=int, default=0, help="frames per clip (default: the run's eval frames)")
     p.add_argument("--k", type=int, default=128, help="VTM rerank top-k per query (0 = VTC only; default 128)")
+    p.add_argument("--pooling", default="embed", choices=["embed", "frame_sim"],
+                   help="embed: cosine of the mean-pooled video embedding; frame_sim: mean of per-frame cosines")
+    p.add_argument("--dsl", action="store_true", help="also report dual-softmax VTC results (results.vtc_dsl)")
+    p.add_argument("--paragraph", action="store_true",
+                   help="one query per clip: its captions joined by spaces, in order (paragraph retrieval)")
+    p.add_argument("--max-text-len", type=int, default=0, help="query tokens incl. [CLS]/[SEP] (default: the run's)")
     p.add_argument("--batch-size", type=int, default=0, help="clips per batch (default: the run's eval batch)")
     p.add_argument("--workers", type=int, default=-1, help="decoding workers per process (default: the run's)")
     p.add_argument("--rerank-batch", type=int, default=64, help="(text, video) pairs per VTM forward")
@@ -69,8 +92,8 @@ def parse_args(argv=None):
         p.error("--shards and --json are exclusive")
     if args.json and not args.video_root:
         p.error("--json needs --video-root")
-    if args.k < 0 or args.frames < 0:
-        p.error("--k and --frames must be >= 0")
+    if args.k < 0 or args.frames < 0 or args.max_text_len < 0:
+        p.error("--k, --frames and --max-text-len must be >= 0")
     return args
 
 
@@ -104,6 +127,8 @@ def data_config(run_config: dict, cfg, args):
         repl["num_workers"] = args.workers
     if args.shards_root:
         repl["shards_root"] = args.shards_root
+    if args.max_text_len:
+        repl["max_text_len"] = args.max_text_len
     return dataclasses.replace(dcfg, **repl)
 
 
@@ -126,25 +151,27 @@ def build_loader(args, dcfg, tokenizer, rank: int, world: int):
 
 
 def format_table(report: dict) -> str:
+    from smaug.retrieval import ranking_rows
+
     pr, res = report["protocol"], report["results"]
-    head = (f"retrieval  split={pr['split']}  clips={pr['num_videos']}  captions={pr['num_texts']}  "
-            f"frames={pr['frames']}  k={pr['k']}  checkpoint={pr['checkpoint']}"
+    head = (f"retrieval  split={pr['split']}  clips={pr['num_videos']}  queries={pr['num_texts']}  "
+            f"frames={pr['frames']}  k={pr['k']}  pooling={pr['pooling']}  checkpoint={pr['checkpoint']}"
             + (f" (step {pr['step']})" if pr.get("step") is not None else ""))
     lines = [head, f"{'method':<10}{'dir':<5}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'MedR':>8}{'MeanR':>9}"]
-    for name in ("vtc", "reranked"):
-        m = res.get(name)
-        if not m:
-            continue
-        for d in ("t2v", "v2t"):
-            lines.append(f"{name:<10}{d:<5}{m[f'{d}_r1']:>8.2f}{m[f'{d}_r5']:>8.2f}{m[f'{d}_r10']:>8.2f}"
-                         f"{m[f'{d}_medr']:>8.1f}{m[f'{d}_meanr']:>9.2f}")
-    lines.append(f"chance R@1/5/10: {pr['chance_r1']:.2f} / {pr['chance_r5']:.2f} / {pr['chance_r10']:.2f}")
+    for name, d, r1, r5, r10, medr, meanr in ranking_rows(res):
+        lines.append(f"{name:<10}{d:<5}{r1:>8.2f}{r5:>8.2f}{r10:>8.2f}{medr:>8.1f}{meanr:>9.2f}")
+    lines.append(f"chance R@1/5/10: t2v {pr['chance_r1']:.2f} / {pr['chance_r5']:.2f} / {pr['chance_r10']:.2f}, "
+                 f"v2t {pr['v2t_chance_r1']:.2f} / {pr['v2t_chance_r5']:.2f} / {pr['v2t_chance_r10']:.2f}")
+    if res.get("vtm_acc") is not None:
+        lines.append(f"VTM pair accuracy on the {pr['num_pairs_reranked']} scored pairs: {res['vtm_acc']:.3f} "
+                     f"(positives {res['vtm_pos_frac']:.3f}; always-'no' scores {1 - res['vtm_pos_frac']:.3f})")
+    lines += [f"WARNING: {w}" for w in report["warnings"]]
     return "\n".join(lines)
 
 
 def run(args) -> dict:
     from smaug.data import load_tokenizer
-    from smaug.retrieval import evaluate
+    from smaug.retrieval import evaluate, retrieval_report
     from smaug.weights import model_from_checkpoint, read_client_state, resolve_checkpoint
 
     kind = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -160,24 +187,14 @@ def run(args) -> dict:
     loader, split, data_desc = build_loader(args, dcfg, tokenizer, rank, world)
     t0 = time.perf_counter()
     res = evaluate(model, loader, tokenizer, device, k=args.k, max_text_len=dcfg.max_text_len,
-                   max_samples=args.max_samples, offload=args.offload_features, batch_size=args.rerank_batch)
+                   max_samples=args.max_samples, offload=args.offload_features, batch_size=args.rerank_batch,
+                   pooling=args.pooling, dsl=args.dsl, paragraph=args.paragraph)
     elapsed = time.perf_counter() - t0
-    vtc = res["vtc"]
-    protocol = {
-        "checkpoint": str(ref.path), "checkpoint_kind": ref.kind, "step": step, "split": split, **data_desc,
-        "frames": dcfg.num_frames, "image_size": dcfg.image_size, "decode_short_side": dcfg.short_side,
-        "frame_sampling": "segment centres", "crop": "short-side resize + centre crop",
-        "k": args.k, "rerank": ("VTM logit of the VTC top-k per query, then VTC order" if args.k else "none"),
-        "similarity": "cosine of L2-normalised VTC embeddings (video: mean of frame [CLS] projections)",
-        "num_videos": vtc["num_videos"], "num_texts": vtc["num_texts"],
-        "chance_r1": vtc["chance_r1"], "chance_r5": vtc["chance_r5"], "chance_r10": vtc["chance_r10"],
-        "max_text_len": dcfg.max_text_len, "precision": args.precision, "device": device.type, "world_size": world,
-        "num_pairs_reranked": res["num_pairs_scored"], "skipped": loader.skip_counts(),
-    }
-    strip = ("num_videos", "num_texts", "chance_r1", "chance_r5", "chance_r10")
-    results = {name: ({k: v for k, v in m.items() if k not in strip} if m else None)
-               for name, m in (("vtc", vtc), ("reranked", res["reranked"]))}
-    return {"protocol": protocol, "results": results, "seconds": round(elapsed, 2), "rank": rank}
+    report = retrieval_report(res, checkpoint=str(ref.path), checkpoint_kind=ref.kind, step=step, split=split,
+                              data=data_desc, frames=dcfg.num_frames, image_size=dcfg.image_size,
+                              decode_short_side=dcfg.short_side, precision=args.precision, device=device.type,
+                              world_size=world, skipped=loader.skip_counts())
+    return {**report, "seconds": round(elapsed, 2), "rank": rank}
 
 
 def main(argv=None) -> int:

@@ -16,7 +16,8 @@ Steps (each one resumable: rerunning the same command continues where it stopped
    schedule) [--config more.yaml] model.init_from=INIT data.train_shards=... data.eval_shards=...
    [key=value ...]. The trainer's own periodic eval runs on the eval split.
 4. Evaluation of the fine-tuned checkpoint on the eval split, then a summary of zero-shot vs
-   fine-tuned R@1 (OUT/finetune_report.json).
+   fine-tuned R@1 of each ranking (vtc, vtm, combined; OUT/finetune_report.json), with the VTM
+   pair accuracy next to its always-"no" prior, so a VTM head that reranks worse than VTC shows.
 
 --init: a DeepSpeed checkpoint (run dir, checkpoints/ dir or step dir) or an exported HF folder.
 """
@@ -126,8 +127,11 @@ def evaluate(checkpoint: str, eval_shards: str, out_json: Path, args, tokenizer:
 
 
 def _r1(report: dict) -> dict:
+    """R@1 of each ranking of a report (vtc, vtm, combined, vtc_dsl when present), both directions."""
+    from smaug.retrieval import RANKINGS
+
     res = report["results"]
-    return {m: {d: res[m][f"{d}_r1"] for d in ("t2v", "v2t")} for m in ("vtc", "reranked") if res.get(m)}
+    return {m: {d: res[m][f"{d}_r1"] for d in ("t2v", "v2t")} for m in RANKINGS if res.get(m)}
 
 
 def main(argv=None) -> int:
@@ -158,9 +162,13 @@ def main(argv=None) -> int:
     (out / "finetune_report.json").write_text(json.dumps(summary, indent=2) + "\n")
     for name, rep in (("zero-shot", zs), ("fine-tuned", ft)):
         if rep:
-            r = _r1(rep)
+            r, res = _r1(rep), rep["results"]
             line = "  ".join(f"{m} t2v R@1 {v['t2v']:.2f} v2t R@1 {v['v2t']:.2f}" for m, v in r.items())
+            if res.get("vtm_acc") is not None:
+                line += f"  vtm_acc {res['vtm_acc']:.3f} (always-no {1 - res['vtm_pos_frac']:.3f})"
             print(f"[finetune] {name:<10} {line}", flush=True)
+            for w in rep["warnings"]:
+                print(f"[finetune] {name:<10} WARNING: {w}", flush=True)
     print(f"[finetune] report: {out / 'finetune_report.json'}", flush=True)
     return 0
 

@@ -56,24 +56,22 @@ def verify_export(model, folder: Path, seed: int = 0) -> float:
 
 
 def _fmt_metrics(title: str, report: dict) -> list[str]:
-    """Markdown table of a retrieval report (eval_retrieval JSON or the trainer's eval.json)."""
-    rows = []
-    if "results" in report:  # tools/eval_retrieval.py report
-        proto = report.get("protocol", {})
-        rows.append(f"{title}: {proto.get('num_videos', '?')} clips, {proto.get('num_texts', '?')} captions, "
-                    f"{proto.get('frames', '?')} frames per clip, split `{proto.get('split', '?')}`, "
-                    f"VTM rerank top-k = {proto.get('k', '?')}.\n")
-        methods = [(m, report["results"][m]) for m in ("vtc", "reranked") if report["results"].get(m)]
-    else:  # the trainer's eval.json (VTC only)
-        rows.append(f"{title}: trainer's periodic zero-shot eval at step {report.get('step', '?')}, "
-                    f"{report.get('num_videos', '?')} clips, VTC similarity only.\n")
-        methods = [("vtc", report)]
+    """Markdown table of a retrieval report (`smaug.retrieval.retrieval_report`: eval_retrieval's JSON or
+    the trainer's eval.json)."""
+    from smaug.retrieval import ranking_rows
+
+    proto, res = report["protocol"], report["results"]
+    rows = [f"{title}: {proto['num_videos']} clips, {proto['num_texts']} queries, {proto['frames']} frames per clip, "
+            f"split `{proto['split']}`, step {proto['step']}, VTM rerank top-k = {proto['k']} (vtm: by VTM logit; "
+            f"combined: by VTC log-softmax + VTM log-sigmoid).\n"]
     rows.append("| method | direction | R@1 | R@5 | R@10 | MedR | MeanR |")
     rows.append("|---|---|---|---|---|---|---|")
-    for name, m in methods:
-        for d in ("t2v", "v2t"):
-            rows.append(f"| {name} | {d} | {m[f'{d}_r1']:.1f} | {m[f'{d}_r5']:.1f} | {m[f'{d}_r10']:.1f} | "
-                        f"{m[f'{d}_medr']:.1f} | {m[f'{d}_meanr']:.1f} |")
+    for name, d, *values in ranking_rows(res):
+        rows.append(f"| {name} | {d} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
+    if res.get("vtm_acc") is not None:
+        rows.append(f"\nVTM pair accuracy on the scored pairs: {res['vtm_acc']:.3f} "
+                    f"(an always-'no' head: {1 - res['vtm_pos_frac']:.3f}).")
+    rows += [f"\n**Warning**: {w}." for w in report["warnings"]]
     return rows
 
 
@@ -146,7 +144,9 @@ def export_hf(checkpoint: str, out: str | Path, tokenizer: Optional[str] = None,
     if eval_report:
         reports.append(("Zero-shot retrieval (tools/eval_retrieval.py)", json.loads(Path(eval_report).read_text())))
     if ref.run_dir is not None and (ref.run_dir / "eval.json").is_file():
-        reports.append(("Trainer eval", json.loads((ref.run_dir / "eval.json").read_text())))
+        trainer_eval = json.loads((ref.run_dir / "eval.json").read_text())
+        if "results" in trainer_eval:  # the report schema (runs older than it wrote flat VTC metrics)
+            reports.append(("Trainer eval", trainer_eval))
     max_diff = verify_export(model, out) if verify else None
     (out / "README.md").write_text(model_card(cfg, run_config, str(ref.path), reports, max_diff))
     bad = find_pickles(out)

@@ -91,6 +91,7 @@ class EvalSection:
     every: int = 0  # zero-shot retrieval on data.eval_shards every N steps (0 = only at the end, if eval_shards set)
     num_frames: int = 0  # frames per clip at eval; 0 = same as training (data.num_frames)
     max_samples: int = 0  # cap on eval clips per rank (0 = all)
+    rerank_k: int = 16  # VTM reranks each query's top-k VTC candidates (vtm, combined rankings); 0 = VTC only
 
 
 SECTIONS = {
@@ -312,8 +313,9 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{key}: must be >= 1, got {v}")
     if not 0 <= t.unmasked_tail_steps <= t.steps:
         raise ConfigError(f"train.unmasked_tail_steps: must be in [0, train.steps={t.steps}], got {t.unmasked_tail_steps}")
-    if cfg.eval.every < 0:
-        raise ConfigError(f"eval.every: must be >= 0, got {cfg.eval.every}")
+    for key, v in (("eval.every", cfg.eval.every), ("eval.rerank_k", cfg.eval.rerank_k)):
+        if v < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {v}")
     if cfg.eval.every and not cfg.data.eval_shards:
         raise ConfigError("data.eval_shards: required when eval.every > 0")
     if not cfg.data.train_shards:

@@ -338,26 +338,39 @@ class Trainer:
         return path
 
     def evaluate(self) -> dict | None:
+        """Retrieval eval on data.eval_shards (`smaug.retrieval.evaluate`, VTC + the VTM rerankings of the
+        top eval.rerank_k): logs `eval/...` scalars and writes eval.json in the report schema of
+        tools/eval_retrieval.py. Collective with world > 1; returns the report."""
         cfg = self.cfg
         if not cfg.data.eval_shards:
             return None
         from smaug.data import build_eval_loader
-        from smaug.retrieval import zero_shot
+        from smaug.retrieval import evaluate, report_scalars, retrieval_report
 
         dcfg = dataclasses.replace(cfg.data, num_frames=cfg.eval.num_frames or cfg.data.num_frames)
         loader = build_eval_loader(dcfg, self.tokenizer, cfg.data.eval_shards, rank=self.rank, world_size=self.world)
         with _keep_rng(self.device):
-            metrics = zero_shot(self.model, loader, self.tokenizer, self.device, cfg.eval.max_samples,
-                                cfg.data.max_text_len)
-        metrics = {**metrics, "frames": dcfg.num_frames, "method": "vtc", "split": str(cfg.data.eval_shards)}
-        rec = {"step": self.step, **{f"eval/{k}": v for k, v in metrics.items()}}
-        self.monitor.log(rec)
-        self._say(f"[smaug] eval step {self.step}: t2v R@1 {metrics['t2v_r1']:.1f} R@5 {metrics['t2v_r5']:.1f} "
-                  f"v2t R@1 {metrics['v2t_r1']:.1f} (chance R@1 {metrics['chance_r1']:.1f}, "
-                  f"{metrics['num_videos']} clips)")
+            res = evaluate(self.model, loader, self.tokenizer, self.device, k=cfg.eval.rerank_k,
+                           max_text_len=cfg.data.max_text_len, max_samples=cfg.eval.max_samples)
+        report = retrieval_report(
+            res, step=self.step, split=str(cfg.data.eval_shards),
+            data={"shards": cfg.data.eval_shards, "shards_root": cfg.data.shards_root}, frames=dcfg.num_frames,
+            image_size=dcfg.image_size, decode_short_side=dcfg.short_side, precision=cfg.train.precision,
+            device=self.device.type, world_size=self.world, skipped=loader.skip_counts(),
+            checkpoint=str(self.out), checkpoint_kind="training run (in-process eval)")
+        self.monitor.log({"step": self.step, **{f"eval/{k}": v for k, v in report_scalars(report).items()}})
+        r1 = "  ".join(f"{name} t2v/v2t R@1 {m['t2v_r1']:.1f}/{m['v2t_r1']:.1f}"
+                       for name, m in report["results"].items() if isinstance(m, dict))
+        acc = report["results"]["vtm_acc"]
+        self._say(f"[smaug] eval step {self.step}: {r1}"
+                  + (f"  vtm_acc {acc:.3f} (always-no {1 - report['results']['vtm_pos_frac']:.3f})"
+                     if acc is not None else "")
+                  + f" (chance R@1 {report['protocol']['chance_r1']:.1f}, {report['protocol']['num_videos']} clips)")
+        for warning in report["warnings"]:
+            self._say(f"[smaug] eval step {self.step} WARNING: {warning}")
         if self.is_main:
-            (self.out / "eval.json").write_text(json.dumps({"step": self.step, **metrics}, indent=2) + "\n")
-        return metrics
+            (self.out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+        return report
 
     def run(self) -> int:
         cfg = self.cfg
