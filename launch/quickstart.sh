@@ -2,7 +2,8 @@
 # The main job on the built-in synthetic corpus, from a fresh machine, in one command:
 #   venv + installs -> synthetic corpus -> shards -> WordPiece tokenizer -> tiny pre-training
 #   (DeepSpeed ZeRO-2; CPU here, a GPU when one is visible) -> zero-shot retrieval on the
-#   held-out split (colour-shape-motion combinations never seen in training) -> eval.json.
+#   held-out split (colour-shape pairs never seen in training, with all four motions) -> eval.json, with
+#   top-1 colour / shape / motion accuracy against chance and a frozen-frame control (motion needs time).
 #
 #   bash launch/quickstart.sh
 #   QUICKSTART_DENSE=1 bash launch/quickstart.sh      # the dense baseline, same everything else
@@ -54,7 +55,8 @@ $py -m smaug.train "${cfgs[@]}" --out "$OUT" "model.tokenizer=$TOK" "$@"
 t_train=$(date +%s)
 
 echo "[quickstart] zero-shot retrieval on the held-out split"
-$py tools/eval_retrieval.py --checkpoint "$OUT" --split synthetic_test --k 16 --out "$OUT/eval.json"
+$py tools/eval_retrieval.py --checkpoint "$OUT" --split synthetic_test --k 16 --labels "$DATA/labels.json" \
+  --out "$OUT/eval.json"
 t_end=$(date +%s)
 echo
 echo "[quickstart] checkpoint: $OUT/checkpoints/$(cat "$OUT/checkpoints/latest")"

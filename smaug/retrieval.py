@@ -403,7 +403,8 @@ def evaluate(model, loader, tokenizer, device, k: int = 128, max_text_len: int =
     Returns {"vtc", "vtm", "combined", "vtc_dsl": metrics as `retrieval_metrics` or None,
     "vtm_acc", "vtm_pos_frac": VTM pair accuracy and positive fraction of the scored pairs or None,
     "num_pairs_scored": int, "keys": [...], "options": what was evaluated (for `retrieval_report`)},
-    and, for callers and not for JSON, "sim": [Nt, Nv] VTC similarity and "features": the Features.
+    and, for callers and not for JSON, "sim": [Nt, Nv] VTC similarity, "features": the Features and
+    "t2v_scores": {ranking: [Nt, Nv] final text->video scores} (vtc, and vtm / combined with k > 0).
     Collective with world > 1.
     """
     if pooling not in POOLINGS:
@@ -418,7 +419,7 @@ def evaluate(model, loader, tokenizer, device, k: int = 128, max_text_len: int =
     out = {"vtc": retrieval_metrics(sim, feats.txt2vid), "vtm": None, "combined": None,
            "vtc_dsl": retrieval_metrics(dual_softmax(sim, 0), feats.txt2vid, dual_softmax(sim, 1)) if dsl else None,
            "vtm_acc": None, "vtm_pos_frac": None, "num_pairs_scored": 0, "keys": feats.keys, "options": options,
-           "sim": sim, "features": feats}
+           "sim": sim, "features": feats, "t2v_scores": {"vtc": sim}}
     if k <= 0:
         return out
     top_t2v, top_v2t = candidate_pairs(sim, k)  # [Nt, kt], [Nv, kv]
@@ -436,8 +437,8 @@ def evaluate(model, loader, tokenizer, device, k: int = 128, max_text_len: int =
     for name, st, sv in (("vtm", s_t2v, s_v2t),
                          ("combined", combined_scores(sim, top_t2v, s_t2v, temp),
                           combined_scores(sim.t(), top_v2t, s_v2t, temp))):
-        out[name] = retrieval_metrics(rerank_scores(sim, top_t2v, st), feats.txt2vid,
-                                      rerank_scores(sim.t(), top_v2t, sv).t())
+        out["t2v_scores"][name] = rerank_scores(sim, top_t2v, st)
+        out[name] = retrieval_metrics(out["t2v_scores"][name], feats.txt2vid, rerank_scores(sim.t(), top_v2t, sv).t())
     out["vtm_acc"], out["vtm_pos_frac"] = vtm_pair_accuracy(
         pairs, torch.tensor([scores[p] for p in map(tuple, pairs.tolist())]), feats.txt2vid)
     out["num_pairs_scored"] = len(pairs)

@@ -441,6 +441,28 @@ def test_eval_protocol_options_are_recorded(pretrained_run, tmp_path):
     assert set(res["vtc_dsl"]) == set(res["vtc"]) and "vtc_dsl   t2v" in r.stdout
 
 
+def test_eval_labels_add_attribute_accuracy_and_the_frozen_frame_control(pretrained_run, synthetic_shards, base_report,
+                                                                       tmp_path):
+    """--labels: top-1 colour/shape/motion/combination accuracy per ranking, its frozen-frame control,
+    chance and the R@1 ceiling, from the corpus's labels.json; the retrieval numbers are unchanged."""
+    from smaug.eval.attributes import load_clip_labels
+
+    out = tmp_path / "attr.json"
+    labels = Path(synthetic_shards["corpus"]) / "labels.json"
+    r = run_tool("--checkpoint", pretrained_run, "--k", 16, "--labels", labels, "--out", out)
+    rep = json.loads(out.read_text())
+    att = rep["attributes"]
+    assert set(att["rankings"]) == set(att["frozen_frame_control"]) == {"vtc", "vtm", "combined"}
+    names = {"colour", "shape", "motion", "combination"}
+    assert all(set(v) == names for v in att["rankings"].values()) and set(att["chance"]) == names
+    assert att["num_queries"] == rep["protocol"]["num_texts"] and 0 < att["r1_ceiling"] <= 100
+    assert all(0 <= x <= 100 for v in att["rankings"].values() for x in v.values())
+    keys = set(load_clip_labels(labels))
+    assert keys and att["labels"] == str(labels.resolve())
+    assert rep["results"]["vtc"] == base_report[0]["results"]["vtc"]  # the control is a separate pass
+    assert "frozen frames" in r.stdout and "R@1 ceiling" in r.stdout
+
+
 def test_eval_bad_checkpoint_is_a_clear_error(tmp_path):
     r = run_tool("--checkpoint", tmp_path / "nope", "--shards", tmp_path, check=False)
     assert r.returncode == 2

@@ -86,6 +86,9 @@ def parse_args(argv=None):
                    help="fp32, or bf16 weights as the trainer's bf16 engine evaluates")
     p.add_argument("--offload-features", default="none", choices=["none", "cpu"],
                    help="keep the video tokens for reranking on CPU (big eval sets)")
+    p.add_argument("--labels", default=None,
+                   help="labels.json of the synthetic corpus: add top-1 attribute accuracies (colour, shape, motion, "
+                        "combination) per ranking, their frozen-frame control and the R@1 ceiling")
     p.add_argument("--out", default=None, help="write the JSON report here")
     args = p.parse_args(argv)
     if args.json and args.shards:
@@ -165,6 +168,10 @@ def format_table(report: dict) -> str:
     if res.get("vtm_acc") is not None:
         lines.append(f"VTM pair accuracy on the {pr['num_pairs_reranked']} scored pairs: {res['vtm_acc']:.3f} "
                      f"(positives {res['vtm_pos_frac']:.3f}; always-'no' scores {1 - res['vtm_pos_frac']:.3f})")
+    if report.get("attributes"):
+        from smaug.eval.attributes import format_attributes
+
+        lines += format_attributes(report["attributes"])
     lines += [f"WARNING: {w}" for w in report["warnings"]]
     return "\n".join(lines)
 
@@ -189,11 +196,23 @@ def run(args) -> dict:
     res = evaluate(model, loader, tokenizer, device, k=args.k, max_text_len=dcfg.max_text_len,
                    max_samples=args.max_samples, offload=args.offload_features, batch_size=args.rerank_batch,
                    pooling=args.pooling, dsl=args.dsl, paragraph=args.paragraph)
+    attributes = None
+    if args.labels:
+        from smaug.eval.attributes import attribute_report, frozen_frames, load_clip_labels
+
+        loader, _, _ = build_loader(args, dcfg, tokenizer, rank, world)
+        ctl = evaluate(model, loader, tokenizer, device, k=args.k, max_text_len=dcfg.max_text_len,
+                       max_samples=args.max_samples, offload=args.offload_features, batch_size=args.rerank_batch,
+                       pooling=args.pooling, paragraph=args.paragraph, video_transform=frozen_frames)
+        attributes = attribute_report(res["t2v_scores"], ctl["t2v_scores"], res["features"].txt2vid, res["keys"],
+                                      load_clip_labels(args.labels), str(Path(args.labels).resolve()))
     elapsed = time.perf_counter() - t0
     report = retrieval_report(res, checkpoint=str(ref.path), checkpoint_kind=ref.kind, step=step, split=split,
                               data=data_desc, frames=dcfg.num_frames, image_size=dcfg.image_size,
                               decode_short_side=dcfg.short_side, precision=args.precision, device=device.type,
                               world_size=world, skipped=loader.skip_counts())
+    if attributes is not None:
+        report["attributes"] = attributes
     return {**report, "seconds": round(elapsed, 2), "rank": rank}
 
 

@@ -73,6 +73,48 @@ def attribute_accuracy(sim: torch.Tensor, txt2vid: torch.Tensor, keys: list[str]
     return out
 
 
+def r1_ceiling(txt2vid: torch.Tensor, keys: list[str], labels: dict[str, dict]) -> float:
+    """Best expected t2v R@1 (%) of a model that gets every attribute right: clips sharing the query clip's
+    colour, shape and motion are indistinguishable to it, so a query's chance is 1 / (their number)."""
+    combo = [tuple(labels[k][a] for a in ATTRIBUTES) for k in keys]
+    count: dict = {}
+    for c in combo:
+        count[c] = count.get(c, 0) + 1
+    return 100.0 * sum(1.0 / count[combo[v]] for v in txt2vid.tolist()) / max(len(txt2vid), 1)
+
+
+def attribute_report(rankings: dict, control: dict, txt2vid: torch.Tensor, keys: list[str], labels: dict,
+                     source: str) -> dict:
+    """The `attributes` block of a retrieval report. rankings / control: {name: [Nt, Nv] t2v scores}, of the
+    model and of its frozen-frame control (the same checkpoint, every frame the middle one)."""
+    return {"labels": source, "num_queries": len(txt2vid), "r1_ceiling": r1_ceiling(txt2vid, keys, labels),
+            "rule": "top-1 video of each text query vs the query clip's labels; ties in expectation; chance = a "
+                    "uniformly drawn video; control = every frame replaced by the middle one",
+            "chance": {a: v["chance"] for a, v in attribute_accuracy(rankings["vtc"], txt2vid, keys, labels).items()
+                       if isinstance(v, dict)},
+            "rankings": {name: _accs(attribute_accuracy(s, txt2vid, keys, labels)) for name, s in rankings.items()},
+            "frozen_frame_control": {name: _accs(attribute_accuracy(s, txt2vid, keys, labels))
+                                     for name, s in control.items()}}
+
+
+def _accs(res: dict) -> dict:
+    return {a: v["acc"] for a, v in res.items() if isinstance(v, dict)}
+
+
+def format_attributes(block: dict) -> list[str]:
+    """Readable lines: accuracy per ranking, its frozen-frame control and chance, per attribute."""
+    names = (*ATTRIBUTES, "combination")
+    lines = [f"attributes (t2v top-1, %; {block['num_queries']} queries; R@1 ceiling {block['r1_ceiling']:.1f})",
+             f"{'ranking':<22}" + "".join(f"{n:>13}" for n in names)]
+    for name, accs in block["rankings"].items():
+        lines.append(f"{name:<22}" + "".join(f"{accs[n]:>13.1f}" for n in names))
+        ctl = block["frozen_frame_control"].get(name)
+        if ctl:
+            lines.append(f"{name + ' frozen frames':<22}" + "".join(f"{ctl[n]:>13.1f}" for n in names))
+    lines.append(f"{'chance':<22}" + "".join(f"{block['chance'][n]:>13.1f}" for n in names))
+    return lines
+
+
 def _acc(top: torch.Tensor, match: torch.Tensor) -> dict:
     """Expected top-1 accuracy (top: [Nt, Nv] tie weights) and its chance level (a uniform video), in %."""
     acc = (top * match.double()).sum(1).mean().item()

@@ -75,3 +75,16 @@ def draw_seed() -> int:
     """A seed from torch's global CPU generator (so torch.manual_seed makes a run repeatable). A CPU
     tensor: reading it is no device sync."""
     return int(torch.randint(0, 2**62, (1,)).item())
+
+
+def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:
+    """MAE's fixed 2-D sin-cos position embeddings: [grid * grid, dim] (row-major patches)."""
+    if dim % 4:
+        raise ValueError(f"sin-cos position embeddings need a width divisible by 4, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing="ij")
+    parts = []
+    for pos in (xs.flatten(), ys.flatten()):  # MAE order: first half encodes w, second half h
+        out = pos[:, None] * omega[None]
+        parts += [out.sin(), out.cos()]
+    return torch.cat(parts, dim=1).float()

@@ -13,20 +13,7 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block, init_weights_vit_timm
 
-from .common import maybe_checkpoint
-
-
-def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:
-    """MAE's fixed 2-D sin-cos position embeddings: [grid * grid, dim] (row-major patches)."""
-    if dim % 4:
-        raise ValueError(f"decoder_width must be divisible by 4 for sin-cos embeddings, got {dim}")
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
-    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing="ij")
-    parts = []
-    for pos in (xs.flatten(), ys.flatten()):  # MAE order: first half encodes w, second half h
-        out = pos[:, None] * omega[None]
-        parts += [out.sin(), out.cos()]
-    return torch.cat(parts, dim=1).float()
+from .common import maybe_checkpoint, sincos_pos_embed_2d
 
 
 def patchify(frames: torch.Tensor, patch: int) -> torch.Tensor:

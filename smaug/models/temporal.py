@@ -6,11 +6,15 @@ of per-frame features combines frames additively, and telling "moves left" from 
 needs every frame to encode its position times the sign of its time offset by itself.
 `TemporalEncoder` lets the T frame [CLS] tokens attend to each other:
 
-    cls [B, T, D] + temporal position embedding -> `depth` timm `Block`s over T tokens -> [B, T, D]
+    x = cls + time [B, T, D] -> `depth` timm `Block`s over T tokens -> x - time [B, T, D]
 
-It is cheap (T tokens per clip, not T x N) and starts as the identity (each block's output
-projections are zero at init), so a model built on image-pretrained towers starts as the image
-model. SMAUG's savings (masking, sparsification, frame selection) act before and after it
+Time enters what the blocks read, not what they return: `time` is a learned per-frame embedding
+initialised with unit scale (a zero-initialised one, as the encoder's temporal embedding, grows by
+~lr per step and leaves the blocks nearly blind to frame order for thousands of steps; a blind
+stack of blocks is permutation-equivariant, so its mean over frames cannot tell a motion from its
+reverse), and it is subtracted again at the output. With each block's output projections zero at
+init the module starts as the exact identity, so a model built on image-pretrained towers starts as
+the image model. It is cheap (T tokens per clip, not T x N). SMAUG's savings (masking, sparsification, frame selection) act before and after it
 unchanged; the dense baseline gets the same module, so the comparison stays like for like.
 """
 from __future__ import annotations
@@ -36,16 +40,17 @@ class TemporalEncoder(nn.Module):
 
     def __init__(self, width: int, depth: int, heads: int, num_frames: int, mlp_ratio: float = 4.0):
         super().__init__()
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_frames, width))  # [1, T, D]
+        self.pos_embed = nn.Parameter(torch.randn(1, num_frames, width))  # [1, T, D], unit scale (see above)
         self.blocks = nn.ModuleList([Block(width, heads, mlp_ratio, qkv_bias=True) for _ in range(depth)])
         self.apply(init_weights_vit_timm)
-        for blk in self.blocks:  # zero position embedding and residual branches: the module starts as the identity
+        for blk in self.blocks:  # residual branches start at zero: with `- time` the module starts as the identity
             nn.init.zeros_(blk.attn.proj.weight)
             nn.init.zeros_(blk.mlp.fc2.weight)
 
     def forward(self, cls: torch.Tensor) -> torch.Tensor:
         """cls: [B, T, D] frame [CLS] tokens -> [B, T, D], each frame aware of the others."""
-        x = cls + resize_time(self.pos_embed, cls.shape[1]).to(cls.dtype)
+        time = resize_time(self.pos_embed, cls.shape[1]).to(cls.dtype)
+        x = cls + time
         for blk in self.blocks:
             x = blk(x)
-        return x
+        return x - time

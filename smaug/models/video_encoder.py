@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm, PatchEmbed, trunc_normal_
 from timm.models.vision_transformer import init_weights_vit_timm
 
-from .common import maybe_checkpoint
+from .common import maybe_checkpoint, sincos_pos_embed_2d
 from .temporal import resize_time
 from .vit_blocks import attention, bias_index, gathered_bias, layer_scale, make_block
 
@@ -138,8 +138,15 @@ class VideoEncoder(nn.Module):
         self.blocks = nn.ModuleList([make_block(cfg, self.patch_embed.grid_size, dpr[i]) for i in range(cfg.vision_depth)])
         self.norm = LayerNorm(D, eps=cfg.vision_norm_eps)
         self.grad_checkpointing = False
-        if self.pos_embed is not None:
-            trunc_normal_(self.pos_embed, std=0.02)
+        if self.pos_embed is not None:  # MAE's 2-D sin-cos init (learned from there; a checkpoint overwrites it):
+            # timm's trunc_normal(0.02) leaves a from-scratch ViT nearly blind to where a patch is for
+            # thousands of steps, and where an object is in each frame is what motion is made of
+            grid = self.patch_embed.grid_size
+            if D % 4 == 0 and grid[0] == grid[1]:
+                with torch.no_grad():
+                    self.pos_embed[0, 1:].copy_(sincos_pos_embed_2d(D, grid[0]))
+            else:
+                trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
         self.apply(init_weights_vit_timm)  # Linear layers; BEiT's q/v biases, tables and layer scale self-initialise
 
