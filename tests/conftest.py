@@ -85,7 +85,7 @@ def pretrained_run(synthetic_shards, tmp_path_factory) -> Path:
            "--out", str(out), f"data.shards_root={d['shards_root']}", f"data.train_shards={d['train']}",
            f"data.eval_shards={d['eval']}", f"model.tokenizer={d['tokenizer']}", "data.batch_size=8",
            "data.num_workers=1", "data.round_batches=4", "data.shuffle_buffer=20", "log.progress=false",
-           "train.steps=8", "eval.every=4", "ckpt.every=4", "optim.lr=1e-4", "optim.min_lr=1e-5",
+           "train.steps=8", "train.unmasked_tail_steps=2", "eval.every=4", "ckpt.every=4", "optim.lr=1e-4", "optim.min_lr=1e-5",
            "optim.warmup_steps=2"]
     env = dict(os.environ, PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):

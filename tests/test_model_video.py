@@ -1,5 +1,6 @@
 """Video side: token counts (masking, sparsification, frame selection), EViT fusion, the single
 attention pass of sparsify blocks (pretrained weights: test_model_pretrained.py)."""
+import pytest
 import torch
 
 from model_helpers import make_batch
@@ -126,3 +127,12 @@ def test_temporal_blocks_start_as_the_identity_and_then_see_frame_order():
         # frame order: swap frames 0 <-> 3 and 1 <-> 2 but keep what the per-frame encoder gives them
         cls = enc.tokens[:, :, 0]
         assert not torch.allclose(temporal.temporal(cls).mean(1), temporal.temporal(cls.flip(1)).mean(1), atol=1e-4)
+
+
+def test_export_refuses_temporal_blocks_it_cannot_represent():
+    from smaug.hf.convert import ExportError, check_exportable
+    from smaug.models import SmaugConfig
+
+    check_exportable(SmaugConfig.preset("tiny"))
+    with pytest.raises(ExportError, match="temporal_layers=2"):
+        check_exportable(SmaugConfig.preset("tiny", temporal_layers=2))

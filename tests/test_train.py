@@ -29,7 +29,8 @@ def train_cmd(data, out, *extra, launcher=None):
             f"data.shards_root={data['shards_root']}", f"data.train_shards={data['train']}",
             f"data.eval_shards={data['eval']}", f"model.tokenizer={data['tokenizer']}",
             "data.batch_size=4", "data.num_workers=1", "data.round_batches=4", "data.shuffle_buffer=20",
-            "log.every=1", "log.progress=false", "eval.every=0", "optim.warmup_steps=2", *extra]
+            "log.every=1", "log.progress=false", "eval.every=0", "optim.lr=3e-4", "optim.warmup_steps=2",
+            "train.unmasked_tail_steps=0", *extra]
     if launcher == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
                 str(free_port()), "-m", "smaug.train", *args]

@@ -35,7 +35,7 @@ def test_trainer_loads_pretrained_towers_and_reports(synthetic_shards, tmp_path)
            f"model.vision_init={name}", f"model.text_init={tmp_path / 'bert'}", "model.tokenizer=null",
            "model.allow_random_init=false", "train.steps=1", "data.batch_size=2", "data.num_workers=1",
            "data.round_batches=4", "data.shuffle_buffer=4", "log.progress=false", "eval.every=0",
-           "optim.warmup_steps=0", "log.every=1"]
+           "optim.warmup_steps=0", "train.unmasked_tail_steps=0", "log.every=1"]
     env = dict(os.environ, PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1",
                HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1")
     for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
