@@ -103,7 +103,8 @@ def test_other_frame_counts_interpolate_temporal_embeddings():
         assert torch.isfinite(m(batch).loss)
 
 
-def test_temporal_blocks_start_as_the_identity_and_then_see_frame_order():
+@pytest.mark.parametrize("scope", ["cls", "all"])
+def test_temporal_blocks_start_as_the_identity_and_then_see_frame_order(scope):
     """temporal_layers: at init the video features equal the model without them (so image-pretrained
     towers start as the image model); once trained, reversing the frames changes the clip feature
     through them, and the fusion layers get the temporal [CLS]."""
@@ -112,7 +113,7 @@ def test_temporal_blocks_start_as_the_identity_and_then_see_frame_order():
     torch.manual_seed(0)
     plain = SmaugModel(SmaugConfig.preset("tiny", vocab_size=6000)).eval()
     torch.manual_seed(0)
-    temporal = SmaugModel(SmaugConfig.preset("tiny", vocab_size=6000, temporal_layers=2)).eval()
+    temporal = SmaugModel(SmaugConfig.preset("tiny", vocab_size=6000, temporal_layers=2, temporal_scope=scope)).eval()
     missing, unexpected = temporal.load_state_dict(plain.state_dict(), strict=False)
     assert not unexpected and missing and all(k.startswith("temporal.") for k in missing)
     video = torch.randint(0, 256, (2, 4, 3, 112, 112), dtype=torch.uint8)
@@ -122,11 +123,15 @@ def test_temporal_blocks_start_as_the_identity_and_then_see_frame_order():
             p.add_(torch.randn_like(p) * 0.2)
         tokens, feat, _ = temporal.encode_video(video)
         enc = temporal.video_encoder(temporal.normalize_video(video))
-        torch.testing.assert_close(tokens[:, :, 1:], enc.tokens[:, :, 1:])  # patch tokens: per frame
+        if scope == "cls":
+            torch.testing.assert_close(tokens[:, :, 1:], enc.tokens[:, :, 1:])  # patch tokens: per frame
+        else:
+            assert not torch.allclose(tokens[:, :, 1:], enc.tokens[:, :, 1:])  # patch tokens see other frames too
         assert not torch.allclose(tokens[:, :, 0], enc.tokens[:, :, 0])  # [CLS]: the temporal blocks' output
-        # frame order: swap frames 0 <-> 3 and 1 <-> 2 but keep what the per-frame encoder gives them
-        cls = enc.tokens[:, :, 0]
-        assert not torch.allclose(temporal.temporal(cls).mean(1), temporal.temporal(cls.flip(1)).mean(1), atol=1e-4)
+        # frame order: the per-frame encoder outputs in reverse order -> a different clip feature
+        x = enc.tokens[:, :, :1] if scope == "cls" else enc.tokens
+        fwd, rev = temporal.temporal(x)[:, :, 0].mean(1), temporal.temporal(x.flip(1))[:, :, 0].mean(1)
+        assert not torch.allclose(fwd, rev, atol=1e-4)
 
 
 def test_export_refuses_temporal_blocks_it_cannot_represent():

@@ -53,7 +53,8 @@ def forward_flops(cfg, batch_size: int, text_len: int) -> float:
     f = frames * linear(N, 3 * p * p, D)
     f += frames * sum(vit_block(na + 1, nm + 1, D, cfg.vision_mlp_ratio, i in cfg.sparsify_layers)
                       for i, (na, nm) in enumerate(sched))
-    f += B * cfg.temporal_layers * vit_block(T, T, D, cfg.vision_mlp_ratio)  # over the T frame [CLS] tokens
+    nt = T * (1 + n_out) if cfg.temporal_scope == "all" else T  # tokens the temporal blocks attend over
+    f += B * cfg.temporal_layers * vit_block(nt, nt, D, cfg.vision_mlp_ratio)
     f += frames * linear(1, D, E) + B * linear(1, Dt, E)
     if cfg.mask_ratio > 0 and cfg.w_mvm > 0:
         Dd = cfg.decoder_width

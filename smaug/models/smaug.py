@@ -46,8 +46,10 @@ class SmaugConfig:
     vision_mlp_ratio: float = 4.0  # ViT MLP hidden = ratio * width
     vision_qkv_bias: bool = True  # qkv bias, as ViT-B/16 (timm, MAE, CLIP); BEiT: q and v biases
     drop_path_rate: float = 0.1  # stochastic depth, linear over the blocks
-    temporal_layers: int = 0  # transformer blocks over the T frame [CLS] tokens (Singularity-temporal); 0 = none, the
-    # video feature is then the mean of per-frame features, blind to the order of frames (e.g. motion direction)
+    temporal_layers: int = 0  # transformer blocks across frames on top of the encoder (smaug/models/temporal.py); 0 =
+    # none: the video feature is the mean of per-frame features, which combines frames additively
+    temporal_scope: str = "cls"  # what those blocks attend over: "cls" (the T frame [CLS] tokens, Singularity-temporal)
+    # or "all" (every token of every frame: joint space-time attention; sees where objects go)
     # block family and options; set from the checkpoint by `pretrained.init_config` (model.vision_init)
     vision_family: str = "vit"  # "vit" (timm ViT: augreg, MAE), "clip" (timm CLIP: norm_pre, no patch bias), "beit"
     vision_act: str = "gelu"  # ViT MLP activation: "gelu" or "quick_gelu" (OpenAI CLIP's quickgelu architectures)
@@ -108,6 +110,7 @@ class SmaugConfig:
             ("image_size", self.image_size > 0 and self.image_size % self.patch_size == 0, "a positive multiple of patch_size"),
             ("num_frames", self.num_frames >= 1, ">= 1"),
             ("temporal_layers", self.temporal_layers >= 0, ">= 0"),
+            ("temporal_scope", self.temporal_scope in ("cls", "all"), "'cls' or 'all'"),
             ("vision_width", self.vision_width % self.vision_heads == 0, "divisible by vision_heads"),
             ("text_width", self.text_width % self.text_heads == 0, "divisible by text_heads"),
             ("decoder_width", self.decoder_width % self.decoder_heads == 0 and self.decoder_width % 4 == 0,
@@ -264,17 +267,19 @@ class SmaugModel(nn.Module):
 
     def forward_video(self, video: torch.Tensor, mask_ratio: float | None = None):
         """video: [B, T, 3, H, W] -> (VideoEncoderOutput, frame_tokens [B, T, 1 + n, Dv], video_feat [B, E],
-        frame_feat [B, T, E]). frame_tokens = the encoder's tokens with each frame's [CLS] replaced by its
-        temporal-block output (what fusion sees); `enc.tokens` stays per frame (what the MAE decoder sees).
+        frame_feat [B, T, E]). frame_tokens = the encoder's tokens after the temporal blocks (each frame's
+        [CLS], or every token with temporal_scope "all"; what fusion sees); `enc.tokens` stays per frame
+        (what the MAE decoder sees).
         mask_ratio None = train_mask_ratio (config.mask_ratio) in training, 0 in eval."""
         if mask_ratio is None:
             mask_ratio = self.train_mask_ratio if self.training else 0.0
         enc = self.video_encoder(self.normalize_video(video), mask_ratio)
-        tokens, cls = enc.tokens, enc.tokens[:, :, 0]  # [B, T, 1 + n, Dv], [B, T, Dv]
-        if self.temporal is not None:
-            cls = self.temporal(cls)
-            tokens = torch.cat([cls[:, :, None], tokens[:, :, 1:]], dim=2)
-        feat = self.vision_proj(cls)  # [B, T, E]
+        tokens = enc.tokens  # [B, T, 1 + n, Dv]
+        if self.temporal is not None and self.config.temporal_scope == "all":
+            tokens = self.temporal(tokens)
+        elif self.temporal is not None:
+            tokens = torch.cat([self.temporal(tokens[:, :, :1]), tokens[:, :, 1:]], dim=2)
+        feat = self.vision_proj(tokens[:, :, 0])  # [B, T, E]
         return enc, tokens, F.normalize(feat.mean(1), dim=-1), F.normalize(feat, dim=-1)
 
     def encode_video(self, video: torch.Tensor):

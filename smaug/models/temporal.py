@@ -1,12 +1,19 @@
-"""Temporal modelling over the frames' [CLS] tokens (Singularity-temporal, CLIP4Clip's seqTransf).
+"""Temporal modelling on top of the per-frame encoder: blocks over the frames' [CLS] tokens
+(Singularity-temporal, CLIP4Clip's seqTransf) or over every token of every frame (joint space-time
+attention in the last layers, as VindLU finds temporal attention matters).
 
 The video encoder attends within each frame only (space-only, as Singularity), so its frame
 features know *when* they are (the temporal embedding) but not what the other frames show: the mean
 of per-frame features combines frames additively, and telling "moves left" from "moves right" then
 needs every frame to encode its position times the sign of its time offset by itself.
-`TemporalEncoder` lets the T frame [CLS] tokens attend to each other:
+`TemporalEncoder` lets the tokens of different frames attend to each other:
 
-    x = cls + time [B, T, D] -> `depth` timm `Block`s over T tokens -> x - time [B, T, D]
+    x = tokens + time[t] [B, T, N, D] -> `depth` timm `Block`s over the T * N tokens -> x - time[t]
+
+with N = 1 (scope "cls": each frame's [CLS]) or N = 1 + n (scope "all": every token; the frame
+[CLS] is a summary that a from-scratch encoder trained on captions fills with colour and shape but
+not with where the object is, while the patch tokens carry their positions, so only "all" sees
+where things go).
 
 Time enters what the blocks read, not what they return: `time` is a learned per-frame embedding
 initialised with unit scale (a zero-initialised one, as the encoder's temporal embedding, grows by
@@ -14,7 +21,8 @@ initialised with unit scale (a zero-initialised one, as the encoder's temporal e
 stack of blocks is permutation-equivariant, so its mean over frames cannot tell a motion from its
 reverse), and it is subtracted again at the output. With each block's output projections zero at
 init the module starts as the exact identity, so a model built on image-pretrained towers starts as
-the image model. It is cheap (T tokens per clip, not T x N). SMAUG's savings (masking, sparsification, frame selection) act before and after it
+the image model. Scope "cls" is cheap (T tokens per clip); "all" attends over T x (1 + n) tokens,
+which SMAUG's masking and sparsification keep short (n = 8 in the tiny preset, 21 in base). SMAUG's savings (masking, sparsification, frame selection) act before and after it
 unchanged; the dense baseline gets the same module, so the comparison stays like for like.
 """
 from __future__ import annotations
@@ -47,10 +55,11 @@ class TemporalEncoder(nn.Module):
             nn.init.zeros_(blk.attn.proj.weight)
             nn.init.zeros_(blk.mlp.fc2.weight)
 
-    def forward(self, cls: torch.Tensor) -> torch.Tensor:
-        """cls: [B, T, D] frame [CLS] tokens -> [B, T, D], each frame aware of the others."""
-        time = resize_time(self.pos_embed, cls.shape[1]).to(cls.dtype)
-        x = cls + time
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: [B, T, N, D] -> [B, T, N, D], every token aware of the other frames' tokens."""
+        B, T, N, D = tokens.shape
+        time = resize_time(self.pos_embed, T).to(tokens.dtype)[:, :, None]  # [1, T, 1, D]
+        x = (tokens + time).flatten(1, 2)  # [B, T * N, D]
         for blk in self.blocks:
             x = blk(x)
-        return x - time
+        return x.unflatten(1, (T, N)) - time
