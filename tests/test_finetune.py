@@ -17,8 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 TOOL = str(REPO / "tools" / "finetune_retrieval.py")
 FT_CONFIG = str(REPO / "smaug" / "configs" / "finetune_retrieval.yaml")
 QS = str(REPO / "smaug" / "configs" / "quickstart.yaml")
-# tiny-model schedule for CPU: at the overlay's 1e-5 the tiny model would need thousands of steps
-FAST = ["train.steps=60", "optim.lr=1e-4", "optim.min_lr=1e-5", "optim.warmup_steps=5", "eval.every=30",
+# tiny-model schedule for CPU: at the overlay's 1e-5 the tiny model would need thousands of steps; at 1e-3 (the
+# quickstart's LR) 60 steps learn colour, which on the held-out split (3 colour-shape pairs x 4 motions) lifts R@1
+FAST = ["train.steps=60", "optim.lr=1e-3", "optim.min_lr=1e-5", "optim.warmup_steps=5", "eval.every=30",
         "ckpt.every=1000", "log.progress=false", "data.num_workers=1", "data.batch_size=12"]
 
 

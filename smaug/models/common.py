@@ -77,14 +77,19 @@ def draw_seed() -> int:
     return int(torch.randint(0, 2**62, (1,)).item())
 
 
+def sincos_pos_embed_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
+    """MAE's 1-D sin-cos embedding of positions `pos` [n] (float64): [n, dim], sines then cosines."""
+    if dim % 2:
+        raise ValueError(f"sin-cos position embeddings need an even width, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim // 2))
+    out = pos.double()[:, None] * omega[None]
+    return torch.cat([out.sin(), out.cos()], dim=1).float()
+
+
 def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:
     """MAE's fixed 2-D sin-cos position embeddings: [grid * grid, dim] (row-major patches)."""
     if dim % 4:
         raise ValueError(f"sin-cos position embeddings need a width divisible by 4, got {dim}")
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
     ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing="ij")
-    parts = []
-    for pos in (xs.flatten(), ys.flatten()):  # MAE order: first half encodes w, second half h
-        out = pos[:, None] * omega[None]
-        parts += [out.sin(), out.cos()]
-    return torch.cat(parts, dim=1).float()
+    # MAE order: first half encodes w, second half h
+    return torch.cat([sincos_pos_embed_1d(dim // 2, xs.flatten()), sincos_pos_embed_1d(dim // 2, ys.flatten())], dim=1)
