@@ -1,6 +1,7 @@
 """Helpers for the model tests (tests/test_model_*.py): synthetic batches and the 2-process worker."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -69,3 +70,15 @@ def global_batch_worker(rank: int, world_size: int, port: int, cfg_kwargs: dict,
                        out_path)
     finally:
         dist.destroy_process_group()
+
+
+@functools.lru_cache(maxsize=None)
+def real_path(filename: str) -> str:
+    """os.path.realpath, cached: stack-walking dispatch modes resolve the same few files per op."""
+    return os.path.realpath(filename)
+
+
+def package_prefix(module) -> str:
+    """The absolute folder of an imported package + separator, to tell its stack frames by path prefix (a
+    substring such as "/smaug/" also matches every frame of a checkout cloned into a folder named smaug)."""
+    return os.path.dirname(os.path.realpath(module.__file__)) + os.sep
