@@ -202,3 +202,16 @@ def test_temperature_can_never_get_stuck_outside_its_range(start, loss_sign, mov
         opt = torch.optim.SGD([model.vtc_log_temp], lr=0.5)
         opt.step()
         assert (model.vtc_log_temp.item() - start) * loss_sign < 0  # moved the way the loss asks
+
+
+def test_checkpoints_from_before_the_log_temperature_load_their_temperature():
+    """An old state dict has `vtc_temp` (the raw value); it loads as `vtc_log_temp` = log of it."""
+    from smaug.weights import adapt_state_dict
+
+    model = _tiny_model()
+    old = {k: v for k, v in model.state_dict().items() if k != "vtc_log_temp"}
+    old["vtc_temp"] = torch.tensor([0.05])
+    sd, notes = adapt_state_dict(old, model.state_dict(), "old.ckpt")
+    assert "vtc_temp" not in sd and notes == ["vtc_temp: converted to vtc_log_temp"]
+    model.load_state_dict(sd)
+    assert model.temp.item() == pytest.approx(0.05)
