@@ -87,12 +87,12 @@ def attribute_report(rankings: dict, control: dict, txt2vid: torch.Tensor, keys:
                      source: str) -> dict:
     """The `attributes` block of a retrieval report. rankings / control: {name: [Nt, Nv] t2v scores}, of the
     model and of its frozen-frame control (the same checkpoint, every frame the middle one)."""
+    model = {name: attribute_accuracy(s, txt2vid, keys, labels) for name, s in rankings.items()}
     return {"labels": source, "num_queries": len(txt2vid), "r1_ceiling": r1_ceiling(txt2vid, keys, labels),
             "rule": "top-1 video of each text query vs the query clip's labels; ties in expectation; chance = a "
                     "uniformly drawn video; control = every frame replaced by the middle one",
-            "chance": {a: v["chance"] for a, v in attribute_accuracy(rankings["vtc"], txt2vid, keys, labels).items()
-                       if isinstance(v, dict)},
-            "rankings": {name: _accs(attribute_accuracy(s, txt2vid, keys, labels)) for name, s in rankings.items()},
+            "chance": {a: v["chance"] for a, v in model["vtc"].items() if isinstance(v, dict)},
+            "rankings": {name: _accs(res) for name, res in model.items()},
             "frozen_frame_control": {name: _accs(attribute_accuracy(s, txt2vid, keys, labels))
                                      for name, s in control.items()}}
 
