@@ -70,7 +70,7 @@ def precision(args) -> str:
 
 def run_config(args, dense: bool):
     """The trainer's own RunConfig, so the engine here is configured exactly as in training."""
-    from smaug.train.config import load_config
+    from smaug.config import load_config
 
     ov = [f"model.preset={args.preset}", f"model.dense={str(dense).lower()}",
           f"model.grad_checkpointing={str(args.grad_ckpt).lower()}", f"data.num_frames={args.frames}",
@@ -105,7 +105,7 @@ def build_model(cfg, device):
     """The preset's SmaugModel, initialised directly on `device` (seconds less per engine than a CPU
     init of 200M parameters: the --max-batch search builds one per probe)."""
     from smaug.models import SmaugModel
-    from smaug.train.config import model_config
+    from smaug.config import model_config
 
     torch.manual_seed(0)
     mcfg = model_config(cfg)

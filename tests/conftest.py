@@ -1,11 +1,26 @@
-"""Shared pytest fixtures. Tests run on CPU with tiny presets and the real libraries."""
+"""Shared pytest fixtures and helpers. Tests run on CPU with tiny presets and the real libraries.
+
+Helpers (test files import them: `from conftest import REPO, QS, run, run_tool, subprocess_env`):
+    REPO, CONFIGS, QS                 the checkout, its run configs, the quickstart config
+    subprocess_env(**extra)           os.environ for a child process: CPU only, 1 thread, no torchrun variables
+    run(cmd)                          subprocess.run that asserts exit 0 and shows the output's tail otherwise
+    run_tool(tool, *args, nproc=1)    `tools/<tool>` (or a repo script path) with this interpreter / torchrun
+Fixtures: `free_port` (a free TCP port, `smaug.dist.free_port`), `single_process_env` (torchrun's
+variables for a 1-process group in this process).
+"""
 import os
-import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from smaug.dist import DIST_ENV
+from smaug.dist import free_port as _free_port
+
 REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "smaug" / "configs"
+QS = str(CONFIGS / "quickstart.yaml")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -14,27 +29,50 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return _free_port()
+
+
+@pytest.fixture
+def single_process_env(monkeypatch) -> None:
+    """torchrun's variables for a 1-process group in this process (restored after the test; a process
+    group made under them stays, and later in-process runs reuse it)."""
+    for k, v in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1").items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("MASTER_PORT", os.environ.get("MASTER_PORT") or str(_free_port()))
+
+
+def subprocess_env(**extra) -> dict:
+    """The environment of a child process: unbuffered, CPU only, one OpenMP thread, and without the
+    torchrun variables (an in-process training run leaves RANK, MASTER_PORT, ... in os.environ)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    for k in DIST_ENV:
+        env.pop(k, None)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run(cmd, *, check: bool = True, timeout: float = 600, cwd=REPO, env=None) -> subprocess.CompletedProcess:
+    """Run `cmd` (list) to completion; with `check`, a non-zero exit fails showing the output's tails."""
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, errors="replace", timeout=timeout,
+                       env=env or subprocess_env(), cwd=cwd)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{cmd[1:3]} exited {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
+    return r
+
+
+def run_tool(tool: str, *args, nproc: int = 1, cwd=REPO, check: bool = True, timeout: float = 600, env=None):
+    """Run `tools/<tool>` (or another repo script path) with this interpreter, under torchrun when
+    `nproc` > 1; return the result."""
+    script = REPO / tool if "/" in tool else REPO / "tools" / tool
+    launcher = [sys.executable]
+    if nproc > 1:
+        launcher += ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={_free_port()}"]
+    return run([*launcher, script, *args], check=check, timeout=timeout, cwd=cwd, env=env)
 
 
 # --- data fixtures (smaug.data): a tiny synthetic corpus and its shards, built once per session
 # with the real command-line tools, reused by the loader, shard and trainer tests.
 SYNTH_VIDEOS, SYNTH_EVAL_FRACTION, SYNTH_IMAGES = 48, 0.25, 12
-
-
-def run_tool(tool: str, *args, cwd=None, check: bool = True, timeout: float = 300):
-    """Run `tools/<tool>` (or another repo script path) with this interpreter; return the result."""
-    import subprocess
-    import sys
-
-    script = REPO / tool if "/" in tool else REPO / "tools" / tool
-    r = subprocess.run([sys.executable, str(script), *map(str, args)], cwd=cwd, capture_output=True,
-                       text=True, errors="replace", timeout=timeout, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    if check and r.returncode != 0:
-        raise AssertionError(f"{tool} exited {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
-    return r
 
 
 @pytest.fixture(scope="session")
@@ -76,9 +114,6 @@ def pretrained_run(synthetic_shards, tmp_path_factory) -> Path:
     """A short tiny pre-training run (the real trainer, one process) on the synthetic shards, with
     its periodic and final zero-shot eval on the held-out split: run dir with checkpoints/ and eval.json.
     LR 1e-4: at the quickstart's 1e-3 the tiny model's VTC features collapse in a few steps."""
-    import subprocess
-    import sys
-
     out = tmp_path_factory.mktemp("pretrained") / "run"
     d = synthetic_shards
     cmd = [sys.executable, "-m", "smaug.train", "--config", str(REPO / "smaug" / "configs" / "quickstart.yaml"),
@@ -87,10 +122,5 @@ def pretrained_run(synthetic_shards, tmp_path_factory) -> Path:
            "data.num_workers=1", "data.round_batches=4", "data.shuffle_buffer=20", "log.progress=false",
            "train.steps=8", "train.unmasked_tail_steps=2", "eval.every=4", "ckpt.every=4", "optim.lr=1e-4", "optim.min_lr=1e-5",
            "optim.warmup_steps=2"]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
-    if r.returncode != 0:
-        raise AssertionError(f"pre-training exited {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
+    run(cmd, timeout=900)
     return out

@@ -3,11 +3,8 @@ from __future__ import annotations
 
 import functools
 import os
-from pathlib import Path
 
 import torch
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def make_batch(cfg, batch_size: int = 4, text_len: int = 12, seed: int = 0, num_frames: int | None = None) -> dict:

@@ -1,24 +1,17 @@
 """Smoke modes of the benches: the real step (model + DeepSpeed engine) on CPU with the tiny preset,
 and the loader bench on a few synthetic clips."""
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, run
 
 
 def test_train_step_bench_cpu_smoke(tmp_path):
     out = tmp_path / "bench.json"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
-    r = subprocess.run([sys.executable, str(REPO / "bench" / "train_step.py"), "--device", "cpu", "--preset", "tiny",
-                        "--batch", "4", "--steps", "1", "--warmup", "1", "--json", str(out),
-                        "--profile", str(tmp_path / "prof"), "--profile-steps", "1", "--engine-variants"],
-                       capture_output=True, text=True, timeout=600, env=env)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    r = run([sys.executable, REPO / "bench" / "train_step.py", "--device", "cpu", "--preset", "tiny",
+             "--batch", "4", "--steps", "1", "--warmup", "1", "--json", out,
+             "--profile", tmp_path / "prof", "--profile-steps", "1", "--engine-variants"])
     res = json.loads(out.read_text())
     for name in ("smaug", "dense"):
         for path in ("engine", "bare"):
@@ -42,9 +35,8 @@ def test_train_step_bench_cpu_smoke(tmp_path):
 
 def test_loader_bench_smoke(tmp_path):
     out = tmp_path / "loader.json"
-    r = subprocess.run([sys.executable, str(REPO / "bench" / "loader_throughput.py"), "--num-videos", "6", "--clips", "8",
-                        "--workers", "1", "--json", str(out)], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    r = run([sys.executable, REPO / "bench" / "loader_throughput.py", "--num-videos", "6", "--clips", "8",
+             "--workers", "1", "--json", out])
     res = json.loads(out.read_text())
     assert set(res["kinds"]) == {"raw", "reencode", "frames", "frames224"}
     for v in res["kinds"].values():
@@ -92,25 +84,20 @@ def test_memory_model_estimate_is_close_and_conservative():
 def test_train_step_bench_skeleton_cpu(tmp_path):
     """--skeleton: the base preset's parameter tensors at negligible FLOPs, bf16, on CPU (host cost)."""
     out = tmp_path / "skel.json"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
-    r = subprocess.run([sys.executable, str(REPO / "bench" / "train_step.py"), "--device", "cpu", "--preset", "base",
-                        "--skeleton", "--precision", "bf16", "--batch", "2", "--steps", "1", "--warmup", "1",
-                        "--json", str(out)], capture_output=True, text=True, timeout=600, env=env)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    r = run([sys.executable, REPO / "bench" / "train_step.py", "--device", "cpu", "--preset", "base",
+             "--skeleton", "--precision", "bf16", "--batch", "2", "--steps", "1", "--warmup", "1", "--json", out])
     res = json.loads(out.read_text())
     assert res["preset"] == "base" and set(res["runs"]) == {"smaug", "dense"}
     assert all(v["engine"]["clips_per_s"] > 0 and v["bare"]["clips_per_s"] > 0 for v in res["runs"].values())
     # --interleave: engine, bare and the variants stepped round-robin (fair on a drifting host)
-    r = subprocess.run([sys.executable, str(REPO / "bench" / "train_step.py"), "--device", "cpu", "--preset", "base",
-                        "--skeleton", "--precision", "bf16", "--batch", "2", "--interleave", "2", "--engine-variants",
-                        "--json", str(out)], capture_output=True, text=True, timeout=600, env=env)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    r = run([sys.executable, REPO / "bench" / "train_step.py", "--device", "cpu", "--preset", "base",
+             "--skeleton", "--precision", "bf16", "--batch", "2", "--interleave", "2", "--engine-variants", "--json", out])
     med = json.loads(out.read_text())["interleaved_ms"]
     assert {"engine", "bare", "engine[zero0]", "engine[bf16 check_grad_overflow=true]"} <= set(med)
     assert all(v > 0 for v in med.values())
 
 
-def test_shipped_engine_adds_few_ops_per_parameter_tensor(monkeypatch):
+def test_shipped_engine_adds_few_ops_per_parameter_tensor(single_process_env):
     """Host cost of the engine: ops DeepSpeed itself dispatches per step (beyond the model's forward and
     backward) stay within a few per parameter tensor with ds_configs as shipped; DeepSpeed's bf16
     per-tensor overflow check alone adds ~13 per tensor (it is why the JSON turns it off)."""
@@ -153,11 +140,6 @@ def test_shipped_engine_adds_few_ops_per_parameter_tensor(monkeypatch):
                         break
             return func(*args, **(kwargs or {}))
 
-    for k, v in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1").items():
-        monkeypatch.setenv(k, v)
-    from weights_helpers import free_port
-
-    monkeypatch.setenv("MASTER_PORT", str(free_port()))
     train_step.setup_distributed("cpu")
     args = argparse.Namespace(preset="tiny", precision="bf16", grad_ckpt=False, frames=4, batch=2, device="cpu")
     per_tensor = {}
@@ -172,7 +154,7 @@ def test_shipped_engine_adds_few_ops_per_parameter_tensor(monkeypatch):
     assert per_tensor["overflow check"] >= per_tensor["shipped"] + 8, per_tensor
 
 
-def test_measure_frees_each_engine(monkeypatch):
+def test_measure_frees_each_engine(monkeypatch, single_process_env):
     """bench/train_step.measure() releases the engine it built, also when its step raises (an OOM in
     the --max-batch search): ZeRO's grad-accumulator hooks otherwise keep every engine alive, and on a
     GPU each probe's weights and optimizer state would stay allocated and shrink the next one's room."""
@@ -184,11 +166,6 @@ def test_measure_frees_each_engine(monkeypatch):
     import torch
     import train_step
 
-    for k, v in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1").items():
-        monkeypatch.setenv(k, v)
-    from weights_helpers import free_port
-
-    monkeypatch.setenv("MASTER_PORT", str(free_port()))
     train_step.setup_distributed("cpu")
     args = argparse.Namespace(preset="tiny", precision="fp32", grad_ckpt=False, frames=4, batch=2, device="cpu",
                               warmup=1, steps=1, profile=None)

@@ -1,17 +1,16 @@
 """A kill during a save never leaves `latest` pointing at a broken checkpoint (real DeepSpeed, gloo)."""
-import os
-import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
-from smaug.train import checkpoint as ckpt
+from conftest import run
+
+from smaug import checkpoint as ckpt
 
 SCRIPT = textwrap.dedent(r"""
     import os, signal, sys, torch
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2])
     import deepspeed
-    from smaug.train import checkpoint as ckpt
+    from smaug import checkpoint as ckpt
     deepspeed.init_distributed(dist_backend="gloo")
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 1))
     ds = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1, "zero_optimization": {"stage": 2},
@@ -35,8 +34,7 @@ SCRIPT = textwrap.dedent(r"""
 
 def test_kill_during_save_keeps_latest_valid(tmp_path, free_port):
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-c", SCRIPT, str(out), str(free_port)], capture_output=True, text=True,
-                       timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    r = run([sys.executable, "-c", SCRIPT, out, free_port], check=False, timeout=300)
     assert r.returncode == -9, r.stderr[-3000:]
     root = ckpt.ckpt_root(out)
     assert (root / "step_00000002").is_dir() and not ckpt.is_complete(root / "step_00000002")

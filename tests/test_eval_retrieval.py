@@ -1,4 +1,4 @@
-"""tools/eval_retrieval.py and smaug.retrieval: metrics, VTM reranking, agreement with the trainer.
+"""tools/eval_retrieval.py and smaug.eval.retrieval: metrics, VTM reranking, agreement with the trainer.
 
 The end-to-end tests run the tool as a user would (a subprocess, torchrun for 2 ranks) on the
 `pretrained_run` fixture (a short real training run whose trainer wrote eval.json).
@@ -6,42 +6,22 @@ The end-to-end tests run the tool as a user would (a subprocess, torchrun for 2 
 import itertools
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_tool
 
-from smaug import retrieval as R
+from smaug.eval import retrieval as R
 
-REPO = Path(__file__).resolve().parents[1]
-TOOL = str(REPO / "tools" / "eval_retrieval.py")
+TOOL = "eval_retrieval.py"
 METRIC_KEYS = [f"{d}_{m}" for d in ("t2v", "v2t") for m in ("r1", "r5", "r10", "medr", "meanr")]
 
 
-def _env():
-    env = dict(os.environ, PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    return env
-
-
-def run_tool(*args, nproc=1, check=True):
-    if nproc > 1:
-        from weights_helpers import free_port
-
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-               f"--master_port={free_port()}", TOOL, *map(str, args)]
-    else:
-        cmd = [sys.executable, TOOL, *map(str, args)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=_env(), cwd=REPO)
-    if check:
-        assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
-    return r
+def eval_tool(*args, nproc=1, check=True):
+    return run_tool(TOOL, *args, nproc=nproc, check=check)
 
 
 # ---------------------------------------------------------------------------- metric units
@@ -365,7 +345,7 @@ def test_video_transform_is_applied_before_encoding(tiny):
 @pytest.fixture(scope="module")
 def base_report(pretrained_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("evalrep") / "report.json"
-    r = run_tool("--checkpoint", pretrained_run, "--k", 16, "--out", out)
+    r = eval_tool("--checkpoint", pretrained_run, "--k", 16, "--out", out)
     return json.loads(out.read_text()), r.stdout
 
 
@@ -409,7 +389,7 @@ def test_eval_agrees_with_trainer_periodic_eval(pretrained_run, base_report):
 @pytest.mark.slow
 def test_eval_two_ranks_equal_one(pretrained_run, base_report, tmp_path):
     out = tmp_path / "w2.json"
-    run_tool("--checkpoint", pretrained_run, "--k", 16, "--out", out, nproc=2)
+    eval_tool("--checkpoint", pretrained_run, "--k", 16, "--out", out, nproc=2)
     rep = json.loads(out.read_text())
     assert rep["protocol"]["world_size"] == 2
     assert rep["results"] == base_report[0]["results"]
@@ -419,7 +399,7 @@ def test_eval_two_ranks_equal_one(pretrained_run, base_report, tmp_path):
 def test_eval_from_json_equals_shards(pretrained_run, synthetic_shards, base_report, tmp_path):
     corpus = Path(synthetic_shards["corpus"])
     out = tmp_path / "json.json"
-    run_tool("--checkpoint", pretrained_run, "--json", corpus / "eval.json", "--video-root", corpus / "videos",
+    eval_tool("--checkpoint", pretrained_run, "--json", corpus / "eval.json", "--video-root", corpus / "videos",
              "--k", 16, "--offload-features", "cpu", "--out", out)
     rep = json.loads(out.read_text())
     assert rep["protocol"]["split"] == "eval" and rep["protocol"]["json"].endswith("eval.json")
@@ -429,7 +409,7 @@ def test_eval_from_json_equals_shards(pretrained_run, synthetic_shards, base_rep
 @pytest.mark.slow
 def test_eval_protocol_options_are_recorded(pretrained_run, tmp_path):
     out = tmp_path / "f6.json"
-    r = run_tool("--checkpoint", pretrained_run / "checkpoints", "--frames", 6, "--k", 0, "--split", "held-out",
+    r = eval_tool("--checkpoint", pretrained_run / "checkpoints", "--frames", 6, "--k", 0, "--split", "held-out",
                  "--pooling", "frame_sim", "--dsl", "--paragraph", "--max-text-len", 16, "--out", out)
     rep = json.loads(out.read_text())
     pr, res = rep["protocol"], rep["results"]
@@ -449,7 +429,7 @@ def test_eval_labels_add_attribute_accuracy_and_the_frozen_frame_control(pretrai
 
     out = tmp_path / "attr.json"
     labels = Path(synthetic_shards["corpus"]) / "labels.json"
-    r = run_tool("--checkpoint", pretrained_run, "--k", 16, "--labels", labels, "--out", out)
+    r = eval_tool("--checkpoint", pretrained_run, "--k", 16, "--labels", labels, "--out", out)
     rep = json.loads(out.read_text())
     att = rep["attributes"]
     assert set(att["rankings"]) == set(att["frozen_frame_control"]) == {"vtc", "vtm", "combined"}
@@ -464,6 +444,6 @@ def test_eval_labels_add_attribute_accuracy_and_the_frozen_frame_control(pretrai
 
 
 def test_eval_bad_checkpoint_is_a_clear_error(tmp_path):
-    r = run_tool("--checkpoint", tmp_path / "nope", "--shards", tmp_path, check=False)
+    r = eval_tool("--checkpoint", tmp_path / "nope", "--shards", tmp_path, check=False)
     assert r.returncode == 2
     assert f"checkpoint {tmp_path / 'nope'}: does not exist" in r.stderr

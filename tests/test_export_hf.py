@@ -1,39 +1,24 @@
-"""tools/export_hf.py and smaug.weights: export fidelity in a fresh process without smaug, ZeRO
+"""tools/export_hf.py and smaug.checkpoint: export fidelity in a fresh process without smaug, ZeRO
 shards from 2 ranks, no pickle, timm vision export, registration, and clear errors on bad checkpoints.
 
 Checkpoints are real DeepSpeed ZeRO-2 checkpoints in the trainer's layout, written by
 `tests/weights_helpers.py` (a few optimizer steps of a tiny SmaugModel on random batches).
 """
 import json
-import os
 import shutil
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, run, run_tool, subprocess_env
 from safetensors.torch import load_file, save_file
 
+from smaug.checkpoint import CheckpointError, load_smaug_checkpoint, load_weights, resolve_checkpoint
 from smaug.hf.export import export_hf, find_pickles
-from smaug.weights import CheckpointError, load_smaug_checkpoint, load_weights, resolve_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
-HELPER = str(REPO / "tests" / "weights_helpers.py")
-
-
-def _env():
-    env = dict(os.environ, PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    return env
-
-
-def _run(cmd, cwd=REPO, env=None):
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env or _env(), cwd=cwd)
-    assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
-    return r
+HELPER = "tests/weights_helpers.py"
 
 
 @pytest.fixture(scope="module")
@@ -51,18 +36,15 @@ def tokenizer_dir(tmp_path_factory):
 def ckpt_w1(tokenizer_dir, tmp_path_factory):
     """Run dir of a world-size-1 ZeRO-2 checkpoint (one optimizer step)."""
     out = tmp_path_factory.mktemp("ckpt") / "w1"
-    _run([sys.executable, HELPER, str(out), tokenizer_dir, "run.seed=3"])
+    run_tool(HELPER, out, tokenizer_dir, "run.seed=3")
     return out
 
 
 @pytest.fixture(scope="module")
 def ckpt_w2(tokenizer_dir, tmp_path_factory):
     """Run dir of a ZeRO-2 checkpoint written by 2 gloo ranks (optimizer state sharded in 2 files)."""
-    from weights_helpers import free_port
-
     out = tmp_path_factory.mktemp("ckpt") / "w2"
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-          HELPER, str(out), tokenizer_dir])
+    run_tool(HELPER, out, tokenizer_dir, nproc=2)
     return out
 
 
@@ -121,10 +103,10 @@ def test_export_fidelity_in_fresh_process_without_smaug(ckpt_w1, exported, token
     video = torch.randint(0, 256, (3, cfg.num_frames, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8, generator=g)
     save_file({"video": video, "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]},
               str(tmp_path / "inputs.safetensors"))
-    env = _env()
+    env = subprocess_env()
     env.pop("PYTHONPATH", None)
     env["HF_MODULES_CACHE"] = str(tmp_path / "hf_modules")
-    r = _run([sys.executable, "-c", FRESH, str(exported), str(tmp_path / "inputs.safetensors"),
+    r = run([sys.executable, "-c", FRESH, str(exported), str(tmp_path / "inputs.safetensors"),
               str(tmp_path / "out.safetensors")], cwd=tmp_path, env=env)
     assert "modeling_smaug SmaugHFModel" in r.stdout
     got = load_file(str(tmp_path / "out.safetensors"))
@@ -244,8 +226,7 @@ def test_vision_only_cli_writes_a_strict_timm_state_dict(ckpt_w1, tmp_path):
     import timm
 
     out = tmp_path / "vit"
-    r = _run([sys.executable, str(REPO / "tools" / "export_hf.py"), "--checkpoint", str(ckpt_w1), "--out", str(out),
-              "--vision-only"])
+    r = run_tool("export_hf.py", "--checkpoint", ckpt_w1, "--out", out, "--vision-only")
     info = json.loads(r.stdout[r.stdout.index("{"):])
     vit = timm.create_model("vit_base_patch16_224", pretrained=False, **info["timm_kwargs"])
     vit.load_state_dict(load_file(str(out / "model.safetensors")), strict=True)

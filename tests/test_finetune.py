@@ -6,17 +6,12 @@ synthetic corpus's training clips and evaluates on its held-out split (eval.json
 motion combinations never seen in training).
 """
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import CONFIGS, QS, run_tool
 
-REPO = Path(__file__).resolve().parents[1]
-TOOL = str(REPO / "tools" / "finetune_retrieval.py")
-FT_CONFIG = str(REPO / "smaug" / "configs" / "finetune_retrieval.yaml")
-QS = str(REPO / "smaug" / "configs" / "quickstart.yaml")
+FT_CONFIG = str(CONFIGS / "finetune_retrieval.yaml")
 # tiny-model schedule for CPU: at the overlay's 1e-5 the tiny model would need thousands of steps; at 1e-3 (the
 # quickstart's LR) 120 steps learn colour (60 flipped between one query more and none), which on the held-out
 # split (3 colour-shape pairs x 4 motions) lifts R@1
@@ -24,18 +19,8 @@ FAST = ["train.steps=120", "optim.lr=1e-3", "optim.min_lr=1e-5", "optim.warmup_s
         "ckpt.every=1000", "log.progress=false", "data.num_workers=1", "data.batch_size=12"]
 
 
-def _env():
-    env = dict(os.environ, PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    return env
-
-
-def run_tool(*args):
-    r = subprocess.run([sys.executable, TOOL, *map(str, args)], capture_output=True, text=True, timeout=900,
-                       env=_env(), cwd=REPO)
-    assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout[-4000:]}\n{r.stderr[-6000:]}"
-    return r
+def finetune(*args):
+    return run_tool("finetune_retrieval.py", *args, timeout=900)
 
 
 def train_json(corpus: Path, out: Path) -> Path:
@@ -47,7 +32,7 @@ def train_json(corpus: Path, out: Path) -> Path:
 
 
 def test_overlay_turns_pretraining_into_vtc_vtm_finetuning(tmp_path):
-    from smaug.train.config import load_config, model_config
+    from smaug.config import load_config, model_config
 
     cfg = load_config([QS, FT_CONFIG], ["data.train_shards=x", "model.overrides={keep_ratio: 0.5}"], str(tmp_path))
     m = model_config(cfg)
@@ -66,7 +51,7 @@ def _r1(report: dict) -> float:
 def test_finetuning_raises_r1_over_zero_shot(pretrained_run, synthetic_shards, tmp_path):
     corpus = Path(synthetic_shards["corpus"])
     out = tmp_path / "ft"
-    r = run_tool("--init", pretrained_run, "--train-json", train_json(corpus, tmp_path / "train.json"),
+    r = finetune("--init", pretrained_run, "--train-json", train_json(corpus, tmp_path / "train.json"),
                  "--video-root", corpus / "videos", "--eval-json", corpus / "eval.json", "--out", out,
                  "--shard-workers", 2, "--k", 16, *FAST)
     rep = json.loads((out / "finetune_report.json").read_text())
@@ -104,7 +89,7 @@ def test_finetune_from_exported_hf_folder(pretrained_run, synthetic_shards, tmp_
     hf = tmp_path / "hf"
     export_hf(str(pretrained_run), hf, verify=False)
     out = tmp_path / "ft_hf"
-    r = run_tool("--init", hf, "--train-shards", synthetic_shards["train"], "--eval-shards", synthetic_shards["eval"],
+    r = finetune("--init", hf, "--train-shards", synthetic_shards["train"], "--eval-shards", synthetic_shards["eval"],
                  "--out", out, "--skip-zero-shot", "--k", 0, "train.steps=2", "optim.warmup_steps=1", "eval.every=0", "ckpt.every=1000",
                  "log.progress=false", "data.num_workers=1", "data.batch_size=4")
     assert f"initialised from {hf.resolve()} (missing 0" in r.stdout + r.stderr

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from model_helpers import REPO, global_batch_worker, make_batch
+from conftest import REPO
+from model_helpers import global_batch_worker, make_batch
 from smaug.models import SmaugConfig, SmaugModel
 from smaug.models.losses import sample_negatives, vtc_loss
 

@@ -206,7 +206,7 @@ def test_temperature_can_never_get_stuck_outside_its_range(start, loss_sign, mov
 
 def test_checkpoints_from_before_the_log_temperature_load_their_temperature():
     """An old state dict has `vtc_temp` (the raw value); it loads as `vtc_log_temp` = log of it."""
-    from smaug.weights import adapt_state_dict
+    from smaug.checkpoint import adapt_state_dict
 
     model = _tiny_model()
     old = {k: v for k, v in model.state_dict().items() if k != "vtc_log_temp"}

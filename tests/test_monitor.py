@@ -1,11 +1,9 @@
 """Rank-0 monitoring: JSONL records with throughput/MFU fields, and wandb in offline mode (no network)."""
 import json
-from pathlib import Path
+from conftest import QS as QUICKSTART
 
-from smaug.train.config import load_config
+from smaug.config import load_config
 from smaug.train.monitor import Monitor
-
-QUICKSTART = str(Path(__file__).resolve().parents[1] / "smaug" / "configs" / "quickstart.yaml")
 
 
 def test_jsonl_and_wandb_offline(tmp_path, monkeypatch):

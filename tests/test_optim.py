@@ -1,12 +1,9 @@
 """Optimizer parameter groups: which parameters decay, and their order in ZeRO's flat bf16 buffer."""
-from pathlib import Path
-
 import torch
+from conftest import QS
 
 from smaug.models import SmaugConfig, SmaugModel
 from smaug.train.optim import ALIGN, param_groups
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_groups_split_decay_and_keep_every_parameter_once():
@@ -22,20 +19,16 @@ def test_groups_split_decay_and_keep_every_parameter_once():
     assert not any(n.endswith(".bias") for n in decay)
 
 
-def test_zero2_bf16_buffer_keeps_parameters_aligned(monkeypatch):
+def test_zero2_bf16_buffer_keeps_parameters_aligned(single_process_env):
     """ZeRO packs each group's bf16 parameters back to back and makes them views into that buffer.
     With the odd-sized ones last, every parameter of ALIGN or more elements starts 16-byte aligned
     (cuBLAS falls back to slow kernels on unaligned weights and biases: 3.4x on an H100's dense
     ViT forward); without that order the 1-element temperature shifted every bias."""
     import deepspeed
 
-    from smaug.train.config import load_config, model_config
+    from smaug.config import load_config, model_config
     from smaug.train.ds_config import build_ds_config
-    from weights_helpers import QS, free_port
 
-    for k, v in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                     MASTER_PORT=str(free_port())).items():
-        monkeypatch.setenv(k, v)
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="gloo")
     cfg = load_config([QS], ["data.train_shards=unused", "train.precision=bf16", "train.device=cpu"], "/tmp/unused")

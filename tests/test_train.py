@@ -1,6 +1,10 @@
 """End-to-end pre-training on synthetic shards with the real DeepSpeed engine (CPU, gloo).
 
-Each run is a subprocess (`python -m smaug.train` or torchrun), as a user would start it.
+Runs call `smaug.train.trainer.main(argv)` in this process (as a notebook or a sweep would; the
+process group and DeepSpeed's groups are made once and reused). Four stay subprocesses because
+the process boundary is what they test: the 2-rank run (torchrun), the killed run of the resume
+test (SIGKILL), the preemption test (SIGTERM to the process) and `python -m smaug.train`'s own
+exit path (test_train_config.py: the CLI refuses a bad key with exit 2).
 """
 import json
 import os
@@ -13,10 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from weights_helpers import free_port
+from conftest import QS, REPO, run, subprocess_env
 
-REPO = Path(__file__).resolve().parents[1]
-QS = str(REPO / "smaug" / "configs" / "quickstart.yaml")
+from smaug.dist import free_port
 
 
 @pytest.fixture(scope="session")
@@ -24,30 +27,31 @@ def train_data(synthetic_shards):
     return synthetic_shards
 
 
-def train_cmd(data, out, *extra, launcher=None):
-    args = ["--config", QS, "--out", str(out),
+def train_args(data, out, *extra) -> list[str]:
+    return ["--config", QS, "--out", str(out),
             f"data.shards_root={data['shards_root']}", f"data.train_shards={data['train']}",
-            f"data.eval_shards={data['eval']}", f"model.tokenizer={data['tokenizer']}",
+            f"data.eval_shards={data['eval']}", f"model.tokenizer={data['tokenizer']}", "train.device=cpu",
             "data.batch_size=4", "data.num_workers=1", "data.round_batches=4", "data.shuffle_buffer=20",
             "log.every=1", "log.progress=false", "eval.every=0", "optim.lr=3e-4", "optim.warmup_steps=2",
             "train.unmasked_tail_steps=0", *extra]
+
+
+def train_cmd(data, out, *extra, launcher=None) -> list[str]:
+    """The command line of a run in a new process (`python -m smaug.train`, or torchrun with 2 ranks)."""
     if launcher == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-                str(free_port()), "-m", "smaug.train", *args]
-    return [sys.executable, "-m", "smaug.train", *args]
+                str(free_port()), "-m", "smaug.train", *train_args(data, out, *extra)]
+    return [sys.executable, "-m", "smaug.train", *train_args(data, out, *extra)]
 
 
-def _env():
-    env = dict(os.environ, PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    return env
+def train(capfd, data, out, *extra, rc=0) -> str:
+    """One run in this process (`main(argv)`): asserts its exit code, returns what it printed."""
+    from smaug.train.trainer import main
 
-
-def run(cmd, timeout=600):
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=REPO)
-    assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
-    return r
+    got = main(train_args(data, out, *extra))
+    text = "".join(capfd.readouterr())
+    assert got == rc, f"exit {got}\n{text[-6000:]}"
+    return text
 
 
 def records(out):
@@ -69,9 +73,9 @@ def assert_loss_falls(out, k=5):
     assert last < first - 0.1, f"loss did not fall: first {first:.3f} last {last:.3f} ({losses})"
 
 
-def test_train_world1_loss_falls_and_logs(train_data, tmp_path):
+def test_train_world1_loss_falls_and_logs(train_data, tmp_path, capfd):
     out = tmp_path / "w1"
-    run(train_cmd(train_data, out, "train.steps=24", "ckpt.every=100", "eval.every=12", "eval.num_frames=6"))
+    train(capfd, train_data, out, "train.steps=24", "ckpt.every=100", "eval.every=12", "eval.num_frames=6")
     assert_loss_falls(out)
     rec = [r for r in records(out) if "loss" in r][-1]
     for key in ("vtc", "vtm", "mlm", "mvm", "lr", "temp", "clips_per_s", "data_wait_frac", "mfu",
@@ -109,7 +113,7 @@ def test_train_world2_torchrun(train_data, tmp_path):
 
 
 def _kill_after_checkpoint(cmd, ckpt_dir: Path, timeout=600):
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env(), cwd=REPO,
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=REPO,
                             start_new_session=True)
     t0 = time.time()
     while not (ckpt_dir / "COMPLETE").exists():
@@ -123,7 +127,7 @@ def _kill_after_checkpoint(cmd, ckpt_dir: Path, timeout=600):
 
 
 @pytest.mark.parametrize("precision, atol", [("fp32", 0.0), ("bf16", 2e-2)])
-def test_resume_after_sigkill_matches_uninterrupted(train_data, tmp_path, precision, atol):
+def test_resume_after_sigkill_matches_uninterrupted(train_data, tmp_path, capfd, precision, atol):
     """Killed (SIGKILL) after the step-N checkpoint and resumed, a run equals an uninterrupted one at 2N.
 
     fp32: bitwise equal. bf16: within `atol` on every weight (bf16 rounding of the engine's
@@ -132,12 +136,11 @@ def test_resume_after_sigkill_matches_uninterrupted(train_data, tmp_path, precis
     n = 4
     extra = ("train.steps=8", f"ckpt.every={n}", f"train.precision={precision}")
     ref = tmp_path / "ref"
-    run(train_cmd(train_data, ref, *extra))
-    out = tmp_path / "killed"
+    train(capfd, train_data, ref, *extra)
+    out = tmp_path / "killed"  # a subprocess: SIGKILL is the point
     rc = _kill_after_checkpoint(train_cmd(train_data, out, *extra), out / "checkpoints" / f"step_{n:08d}")
     assert rc == -signal.SIGKILL
-    r = run(train_cmd(train_data, out, *extra))
-    assert f"resumed from" in r.stdout + r.stderr
+    assert "resumed from" in train(capfd, train_data, out, *extra)
     a, b = module_state(ref, 2 * n), module_state(out, 2 * n)
     assert a.keys() == b.keys()
     worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
@@ -153,9 +156,10 @@ def test_resume_after_sigkill_matches_uninterrupted(train_data, tmp_path, precis
 
 
 def test_sigterm_saves_and_exits_zero(train_data, tmp_path):
+    """A subprocess: the signal goes to the training process, as a scheduler's preemption does."""
     out = tmp_path / "pre"
     proc = subprocess.Popen(train_cmd(train_data, out, "train.steps=10000", "ckpt.every=10000"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env(), cwd=REPO, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=REPO, text=True)
     log = out / "log.jsonl"
     t0 = time.time()
     while not (log.exists() and len(log.read_text().splitlines()) >= 2):
@@ -171,56 +175,49 @@ def test_sigterm_saves_and_exits_zero(train_data, tmp_path):
     assert "SIGTERM received" in stdout
 
 
-def test_nonfinite_losses_are_skipped_then_stop_the_run(train_data, tmp_path):
+def test_nonfinite_losses_are_skipped_then_stop_the_run(train_data, tmp_path, capfd):
     """An absurd LR blows the weights up; each non-finite loss is skipped, N in a row stop the run clearly."""
     out = tmp_path / "nan"
-    r = subprocess.run(train_cmd(train_data, out, "train.steps=50", "optim.lr=1e30", "optim.warmup_steps=0",
-                                 "train.max_nonfinite=3", "ckpt.every=1000"),
-                       capture_output=True, text=True, timeout=600, env=_env(), cwd=REPO)
-    assert r.returncode != 0
-    text = r.stdout + r.stderr
+    text = train(capfd, train_data, out, "train.steps=50", "optim.lr=1e30", "optim.warmup_steps=0",
+                 "train.max_nonfinite=3", "ckpt.every=1000", rc=3)
     assert "non-finite loss at step" in text and "micro-batch skipped" in text
     assert "3 non-finite losses in a row" in text and "train.max_nonfinite=3" in text
 
 
-def _overflow_run(train_data, out, *extra):
+def _overflow_run(capfd, train_data, out, *extra, rc):
     """bf16 with w_vtc=1e38: the loss stays finite (~2.8e38 < fp32 max) but bf16 gradients overflow."""
-    return subprocess.run(train_cmd(train_data, out, "train.steps=3", "train.precision=bf16", "optim.warmup_steps=0",
-                                    "model.overrides={w_vtc: 1.0e+38}", "ckpt.every=1", *extra),
-                          capture_output=True, text=True, timeout=600, env=_env(), cwd=REPO)
+    return train(capfd, train_data, out, "train.steps=3", "train.precision=bf16", "optim.warmup_steps=0",
+                 "model.w_vtc=1.0e+38", "ckpt.every=1", *extra, rc=rc)
 
 
-def test_nonfinite_gradients_with_a_finite_loss_stop_before_any_save(train_data, tmp_path):
+def test_nonfinite_gradients_with_a_finite_loss_stop_before_any_save(train_data, tmp_path, capfd):
     """The shipped JSON turns DeepSpeed's per-tensor bf16 overflow check off; the trainer's grad-norm
     guard must then stop the run, and no checkpoint may hold the corrupted weights."""
     out = tmp_path / "gnorm"
-    r = _overflow_run(train_data, out)
-    text = r.stdout + r.stderr
-    assert r.returncode == 3, text[-3000:]
+    text = _overflow_run(capfd, train_data, out, rc=3)
     assert "non-finite loss" not in text  # the loss was finite: only the gradients overflowed
     assert "non-finite gradient norm at or before step 1" in text and "nothing was saved" in text
     ckpts = out / "checkpoints"
     assert not ckpts.exists() or not any(p.name.startswith("step_") for p in ckpts.iterdir())
 
 
-def test_nonfinite_gradients_are_skipped_and_counted_when_deepspeed_checks(train_data, tmp_path):
+def test_nonfinite_gradients_are_skipped_and_counted_when_deepspeed_checks(train_data, tmp_path, capfd):
     """With bf16.check_grad_overflow=true DeepSpeed skips those steps; the trainer counts them."""
     ds = json.loads((REPO / "ds_configs" / "zero2_cpu.json").read_text())
     ds["bf16"]["check_grad_overflow"] = True
     (tmp_path / "ds.json").write_text(json.dumps(ds))
     out = tmp_path / "gnorm_skip"
-    r = _overflow_run(train_data, out, f"train.ds_config={tmp_path / 'ds.json'}")
-    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    assert "skipped by DeepSpeed" in r.stdout + r.stderr
+    assert "skipped by DeepSpeed" in _overflow_run(capfd, train_data, out, f"train.ds_config={tmp_path / 'ds.json'}",
+                                                   rc=0)
     recs = [x for x in records(out) if "loss" in x]
     assert recs[-1]["skipped_steps"] == 3 and all(x["loss"] < float("inf") for x in recs)
 
 
-def test_gradient_accumulation_steps_once_per_accum_micro_batches(train_data, tmp_path):
+def test_gradient_accumulation_steps_once_per_accum_micro_batches(train_data, tmp_path, capfd):
     """train.grad_accum=2: each logged step consumed 2 micro-batches (clips), took one optimizer step
     (one grad norm) and the checkpoint counts optimizer steps."""
     out = tmp_path / "accum"
-    run(train_cmd(train_data, out, "train.steps=3", "train.grad_accum=2", "ckpt.every=3"))
+    train(capfd, train_data, out, "train.steps=3", "train.grad_accum=2", "ckpt.every=3")
     recs = [r for r in records(out) if "loss" in r]
     assert [r["step"] for r in recs] == [1, 2, 3]
     assert all(0 < r["grad_norm"] < float("inf") for r in recs)
@@ -231,35 +228,29 @@ def test_gradient_accumulation_steps_once_per_accum_micro_batches(train_data, tm
     assert state["global_steps"] == 3 and state["global_samples"] == 24
 
 
-def test_main_runs_twice_in_one_process(train_data, tmp_path):
+def test_main_runs_twice_in_one_process(train_data, tmp_path, capfd):
     """`main(argv)` is callable from Python (a notebook, a sweep): a second run in the same process
-    reuses the process group (DeepSpeed caches its groups; only `python -m smaug.train` tears it down)."""
-    argvs = [train_cmd(train_data, tmp_path / f"run{i}", "train.steps=2", "optim.warmup_steps=1")[3:] for i in range(2)]
-    code = ("import json, sys\nfrom smaug.train.trainer import main\n"
-            "rcs = [main(a) for a in json.loads(sys.argv[1])]\nprint('rcs', rcs)\nsys.exit(max(rcs))\n")
-    r = run([sys.executable, "-c", code, json.dumps(argvs)])
-    assert "rcs [0, 0]" in r.stdout
+    reuses the process group (DeepSpeed caches its groups; only `python -m smaug.train` tears it down).
+    Every in-process test here relies on it; this one says so by name."""
+    for i in range(2):
+        train(capfd, train_data, tmp_path / f"run{i}", "train.steps=2", "optim.warmup_steps=1")
     assert all(train_losses(tmp_path / f"run{i}") for i in range(2))
 
 
-def test_vtm_curriculum_and_unmasked_tail_switch_on_time_and_resume_exactly(train_data, tmp_path):
+def test_vtm_curriculum_and_unmasked_tail_switch_on_time_and_resume_exactly(train_data, tmp_path, capfd):
     """"auto" VTM negatives switch from uniform to hard at the first log window whose pair accuracy
     reaches `vtm_switch_acc`, and not before (the run equals the all-uniform one bit for bit up to
     there); `train.unmasked_tail_steps` trains the last steps on every patch without MVM; a run
     resumed from a checkpoint taken mid-window (before the switch or after it) equals the
     uninterrupted one."""
     common = ["train.steps=12", "log.every=2", "ckpt.every=5", "train.unmasked_tail_steps=3"]
-    uni = train_cmd(train_data, tmp_path / "uniform", *common, "model.overrides={vtm_negatives: uniform}")[3:]
-    code = ("import json, sys\nfrom smaug.train.trainer import main\n"
-            "sys.exit(max(main(a) for a in json.loads(sys.argv[1])))\n")
-    run([sys.executable, "-c", code, json.dumps([uni])])
+    train(capfd, train_data, tmp_path / "uniform", *common, "model.vtm_negatives=uniform")
     accs = [(r["step"], r["vtm_acc"]) for r in records(tmp_path / "uniform") if "vtm_acc" in r]
     thr = max(a for s, a in accs if s < 10)  # a threshold this short run reaches, before the last checkpoint
     switch_step = next(s for s, a in accs if a >= thr)
-    auto = train_cmd(train_data, tmp_path / "auto", *common,
-                     f"model.overrides={{vtm_negatives: auto, vtm_switch_acc: {thr - 1e-6:.9f}}}")[3:]
-    r = run([sys.executable, "-c", code, json.dumps([auto])])
-    assert f"hard negatives from step {switch_step + 1}" in r.stdout + r.stderr
+    auto = (*common, "model.vtm_negatives=auto", f"model.overrides={{vtm_switch_acc: {thr - 1e-6:.9f}}}")
+    text = train(capfd, train_data, tmp_path / "auto", *auto)
+    assert f"hard negatives from step {switch_step + 1}" in text
     ra, ru = ([x for x in records(tmp_path / d) if "loss" in x] for d in ("auto", "uniform"))
     assert [x["vtm_hard"] for x in ra] == [float(x["step"] > switch_step) for x in ra]
     assert [x["loss"] for x in ra if x["step"] <= switch_step] == [x["loss"] for x in ru if x["step"] <= switch_step]
@@ -276,6 +267,6 @@ def test_vtm_curriculum_and_unmasked_tail_switch_on_time_and_resume_exactly(trai
             if p.is_dir() and p.name != f"step_{start:08d}":
                 shutil.rmtree(p)
         (d / "checkpoints" / "latest").write_text(f"step_{start:08d}")
-        run([sys.executable, "-c", code, json.dumps([[*auto[:3], str(d), *auto[4:]]])])
+        train(capfd, train_data, d, *auto)
         got = module_state(d, 12)
         assert all(torch.equal(got[k], ref[k]) for k in ref), f"resume from step {start} differs"

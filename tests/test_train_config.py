@@ -8,13 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from smaug.data import DataConfig
-from smaug.train.config import SECTIONS, ConfigError, load_config
-from smaug.train.ds_config import build_ds_config
+from conftest import CONFIGS, QS, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "smaug" / "configs"
-QS = str(CONFIGS / "quickstart.yaml")
+from smaug.config import SECTIONS, ConfigError, load_config
+from smaug.data import DataConfig
+from smaug.train.ds_config import build_ds_config
 
 
 def _load(*overrides, files=(QS,)):
@@ -85,8 +83,10 @@ def test_output_dir_is_required():
 
 
 def test_ds_config_is_derived_from_the_run_config():
-    cfg = _load("data.batch_size=6", "train.grad_accum=3", "optim.lr=2e-4", "optim.betas=[0.8,0.95]")
+    cfg = _load("data.batch_size=6", "train.grad_accum=3", "optim.lr=2e-4", "optim.betas=[0.8,0.95]",
+                "optim.grad_clip=0.5")
     ds = build_ds_config(cfg, world_size=4, device="cpu")
+    assert ds["gradient_clipping"] == 0.5  # the shipped JSONs leave it "auto": optim.grad_clip is the one source
     assert ds["train_micro_batch_size_per_gpu"] == 6
     assert ds["gradient_accumulation_steps"] == 3
     assert ds["train_batch_size"] == 6 * 3 * 4
@@ -167,3 +167,28 @@ def test_cli_takes_overrides_between_config_files():
 
     args = parse_args(["--config", QS, "optim.lr=1e-3", "--config", "dense.yaml", "--out", "x", "train.steps=5"])
     assert args.config == [QS, "dense.yaml"] and args.overrides == ["optim.lr=1e-3", "train.steps=5"]
+
+
+def test_model_knobs_are_typed_and_the_old_spelling_still_loads():
+    """The paper's knobs are run-config fields (model.mask_ratio, ...): typed, validated, null = the preset's;
+    `model.overrides.<knob>` (configs and checkpoints written before) is read as the same field."""
+    from smaug.config import model_config
+
+    cfg = _load("model.mask_ratio=0.9", "model.sparsify_layers=[2]", "model.select_frames=3")
+    m = model_config(cfg)
+    assert (m.mask_ratio, m.sparsify_layers, m.select_frames) == (0.9, (2,), 3)
+    assert model_config(_load()).sparsify_layers == (1, 2)  # null: the tiny preset's
+    legacy = _load("model.overrides={keep_ratio: 0.5, vtm_switch_acc: 0.8}")
+    assert legacy.model.keep_ratio == 0.5 and legacy.model.overrides == {"vtm_switch_acc": 0.8}
+    assert _load("model.overrides={keep_ratio: 0.5}", "model.keep_ratio=0.6").model.keep_ratio == 0.6  # later wins
+    with pytest.raises(ConfigError, match="model.mask_ratio"):
+        _load("model.mask_ratio=lots")
+    with pytest.raises(ConfigError, match="model.sparsify_mode"):
+        _load("model.sparsify_mode=merge")
+
+
+def test_preset_and_data_frame_size_must_agree():
+    """The tiny preset is built for 112 px: a different data.image_size is refused, not silently applied."""
+    with pytest.raises(ConfigError, match=r"data.image_size: 224, but model.preset=tiny is built for image_size=112"):
+        _load("data.image_size=224")
+    assert _load("data.num_frames=6").data.num_frames == 6  # no preset fixes the frame count

@@ -2,17 +2,12 @@
 hub-layout HF cache (offline) and a tiny BERT folder holding its tokenizer. Checks init_report.json,
 the log's first lines, the mean/std in the resolved config, and the HF export refusing a BEiT tower."""
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
+from conftest import QS, run, subprocess_env
 from pretrained_helpers import hub_repo, hub_snapshot, save_timm, timm_reference, tiny_bert_config
-
-REPO = Path(__file__).resolve().parents[1]
-QS = str(REPO / "smaug" / "configs" / "quickstart.yaml")
 
 
 def test_trainer_loads_pretrained_towers_and_reports(synthetic_shards, tmp_path):
@@ -36,12 +31,8 @@ def test_trainer_loads_pretrained_towers_and_reports(synthetic_shards, tmp_path)
            "model.allow_random_init=false", "train.steps=1", "data.batch_size=2", "data.num_workers=1",
            "data.round_batches=4", "data.shuffle_buffer=4", "log.progress=false", "eval.every=0",
            "optim.warmup_steps=0", "train.unmasked_tail_steps=0", "log.every=1"]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1",
-               HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1")
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    # a subprocess: huggingface_hub reads HF_HUB_CACHE when it is imported, and this process imported it long ago
+    r = run(cmd, env=subprocess_env(HF_HUB_CACHE=cache, HF_HUB_OFFLINE=1))
 
     report = json.loads((out / "init_report.json").read_text())
     v, t = report["vision"], report["text"]

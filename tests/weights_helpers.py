@@ -6,43 +6,29 @@ SmaugModel, in the trainer's layout, from 1 or more gloo ranks (no data pipeline
 """
 from __future__ import annotations
 
-import os
-import socket
 import sys
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-QS = str(REPO / "smaug" / "configs" / "quickstart.yaml")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_checkpoint(out: str, tokenizer: str, overrides: list[str], steps: int = 1) -> None:
     """Build the run config like the trainer, take `steps` optimizer steps on random batches, save."""
     import deepspeed
     import torch
+    from conftest import QS
 
-    from smaug.data import load_tokenizer
+    from smaug import checkpoint as ckpt
+    from smaug.config import load_config, model_config, save_resolved
+    from smaug.data import load_tokenizer, tokenizer_fields
     from smaug.models import SmaugModel
-    from smaug.train import checkpoint as ckpt
-    from smaug.train.config import load_config, model_config, save_resolved
     from smaug.train.ds_config import build_ds_config
     from smaug.train.optim import param_groups
+    from smaug.train.trainer import setup_distributed
 
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    world = int(os.environ["WORLD_SIZE"])
     cfg = load_config([QS], ["data.train_shards=unused", "data.batch_size=2", "train.precision=fp32",
                              f"model.tokenizer={tokenizer}", *overrides], out)
     tok = load_tokenizer(tokenizer)
-    mcfg = model_config(cfg, vocab_size=len(tok), pad_token_id=tok.pad_token_id, mask_token_id=tok.mask_token_id,
-                        cls_token_id=tok.cls_token_id, sep_token_id=tok.sep_token_id)
-    deepspeed.init_distributed(dist_backend="gloo")
-    rank = torch.distributed.get_rank()
+    mcfg = model_config(cfg, **tokenizer_fields(tok))
+    rank, world, _ = setup_distributed("cpu")  # the trainer's: a plain run becomes a 1-process gloo group
     torch.manual_seed(cfg.run.seed)
     model = SmaugModel(mcfg)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, cfg.optim.weight_decay),
@@ -66,5 +52,5 @@ def write_checkpoint(out: str, tokenizer: str, overrides: list[str], steps: int 
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # smaug from this checkout
     write_checkpoint(sys.argv[1], sys.argv[2], sys.argv[3:])

@@ -36,7 +36,7 @@ the numbers equal the trainer's periodic eval (VTC).
 
 Output: a readable table on stdout and a JSON report (--out) recording the protocol
 (checkpoint, step, frames, k, pooling, dsl, queries, split, data, clip/caption counts, chance
-levels, precision, world size) next to the metrics: `smaug.retrieval.retrieval_report`, the schema
+levels, precision, world size) next to the metrics: `smaug.eval.retrieval.retrieval_report`, the schema
 of the trainer's eval.json too.
 """
 from __future__ import annotations
@@ -57,7 +57,8 @@ except ImportError:  # running from a checkout without `pip install -e .`
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from smaug.weights import CheckpointError  # noqa: E402
+from smaug.checkpoint import CheckpointError  # noqa: E402
+from smaug.dist import init_distributed  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -100,22 +101,10 @@ def parse_args(argv=None):
     return args
 
 
-def setup_distributed(kind: str) -> tuple[int, int, torch.device]:
-    """torchrun env -> (rank, world, device); a plain run is world size 1 without a process group."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device("cuda", local) if kind == "cuda" else torch.device("cpu")
-    if kind == "cuda":
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():  # device_id binds NCCL to this rank's GPU (as the trainer)
-        dist.init_process_group("nccl" if kind == "cuda" else "gloo", device_id=device if kind == "cuda" else None)
-    return (dist.get_rank() if world > 1 else 0), world, device
-
-
 def data_config(run_config: dict, cfg, args):
     """The run's DataConfig with the eval-time choices of this invocation applied."""
+    from smaug.config import build_section
     from smaug.data import DataConfig
-    from smaug.train.config import build_section
 
     data = dict(run_config.get("data") or {})
     for k in ("train_shards",):
@@ -138,7 +127,7 @@ def data_config(run_config: dict, cfg, args):
 def build_loader(args, dcfg, tokenizer, rank: int, world: int):
     """-> (loader, split name, data description)."""
     if args.json:
-        from smaug.retrieval_data import build_json_eval_loader
+        from smaug.data.json_clips import build_json_eval_loader
 
         loader = build_json_eval_loader(args.json, args.video_root, dcfg, tokenizer, rank, world)
         return loader, args.split or Path(args.json).stem, {"json": str(Path(args.json).resolve()),
@@ -154,7 +143,7 @@ def build_loader(args, dcfg, tokenizer, rank: int, world: int):
 
 
 def format_table(report: dict) -> str:
-    from smaug.retrieval import ranking_rows
+    from smaug.eval.retrieval import ranking_rows
 
     pr, res = report["protocol"], report["results"]
     head = (f"retrieval  split={pr['split']}  clips={pr['num_videos']}  queries={pr['num_texts']}  "
@@ -178,11 +167,11 @@ def format_table(report: dict) -> str:
 
 def run(args) -> dict:
     from smaug.data import load_tokenizer
-    from smaug.retrieval import evaluate, retrieval_report
-    from smaug.weights import model_from_checkpoint, read_client_state, resolve_checkpoint
+    from smaug.eval.retrieval import evaluate, retrieval_report
+    from smaug.checkpoint import model_from_checkpoint, read_client_state, resolve_checkpoint
 
     kind = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    rank, world, device = setup_distributed(kind)
+    rank, world, device = init_distributed(kind)  # torchrun env; a plain run has no process group
     ref = resolve_checkpoint(args.checkpoint)
     model, cfg, run_config, tok_path = model_from_checkpoint(args.checkpoint, args.tokenizer)
     step = read_client_state(ref).get("step") if ref.kind == "deepspeed" else None

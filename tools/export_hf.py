@@ -22,7 +22,7 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from smaug.weights import CheckpointError  # noqa: E402
+from smaug.checkpoint import CheckpointError  # noqa: E402
 
 
 def parse_args(argv=None):

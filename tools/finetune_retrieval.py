@@ -38,7 +38,7 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
 
-from smaug.weights import CheckpointError  # noqa: E402
+from smaug.checkpoint import CheckpointError  # noqa: E402
 
 FINETUNE_CONFIG = REPO / "smaug" / "configs" / "finetune_retrieval.yaml"
 
@@ -97,7 +97,7 @@ def build_shards(json_path: str, video_root: str, out: Path, prefix: str, worker
 
 def init_config(init: str, tokenizer, out: Path) -> tuple[Path, str]:
     """Write the checkpoint's run config as OUT/init_config.yaml (the base of the fine-tuning config)."""
-    from smaug.weights import load_smaug_checkpoint
+    from smaug.checkpoint import load_smaug_checkpoint
 
     _, _, run_config, tok = load_smaug_checkpoint(init, tokenizer)
     if not run_config.get("model"):
@@ -128,7 +128,7 @@ def evaluate(checkpoint: str, eval_shards: str, out_json: Path, args, tokenizer:
 
 def _r1(report: dict) -> dict:
     """R@1 of each ranking of a report (vtc, vtm, combined, vtc_dsl when present), both directions."""
-    from smaug.retrieval import RANKINGS
+    from smaug.eval.retrieval import RANKINGS
 
     res = report["results"]
     return {m: {d: res[m][f"{d}_r1"] for d in ("t2v", "v2t")} for m in RANKINGS if res.get(m)}

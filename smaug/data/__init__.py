@@ -11,7 +11,8 @@ Names are imported lazily so that the ingest tools (`tools/make_shards.py`), whi
 Submodules, one job each: `config` (DataConfig), `specs` (shard specs, manifests, corpus YAML),
 `sources` (raw listings -> rows), `transcode` (ingest-side media), `shardwriter` (resumable
 shard writing), `decode` (loader-side decoding and augmentation), `collate` (batching and
-tokenisation), `stream` (train/eval pipelines, resumable state, error budget), `tokenizer`.
+tokenisation), `stream` (train/eval pipelines, resumable state, error budget), `tokenizer`,
+`json_clips` (eval clips straight from an MSRVTT-style JSON, decoded as shards would be).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ _EXPORTS = {
     "DataErrorBudgetExceeded": "stream",
     "load_tokenizer": "tokenizer",
     "build_wordpiece_tokenizer": "tokenizer",
+    "tokenizer_fields": "tokenizer",
     "resolve_spec": "specs",
     "resolve_mixture": "specs",
     "read_manifest": "specs",

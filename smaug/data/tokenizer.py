@@ -57,3 +57,9 @@ def load_tokenizer(name_or_path: str | os.PathLike):
         if getattr(tok, attr) is None:
             raise ValueError(f"{name_or_path}: tokenizer has no {attr[:-3]}")
     return tok
+
+
+def tokenizer_fields(tok) -> dict:
+    """The `SmaugConfig` fields a tokenizer fixes: vocabulary size and the special-token ids."""
+    return dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, mask_token_id=tok.mask_token_id,
+                cls_token_id=tok.cls_token_id, sep_token_id=tok.sep_token_id)

@@ -56,9 +56,9 @@ def verify_export(model, folder: Path, seed: int = 0) -> float:
 
 
 def _fmt_metrics(title: str, report: dict) -> list[str]:
-    """Markdown table of a retrieval report (`smaug.retrieval.retrieval_report`: eval_retrieval's JSON or
+    """Markdown table of a retrieval report (`smaug.eval.retrieval.retrieval_report`: eval_retrieval's JSON or
     the trainer's eval.json)."""
-    from smaug.retrieval import ranking_rows
+    from smaug.eval.retrieval import ranking_rows
 
     proto, res = report["protocol"], report["results"]
     rows = [f"{title}: {proto['num_videos']} clips, {proto['num_texts']} queries, {proto['frames']} frames per clip, "
@@ -125,7 +125,7 @@ def export_hf(checkpoint: str, out: str | Path, tokenizer: Optional[str] = None,
 
     from smaug.hf import AUTO_MAP, CODE_FILES
     from smaug.hf.convert import check_exportable, hf_config_from_smaug
-    from smaug.weights import model_from_checkpoint, resolve_checkpoint
+    from smaug.checkpoint import model_from_checkpoint, resolve_checkpoint
 
     ref = resolve_checkpoint(checkpoint)
     model, cfg, run_config, tok_path = model_from_checkpoint(checkpoint, tokenizer)
@@ -159,7 +159,7 @@ def export_hf(checkpoint: str, out: str | Path, tokenizer: Optional[str] = None,
 def export_vision_timm(checkpoint: str, out: str | Path, tokenizer: Optional[str] = None) -> dict:
     """Export the video tower as a per-frame timm ViT (see `smaug.hf.convert.timm_vit_state_dict`)."""
     from smaug.hf.convert import check_exportable, timm_vit_kwargs, timm_vit_state_dict
-    from smaug.weights import load_smaug_checkpoint, resolve_checkpoint
+    from smaug.checkpoint import load_smaug_checkpoint, resolve_checkpoint
 
     ref = resolve_checkpoint(checkpoint)
     cfg, sd, run_config, _ = load_smaug_checkpoint(checkpoint, tokenizer)

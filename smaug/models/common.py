@@ -10,6 +10,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from smaug.dist import world
+
 
 def maybe_checkpoint(enabled: bool, fn, *args, **kwargs):
     """`fn(*args, **kwargs)`, recomputed in backward when `enabled` (non-reentrant, RNG state preserved).
@@ -21,13 +23,6 @@ def maybe_checkpoint(enabled: bool, fn, *args, **kwargs):
     if enabled and torch.is_grad_enabled():
         return checkpoint(fn, *args, use_reentrant=False, **kwargs)
     return fn(*args, **kwargs)
-
-
-def world() -> tuple[int, int]:
-    """(rank, world_size) of the default process group, or (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:

@@ -21,8 +21,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from smaug.dist import world
+
 from . import flops as _flops
-from .common import all_gather_no_grad, all_gather_with_grad, draw_seed, pad_text_to_global_length, world
+from .common import all_gather_no_grad, all_gather_with_grad, draw_seed, pad_text_to_global_length
 from .frame_selection import FrameSelector
 from .losses import mlm_loss, mvm_loss, sample_negatives, vtc_loss, vtm_loss
 from .mae_decoder import MAEDecoder, patchify
@@ -167,8 +169,10 @@ class SmaugConfig:
 
 PRESETS: dict[str, dict] = {
     "base": {},  # the dataclass defaults: ViT-B/16 224px, BERT-base 9+3, 2 of 4 frames, keep 0.7 at blocks 3/6/9
-    # CPU tests + quickstart: 7x7 patches, 12 visible per frame; fwd+bwd at batch 8 on 2 cores ~0.25 s (dense ~0.35 s)
-    "tiny": dict(image_size=112, patch_size=16, num_frames=4, vision_width=192, vision_depth=4, vision_heads=3,
+    # CPU tests + quickstart: 7x7 patches, 12 visible per frame; fwd+bwd at batch 8 on 2 cores ~0.25 s (dense ~0.35 s).
+    # A run config's data.image_size must equal a preset's image_size (refused otherwise); the frame count is the
+    # data's (data.num_frames), so no preset sets it
+    "tiny": dict(image_size=112, patch_size=16, vision_width=192, vision_depth=4, vision_heads=3,
                  drop_path_rate=0.0, decoder_width=128, decoder_depth=1, decoder_heads=4, sparsify_layers=(1, 2),
                  text_width=192, text_layers=6, fusion_layer=4, text_heads=3, text_intermediate=768,
                  text_dropout=0.0, text_max_positions=128, select_frames=2, embed_dim=128),

@@ -1,6 +1,5 @@
 """The DeepSpeed pre-training entry point: `python -m smaug.train --config X.yaml [key=value ...]`.
 
-Unlike `smaug.models` and `smaug.data`, this package needs DeepSpeed (imported lazily)."""
-from .trainer import main
-
-__all__ = ["main"]
+The only package that needs DeepSpeed; nothing else under `smaug/` imports it (tests/test_layout.py).
+Importing the package imports nothing: `from smaug.train.trainer import main` for in-process runs.
+"""

@@ -11,7 +11,7 @@ import copy
 import json
 from pathlib import Path
 
-from .config import ConfigError, RunConfig
+from smaug.config import ConfigError, RunConfig
 
 DS_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
 

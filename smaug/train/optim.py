@@ -7,11 +7,11 @@ import torch
 
 
 def no_decay_names(model: torch.nn.Module) -> set[str]:
-    """Parameters that must not decay: 1-D ones (norm weights, biases, the temperature) and the
-    names the model lists in `no_weight_decay()` (position / temporal embeddings, class tokens)."""
-    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    return {n for n, p in model.named_parameters()
-            if p.requires_grad and (p.ndim < 2 or n in skip or n.endswith(".bias"))}
+    """Trainable parameters that must not decay: the model's own `no_weight_decay()` (the rule lives
+    in one place, `SmaugModel.no_weight_decay`: every parameter with <= 1 dimension, embeddings,
+    tokens, the temperature)."""
+    skip = model.no_weight_decay()
+    return {n for n, p in model.named_parameters() if p.requires_grad and n in skip}
 
 
 ALIGN = 16  # elements: 32 bytes in bf16, 64 in fp32

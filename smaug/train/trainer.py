@@ -14,7 +14,6 @@ import json
 import math
 import os
 import signal
-import socket
 import sys
 import time
 from contextlib import contextmanager
@@ -23,8 +22,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from . import checkpoint as ckpt
-from .config import ConfigError, RunConfig, load_config, model_config, save_resolved
+from smaug import checkpoint as ckpt
+from smaug.config import ConfigError, RunConfig, load_config, model_config, save_resolved
+from smaug.dist import init_distributed
+
 from .ds_config import build_ds_config, save_ds_config
 from .monitor import Monitor, device_peak_tflops
 from .optim import make_scheduler, param_groups
@@ -44,32 +45,16 @@ def parse_args(argv):
     return p.parse_intermixed_args(argv)  # overrides may come between --config files
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def setup_distributed(device_kind: str) -> tuple[int, int, int]:
-    """Initialise torch.distributed through DeepSpeed; a plain `python -m` run becomes world size 1."""
+    """Initialise torch.distributed (`smaug.dist.init_distributed`; a plain `python -m` run becomes world
+    size 1) and let DeepSpeed adopt the process group. -> (rank, world size, local rank)."""
     import deepspeed
-
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
     from deepspeed.constants import default_pg_timeout  # $DEEPSPEED_TIMEOUT minutes, as DeepSpeed's own init
 
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    rank, world_size, device = init_distributed(device_kind, always=True, timeout=default_pg_timeout)
     backend = "nccl" if device_kind == "cuda" else "gloo"
-    if device_kind == "cuda":
-        torch.cuda.set_device(local_rank)
-    if not dist.is_initialized():
-        # torch's init (env://) with device_id binds NCCL to this rank's GPU; DeepSpeed's init cannot
-        # pass it, and NCCL then warns at the first barrier that it is guessing the device
-        bind = {"device_id": torch.device("cuda", local_rank)} if device_kind == "cuda" else {}
-        dist.init_process_group(backend=backend, timeout=default_pg_timeout, **bind)
     deepspeed.init_distributed(dist_backend=backend, timeout=default_pg_timeout)  # adopts the process group
-    return dist.get_rank(), dist.get_world_size(), local_rank
+    return rank, world_size, int(os.environ.get("LOCAL_RANK", 0))
 
 
 def teardown_distributed() -> None:
@@ -82,11 +67,17 @@ def teardown_distributed() -> None:
 class Preemption:
     """SIGTERM / SIGUSR1 set a flag; the loop checkpoints at the next step boundary and exits 0."""
 
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
     def __init__(self):
         self.requested = False
         self.signal = None
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+
+    def restore(self) -> None:
+        """Put back the handlers that were there before (an in-process caller keeps its own)."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum, frame):
         self.requested = True
@@ -117,7 +108,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig):
         import deepspeed
 
-        from smaug.data import build_train_loader, load_tokenizer
+        from smaug.data import build_train_loader, load_tokenizer, tokenizer_fields
         from smaug.models import SmaugModel
 
         self.cfg = cfg
@@ -138,16 +129,13 @@ class Trainer:
         dist.barrier()
 
         self.tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.text_init)  # text_init's own by default
-        tok = self.tokenizer
-        self.mcfg = model_config(cfg, vocab_size=len(tok), pad_token_id=tok.pad_token_id,
-                                 mask_token_id=tok.mask_token_id, cls_token_id=tok.cls_token_id,
-                                 sep_token_id=tok.sep_token_id)
+        self.mcfg = model_config(cfg, **tokenizer_fields(self.tokenizer))
         model = SmaugModel(self.mcfg)
         found = ckpt.find_resume(self.out, cfg.ckpt.resume)
         if found is None and not cfg.model.init_from:  # resume / init_from bring every weight themselves
             self.init_towers(model)
         if cfg.model.init_from and found is None:  # a resumed run loads its own checkpoint instead
-            from smaug.weights import load_weights
+            from smaug.checkpoint import load_weights
 
             missing, unexpected = load_weights(model, cfg.model.init_from)
             self._say(f"[smaug] initialised from {cfg.model.init_from} (missing {len(missing)}, unexpected {len(unexpected)})")
@@ -252,7 +240,7 @@ class Trainer:
                     raise FloatingPointError(
                         f"{streak} non-finite losses in a row at step {self.step} (train.max_nonfinite="
                         f"{cfg.train.max_nonfinite}); check optim.lr / data; last losses: "
-                        f"{ {k: float(v) for k, v in out.losses.items()} }")
+                        f"{ {k: float(v.detach()) for k, v in out.losses.items()} }")
                 continue
             streak = 0
             self.engine.backward(out.loss)
@@ -338,14 +326,14 @@ class Trainer:
         return path
 
     def evaluate(self) -> dict | None:
-        """Retrieval eval on data.eval_shards (`smaug.retrieval.evaluate`, VTC + the VTM rerankings of the
+        """Retrieval eval on data.eval_shards (`smaug.eval.retrieval.evaluate`, VTC + the VTM rerankings of the
         top eval.rerank_k): logs `eval/...` scalars and writes eval.json in the report schema of
         tools/eval_retrieval.py. Collective with world > 1; returns the report."""
         cfg = self.cfg
         if not cfg.data.eval_shards:
             return None
         from smaug.data import build_eval_loader
-        from smaug.retrieval import evaluate, report_scalars, retrieval_report
+        from smaug.eval.retrieval import evaluate, report_scalars, retrieval_report
 
         dcfg = dataclasses.replace(cfg.data, num_frames=cfg.eval.num_frames or cfg.data.num_frames)
         loader = build_eval_loader(dcfg, self.tokenizer, cfg.data.eval_shards, rank=self.rank, world_size=self.world)
@@ -408,6 +396,7 @@ class Trainer:
 
     def close(self) -> None:
         self.monitor.close()
+        self.preempt.restore()
 
 
 def main(argv=None) -> int:

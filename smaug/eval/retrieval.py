@@ -41,8 +41,9 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
+
+from smaug.dist import gather_object
 
 
 @dataclass
@@ -147,18 +148,6 @@ def _cat(xs: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(xs) if xs else torch.zeros(0, 0)
 
 
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _all_gather_object(obj) -> list:
-    if _world() == 1:
-        return [obj]
-    parts = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, obj)
-    return parts
-
-
 def gather_features(local: Features, hiddens: Optional[list] = None) -> Features:
     """Concatenate every rank's features (object all-gather on CPU), sorted by key, duplicate clips dropped.
 
@@ -169,7 +158,7 @@ def gather_features(local: Features, hiddens: Optional[list] = None) -> Features
     `hiddens`: this rank's per-text BERT states (list aligned with `local.text`); when given they are
     gathered too and returned as zero-padded `text_hidden` / `text_mask`.
     """
-    parts = _all_gather_object((local, hiddens))
+    parts = gather_object((local, hiddens))
     rows = []  # (key, video_feat, frame feats or None, [(text_feat, caption, hidden)])
     for p, hs in parts:
         for i, k in enumerate(p.keys):
@@ -388,7 +377,7 @@ def vtm_pair_scores(model, feats: Features, pairs: torch.Tensor, device, batch_s
                 local[pair] = x
     model.train(was_training)
     out: dict[tuple[int, int], float] = {}
-    for part in _all_gather_object(local):
+    for part in gather_object(local):
         out.update(part)
     return out
 

@@ -1,9 +1,10 @@
 """Run configuration: YAML files + `key=value` overrides -> a validated `RunConfig`.
 
+Library code (the trainer and the tools both read run configs; nothing here imports DeepSpeed).
 One source of truth: every knob has its default in a dataclass below (the model and data
 sections reuse `SmaugConfig` and `DataConfig`), `smaug/configs/base.yaml` documents them
 all (a test keeps the two in sync), and DeepSpeed's JSON is derived from the result
-(see `ds_config.py`).
+(see `smaug/train/ds_config.py`).
 
 Config files may name a parent with `base: other.yaml` (relative to the file); several
 `--config` files apply left to right; CLI overrides are dotted (`optim.lr=3e-4`) and their
@@ -21,7 +22,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 class ConfigError(ValueError):
@@ -45,7 +46,24 @@ class ModelSection:
     allow_random_init: bool = False  # a `base` run with neither init is refused unless this is true
     init_from: Optional[str] = None  # initialise weights (only) from a DeepSpeed checkpoint dir or an exported HF folder (fine-tuning)
     grad_checkpointing: bool = True  # non-reentrant activation checkpointing of ViT blocks and BERT layers
-    overrides: dict = field(default_factory=dict)  # any SmaugConfig field, e.g. {mask_ratio: 0.9}
+    # The paper's knobs (SmaugConfig fields, typed here); None = the preset's value (see smaug/models/smaug.py)
+    mask_ratio: Optional[float] = None  # MAE: fraction of each frame's patches hidden from the encoder (train only)
+    keep_ratio: Optional[float] = None  # EViT: tokens each sparsify block keeps, by [CLS] attention
+    sparsify_layers: Optional[tuple[int, ...]] = None  # EViT: 0-based ViT blocks that drop/fuse tokens
+    sparsify_mode: Optional[Literal["fuse", "drop"]] = None  # EViT: dropped tokens fused into one, or discarded
+    select_frames: Optional[int] = None  # frame selection: frames per clip that reach fusion (= num_frames: off)
+    temporal_layers: Optional[int] = None  # transformer blocks across frames on top of the frame encoder
+    vtm_negatives: Optional[Literal["auto", "hard", "uniform"]] = None  # VTM negatives: mined, uniform, or auto-switch
+    w_vtc: Optional[float] = None  # loss weight: video-text contrastive
+    w_vtm: Optional[float] = None  # loss weight: video-text matching
+    w_mlm: Optional[float] = None  # loss weight: masked language modelling
+    w_mvm: Optional[float] = None  # loss weight: MAE pixel reconstruction (0 = no decoder)
+    overrides: dict = field(default_factory=dict)  # any other SmaugConfig field, e.g. {vtm_switch_acc: 0.8}
+
+
+# the SmaugConfig fields ModelSection types; `model.overrides` holds any other field
+MODEL_KNOBS = ("mask_ratio", "keep_ratio", "sparsify_layers", "sparsify_mode", "select_frames", "temporal_layers",
+               "vtm_negatives", "w_vtc", "w_vtm", "w_mlm", "w_mvm")
 
 
 @dataclass
@@ -56,7 +74,7 @@ class OptimSection:
     eps: float = 1.0e-8  # AdamW eps
     weight_decay: float = 0.02  # AdamW decoupled weight decay (not on norms, biases, pos/cls tokens, temperature)
     warmup_steps: int = 1000  # linear warmup from 0, in optimizer steps
-    grad_clip: float = 1.0  # global grad-norm clip; must equal the DeepSpeed JSON's gradient_clipping
+    grad_clip: float = 1.0  # global grad-norm clip (DeepSpeed gradient_clipping is derived from it; 0 = off)
 
 
 @dataclass
@@ -140,6 +158,21 @@ def _resolve_path(name: str, rel_to: Optional[Path] = None) -> Path:
     raise ConfigError(f"config file not found: {name!r} (looked in {', '.join(str(c) for c in cands)})")
 
 
+def lift_model_knobs(tree: dict, source: str = "config") -> dict:
+    """`model.overrides.<knob>` -> `model.<knob>` for the typed knobs (MODEL_KNOBS): the spelling of
+    configs and checkpoints written before they were typed. Applied to each source (file, CLI
+    override, saved run config) before merging, so a later source still wins over an earlier one."""
+    model = tree.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("overrides"), dict):
+        return tree
+    ov = dict(model["overrides"])
+    lifted = {k: ov.pop(k) for k in MODEL_KNOBS if k in ov}
+    for k, v in lifted.items():
+        if model.get(k) is not None and model[k] != v:
+            raise ConfigError(f"{source}: model.{k}={model[k]!r} and model.overrides.{k}={v!r}; set model.{k} only")
+    return {**tree, "model": {**model, **lifted, "overrides": ov}}
+
+
 def _load_yaml_tree(path: Path, seen: tuple = ()) -> dict:
     if path in seen:
         raise ConfigError(f"config inheritance loop: {' -> '.join(map(str, seen + (path,)))}")
@@ -147,6 +180,7 @@ def _load_yaml_tree(path: Path, seen: tuple = ()) -> dict:
         data = yaml.safe_load(f) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
+    data = lift_model_knobs(data, str(path))
     parent = data.pop("base", None)
     if parent is None:
         return data
@@ -267,13 +301,13 @@ def build_section(prefix: str, cls, values: dict):
 
 
 def load_config(config_files: list[str], overrides: list[str] = (), output_dir: Optional[str] = None) -> RunConfig:
-    from smaug.data import DataConfig  # local import keeps `smaug.train.config` light
+    from smaug.data import DataConfig  # local import keeps `smaug.config` light (no torch until needed)
 
     tree: dict = {}
     for cf in config_files:
         tree = deep_merge(tree, _load_yaml_tree(_resolve_path(cf)))
     for ov in overrides:
-        tree = deep_merge(tree, parse_override(ov))
+        tree = deep_merge(tree, lift_model_knobs(parse_override(ov), ov))
     if output_dir is not None:
         tree = deep_merge(tree, {"run": {"output_dir": output_dir}})
     elif not (tree.get("run") or {}).get("output_dir") and os.environ.get("SMAUG_OUTPUT"):
@@ -337,15 +371,29 @@ def validate(cfg: RunConfig) -> None:
 
 
 def model_config(cfg: RunConfig, **tokenizer_fields):
-    """The SmaugConfig this run trains: preset + dense + overrides + data-derived fields + the fields
-    the vision checkpoint (model.vision_init) fixes."""
-    from smaug.models import SmaugConfig
+    """The SmaugConfig this run trains: preset + dense + the typed knobs + overrides + the data's frame
+    count and size + the tokenizer's fields + the fields the vision checkpoint (model.vision_init) fixes.
+
+    Each field has one source: a preset that fixes the frame size (tiny: 112 px) must agree with
+    data.image_size (refused otherwise, never silently replaced), and neither may come from overrides."""
+    from smaug.models import PRESETS, SmaugConfig
     from smaug.models.pretrained import init_config
 
     ov = dict(cfg.model.overrides)
+    for k in MODEL_KNOBS:
+        v = getattr(cfg.model, k, None)
+        if v is None:
+            continue
+        if k in ov and ov[k] != v:
+            raise ConfigError(f"model.{k}={v!r} and model.overrides.{k}={ov[k]!r}; set model.{k} only")
+        ov[k] = v
     for k in ("num_frames", "image_size"):
         if k in ov and ov[k] != getattr(cfg.data, k):
             raise ConfigError(f"model.overrides.{k}: {ov[k]} conflicts with data.{k}={getattr(cfg.data, k)}; set data.{k} only")
+        fixed = PRESETS.get(cfg.model.preset, {}).get(k)
+        if fixed is not None and fixed != getattr(cfg.data, k):
+            raise ConfigError(f"data.{k}: {getattr(cfg.data, k)}, but model.preset={cfg.model.preset} is built for "
+                              f"{k}={fixed}; set data.{k}={fixed} (or use a preset that leaves it to the data)")
     explicit = dict(ov)
     ov.update(num_frames=cfg.data.num_frames, image_size=cfg.data.image_size, **tokenizer_fields)
     try:

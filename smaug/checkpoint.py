@@ -1,18 +1,33 @@
-"""Read trained SMAUG weights from a DeepSpeed checkpoint or an exported Hugging Face folder.
+"""The smaug checkpoint format, written by the trainer and read by the tools: one module for both.
 
-Accepted `path`s:
+Layout of a training run `<out>`:
+    <out>/checkpoints/
+        step_00001000/            engine.save_checkpoint(tag="step_00001000")
+            mp_rank_00_model_states.pt, *_optim_states.pt   (DeepSpeed ZeRO; client state in the first)
+            COMPLETE              written by rank 0 after every rank finished saving
+        latest                    text file with the newest COMPLETE tag, replaced atomically
+    <out>/config.yaml             the resolved run config
+
+A kill during a save leaves a directory without COMPLETE; `latest` still names the previous
+complete checkpoint, and the half-written directory is removed on the next resume.
+
+Writing (the trainer; `engine` is a DeepSpeed engine, but this module never imports DeepSpeed
+for it): `save`, `load`, `find_resume`, `clean_incomplete`, `rng_state` / `set_rng_state`.
+
+Reading (tools, fine-tuning, export). Accepted `path`s:
   run dir                    `<out>` of a training run (uses `<out>/checkpoints`)
   checkpoint root            `<out>/checkpoints` (the tag `latest` names, else the newest complete one)
   checkpoint tag dir         `<out>/checkpoints/step_XXXXXXXX` (must carry the `COMPLETE` marker)
   exported HF folder         `config.json` + `model.safetensors` (`tools/export_hf.py`)
 
 DeepSpeed ZeRO shards from any world size are consolidated with DeepSpeed's own
-`zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint` (fp32 master weights). Every problem
-(missing, incomplete, truncated or mismatched checkpoint) raises `CheckpointError` naming the
-path and what is wrong.
+`zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint` (fp32 master weights; DeepSpeed is
+imported only then). Every problem (missing, incomplete, truncated or mismatched checkpoint)
+raises `CheckpointError` naming the path and what is wrong.
 
     missing, unexpected = load_weights(model, path)      # into an existing SmaugModel
     cfg, state_dict, run_config, tokenizer = load_smaug_checkpoint(path)   # for tools
+    model, cfg, run_config, tokenizer = model_from_checkpoint(path)
 """
 from __future__ import annotations
 
@@ -20,17 +35,142 @@ import contextlib
 import json
 import os
 import pickle
+import random
+import shutil
 import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from smaug.train.checkpoint import LATEST, MARKER, is_complete, read_latest
+from smaug.dist import barrier, gather_object
 
+# ---------------------------------------------------------------------------- layout and writing
+MARKER = "COMPLETE"  # written by rank 0 after every rank finished saving a tag
+LATEST = "latest"
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def ckpt_root(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def is_complete(path: Path) -> bool:
+    return (path / MARKER).is_file()
+
+
+def complete_tags(root: Path) -> list[str]:
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and is_complete(p))
+
+
+def read_latest(root: Path) -> Optional[str]:
+    """The tag `latest` names if it is complete; else the newest complete tag; else None."""
+    f = root / LATEST
+    if f.is_file():
+        tag = f.read_text().strip()
+        if tag and is_complete(root / tag):
+            return tag
+    tags = complete_tags(root)
+    return tags[-1] if tags else None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict:
+    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state()
+    return st
+
+
+def set_rng_state(st: dict) -> None:
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state(st["cuda"])
+
+
+def save(engine, output_dir: str | Path, step: int, client_state: dict, per_rank_state: dict, keep: int) -> Path:
+    """Save a checkpoint from every rank; mark it complete, point `latest` at it, prune old ones.
+
+    `per_rank_state` (loader position, RNG) is gathered so each rank restores its own.
+    """
+    root = ckpt_root(output_dir)
+    tag = tag_for(step)
+    ranks = gather_object(per_rank_state)
+    state = dict(client_state, ranks=ranks, world_size=len(ranks))
+    rank0 = engine.global_rank == 0
+    if rank0 and (root / tag).exists() and not is_complete(root / tag):
+        shutil.rmtree(root / tag)  # leftover of a killed save of the same step
+    barrier()
+    engine.save_checkpoint(str(root), tag=tag, client_state=state, save_latest=False)
+    barrier()
+    if rank0:
+        (root / tag / MARKER).write_text(f"{step}\n")
+        _write_atomic(root / LATEST, tag + "\n")
+        for old in complete_tags(root)[:-keep]:
+            shutil.rmtree(root / old, ignore_errors=True)
+    barrier()
+    return root / tag
+
+
+def find_resume(output_dir: str | Path, resume: str) -> Optional[tuple[Path, str]]:
+    """(load_dir, tag) to resume from, or None. `resume`: auto | none | <checkpoint dir>."""
+    if resume == "none":
+        return None
+    if resume == "auto":
+        root = ckpt_root(output_dir)
+        tag = read_latest(root)
+        return (root, tag) if tag else None
+    try:  # the readers' rules: a run dir, its checkpoints/ dir or a complete tag dir
+        ref = resolve_checkpoint(resume)
+    except CheckpointError as e:
+        raise FileNotFoundError(f"ckpt.resume: {e}") from e
+    if ref.kind != "deepspeed":
+        raise FileNotFoundError(f"ckpt.resume: {resume!r} is an exported HF folder; resume needs a DeepSpeed "
+                                f"checkpoint (use model.init_from to start from its weights)")
+    return ref.load_dir, ref.tag
+
+
+def clean_incomplete(output_dir: str | Path) -> list[str]:
+    """Remove half-written checkpoint directories (rank 0, before training starts)."""
+    root = ckpt_root(output_dir)
+    removed = []
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.is_dir() and p.name.startswith("step_") and not is_complete(p):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p.name)
+    return removed
+
+
+def load(engine, load_dir: Path, tag: str) -> dict:
+    """Load engine + optimizer + LR scheduler state; return smaug's client state."""
+    path, client = engine.load_checkpoint(str(load_dir), tag=tag, load_optimizer_states=True,
+                                          load_lr_scheduler_states=True)
+    if path is None:
+        raise RuntimeError(f"DeepSpeed could not load checkpoint {load_dir}/{tag}")
+    return client
+
+
+# ---------------------------------------------------------------------------- reading
 HF_WEIGHTS = "model.safetensors"
 HF_CONFIG = "config.json"
 # Parameters a retrieval model cannot do without: a checkpoint missing any of them is the wrong file.
@@ -179,7 +319,7 @@ def resolve_tokenizer(name: str, run_dir: Optional[Path]) -> str:
     p = Path(name).expanduser()
     if p.is_absolute():
         return str(p)
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[1]  # smaug/checkpoint.py -> the repository
     for base in (Path.cwd(), run_dir, repo):
         if base is not None and (base / p).is_dir():
             return str((base / p).resolve())
@@ -201,10 +341,11 @@ def _smaug_config_from_run(run_config: dict, tokenizer_path: str, source: Path):
     """The SmaugConfig a run trained: the trainer's own `model_config` on the saved run config."""
     from types import SimpleNamespace
 
-    from smaug.data import DataConfig, load_tokenizer
-    from smaug.train.config import ConfigError, ModelSection, build_section, model_config
+    from smaug.config import ConfigError, ModelSection, build_section, lift_model_knobs, model_config
+    from smaug.data import DataConfig, load_tokenizer, tokenizer_fields
 
     try:
+        run_config = lift_model_knobs(run_config, f"checkpoint {source}")
         ns = SimpleNamespace(model=build_section("model", ModelSection, run_config.get("model") or {}),
                              data=build_section("data", DataConfig, run_config.get("data") or {}))
     except ConfigError as e:
@@ -214,8 +355,7 @@ def _smaug_config_from_run(run_config: dict, tokenizer_path: str, source: Path):
     except (OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint {source}: cannot load its tokenizer {tokenizer_path!r} ({e}); "
                               f"pass the tokenizer directory explicitly") from e
-    return model_config(ns, vocab_size=len(tok), pad_token_id=tok.pad_token_id, mask_token_id=tok.mask_token_id,
-                        cls_token_id=tok.cls_token_id, sep_token_id=tok.sep_token_id)
+    return model_config(ns, **tokenizer_fields(tok))
 
 
 def load_smaug_checkpoint(path: str | os.PathLike, tokenizer: Optional[str] = None):
