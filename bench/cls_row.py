@@ -18,7 +18,7 @@ import torch
 from timm.models.vision_transformer import Block
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from smaug.models.video_encoder import attention_with_cls_row  # noqa: E402
+from smaug.models.video_encoder import attention_with_cls_row
 
 
 def bench_cls_row(width: int, heads: int, frames: int, tokens: int, iters: int = 50) -> dict:

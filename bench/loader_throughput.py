@@ -28,7 +28,6 @@ textured clips instead, closer to WebVid's 360p previews.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import subprocess

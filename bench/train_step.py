@@ -43,8 +43,8 @@ from torch.profiler import record_function
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from smaug.train.monitor import measure_matmul_tflops  # noqa: E402
-from smaug.train.trainer import step_flags, setup_distributed  # noqa: E402
+from smaug.train.monitor import measure_matmul_tflops
+from smaug.train.trainer import setup_distributed, step_flags
 
 
 def sync(device):
@@ -104,8 +104,8 @@ def timed(step, device, warmup: int, iters: int) -> float:
 def build_model(cfg, device):
     """The preset's SmaugModel, initialised directly on `device` (seconds less per engine than a CPU
     init of 200M parameters: the --max-batch search builds one per probe)."""
-    from smaug.models import SmaugModel
     from smaug.config import model_config
+    from smaug.models import SmaugModel
 
     torch.manual_seed(0)
     mcfg = model_config(cfg)
@@ -469,7 +469,7 @@ def main(argv=None) -> int:
         still run (a GPU check is one prepared call: one broken path must not cost every other number)."""
         try:
             return fn()
-        except Exception as exn:  # noqa: BLE001 - reported below and in the JSON, never swallowed
+        except Exception as exn:  # any failure: reported below and in the JSON, never swallowed
             traceback.print_exc()
             res.setdefault("errors", {})[what] = f"{type(exn).__name__}: {exn}"
             save()

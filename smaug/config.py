@@ -325,7 +325,6 @@ def load_config(config_files: list[str], overrides: list[str] = (), output_dir: 
 
 def validate(cfg: RunConfig) -> None:
     """Cross-field checks that a single dataclass cannot do."""
-    from smaug.models import SmaugConfig
 
     if not cfg.run.output_dir:
         raise ConfigError("run.output_dir: required (pass --out DIR or set $SMAUG_OUTPUT)")

@@ -69,7 +69,7 @@ def global_batch_worker(rank: int, world_size: int, port: int, cfg_kwargs: dict,
         dist.destroy_process_group()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def real_path(filename: str) -> str:
     """os.path.realpath, cached: stack-walking dispatch modes resolve the same few files per op."""
     return os.path.realpath(filename)

@@ -4,6 +4,7 @@ import json
 import sys
 
 import pytest
+
 from conftest import REPO, run
 
 
@@ -84,14 +85,14 @@ def test_memory_model_estimate_is_close_and_conservative():
 def test_train_step_bench_skeleton_cpu(tmp_path):
     """--skeleton: the base preset's parameter tensors at negligible FLOPs, bf16, on CPU (host cost)."""
     out = tmp_path / "skel.json"
-    r = run([sys.executable, REPO / "bench" / "train_step.py", "--device", "cpu", "--preset", "base",
-             "--skeleton", "--precision", "bf16", "--batch", "2", "--steps", "1", "--warmup", "1", "--json", out])
+    run([sys.executable, REPO / "bench" / "train_step.py", "--device", "cpu", "--preset", "base",
+         "--skeleton", "--precision", "bf16", "--batch", "2", "--steps", "1", "--warmup", "1", "--json", out])
     res = json.loads(out.read_text())
     assert res["preset"] == "base" and set(res["runs"]) == {"smaug", "dense"}
     assert all(v["engine"]["clips_per_s"] > 0 and v["bare"]["clips_per_s"] > 0 for v in res["runs"].values())
     # --interleave: engine, bare and the variants stepped round-robin (fair on a drifting host)
-    r = run([sys.executable, REPO / "bench" / "train_step.py", "--device", "cpu", "--preset", "base",
-             "--skeleton", "--precision", "bf16", "--batch", "2", "--interleave", "2", "--engine-variants", "--json", out])
+    run([sys.executable, REPO / "bench" / "train_step.py", "--device", "cpu", "--preset", "base",
+         "--skeleton", "--precision", "bf16", "--batch", "2", "--interleave", "2", "--engine-variants", "--json", out])
     med = json.loads(out.read_text())["interleaved_ms"]
     assert {"engine", "bare", "engine[zero0]", "engine[bf16 check_grad_overflow=true]"} <= set(med)
     assert all(v > 0 for v in med.values())
@@ -117,6 +118,7 @@ def test_shipped_engine_adds_few_ops_per_parameter_tensor(single_process_env):
     import deepspeed
 
     import smaug
+
     from model_helpers import package_prefix, real_path
 
     own = (package_prefix(smaug), package_prefix(train_step))  # the model's and the bench's frames

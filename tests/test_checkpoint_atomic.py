@@ -2,9 +2,9 @@
 import sys
 import textwrap
 
-from conftest import run
-
 from smaug import checkpoint as ckpt
+
+from conftest import run
 
 SCRIPT = textwrap.dedent(r"""
     import os, signal, sys, torch

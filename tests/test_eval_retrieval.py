@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import run_tool
 
 from smaug.eval import retrieval as R
+
+from conftest import run_tool
 
 TOOL = "eval_retrieval.py"
 METRIC_KEYS = [f"{d}_{m}" for d in ("t2v", "v2t") for m in ("r1", "r5", "r10", "medr", "meanr")]

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run, run_tool, subprocess_env
 from safetensors.torch import load_file, save_file
 
 from smaug.checkpoint import CheckpointError, load_smaug_checkpoint, load_weights, resolve_checkpoint
 from smaug.hf.export import export_hf, find_pickles
+
+from conftest import REPO, run, run_tool, subprocess_env
 
 HELPER = "tests/weights_helpers.py"
 
@@ -164,8 +165,9 @@ def test_exported_folder_has_no_pickle(exported):
 
 
 def test_auto_classes_registered_with_smaug_installed(exported):
-    import smaug.hf
     from transformers import AutoConfig, AutoModel
+
+    import smaug.hf
 
     assert type(AutoConfig.from_pretrained(exported)) is smaug.hf.SmaugHFConfig
     model = AutoModel.from_pretrained(exported)  # no trust_remote_code: the registered local class

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from conftest import CONFIGS, QS, run_tool
 
 FT_CONFIG = str(CONFIGS / "finetune_retrieval.yaml")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+
 from conftest import REPO, subprocess_env
 
 LIBRARY = ["smaug", "smaug.models", "smaug.data", "smaug.data.stream", "smaug.data.json_clips", "smaug.eval",

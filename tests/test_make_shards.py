@@ -86,7 +86,7 @@ def test_eval_json_keeps_all_captions(synthetic_shards):
     entries = {e["video"]: e["caption"] for e in json.loads((c / "eval.json").read_text())}
     got = {}
     for tar in sorted(out.glob("*.tar")):
-        for key, mem in read_tar(tar)[0].items():
+        for mem in read_tar(tar)[0].values():
             meta = json.loads(mem["json"])
             assert mem["txt"].decode() == meta["captions"][0]
             got[meta["source"]] = meta["captions"]

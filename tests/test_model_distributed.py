@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import REPO
-from model_helpers import global_batch_worker, make_batch
 from smaug.models import SmaugConfig, SmaugModel
 from smaug.models.losses import sample_negatives, vtc_loss
+
+from conftest import REPO
+from model_helpers import global_batch_worker, make_batch
 
 # deterministic selection (no Gumbel), no random MAE mask, no random MLM masking: the only
 # randomness left is negative sampling, seeded by the first RNG draw of the step

@@ -2,9 +2,10 @@
 import pytest
 import torch
 
-from model_helpers import make_batch
 from smaug.models import SmaugConfig, SmaugModel
 from smaug.models.frame_selection import FrameSelector
+
+from model_helpers import make_batch
 
 
 def _grads(model, batch, seed=5):
@@ -125,6 +126,7 @@ def test_a_training_step_has_one_known_host_sync(dense):
              "aten._unique2", "aten.unique_dim", "aten.unique_consecutive", "aten.lift_fresh", "aten.lift_fresh_copy"}
 
     import smaug
+
     from model_helpers import package_prefix, real_path
 
     own = package_prefix(smaug)

@@ -119,9 +119,9 @@ def test_hard_negatives_survive_non_finite_similarities():
 
 def test_model_never_mines_an_identical_caption_as_negative():
     """forward_vtm bans pairs whose padded token ids are equal (a caption repeated in the batch)."""
-    from model_helpers import make_batch
-
     from smaug.models import SmaugConfig, SmaugModel
+
+    from model_helpers import make_batch
 
     torch.manual_seed(0)
     cfg = SmaugConfig.preset("tiny")

@@ -8,13 +8,14 @@ import timm
 import torch
 import torch.nn.functional as F
 from huggingface_hub import constants
-from model_helpers import make_batch
-from pretrained_helpers import FAMILIES, hub_repo, hub_snapshot, perturb, save_timm, timm_reference, tiny_bert_config
 from safetensors import safe_open
 
 from smaug.models import SmaugConfig, SmaugModel
 from smaug.models import pretrained as P
 from smaug.models.vit_blocks import attention, bias_index, gathered_bias
+
+from model_helpers import make_batch
+from pretrained_helpers import FAMILIES, hub_repo, hub_snapshot, perturb, save_timm, timm_reference, tiny_bert_config
 
 
 @pytest.fixture

@@ -3,9 +3,10 @@ attention pass of sparsify blocks (pretrained weights: test_model_pretrained.py)
 import pytest
 import torch
 
-from model_helpers import make_batch
 from smaug.models import SmaugConfig, SmaugModel
 from smaug.models.video_encoder import attention_with_cls_row, random_masking, sparsify_tokens, token_schedule
+
+from model_helpers import make_batch
 
 
 def _model(dense=False, **kw):

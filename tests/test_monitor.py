@@ -1,9 +1,10 @@
 """Rank-0 monitoring: JSONL records with throughput/MFU fields, and wandb in offline mode (no network)."""
 import json
-from conftest import QS as QUICKSTART
 
 from smaug.config import load_config
 from smaug.train.monitor import Monitor
+
+from conftest import QS as QUICKSTART
 
 
 def test_jsonl_and_wandb_offline(tmp_path, monkeypatch):

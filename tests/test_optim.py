@@ -1,9 +1,10 @@
 """Optimizer parameter groups: which parameters decay, and their order in ZeRO's flat bf16 buffer."""
 import torch
-from conftest import QS
 
 from smaug.models import SmaugConfig, SmaugModel
 from smaug.train.optim import ALIGN, param_groups
+
+from conftest import QS
 
 
 def test_groups_split_decay_and_keep_every_parameter_once():

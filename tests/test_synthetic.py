@@ -69,7 +69,7 @@ def test_captions_name_colour_shape_motion(synthetic_corpus):
 
 def test_held_out_combinations_never_in_training(synthetic_corpus):
     lab = _labels(synthetic_corpus)
-    combos = lambda split: {(o["colour"], o["shape"], o["motion"])  # noqa: E731
+    combos = lambda split: {(o["colour"], o["shape"], o["motion"])
                             for x in lab["clips"] if x["split"] == split for o in x["objects"]}
     train, held = combos("train"), combos("eval")
     assert held and train and not (train & held)

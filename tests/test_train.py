@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QS, REPO, run, subprocess_env
 
 from smaug.dist import free_port
+
+from conftest import QS, REPO, run, subprocess_env
 
 
 @pytest.fixture(scope="session")

@@ -3,16 +3,15 @@ import dataclasses
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import CONFIGS, QS, REPO
-
 from smaug.config import SECTIONS, ConfigError, load_config
 from smaug.data import DataConfig
 from smaug.train.ds_config import build_ds_config
+
+from conftest import CONFIGS, QS, REPO
 
 
 def _load(*overrides, files=(QS,)):

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import yaml
+
 from conftest import QS, run, subprocess_env
 from pretrained_helpers import hub_repo, hub_snapshot, save_timm, timm_reference, tiny_bert_config
 

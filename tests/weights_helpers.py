@@ -14,7 +14,6 @@ def write_checkpoint(out: str, tokenizer: str, overrides: list[str], steps: int 
     """Build the run config like the trainer, take `steps` optimizer steps on random batches, save."""
     import deepspeed
     import torch
-    from conftest import QS
 
     from smaug import checkpoint as ckpt
     from smaug.config import load_config, model_config, save_resolved
@@ -23,6 +22,8 @@ def write_checkpoint(out: str, tokenizer: str, overrides: list[str], steps: int 
     from smaug.train.ds_config import build_ds_config
     from smaug.train.optim import param_groups
     from smaug.train.trainer import setup_distributed
+
+    from conftest import QS
 
     cfg = load_config([QS], ["data.train_shards=unused", "data.batch_size=2", "train.precision=fp32",
                              f"model.tokenizer={tokenizer}", *overrides], out)

@@ -13,20 +13,19 @@ other file as one caption per line. The result loads with
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-try:
-    import smaug  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
+if importlib.util.find_spec("smaug") is None:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from smaug.data.config import default_shards_root  # noqa: E402
-from smaug.data.sources import read_rows  # noqa: E402
-from smaug.data.specs import resolve_spec  # noqa: E402
-from smaug.data.tokenizer import build_wordpiece_tokenizer  # noqa: E402
+from smaug.data.config import default_shards_root
+from smaug.data.sources import read_rows
+from smaug.data.specs import resolve_spec
+from smaug.data.tokenizer import build_wordpiece_tokenizer
 
 
 def shard_captions(spec: str, root: str) -> Iterator[str]:

@@ -43,22 +43,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-try:
-    import smaug  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
+if importlib.util.find_spec("smaug") is None:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
+import torch
+import torch.distributed as dist
 
-from smaug.checkpoint import CheckpointError  # noqa: E402
-from smaug.dist import init_distributed  # noqa: E402
+from smaug.checkpoint import CheckpointError
+from smaug.dist import init_distributed
 
 
 def parse_args(argv=None):
@@ -166,9 +164,9 @@ def format_table(report: dict) -> str:
 
 
 def run(args) -> dict:
+    from smaug.checkpoint import model_from_checkpoint, read_client_state, resolve_checkpoint
     from smaug.data import load_tokenizer
     from smaug.eval.retrieval import evaluate, retrieval_report
-    from smaug.checkpoint import model_from_checkpoint, read_client_state, resolve_checkpoint
 
     kind = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     rank, world, device = init_distributed(kind)  # torchrun env; a plain run has no process group

@@ -24,6 +24,7 @@ Steps (each one resumable: rerunning the same command continues where it stopped
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -33,12 +34,10 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-try:
-    import smaug  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
+if importlib.util.find_spec("smaug") is None:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
 
-from smaug.checkpoint import CheckpointError  # noqa: E402
+from smaug.checkpoint import CheckpointError
 
 FINETUNE_CONFIG = REPO / "smaug" / "configs" / "finetune_retrieval.yaml"
 

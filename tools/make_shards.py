@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import itertools
 import logging
 import multiprocessing as mp
@@ -39,15 +40,12 @@ import time
 from collections import deque
 from pathlib import Path
 
-try:
-    import smaug  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
+if importlib.util.find_spec("smaug") is None:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from smaug.data.shardwriter import (build_reports, compact_stats, is_done, plan_jobs,  # noqa: E402
-                                    preload_codecs, write_shard)
-from smaug.data.sources import count_records, iter_rows  # noqa: E402
-from smaug.data.specs import write_json_atomic  # noqa: E402
+from smaug.data.shardwriter import build_reports, compact_stats, is_done, plan_jobs, preload_codecs, write_shard
+from smaug.data.sources import count_records, iter_rows
+from smaug.data.specs import write_json_atomic
 
 LOG = logging.getLogger("smaug.make_shards")
 POLL_S = 0.2
@@ -224,7 +222,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    lock = lock_output(out)  # noqa: F841  (held until the process exits)
+    lock = lock_output(out)  # noqa: F841 - the lock is held while this name lives, until the process exits
     remove_stale_temps(out)
     prefix = args.prefix or out.resolve().name
     options = {"frames": args.frames, "short_side": args.resize_short_side,

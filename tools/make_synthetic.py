@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import multiprocessing as mp
 import os
@@ -38,11 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-try:
-    import smaug  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
+if importlib.util.find_spec("smaug") is None:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from smaug.data.transcode import encode_h264  # noqa: E402
+from smaug.data.transcode import encode_h264
 
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 70), "blue": (50, 100, 240),
            "yellow": (240, 220, 40), "white": (235, 235, 235)}

@@ -145,8 +145,8 @@ class SampleTarWriter:
 
 def preload_codecs() -> None:
     """Import the media libraries once, before forking shard processes (not once per fork)."""
-    import av  # noqa: F401
-    import PIL.Image  # noqa: F401
+    import av  # noqa: F401 - imported for its side effect: loaded once in the parent, shared by the forks
+    import PIL.Image  # noqa: F401 - same
 
     from .decode import _decord
 

@@ -9,11 +9,15 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from .configuration_smaug import SmaugHFConfig
+
+if TYPE_CHECKING:  # smaug.models imports timm; the export's own code must not need it
+    from smaug.models import SmaugConfig
 
 # SmaugConfig field -> SmaugVisionConfig attribute
 VISION_FIELDS = {
@@ -71,7 +75,7 @@ def hf_config_from_smaug(cfg, **extra) -> SmaugHFConfig:
     return SmaugHFConfig(vision_config=vision, text_config=text, preprocessing=pre, pretraining=rest, **top, **extra)
 
 
-def smaug_config_from_hf(hf) -> "SmaugConfig":  # noqa: F821
+def smaug_config_from_hf(hf) -> SmaugConfig:
     """Rebuild the `SmaugConfig` an exported folder was made from (inverse of `hf_config_from_smaug`)."""
     from smaug.models import SmaugConfig
 

@@ -38,9 +38,9 @@ def _save_safetensors(sd: dict, path: Path, metadata: dict) -> None:
 def verify_export(model, folder: Path, seed: int = 0) -> float:
     """Max |difference| between `model` (a SmaugModel) and the exported folder loaded as
     `SmaugHFModel` in this process, over the video and text embeddings of random inputs."""
-    from smaug.hf import SmaugHFModel
-
     from transformers import AutoTokenizer
+
+    from smaug.hf import SmaugHFModel
 
     hf = SmaugHFModel.from_pretrained(str(folder)).eval()
     cfg = model.config
@@ -123,9 +123,9 @@ def export_hf(checkpoint: str, out: str | Path, tokenizer: Optional[str] = None,
     """Export a checkpoint (DeepSpeed dir) to a Hugging Face folder. Returns a summary dict."""
     from transformers import AutoTokenizer
 
+    from smaug.checkpoint import model_from_checkpoint, resolve_checkpoint
     from smaug.hf import AUTO_MAP, CODE_FILES
     from smaug.hf.convert import check_exportable, hf_config_from_smaug
-    from smaug.checkpoint import model_from_checkpoint, resolve_checkpoint
 
     ref = resolve_checkpoint(checkpoint)
     model, cfg, run_config, tok_path = model_from_checkpoint(checkpoint, tokenizer)
@@ -158,8 +158,8 @@ def export_hf(checkpoint: str, out: str | Path, tokenizer: Optional[str] = None,
 
 def export_vision_timm(checkpoint: str, out: str | Path, tokenizer: Optional[str] = None) -> dict:
     """Export the video tower as a per-frame timm ViT (see `smaug.hf.convert.timm_vit_state_dict`)."""
-    from smaug.hf.convert import check_exportable, timm_vit_kwargs, timm_vit_state_dict
     from smaug.checkpoint import load_smaug_checkpoint, resolve_checkpoint
+    from smaug.hf.convert import check_exportable, timm_vit_kwargs, timm_vit_state_dict
 
     ref = resolve_checkpoint(checkpoint)
     cfg, sd, run_config, _ = load_smaug_checkpoint(checkpoint, tokenizer)

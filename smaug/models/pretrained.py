@@ -382,12 +382,12 @@ def summary_lines(report: dict) -> list[str]:
     for tower in ("vision", "text"):
         r = report[tower]
         if r is None:
-            lines.append(f"[smaug] init {tower}: RANDOM weights (no model.{tower}_init; model.allow_random_init)")
+            lines.append(f"init {tower}: RANDOM weights (no model.{tower}_init; model.allow_random_init)")
             continue
         kind = f"{r['family']} " if tower == "vision" else ""
-        lines.append(f"[smaug] init {tower}: {kind}{r['source']} from {r['where']}: {len(r['loaded'])} tensors loaded, "
+        lines.append(f"init {tower}: {kind}{r['source']} from {r['where']}: {len(r['loaded'])} tensors loaded, "
                      f"{len(r['ignored'])} ignored, {len(r['new'])} new ({', '.join(sorted(set(r['new'].values())))[:160]})")
-    lines.append(f"[smaug] init pixel mean {report['mean']} std {report['std']}"
+    lines.append(f"init pixel mean {report['mean']} std {report['std']}"
                  + (f" (from {report['vision']['mean_std_from']})" if report["vision"] else "")
                  + f"; always new: {', '.join(report['new_modules'])}")
     return lines

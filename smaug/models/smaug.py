@@ -148,7 +148,7 @@ class SmaugConfig:
         return self.mask_ratio == 0 and not self.sparsify_layers and self.select_frames == self.num_frames
 
     @classmethod
-    def preset(cls, name: str, dense: bool = False, **overrides) -> "SmaugConfig":
+    def preset(cls, name: str, dense: bool = False, **overrides) -> SmaugConfig:
         """A named preset ("tiny", "base"), optionally dense, with field=value overrides."""
         if name not in PRESETS:
             raise ValueError(f"SmaugConfig.preset: unknown preset {name!r} (known: {', '.join(PRESETS)})")

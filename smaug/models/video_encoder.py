@@ -32,7 +32,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import LayerNorm, PatchEmbed, trunc_normal_
 from timm.models.vision_transformer import init_weights_vit_timm
 

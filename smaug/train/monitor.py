@@ -1,8 +1,10 @@
-"""Rank-0 run monitoring: tqdm progress bar, JSON-lines log, wandb, throughput and MFU."""
+"""Rank-0 run monitoring: the trainer's log lines, tqdm progress bar, JSON-lines log, wandb, throughput and MFU."""
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -14,6 +16,33 @@ import torch
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "GH200": 989.0,
                     "A100": 312.0, "L40S": 362.0, "A6000": 155.0, "L4": 121.0, "A10": 125.0, "V100": 125.0,
                     "4090": 165.0}
+
+
+LOG = logging.getLogger("smaug.train")  # the trainer's messages; `setup_logging` prints them as "[smaug] ..."
+
+
+class _TqdmHandler(logging.Handler):
+    """Writes through `tqdm.write`, so an active progress bar stays intact; warnings and errors to stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+            tqdm.write(self.format(record), file=stream)
+            stream.flush()
+        except Exception:  # logging's contract: a failing handler reports, never raises
+            self.handleError(record)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Print the trainer's log records as `[smaug] message` (idempotent: `main()` may run many times)."""
+    if not any(isinstance(h, _TqdmHandler) for h in LOG.handlers):
+        handler = _TqdmHandler()
+        handler.setFormatter(logging.Formatter("[smaug] %(message)s"))
+        LOG.addHandler(handler)
+    LOG.setLevel(level)
+    LOG.propagate = False  # printed once, here, whatever the caller's root logger does
 
 
 def measure_matmul_tflops(device: torch.device, n: int = 1024, iters: int = 5, warmup: int = 1) -> float:
@@ -114,15 +143,6 @@ class Monitor:
         self.file.flush()
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in rec.items() if isinstance(v, (int, float))}, step=rec.get("step"))
-
-    def write(self, msg: str) -> None:
-        """Print without breaking the progress bar."""
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.write(msg)
-        else:
-            print(msg, flush=True)
 
     def close(self) -> None:
         if not self.enabled:

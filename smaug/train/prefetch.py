@@ -11,7 +11,8 @@ batch handed to the trainer, not after the one in flight.
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from collections.abc import Iterator
+from typing import Optional
 
 import torch
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import signal
 import sys
@@ -27,7 +26,7 @@ from smaug.config import ConfigError, RunConfig, load_config, model_config, save
 from smaug.dist import init_distributed
 
 from .ds_config import build_ds_config, save_ds_config
-from .monitor import Monitor, device_peak_tflops
+from .monitor import LOG, Monitor, device_peak_tflops, setup_logging
 from .optim import make_scheduler, param_groups
 from .prefetch import DevicePrefetcher
 
@@ -125,7 +124,7 @@ class Trainer:
             save_ds_config(ds_cfg, self.out / "ds_config.json")
             removed = ckpt.clean_incomplete(self.out)
             if removed:
-                print(f"[smaug] removed incomplete checkpoints: {removed}", flush=True)
+                LOG.info(f"removed incomplete checkpoints: {removed}")
         dist.barrier()
 
         self.tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.text_init)  # text_init's own by default
@@ -138,7 +137,7 @@ class Trainer:
             from smaug.checkpoint import load_weights
 
             missing, unexpected = load_weights(model, cfg.model.init_from)
-            self._say(f"[smaug] initialised from {cfg.model.init_from} (missing {len(missing)}, unexpected {len(unexpected)})")
+            self._say(f"initialised from {cfg.model.init_from} (missing {len(missing)}, unexpected {len(unexpected)})")
         model.set_grad_checkpointing(cfg.model.grad_checkpointing)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, model_parameters=param_groups(model, cfg.optim.weight_decay), config=ds_cfg,
@@ -170,16 +169,16 @@ class Trainer:
                 # A different world size cannot continue the per-rank streams; start new ones
                 # seeded by the step so that no stream is replayed.
                 torch.manual_seed(cfg.run.seed + self.step + 1000003 * self.rank)
-                self._say(f"[smaug] resumed with world size {self.world} != saved {client.get('world_size')}: "
+                self._say(f"resumed with world size {self.world} != saved {client.get('world_size')}: "
                           f"data streams restart (seed offset {self.step}), RNG re-seeded")
-            self._say(f"[smaug] resumed from {found[0]}/{found[1]} at step {self.step}")
+            self._say(f"resumed from {found[0]}/{found[1]} at step {self.step}")
         seed = cfg.run.seed if loader_state is not None or self.step == 0 else cfg.run.seed + self.step
         self.loader = build_train_loader(cfg.data, self.tokenizer, rank=self.rank, world_size=self.world,
                                          seed=seed, state=loader_state, pin_memory=self.device.type == "cuda")
         self.batches = DevicePrefetcher(self.loader, self.device)  # the copy of batch i+1 overlaps step i
         self.monitor = Monitor(self.out, cfg, cfg.train.steps, self.step, self.is_main, peak,
                                wandb_config=cfg.to_dict())
-        self._say(f"[smaug] world={self.world} device={self.device} params={sum(p.numel() for p in model.parameters())/1e6:.1f}M "
+        self._say(f"world={self.world} device={self.device} params={sum(p.numel() for p in model.parameters())/1e6:.1f}M "
                   f"global_batch={cfg.data.batch_size * cfg.train.grad_accum * self.world} peak={peak:.1f} TFLOP/s ({src})")
         self.preempt = Preemption()
         # Non-finite gradients with a finite loss. DeepSpeed's bf16 `check_grad_overflow` finds
@@ -206,11 +205,9 @@ class Trainer:
             self._say(line)
 
     def _say(self, msg: str) -> None:
+        """Log on rank 0 only (`smaug.train` logger, printed as `[smaug] ...`)."""
         if self.is_main:
-            if getattr(self, "monitor", None) is not None:
-                self.monitor.write(msg)
-            else:
-                print(msg, flush=True)
+            LOG.info(msg)
 
     # ------------------------------------------------------------------ steps
     def train_step(self, it) -> tuple[dict, int, float, float, bool]:
@@ -235,7 +232,7 @@ class Trainer:
             if bad:
                 self.skipped_steps += 1
                 streak += 1
-                self._say(f"[smaug] non-finite loss at step {self.step} (rank-local: {bool(bad_local)}); micro-batch skipped")
+                self._say(f"non-finite loss at step {self.step} (rank-local: {bool(bad_local)}); micro-batch skipped")
                 if streak >= cfg.train.max_nonfinite:
                     raise FloatingPointError(
                         f"{streak} non-finite losses in a row at step {self.step} (train.max_nonfinite="
@@ -289,7 +286,7 @@ class Trainer:
         self._vtm_window = [0.0, 0]
         if acc >= self.mcfg.vtm_switch_acc:
             self.model.vtm_hard, self.vtm_hard_step = True, self.step
-            self._say(f"[smaug] VTM pair accuracy {acc:.3f} >= {self.mcfg.vtm_switch_acc} on uniform negatives "
+            self._say(f"VTM pair accuracy {acc:.3f} >= {self.mcfg.vtm_switch_acc} on uniform negatives "
                       f"(prior 0.667): hard negatives from step {self.step + 1}")
 
     def check_gradients(self) -> None:
@@ -306,7 +303,7 @@ class Trainer:
         new, self._bad_norm_seen = bad - self._bad_norm_seen, bad
         if self.ds_skips_overflow:
             self.skipped_steps += new
-            self._say(f"[smaug] {new} optimizer step(s) with a non-finite gradient norm skipped by DeepSpeed "
+            self._say(f"{new} optimizer step(s) with a non-finite gradient norm skipped by DeepSpeed "
                       f"(by step {self.step})")
             return
         raise FloatingPointError(
@@ -322,7 +319,7 @@ class Trainer:
                   "config": self.cfg.to_dict(), "model_config": dataclasses.asdict(self.mcfg)}
         per_rank = {"loader": self.batches.state_dict(), "rng": ckpt.rng_state()}
         path = ckpt.save(self.engine, self.out, self.step, client, per_rank, self.cfg.ckpt.keep)
-        self._say(f"[smaug] checkpoint {path}")
+        self._say(f"checkpoint {path}")
         return path
 
     def evaluate(self) -> dict | None:
@@ -350,12 +347,12 @@ class Trainer:
         r1 = "  ".join(f"{name} t2v/v2t R@1 {m['t2v_r1']:.1f}/{m['v2t_r1']:.1f}"
                        for name, m in report["results"].items() if isinstance(m, dict))
         acc = report["results"]["vtm_acc"]
-        self._say(f"[smaug] eval step {self.step}: {r1}"
+        self._say(f"eval step {self.step}: {r1}"
                   + (f"  vtm_acc {acc:.3f} (always-no {1 - report['results']['vtm_pos_frac']:.3f})"
                      if acc is not None else "")
                   + f" (chance R@1 {report['protocol']['chance_r1']:.1f}, {report['protocol']['num_videos']} clips)")
         for warning in report["warnings"]:
-            self._say(f"[smaug] eval step {self.step} WARNING: {warning}")
+            self._say(f"eval step {self.step} WARNING: {warning}")
         if self.is_main:
             (self.out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
         return report
@@ -367,7 +364,7 @@ class Trainer:
         preempted = False
         while self.step < cfg.train.steps:
             if cfg.train.unmasked_tail_steps and self.step == cfg.train.steps - cfg.train.unmasked_tail_steps:
-                self._say(f"[smaug] unmasked tuning: steps {self.step + 1}-{cfg.train.steps} see every patch (no MVM)")
+                self._say(f"unmasked tuning: steps {self.step + 1}-{cfg.train.steps} see every patch (no MVM)")
             scalars, clips, flops, wait, preempted = self.train_step(it)
             self.step += 1
             self.samples_seen += clips
@@ -382,7 +379,7 @@ class Trainer:
                 self.save()
                 last_saved = self.step
             if preempted:
-                self._say(f"[smaug] {self.preempt.signal or 'signal'} received: checkpoint saved at step "
+                self._say(f"{self.preempt.signal or 'signal'} received: checkpoint saved at step "
                           f"{self.step}, exiting")
                 return 0
             if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step != cfg.train.steps:
@@ -390,7 +387,7 @@ class Trainer:
         if last_saved != self.step:
             self.save()
         self.evaluate()
-        self._say(f"[smaug] done: {self.step} steps, {self.samples_seen} clips; checkpoints in "
+        self._say(f"done: {self.step} steps, {self.samples_seen} clips; checkpoints in "
                   f"{ckpt.ckpt_root(self.out)}; log {self.out / 'log.jsonl'}")
         return 0
 
@@ -401,20 +398,21 @@ class Trainer:
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    setup_logging()
     try:
         cfg = load_config(args.config, args.overrides, args.out)
     except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
+        LOG.error(f"config error: {e}")
         return 2
     try:
         trainer = Trainer(cfg)
     except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
+        LOG.error(f"config error: {e}")
         return 2
     try:
         return trainer.run()
     except FloatingPointError as e:  # diverged: the message says what happened and what to do
-        print(f"[smaug] stopped: {e}", file=sys.stderr, flush=True)
+        LOG.error(f"stopped: {e}")
         return 3
     finally:
         trainer.close()
