@@ -1,8 +1,19 @@
 #!/usr/bin/env bash
-# The whole test suite on CPU: creates/refreshes .venv (launch/setup_env.sh), then pytest.
+# The whole test suite on CPU: creates/refreshes .venv (launch/setup_env.sh), lints (ruff check +
+# ruff format --check, config in pyproject.toml), then pytest; prints the suite's wall time.
 #   bash tests/run.sh [pytest args]        e.g. bash tests/run.sh -k loader -x
+#   SMAUG_SKIP_LINT=1 bash tests/run.sh    pytest only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . launch/setup_env.sh
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-exec python -m pytest -q tests "$@"
+if [ -z "${SMAUG_SKIP_LINT:-}" ]; then
+  echo "[ci] ruff check + ruff format --check"
+  ruff check --no-cache .
+  ruff format --no-cache --check .
+fi
+start=$SECONDS
+rc=0
+python -m pytest -q tests --durations=10 "$@" || rc=$?
+echo "[ci] pytest wall time: $((SECONDS - start)) s (exit $rc)"
+exit $rc

@@ -212,15 +212,13 @@ WORDS = "a the red green blue circle square triangle moves left right up down".s
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(tiny SmaugModel, 2 loader-like eval batches of 4 clips x 2 captions, tokenizer)."""
-    from smaug.data import build_wordpiece_tokenizer
+    from smaug.data import build_wordpiece_tokenizer, tokenizer_fields
     from smaug.models import SmaugConfig, SmaugModel
 
     words = WORDS
     tok = build_wordpiece_tokenizer([" ".join(words)] * 4, tmp_path_factory.mktemp("tok"), vocab_size=100)
     torch.manual_seed(0)
-    cfg = SmaugConfig.preset("tiny", vocab_size=len(tok), pad_token_id=tok.pad_token_id,
-                             mask_token_id=tok.mask_token_id, cls_token_id=tok.cls_token_id,
-                             sep_token_id=tok.sep_token_id)
+    cfg = SmaugConfig.preset("tiny", **tokenizer_fields(tok))
     model = SmaugModel(cfg).eval()
     g = torch.Generator().manual_seed(1)
     batches = []

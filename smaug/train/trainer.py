@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from smaug import checkpoint as ckpt
 from smaug.config import ConfigError, RunConfig, load_config, model_config, save_resolved
-from smaug.dist import init_distributed
+from smaug.dist import init_distributed, world
 
 from .ds_config import build_ds_config, save_ds_config
 from .monitor import LOG, Monitor, device_peak_tflops, setup_logging
@@ -89,7 +89,7 @@ def step_flags(loss: torch.Tensor, preempt: bool) -> tuple[float, float, float]:
     between forward and backward (a skipped micro-batch has no backward)."""
     bad = (~torch.isfinite(loss.detach())).float().reshape(1)
     g = torch.cat([bad, bad.new_full((1,), float(preempt))])
-    if dist.get_world_size() > 1:
+    if world()[1] > 1:
         dist.all_reduce(g, op=dist.ReduceOp.MAX)
     local, bad_any, pre_any = torch.cat([bad, g]).tolist()
     return local, bad_any, pre_any
