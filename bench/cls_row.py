@@ -7,6 +7,7 @@ attention alone and against a second full attention-matrix pass (what the row av
 Forward of one block's attention module, medians of interleaved runs (load changes hit all three
 alike). The figures quoted in smaug/models/video_encoder.py come from here.
 """
+
 from __future__ import annotations
 
 import statistics

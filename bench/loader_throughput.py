@@ -25,6 +25,7 @@ on one H100 at its largest batch, 600 clips: bench/results/h100-2026-11-26).
 Synthetic clips are small (<= 480x270, <= 15 fps); `--webvid-like N` times N 640x360/25fps/10s
 textured clips instead, closer to WebVid's 360p previews.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,9 @@ sys.path.insert(0, str(REPO))
 
 
 def tool(name: str, *args) -> None:
-    r = subprocess.run([sys.executable, str(REPO / "tools" / name), *map(str, args)], capture_output=True, text=True,
-                       errors="replace")
+    r = subprocess.run(
+        [sys.executable, str(REPO / "tools" / name), *map(str, args)], capture_output=True, text=True, errors="replace"
+    )
     if r.returncode != 0:
         raise SystemExit(f"{name} failed:\n{r.stderr[-3000:]}")
 
@@ -66,16 +68,17 @@ def _webvid_like_clip(job: tuple[int, str, float, int, int, int]) -> None:
     def frames():
         for i in range(n):
             x = int(200 * i / n)
-            f = scene[:, x:x + w].copy()
+            f = scene[:, x : x + w].copy()
             cx = int((0.2 + 0.6 * i / n) * w)
-            f[h // 3:h // 3 + h // 4, cx:cx + h // 4] = (230, 40, 40)
+            f[h // 3 : h // 3 + h // 4, cx : cx + h // 4] = (230, 40, 40)
             yield f
 
     encode_h264(frames(), fps, path, crf=23, gop=2 * fps)  # a keyframe every 2 s
 
 
-def make_webvid_like(out: Path, n: int, workers: int, seconds: float = 10.0, fps: int = 25,
-                     size: tuple[int, int] = (640, 360)) -> None:
+def make_webvid_like(
+    out: Path, n: int, workers: int, seconds: float = 10.0, fps: int = 25, size: tuple[int, int] = (640, 360)
+) -> None:
     """N WebVid-like clips (default 640x360, 25 fps, 10 s) in WebVid's layout."""
     import csv
     import multiprocessing as mp
@@ -88,19 +91,44 @@ def make_webvid_like(out: Path, n: int, workers: int, seconds: float = 10.0, fps
         w = csv.writer(f)
         w.writerow(["videoid", "name", "page_idx", "page_dir", "duration", "contentUrl"])
         for i in range(n):
-            w.writerow([1000 + i, f"a red block crosses a textured scene, take {i}", 0, "p0",
-                        f"PT00H00M{int(seconds):02d}S", "u"])
+            w.writerow(
+                [
+                    1000 + i,
+                    f"a red block crosses a textured scene, take {i}",
+                    0,
+                    "p0",
+                    f"PT00H00M{int(seconds):02d}S",
+                    "u",
+                ]
+            )
 
 
 def build_shards(corpus: Path, work: Path, frames: int, workers: int) -> dict[str, Path]:
     csv_path, videos = corpus / "results_2M_train.csv", corpus / "videos"
-    kinds = {"raw": [], "reencode": ["--resize-short-side", 224, "--fps", 2], "frames": ["--frames", 2 * frames],
-             "frames224": ["--frames", 2 * frames, "--resize-short-side", 224]}
+    kinds = {
+        "raw": [],
+        "reencode": ["--resize-short-side", 224, "--fps", 2],
+        "frames": ["--frames", 2 * frames],
+        "frames224": ["--frames", 2 * frames, "--resize-short-side", 224],
+    }
     out = {}
     for kind, extra in kinds.items():
         out[kind] = work / "shards" / kind
-        tool("make_shards.py", "--webvid-csv", csv_path, "--video-root", videos, "--out", out[kind],
-             "--samples-per-shard", 16, "--workers", workers, "--no-progress", *extra)
+        tool(
+            "make_shards.py",
+            "--webvid-csv",
+            csv_path,
+            "--video-root",
+            videos,
+            "--out",
+            out[kind],
+            "--samples-per-shard",
+            16,
+            "--workers",
+            workers,
+            "--no-progress",
+            *extra,
+        )
     tool("build_tokenizer.py", "--shards", out["raw"], "--out", work / "tokenizer", "--vocab-size", 500)
     return out
 
@@ -153,16 +181,25 @@ def bare_rate(items, kind: str, t: int, short_side: int, clips: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def loader_rate(shards: Path, tok, t: int, image_size: int, short_side: int, clips: int,
-                num_workers: int = 0) -> tuple[float, float]:
+def loader_rate(
+    shards: Path, tok, t: int, image_size: int, short_side: int, clips: int, num_workers: int = 0
+) -> tuple[float, float]:
     """(clips/s, this process's CPU seconds per clip) of smaug's train stream. num_workers=0: all
     the work in this process (one worker's work); 1: a real worker process, so the CPU time is
     what the main process pays on top (receiving batches)."""
     from smaug.data import DataConfig, build_train_loader
 
     bs = 8
-    cfg = DataConfig(train_shards=str(shards), num_frames=t, image_size=image_size, decode_short_side=short_side,
-                     batch_size=bs, num_workers=num_workers, shuffle_buffer=8, round_batches=10_000)
+    cfg = DataConfig(
+        train_shards=str(shards),
+        num_frames=t,
+        image_size=image_size,
+        decode_short_side=short_side,
+        batch_size=bs,
+        num_workers=num_workers,
+        shuffle_buffer=8,
+        round_batches=10_000,
+    )
     it = iter(build_train_loader(cfg, tok, seed=0))
     next(it)  # warm-up: shuffle-buffer fill, imports, worker start
     steps = max(1, clips // bs)
@@ -177,17 +214,24 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--corpus", help="WebVid-layout corpus dir (default: build a synthetic one)")
     p.add_argument("--num-videos", type=int, default=48, help="synthetic clips when --corpus is not given")
-    p.add_argument("--webvid-like", type=int, default=0,
-                   help="instead: build N WebVid-like clips (640x360, 25 fps, 10 s, textured) as the corpus")
+    p.add_argument(
+        "--webvid-like",
+        type=int,
+        default=0,
+        help="instead: build N WebVid-like clips (640x360, 25 fps, 10 s, textured) as the corpus",
+    )
     p.add_argument("--clips", type=int, default=96, help="clips timed per measurement")
     p.add_argument("--num-frames", type=int, default=4, help="T frames per clip")
     p.add_argument("--image-size", type=int, default=224, help="output crop size")
     p.add_argument("--short-side", type=int, default=224, help="decode short side (reduced-size decode)")
     p.add_argument("--workers", type=int, default=2, help="make_shards processes")
     p.add_argument("--workdir", help="keep shards here (default: a temp dir)")
-    p.add_argument("--gpu-clips-per-s", type=float, default=1272.0,
-                   help="GPU training clips/s for the cores-per-GPU column (default: SMAUG base on one H100, "
-                        "600 clips per step)")
+    p.add_argument(
+        "--gpu-clips-per-s",
+        type=float,
+        default=1272.0,
+        help="GPU training clips/s for the cores-per-GPU column (default: SMAUG base on one H100, 600 clips per step)",
+    )
     p.add_argument("--json", default=None, help="write every number here")
     args = p.parse_args(argv)
     import torch
@@ -200,25 +244,40 @@ def main(argv=None) -> int:
         if args.webvid_like and not args.corpus:
             make_webvid_like(corpus, args.webvid_like, args.workers)
         elif not args.corpus:
-            tool("make_synthetic.py", "--out", corpus, "--num-videos", args.num_videos, "--num-images", 0,
-                 "--workers", args.workers)
+            tool(
+                "make_synthetic.py",
+                "--out",
+                corpus,
+                "--num-videos",
+                args.num_videos,
+                "--num-images",
+                0,
+                "--workers",
+                args.workers,
+            )
         shards = build_shards(corpus, work, args.num_frames, args.workers)
         from smaug.data import load_tokenizer
 
         tok = load_tokenizer(work / "tokenizer")
-        print(f"setup {time.perf_counter() - t0:.1f}s; timing {args.clips} clips per row, T={args.num_frames}, "
-              f"decode short side {args.short_side}, crop {args.image_size}, 1 thread", flush=True)
+        print(
+            f"setup {time.perf_counter() - t0:.1f}s; timing {args.clips} clips per row, T={args.num_frames}, "
+            f"decode short side {args.short_side}, crop {args.image_size}, 1 thread",
+            flush=True,
+        )
         rows = []
         for kind, sdir in shards.items():
             items = extract_files(sdir, work / "files" / kind)
             bare = bare_rate(items, kind, args.num_frames, args.short_side, args.clips)
             load = loader_rate(sdir, tok, args.num_frames, args.image_size, args.short_side, args.clips)[0]
             rows.append((kind, load, bare))
-        dl_rate, main_cpu = loader_rate(shards["frames224"], tok, args.num_frames, args.image_size,
-                                        args.short_side, args.clips, num_workers=1)
+        dl_rate, main_cpu = loader_rate(
+            shards["frames224"], tok, args.num_frames, args.image_size, args.short_side, args.clips, num_workers=1
+        )
     gpu = args.gpu_clips_per_s
-    print(f"\n{'shard kind':<10} {'loader clips/s/worker':>22} {'bare decode clips/s':>20} {'loader/bare':>12} "
-          f"{'cores/GPU':>10}")
+    print(
+        f"\n{'shard kind':<10} {'loader clips/s/worker':>22} {'bare decode clips/s':>20} {'loader/bare':>12} "
+        f"{'cores/GPU':>10}"
+    )
     for kind, load, bare in rows:
         print(f"{kind:<10} {load:>22.1f} {bare:>20.1f} {load / bare:>12.2f} {gpu * (1 / load + main_cpu):>10.1f}")
     raw = rows[0][1]
@@ -226,9 +285,15 @@ def main(argv=None) -> int:
     print(f"main process with 1 worker (frames224): {dl_rate:.1f} clips/s, {main_cpu * 1e3:.2f} ms CPU per clip")
     print(f"cores/GPU = {gpu:g} GPU clips/s x (1 / clips/s per worker + main-process CPU per clip)")
     if args.json:
-        res = {"gpu_clips_per_s": gpu, "main_process_cpu_s_per_clip": main_cpu, "dataloader_1_worker_clips_per_s": dl_rate,
-               "kinds": {k: {"loader_clips_per_s": load, "bare_clips_per_s": bare,
-                             "cores_per_gpu": gpu * (1 / load + main_cpu)} for k, load, bare in rows}}
+        res = {
+            "gpu_clips_per_s": gpu,
+            "main_process_cpu_s_per_clip": main_cpu,
+            "dataloader_1_worker_clips_per_s": dl_rate,
+            "kinds": {
+                k: {"loader_clips_per_s": load, "bare_clips_per_s": bare, "cores_per_gpu": gpu * (1 / load + main_cpu)}
+                for k, load, bare in rows
+            },
+        }
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     return 0
 

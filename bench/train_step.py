@@ -23,6 +23,7 @@ and the variants first and steps them round-robin N rounds (medians): the only f
 on a host whose speed drifts, such as a shared VM. Results of H100 runs: bench/results/.
 `--json FILE` writes every number.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,12 +55,17 @@ def sync(device):
 
 def make_batch(mcfg, batch: int, text_len: int, device) -> dict:
     g = torch.Generator().manual_seed(0)
-    video = torch.randint(0, 256, (batch, mcfg.num_frames, 3, mcfg.image_size, mcfg.image_size),
-                          dtype=torch.uint8, generator=g)
+    video = torch.randint(
+        0, 256, (batch, mcfg.num_frames, 3, mcfg.image_size, mcfg.image_size), dtype=torch.uint8, generator=g
+    )
     ids = torch.randint(1000, mcfg.vocab_size, (batch, text_len), generator=g)
     ids[:, 0], ids[:, -1] = mcfg.cls_token_id, mcfg.sep_token_id
-    return {"video": video.to(device), "input_ids": ids.to(device),
-            "attention_mask": torch.ones_like(ids).to(device), "is_image": torch.zeros(batch, dtype=torch.bool, device=device)}
+    return {
+        "video": video.to(device),
+        "input_ids": ids.to(device),
+        "attention_mask": torch.ones_like(ids).to(device),
+        "is_image": torch.zeros(batch, dtype=torch.bool, device=device),
+    }
 
 
 def precision(args) -> str:
@@ -72,12 +78,19 @@ def run_config(args, dense: bool):
     """The trainer's own RunConfig, so the engine here is configured exactly as in training."""
     from smaug.config import load_config
 
-    ov = [f"model.preset={args.preset}", f"model.dense={str(dense).lower()}",
-          f"model.grad_checkpointing={str(args.grad_ckpt).lower()}", f"data.num_frames={args.frames}",
-          f"data.batch_size={args.batch}", "data.train_shards=unused",
-          # throughput of random weights (the step costs the same); the vocabulary is BERT-base's, never loaded
-          "model.allow_random_init=true", "model.tokenizer=bert-base-uncased",
-          f"train.precision={precision(args)}", f"train.device={args.device}"]
+    ov = [
+        f"model.preset={args.preset}",
+        f"model.dense={str(dense).lower()}",
+        f"model.grad_checkpointing={str(args.grad_ckpt).lower()}",
+        f"data.num_frames={args.frames}",
+        f"data.batch_size={args.batch}",
+        "data.train_shards=unused",
+        # throughput of random weights (the step costs the same); the vocabulary is BERT-base's, never loaded
+        "model.allow_random_init=true",
+        "model.tokenizer=bert-base-uncased",
+        f"train.precision={precision(args)}",
+        f"train.device={args.device}",
+    ]
     if args.preset == "tiny":
         ov.append("data.image_size=112")
     if getattr(args, "skeleton", False):  # the preset's parameter tensors, next to no FLOPs: the step is host time
@@ -86,8 +99,16 @@ def run_config(args, dense: bool):
 
 
 # --skeleton: every parameter tensor of the preset (449 for SMAUG base) at width 64 and 32 px frames
-SKELETON = dict(vision_width=64, vision_heads=2, decoder_width=32, decoder_heads=2, text_width=64, text_heads=2,
-                text_intermediate=128, embed_dim=32)
+SKELETON = dict(
+    vision_width=64,
+    vision_heads=2,
+    decoder_width=32,
+    decoder_heads=2,
+    text_width=64,
+    text_heads=2,
+    text_intermediate=128,
+    embed_dim=32,
+)
 
 
 def timed(step, device, warmup: int, iters: int) -> float:
@@ -142,8 +163,9 @@ def engine_step(cfg, device, batch_size, ds_patch: dict | None = None):
     mcfg, model = build_model(cfg, device)
     ds = build_ds_config(cfg, world_size=1, device=device.type)
     ds = merged(ds, ds_patch or {})
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, cfg.optim.weight_decay),
-                                      config=ds)
+    engine, *_ = deepspeed.initialize(
+        model=model, model_parameters=param_groups(model, cfg.optim.weight_decay), config=ds
+    )
     batch = make_batch(mcfg, batch_size, 32, device)
 
     def step():  # as Trainer.train_step: forward, the non-finite/preemption flags (one sync), backward, step
@@ -164,8 +186,12 @@ def bare_step(cfg, device, batch_size):
     model.to(device)
     from smaug.train.optim import param_groups
 
-    opt = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                            betas=tuple(cfg.optim.betas), fused=device.type == "cuda")
+    opt = torch.optim.AdamW(
+        param_groups(model, cfg.optim.weight_decay),
+        lr=cfg.optim.lr,
+        betas=tuple(cfg.optim.betas),
+        fused=device.type == "cuda",
+    )
     batch = make_batch(mcfg, batch_size, 32, device)
     use_amp = cfg.train.precision == "bf16"  # the engine holds bf16 weights; bare autocasts fp32 weights
 
@@ -201,6 +227,7 @@ def module_labels():
         def run(*a, **kw):
             with record_function(f"module:{name}"):
                 return fn(*a, **kw)
+
         return run
 
     for m, fn in saved.items():
@@ -237,8 +264,10 @@ def profile_step(step, device, steps: int, out_dir: Path, name: str) -> dict:
     for e in avgs:
         for prefix, key in (("phase:", "phases"), ("module:", "modules")):
             if e.key.startswith(prefix):
-                res[key][e.key[len(prefix):]] = {"host_ms": e.cpu_time_total / 1e3 / steps,
-                                                 "device_ms": dev_us(e) / 1e3 / steps}
+                res[key][e.key[len(prefix) :]] = {
+                    "host_ms": e.cpu_time_total / 1e3 / steps,
+                    "device_ms": dev_us(e) / 1e3 / steps,
+                }
     counts = {e.key: e.count for e in avgs}
     res["launches_per_step"] = sum(counts.get(k, 0) for k in LAUNCH_OPS) / steps
     res["syncs_per_step"] = {k: counts[k] / steps for k in SYNC_OPS if k in counts}
@@ -246,15 +275,21 @@ def profile_step(step, device, steps: int, out_dir: Path, name: str) -> dict:
         kernel_us = sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == DeviceType.CUDA)
         res["kernel_ms_per_step"] = kernel_us / 1e3 / steps
         res["gpu_busy_fraction"] = res["kernel_ms_per_step"] / wall_ms
-    tables = [f"\n\n# {name}: {wall_ms:.1f} ms/step under the profiler, {steps} steps\n",
-              json.dumps(res, indent=1), "\n## top ops by self host time\n",
-              avgs.table(sort_by="self_cpu_time_total", row_limit=30)]
+    tables = [
+        f"\n\n# {name}: {wall_ms:.1f} ms/step under the profiler, {steps} steps\n",
+        json.dumps(res, indent=1),
+        "\n## top ops by self host time\n",
+        avgs.table(sort_by="self_cpu_time_total", row_limit=30),
+    ]
     if cuda:
         tables += ["\n## top ops by self device time\n", avgs.table(sort_by="self_device_time_total", row_limit=40)]
     by = "self_device_time_total" if cuda else "self_cpu_time_total"
-    tables += [f"\n## top ops by {by}, by input shape\n",
-               prof.key_averages(group_by_input_shape=True).table(sort_by=by, row_limit=40, max_name_column_width=40,
-                                                                  max_shapes_column_width=90)]
+    tables += [
+        f"\n## top ops by {by}, by input shape\n",
+        prof.key_averages(group_by_input_shape=True).table(
+            sort_by=by, row_limit=40, max_name_column_width=40, max_shapes_column_width=90
+        ),
+    ]
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "profiles.txt", "a") as f:
         f.write("".join(tables))
@@ -295,8 +330,15 @@ def measure(kind, cfg, device, batch_size, args, ds_patch: dict | None = None) -
         flops = model.train_flops(batch_size, 32)
         del model
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-    return {"ms_per_step": sec * 1e3, "clips_per_s": batch_size / sec, "model_tflops": flops / sec / 1e12,
-            "peak_gib": peak, "batch": batch_size, "allocated_before_gib": before, "static_gib": static}
+    return {
+        "ms_per_step": sec * 1e3,
+        "clips_per_s": batch_size / sec,
+        "model_tflops": flops / sec / 1e12,
+        "peak_gib": peak,
+        "batch": batch_size,
+        "allocated_before_gib": before,
+        "static_gib": static,
+    }
 
 
 def profile_path(kind, cfg, device, batch_size, args, name: str) -> dict:
@@ -338,6 +380,7 @@ def largest_batch(cfg, device, start: int, args, grow: float = 2.0) -> int:
     """Largest micro-batch (a multiple of 8, within 1/16) whose engine step fits: from `start`, step
     by x`grow` up while it fits (or down while it does not) to bracket the limit, then bisect.
     `start` is a guess: --batch (grow 2), or the memory model's estimate (grow ~1.15, few probes)."""
+
     def r8(x: float) -> int:
         return max(8, int(x) // 8 * 8)
 
@@ -379,8 +422,10 @@ def interleaved(args, device, rounds: int) -> dict:
     """SMAUG at --batch: the shipped engine, bare PyTorch and every --engine-variants engine, all built
     first, then stepped round-robin for `rounds` rounds; median ms per step of each. On a host whose
     speed drifts (a shared VM), only an interleaved comparison is fair."""
-    steps = {"engine": engine_step(run_config(args, False), device, args.batch)[2],
-             "bare": bare_step(run_config(args, False), device, args.batch)[2]}
+    steps = {
+        "engine": engine_step(run_config(args, False), device, args.batch)[2],
+        "bare": bare_step(run_config(args, False), device, args.batch)[2],
+    }
     if args.engine_variants:
         for vname, patch in ENGINE_VARIANTS.items():
             steps[f"engine[{vname}]"] = engine_step(run_config(args, False), device, args.batch, patch)[2]
@@ -412,23 +457,46 @@ def main(argv=None) -> int:
     p.add_argument("--grad-ckpt", action="store_true", help="activation checkpointing on (off: faster, more memory)")
     p.add_argument("--max-batch", action="store_true", help="also search each config's largest micro-batch (GPU)")
     p.add_argument("--max-batch-cap", type=int, default=1024)
-    p.add_argument("--mem-limit-gib", type=float, default=80.0,
-                   help="GPU memory the --max-batch search may use (default 80: the issue's 80 GiB)")
+    p.add_argument(
+        "--mem-limit-gib",
+        type=float,
+        default=80.0,
+        help="GPU memory the --max-batch search may use (default 80: the issue's 80 GiB)",
+    )
     p.add_argument("--no-bare", action="store_true", help="skip the bare-PyTorch comparison")
-    p.add_argument("--paths", default="smaug:engine,dense:engine,smaug:bare,dense:bare",
-                   help="which same-batch measurements to run (config:path, comma-separated)")
-    p.add_argument("--profile", default=None, metavar="DIR",
-                   help="profile each path at --batch and append its top-op tables to DIR/profiles.txt")
+    p.add_argument(
+        "--paths",
+        default="smaug:engine,dense:engine,smaug:bare,dense:bare",
+        help="which same-batch measurements to run (config:path, comma-separated)",
+    )
+    p.add_argument(
+        "--profile",
+        default=None,
+        metavar="DIR",
+        help="profile each path at --batch and append its top-op tables to DIR/profiles.txt",
+    )
     p.add_argument("--profile-steps", type=int, default=3)
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
-                   help="auto: bf16 on CUDA, fp32 on CPU")
-    p.add_argument("--skeleton", action="store_true",
-                   help="the preset's parameter structure at negligible compute (width 64, 32 px): engine vs bare "
-                        "then measures the engine's per-parameter host cost, on CPU too")
-    p.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
-                   help="only: build the SMAUG engine, bare and the variants, step them round-robin, print medians")
-    p.add_argument("--engine-variants", action="store_true",
-                   help="also time the SMAUG engine with other DeepSpeed settings at --batch (ENGINE_VARIANTS)")
+    p.add_argument(
+        "--precision", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 on CUDA, fp32 on CPU"
+    )
+    p.add_argument(
+        "--skeleton",
+        action="store_true",
+        help="the preset's parameter structure at negligible compute (width 64, 32 px): engine vs bare "
+        "then measures the engine's per-parameter host cost, on CPU too",
+    )
+    p.add_argument(
+        "--interleave",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="only: build the SMAUG engine, bare and the variants, step them round-robin, print medians",
+    )
+    p.add_argument(
+        "--engine-variants",
+        action="store_true",
+        help="also time the SMAUG engine with other DeepSpeed settings at --batch (ENGINE_VARIANTS)",
+    )
     p.add_argument("--json", default=None, help="write all numbers here")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -446,11 +514,19 @@ def main(argv=None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps({"device": name, "interleaved_ms": med}, indent=2) + "\n")
         return 0
-    res = {"device": name, "matmul_tflops": peak, "preset": args.preset, "frames": args.frames,
-           "mem_limit_gib": args.mem_limit_gib if cuda else None, "runs": {"smaug": {}, "dense": {}}}
+    res = {
+        "device": name,
+        "matmul_tflops": peak,
+        "preset": args.preset,
+        "frames": args.frames,
+        "mem_limit_gib": args.mem_limit_gib if cuda else None,
+        "runs": {"smaug": {}, "dense": {}},
+    }
     configs = (("smaug", False), ("dense", True))
-    print(f"\n{'config':8} {'path':28} {'batch':>5} {'ms/step':>9} {'clips/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>9}",
-          flush=True)
+    print(
+        f"\n{'config':8} {'path':28} {'batch':>5} {'ms/step':>9} {'clips/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>9}",
+        flush=True,
+    )
 
     def save() -> None:
         if args.json:
@@ -460,8 +536,11 @@ def main(argv=None) -> int:
         """Keep, print and save each number as soon as it exists: a run cut short keeps what it measured."""
         v["mfu"] = v["model_tflops"] / peak
         res["runs"][cfg_name][path] = v
-        print(f"{cfg_name:8} {path:28} {v['batch']:5d} {v['ms_per_step']:9.1f} {v['clips_per_s']:9.1f} "
-              f"{v['model_tflops']:8.2f} {v['mfu']:6.1%} {v['peak_gib']:9.1f}", flush=True)
+        print(
+            f"{cfg_name:8} {path:28} {v['batch']:5d} {v['ms_per_step']:9.1f} {v['clips_per_s']:9.1f} "
+            f"{v['model_tflops']:8.2f} {v['mfu']:6.1%} {v['peak_gib']:9.1f}",
+            flush=True,
+        )
         save()
 
     def guarded(what: str, fn):
@@ -490,12 +569,16 @@ def main(argv=None) -> int:
         attempt(cfg_name, path, lambda: measure(path, run_config(args, cfg_name == "dense"), device, args.batch, args))
     if args.max_batch and device.type == "cuda":
         for cfg_name, dense in configs:
+
             def best():
                 same = res["runs"][cfg_name].get("engine")
                 est = estimate_max_batch(same, args.mem_limit_gib) if same else 0
                 print(f"  {cfg_name}: memory model estimate {est} clips within {args.mem_limit_gib:g} GiB", flush=True)
-                mb = (largest_batch(run_config(args, dense), device, est, args, grow=1.15) if est >= 8 else
-                      largest_batch(run_config(args, dense), device, args.batch, args))
+                mb = (
+                    largest_batch(run_config(args, dense), device, est, args, grow=1.15)
+                    if est >= 8
+                    else largest_batch(run_config(args, dense), device, args.batch, args)
+                )
                 print(f"  {cfg_name}: largest micro-batch within {args.mem_limit_gib:g} GiB: {mb}", flush=True)
                 for _ in range(3):  # a longer timed run can still outgrow the probe: back off by ~3%
                     if mb < 8:
@@ -506,20 +589,33 @@ def main(argv=None) -> int:
                         mb -= max(8, mb // 32 // 8 * 8)
                         print(f"  {cfg_name}: the timed run did not fit; retrying at {mb}", flush=True)
                 raise RuntimeError(f"{cfg_name}: no timed run fitted near the searched batch")
+
             attempt(cfg_name, "engine_max", best)
     if args.engine_variants:
         for vname, patch in ENGINE_VARIANTS.items():
-            attempt("smaug", f"engine[{vname}]", lambda: measure("engine", run_config(args, False), device,
-                                                                 args.batch, args, patch))
+            attempt(
+                "smaug",
+                f"engine[{vname}]",
+                lambda: measure("engine", run_config(args, False), device, args.batch, args, patch),
+            )
     if args.profile:  # last: a profiler session slows what runs after it
         todo = [(c, k, args.batch) for c, k in paths] + [  # and each config at its largest batch
-            (c, "engine_max", r["engine_max"]["batch"]) for c, r in res["runs"].items() if "engine_max" in r]
+            (c, "engine_max", r["engine_max"]["batch"]) for c, r in res["runs"].items() if "engine_max" in r
+        ]
         for cfg_name, path, batch in todo:
             if path not in res["runs"][cfg_name]:
                 continue
-            pr = guarded(f"{cfg_name}/{path}/profile", lambda: profile_path(
-                path.removesuffix("_max"), run_config(args, cfg_name == "dense"), device, batch, args,
-                f"{cfg_name}_{path}"))
+            pr = guarded(
+                f"{cfg_name}/{path}/profile",
+                lambda: profile_path(
+                    path.removesuffix("_max"),
+                    run_config(args, cfg_name == "dense"),
+                    device,
+                    batch,
+                    args,
+                    f"{cfg_name}_{path}",
+                ),
+            )
             if pr is not None:
                 res["runs"][cfg_name][path]["profile"] = pr
         save()
@@ -529,19 +625,25 @@ def main(argv=None) -> int:
     if "engine_max" in rs and "engine_max" in rd:
         res["ratio_best_batch"] = rs["engine_max"]["clips_per_s"] / rd["engine_max"]["clips_per_s"]
     if args.profile:
-        print(f"\nprofile at batch {args.batch}, engine_max at the largest batch (ms per step; tables in "
-              f"{args.profile}/profiles.txt)")
-        print(f"{'config':8} {'path':10} {'forward':>14} {'backward':>14} {'optimizer':>14} {'launches':>9} "
-              f"{'syncs':>6} {'GPU busy':>9}")
+        print(
+            f"\nprofile at batch {args.batch}, engine_max at the largest batch (ms per step; tables in "
+            f"{args.profile}/profiles.txt)"
+        )
+        print(
+            f"{'config':8} {'path':10} {'forward':>14} {'backward':>14} {'optimizer':>14} {'launches':>9} "
+            f"{'syncs':>6} {'GPU busy':>9}"
+        )
         for cfg_name, r in res["runs"].items():
             for path in ("engine", "bare", "engine_max"):
                 pr = r.get(path, {}).get("profile")
                 if pr:
                     ph = {k: f"{v['host_ms']:.1f}/{v['device_ms']:.1f}" for k, v in pr["phases"].items()}
                     busy = pr.get("gpu_busy_fraction")
-                    print(f"{cfg_name:8} {path:10} {ph.get('forward', '-'):>14} {ph.get('backward', '-'):>14} "
-                          f"{ph.get('optimizer', '-'):>14} {pr['launches_per_step']:9.0f} "
-                          f"{sum(pr['syncs_per_step'].values()):6.0f} {'-' if busy is None else f'{busy:.0%}':>9}")
+                    print(
+                        f"{cfg_name:8} {path:10} {ph.get('forward', '-'):>14} {ph.get('backward', '-'):>14} "
+                        f"{ph.get('optimizer', '-'):>14} {pr['launches_per_step']:9.0f} "
+                        f"{sum(pr['syncs_per_step'].values()):6.0f} {'-' if busy is None else f'{busy:.0%}':>9}"
+                    )
         print("(phase columns: host ms / device ms; syncs count host-blocking waits and .item() calls)")
         print(f"\nforward by loss branch, ms per step (device on CUDA, host on CPU): {', '.join(MODULE_LABELS)}")
         for cfg_name, r in res["runs"].items():
@@ -550,13 +652,17 @@ def main(argv=None) -> int:
                 if pr:
                     mods = pr.get("modules", {})
                     key = "device_ms" if device.type == "cuda" else "host_ms"
-                    print(f"{cfg_name:8} {path:10} " + " ".join(f"{mods.get(m, {}).get(key, 0.0):8.1f}"
-                                                              for m in MODULE_LABELS))
+                    print(
+                        f"{cfg_name:8} {path:10} "
+                        + " ".join(f"{mods.get(m, {}).get(key, 0.0):8.1f}" for m in MODULE_LABELS)
+                    )
     if "ratio_same_batch" in res:
         print(f"\nSMAUG/dense clips/s, same batch {args.batch}: {res['ratio_same_batch']:.2f}x")
     if "ratio_best_batch" in res:
-        print(f"SMAUG/dense clips/s, best batch each ({rs['engine_max']['batch']} vs {rd['engine_max']['batch']}): "
-              f"{res['ratio_best_batch']:.2f}x")
+        print(
+            f"SMAUG/dense clips/s, best batch each ({rs['engine_max']['batch']} vs {rd['engine_max']['batch']}): "
+            f"{res['ratio_best_batch']:.2f}x"
+        )
     if not args.no_bare:
         for cfg_name, r in res["runs"].items():
             if "engine" not in r or "bare" not in r:

@@ -29,6 +29,7 @@ raises `CheckpointError` naming the path and what is wrong.
     cfg, state_dict, run_config, tokenizer = load_smaug_checkpoint(path)   # for tools
     model, cfg, run_config, tokenizer = model_from_checkpoint(path)
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -144,8 +145,10 @@ def find_resume(output_dir: str | Path, resume: str) -> Optional[tuple[Path, str
     except CheckpointError as e:
         raise FileNotFoundError(f"ckpt.resume: {e}") from e
     if ref.kind != "deepspeed":
-        raise FileNotFoundError(f"ckpt.resume: {resume!r} is an exported HF folder; resume needs a DeepSpeed "
-                                f"checkpoint (use model.init_from to start from its weights)")
+        raise FileNotFoundError(
+            f"ckpt.resume: {resume!r} is an exported HF folder; resume needs a DeepSpeed "
+            f"checkpoint (use model.init_from to start from its weights)"
+        )
     return ref.load_dir, ref.tag
 
 
@@ -163,8 +166,9 @@ def clean_incomplete(output_dir: str | Path) -> list[str]:
 
 def load(engine, load_dir: Path, tag: str) -> dict:
     """Load engine + optimizer + LR scheduler state; return smaug's client state."""
-    path, client = engine.load_checkpoint(str(load_dir), tag=tag, load_optimizer_states=True,
-                                          load_lr_scheduler_states=True)
+    path, client = engine.load_checkpoint(
+        str(load_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+    )
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {load_dir}/{tag}")
     return client
@@ -176,8 +180,18 @@ HF_CONFIG = "config.json"
 # Parameters a retrieval model cannot do without: a checkpoint missing any of them is the wrong file.
 CORE_PREFIXES = ("video_encoder.", "text_encoder.bert.", "vision_proj.", "text_proj.")
 # Errors torch.load / DeepSpeed raise on truncated or foreign files.
-READ_ERRORS = (OSError, RuntimeError, ValueError, KeyError, EOFError, IndexError, TypeError, AttributeError,
-               pickle.UnpicklingError, zipfile.BadZipFile)
+READ_ERRORS = (
+    OSError,
+    RuntimeError,
+    ValueError,
+    KeyError,
+    EOFError,
+    IndexError,
+    TypeError,
+    AttributeError,
+    pickle.UnpicklingError,
+    zipfile.BadZipFile,
+)
 
 
 class CheckpointError(RuntimeError):
@@ -218,8 +232,10 @@ def resolve_checkpoint(path: str | os.PathLike) -> CheckpointRef:
         return CheckpointRef("hf", p)
     if _has_model_states(p):
         if not is_complete(p):
-            raise CheckpointError(f"checkpoint {p}: incomplete, no {MARKER} marker (the save was interrupted; "
-                                  f"use an earlier step or the checkpoints root)")
+            raise CheckpointError(
+                f"checkpoint {p}: incomplete, no {MARKER} marker (the save was interrupted; "
+                f"use an earlier step or the checkpoints root)"
+            )
         run = p.parent.parent if p.parent.name == "checkpoints" else None
         return CheckpointRef("deepspeed", p, run)
     root, run = p, None
@@ -234,8 +250,10 @@ def resolve_checkpoint(path: str | os.PathLike) -> CheckpointRef:
         if not _has_model_states(root / tag):
             raise CheckpointError(f"checkpoint {root / tag}: marked complete but has no *_model_states.pt file")
         return CheckpointRef("deepspeed", root / tag, run)
-    raise CheckpointError(f"checkpoint {p}: not a smaug checkpoint (expected a run dir, its checkpoints/ dir, a "
-                          f"step_XXXXXXXX dir, or an exported HF folder with {HF_CONFIG} + {HF_WEIGHTS})")
+    raise CheckpointError(
+        f"checkpoint {p}: not a smaug checkpoint (expected a run dir, its checkpoints/ dir, a "
+        f"step_XXXXXXXX dir, or an exported HF folder with {HF_CONFIG} + {HF_WEIGHTS})"
+    )
 
 
 def read_state_dict(ref: CheckpointRef) -> dict[str, torch.Tensor]:
@@ -254,8 +272,10 @@ def read_state_dict(ref: CheckpointRef) -> dict[str, torch.Tensor]:
         with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed prints progress; keep stdout for reports
             sd = get_fp32_state_dict_from_zero_checkpoint(str(ref.load_dir), tag=ref.tag)
     except READ_ERRORS as e:
-        raise CheckpointError(f"checkpoint {ref.path}: cannot be consolidated by DeepSpeed zero_to_fp32 "
-                              f"(truncated or missing shard files?): {type(e).__name__}: {e}") from e
+        raise CheckpointError(
+            f"checkpoint {ref.path}: cannot be consolidated by DeepSpeed zero_to_fp32 "
+            f"(truncated or missing shard files?): {type(e).__name__}: {e}"
+        ) from e
     return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
 
 
@@ -282,14 +302,19 @@ def adapt_state_dict(sd: dict, own: dict, source: str) -> tuple[dict, list[str]]
             continue
         if k.endswith("temporal_embed") and v.ndim == 4 and v.shape[0::2] == own[k].shape[0::2]:
             T = own[k].shape[1]
-            out[k] = F.interpolate(v[0, :, 0].T[None].float(), size=T, mode="linear",
-                                   align_corners=False)[0].T[None, :, None].to(v.dtype)
+            out[k] = (
+                F.interpolate(v[0, :, 0].T[None].float(), size=T, mode="linear", align_corners=False)[0]
+                .T[None, :, None]
+                .to(v.dtype)
+            )
             notes.append(f"{k}: interpolated from {v.shape[1]} to {T} frames")
         else:
             bad.append(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}")
     if bad:
-        raise CheckpointError(f"checkpoint {source}: does not fit this model ({len(bad)} shape mismatches, a "
-                              f"different preset or vocabulary?): " + "; ".join(bad[:8]))
+        raise CheckpointError(
+            f"checkpoint {source}: does not fit this model ({len(bad)} shape mismatches, a "
+            f"different preset or vocabulary?): " + "; ".join(bad[:8])
+        )
     return out, notes
 
 
@@ -306,8 +331,10 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> tuple[list[
     sd, _ = adapt_state_dict(sd, own, str(ref.path))
     core_missing = [k for k in own if k.startswith(CORE_PREFIXES) and k not in sd]
     if core_missing:
-        raise CheckpointError(f"checkpoint {ref.path}: not weights of this model, {len(core_missing)} encoder "
-                              f"parameters missing (e.g. {', '.join(core_missing[:4])})")
+        raise CheckpointError(
+            f"checkpoint {ref.path}: not weights of this model, {len(core_missing)} encoder "
+            f"parameters missing (e.g. {', '.join(core_missing[:4])})"
+        )
     res = model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
     return list(res.missing_keys), sorted(k for k in sd if k not in own)
 
@@ -333,8 +360,10 @@ def _run_config_of(ref: CheckpointRef, client: dict) -> dict:
         import yaml
 
         return yaml.safe_load((ref.run_dir / "config.yaml").read_text()) or {}
-    raise CheckpointError(f"checkpoint {ref.path}: no run configuration (neither in the checkpoint's client state "
-                          f"nor a config.yaml in the run dir)")
+    raise CheckpointError(
+        f"checkpoint {ref.path}: no run configuration (neither in the checkpoint's client state "
+        f"nor a config.yaml in the run dir)"
+    )
 
 
 def _smaug_config_from_run(run_config: dict, tokenizer_path: str, source: Path):
@@ -346,15 +375,19 @@ def _smaug_config_from_run(run_config: dict, tokenizer_path: str, source: Path):
 
     try:
         run_config = lift_model_knobs(run_config, f"checkpoint {source}")
-        ns = SimpleNamespace(model=build_section("model", ModelSection, run_config.get("model") or {}),
-                             data=build_section("data", DataConfig, run_config.get("data") or {}))
+        ns = SimpleNamespace(
+            model=build_section("model", ModelSection, run_config.get("model") or {}),
+            data=build_section("data", DataConfig, run_config.get("data") or {}),
+        )
     except ConfigError as e:
         raise CheckpointError(f"checkpoint {source}: its run configuration is invalid: {e}") from e
     try:
         tok = load_tokenizer(tokenizer_path)
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {source}: cannot load its tokenizer {tokenizer_path!r} ({e}); "
-                              f"pass the tokenizer directory explicitly") from e
+        raise CheckpointError(
+            f"checkpoint {source}: cannot load its tokenizer {tokenizer_path!r} ({e}); "
+            f"pass the tokenizer directory explicitly"
+        ) from e
     return model_config(ns, **tokenizer_fields(tok))
 
 
@@ -410,7 +443,9 @@ def model_from_checkpoint(path: str | os.PathLike, tokenizer: Optional[str] = No
     sd, _ = adapt_state_dict(sd, own, str(path))
     missing = [k for k in own if k not in sd]
     if missing:
-        raise CheckpointError(f"checkpoint {path}: {len(missing)} parameters of its own model configuration are "
-                              f"missing (e.g. {', '.join(missing[:4])})")
+        raise CheckpointError(
+            f"checkpoint {path}: {len(missing)} parameters of its own model configuration are "
+            f"missing (e.g. {', '.join(missing[:4])})"
+        )
     model.load_state_dict({k: v for k, v in sd.items() if k in own})
     return model.eval(), cfg, run_config, tok

@@ -11,6 +11,7 @@ Config files may name a parent with `base: other.yaml` (relative to the file); s
 values are parsed as YAML. Everything is validated before any compute: an unknown key,
 a wrong type or an impossible combination raises `ConfigError` naming the dotted key.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,11 +41,17 @@ class RunSection:
 class ModelSection:
     preset: Literal["tiny", "base"] = "base"  # SmaugConfig preset
     dense: bool = False  # True = Singularity-style dense baseline (no masking, no sparsify, all frames fused)
-    tokenizer: Optional[str] = None  # HF name or local dir of a fast tokenizer; None = the one of text_init (tools/build_tokenizer.py makes one offline)
+    tokenizer: Optional[str] = (
+        None  # HF name or local dir of a fast tokenizer; None = the one of text_init (tools/build_tokenizer.py makes one offline)
+    )
     vision_init: Optional[str] = None  # pretrained image tower: timm hub name (HF cache), local folder or weights file
-    text_init: Optional[str] = None  # pretrained BERT: hub name (HF cache) or local folder; fusion layers from its top layers
+    text_init: Optional[str] = (
+        None  # pretrained BERT: hub name (HF cache) or local folder; fusion layers from its top layers
+    )
     allow_random_init: bool = False  # a `base` run with neither init is refused unless this is true
-    init_from: Optional[str] = None  # initialise weights (only) from a DeepSpeed checkpoint dir or an exported HF folder (fine-tuning)
+    init_from: Optional[str] = (
+        None  # initialise weights (only) from a DeepSpeed checkpoint dir or an exported HF folder (fine-tuning)
+    )
     grad_checkpointing: bool = True  # non-reentrant activation checkpointing of ViT blocks and BERT layers
     # The paper's knobs (SmaugConfig fields, typed here); None = the preset's value (see smaug/models/smaug.py)
     mask_ratio: Optional[float] = None  # MAE: fraction of each frame's patches hidden from the encoder (train only)
@@ -62,8 +69,19 @@ class ModelSection:
 
 
 # the SmaugConfig fields ModelSection types; `model.overrides` holds any other field
-MODEL_KNOBS = ("mask_ratio", "keep_ratio", "sparsify_layers", "sparsify_mode", "select_frames", "temporal_layers",
-               "vtm_negatives", "w_vtc", "w_vtm", "w_mlm", "w_mvm")
+MODEL_KNOBS = (
+    "mask_ratio",
+    "keep_ratio",
+    "sparsify_layers",
+    "sparsify_mode",
+    "select_frames",
+    "temporal_layers",
+    "vtm_negatives",
+    "w_vtc",
+    "w_vtm",
+    "w_mlm",
+    "w_mvm",
+)
 
 
 @dataclass
@@ -85,7 +103,9 @@ class TrainSection:
     ds_config: str = "auto"  # DeepSpeed JSON: "auto" = ds_configs/zero2_gpu.json on CUDA, zero2_cpu.json on CPU
     device: Literal["auto", "cuda", "cpu"] = "auto"
     max_nonfinite: int = 20  # stop after this many non-finite losses in a row (each is skipped and counted)
-    unmasked_tail_steps: int = 0  # the last N steps train without MAE masking (FLIP's unmasked tuning; MVM is off there)
+    unmasked_tail_steps: int = (
+        0  # the last N steps train without MAE masking (FLIP's unmasked tuning; MVM is off there)
+    )
 
 
 @dataclass
@@ -151,7 +171,9 @@ def _plain(x):
 
 def _resolve_path(name: str, rel_to: Optional[Path] = None) -> Path:
     p = Path(name)
-    cands = [p] if p.is_absolute() else [p, *([rel_to / p] if rel_to else []), CONFIG_DIR / p, CONFIG_DIR / f"{name}.yaml"]
+    cands = (
+        [p] if p.is_absolute() else [p, *([rel_to / p] if rel_to else []), CONFIG_DIR / p, CONFIG_DIR / f"{name}.yaml"]
+    )
     for c in cands:
         if c.is_file():
             return c
@@ -340,12 +362,20 @@ def validate(cfg: RunConfig) -> None:
     if o.grad_clip < 0 or o.weight_decay < 0:
         raise ConfigError("optim.grad_clip / optim.weight_decay: must be >= 0")
     t = cfg.train
-    for key, v in (("train.steps", t.steps), ("train.grad_accum", t.grad_accum), ("ckpt.every", cfg.ckpt.every),
-                   ("ckpt.keep", cfg.ckpt.keep), ("log.every", cfg.log.every), ("train.max_nonfinite", t.max_nonfinite)):
+    for key, v in (
+        ("train.steps", t.steps),
+        ("train.grad_accum", t.grad_accum),
+        ("ckpt.every", cfg.ckpt.every),
+        ("ckpt.keep", cfg.ckpt.keep),
+        ("log.every", cfg.log.every),
+        ("train.max_nonfinite", t.max_nonfinite),
+    ):
         if v < 1:
             raise ConfigError(f"{key}: must be >= 1, got {v}")
     if not 0 <= t.unmasked_tail_steps <= t.steps:
-        raise ConfigError(f"train.unmasked_tail_steps: must be in [0, train.steps={t.steps}], got {t.unmasked_tail_steps}")
+        raise ConfigError(
+            f"train.unmasked_tail_steps: must be in [0, train.steps={t.steps}], got {t.unmasked_tail_steps}"
+        )
     for key, v in (("eval.every", cfg.eval.every), ("eval.rerank_k", cfg.eval.rerank_k)):
         if v < 0:
             raise ConfigError(f"{key}: must be >= 0, got {v}")
@@ -360,9 +390,11 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError("train.device: 'cuda' requested but no CUDA device is visible")
     m = cfg.model
     if m.preset == "base" and not (m.vision_init or m.text_init or m.init_from or m.allow_random_init):
-        raise ConfigError("model.vision_init / model.text_init: neither is set, so this base run would pre-train the "
-                          "ViT and BERT from random weights; set them (e.g. beit_base_patch16_224.in22k_ft_in22k and "
-                          "bert-base-uncased, as pretrain_5m.yaml) or model.allow_random_init=true")
+        raise ConfigError(
+            "model.vision_init / model.text_init: neither is set, so this base run would pre-train the "
+            "ViT and BERT from random weights; set them (e.g. beit_base_patch16_224.in22k_ft_in22k and "
+            "bert-base-uncased, as pretrain_5m.yaml) or model.allow_random_init=true"
+        )
     if not (m.tokenizer or m.text_init):
         raise ConfigError("model.tokenizer: required when model.text_init is not set")
     # the model section must build a valid SmaugConfig (it validates its own fields and the init checkpoints)
@@ -388,11 +420,15 @@ def model_config(cfg: RunConfig, **tokenizer_fields):
         ov[k] = v
     for k in ("num_frames", "image_size"):
         if k in ov and ov[k] != getattr(cfg.data, k):
-            raise ConfigError(f"model.overrides.{k}: {ov[k]} conflicts with data.{k}={getattr(cfg.data, k)}; set data.{k} only")
+            raise ConfigError(
+                f"model.overrides.{k}: {ov[k]} conflicts with data.{k}={getattr(cfg.data, k)}; set data.{k} only"
+            )
         fixed = PRESETS.get(cfg.model.preset, {}).get(k)
         if fixed is not None and fixed != getattr(cfg.data, k):
-            raise ConfigError(f"data.{k}: {getattr(cfg.data, k)}, but model.preset={cfg.model.preset} is built for "
-                              f"{k}={fixed}; set data.{k}={fixed} (or use a preset that leaves it to the data)")
+            raise ConfigError(
+                f"data.{k}: {getattr(cfg.data, k)}, but model.preset={cfg.model.preset} is built for "
+                f"{k}={fixed}; set data.{k}={fixed} (or use a preset that leaves it to the data)"
+            )
     explicit = dict(ov)
     ov.update(num_frames=cfg.data.num_frames, image_size=cfg.data.image_size, **tokenizer_fields)
     try:
@@ -409,8 +445,10 @@ def save_resolved(cfg: RunConfig, path: Path) -> None:
     if cfg.model.vision_init:
         no_init = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vision_init=None))
         mc, base = model_config(cfg), model_config(no_init)
-        d["model"]["overrides"] = {**{k: _plain(v) for k, v in dataclasses.asdict(mc).items() if getattr(base, k) != v},
-                                   **d["model"]["overrides"]}
+        d["model"]["overrides"] = {
+            **{k: _plain(v) for k, v in dataclasses.asdict(mc).items() if getattr(base, k) != v},
+            **d["model"]["overrides"],
+        }
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         f.write("# Resolved configuration of this run (all defaults filled in).\n")

@@ -9,6 +9,7 @@ initialised process group, so library code calls them unconditionally.
     rank, world_size, device = init_distributed("cpu" | "cuda")   # torchrun env -> process group
     port = free_port()
 """
+
 from __future__ import annotations
 
 import os

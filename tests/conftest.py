@@ -8,6 +8,7 @@ Helpers (test files import them: `from conftest import REPO, QS, run, run_tool, 
 Fixtures: `free_port` (a free TCP port, `smaug.dist.free_port`), `single_process_env` (torchrun's
 variables for a 1-process group in this process).
 """
+
 import os
 import subprocess
 import sys
@@ -53,8 +54,15 @@ def subprocess_env(**extra) -> dict:
 
 def run(cmd, *, check: bool = True, timeout: float = 600, cwd=REPO, env=None) -> subprocess.CompletedProcess:
     """Run `cmd` (list) to completion; with `check`, a non-zero exit fails showing the output's tails."""
-    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, errors="replace", timeout=timeout,
-                       env=env or subprocess_env(), cwd=cwd)
+    r = subprocess.run(
+        [str(c) for c in cmd],
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=timeout,
+        env=env or subprocess_env(),
+        cwd=cwd,
+    )
     if check and r.returncode != 0:
         raise AssertionError(f"{cmd[1:3]} exited {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
     return r
@@ -79,8 +87,21 @@ SYNTH_VIDEOS, SYNTH_EVAL_FRACTION, SYNTH_IMAGES = 48, 0.25, 12
 def synthetic_corpus(tmp_path_factory) -> Path:
     """Directory written by tools/make_synthetic.py (WebVid layout + eval.json + images.tsv)."""
     out = tmp_path_factory.mktemp("synthetic") / "corpus"
-    run_tool("make_synthetic.py", "--out", out, "--num-videos", SYNTH_VIDEOS, "--eval-fraction",
-             SYNTH_EVAL_FRACTION, "--num-images", SYNTH_IMAGES, "--seed", 0, "--workers", 2)
+    run_tool(
+        "make_synthetic.py",
+        "--out",
+        out,
+        "--num-videos",
+        SYNTH_VIDEOS,
+        "--eval-fraction",
+        SYNTH_EVAL_FRACTION,
+        "--num-images",
+        SYNTH_IMAGES,
+        "--seed",
+        0,
+        "--workers",
+        2,
+    )
     return out
 
 
@@ -91,21 +112,79 @@ def synthetic_shards(synthetic_corpus, tmp_path_factory) -> dict:
     `synthetic_images`, so `corpus:NAME` specs resolve with `shards_root`."""
     root = tmp_path_factory.mktemp("shards")
     c = synthetic_corpus
-    run_tool("make_shards.py", "--webvid-csv", c / "results_2M_train.csv", "--video-root", c / "videos",
-             "--out", root / "train", "--prefix", "synthetic", "--samples-per-shard", 8, "--workers", 2,
-             "--no-progress")
-    run_tool("make_shards.py", "--json", c / "eval.json", "--video-root", c / "videos", "--out", root / "eval",
-             "--prefix", "synthetic_test", "--samples-per-shard", 5, "--no-progress")
-    run_tool("make_shards.py", "--image-list", c / "images.tsv", "--image-root", c, "--out", root / "images",
-             "--prefix", "synthetic_images", "--samples-per-shard", 8, "--no-progress")
-    run_tool("build_tokenizer.py", "--shards", root / "train", "--captions", c / "eval.json",
-             "--captions", c / "images.tsv", "--out", root / "tokenizer", "--vocab-size", 500)
-    for name, sub, kind in (("synthetic", "train", "video"), ("synthetic_test", "eval", "video"),
-                            ("synthetic_images", "images", "image")):
+    run_tool(
+        "make_shards.py",
+        "--webvid-csv",
+        c / "results_2M_train.csv",
+        "--video-root",
+        c / "videos",
+        "--out",
+        root / "train",
+        "--prefix",
+        "synthetic",
+        "--samples-per-shard",
+        8,
+        "--workers",
+        2,
+        "--no-progress",
+    )
+    run_tool(
+        "make_shards.py",
+        "--json",
+        c / "eval.json",
+        "--video-root",
+        c / "videos",
+        "--out",
+        root / "eval",
+        "--prefix",
+        "synthetic_test",
+        "--samples-per-shard",
+        5,
+        "--no-progress",
+    )
+    run_tool(
+        "make_shards.py",
+        "--image-list",
+        c / "images.tsv",
+        "--image-root",
+        c,
+        "--out",
+        root / "images",
+        "--prefix",
+        "synthetic_images",
+        "--samples-per-shard",
+        8,
+        "--no-progress",
+    )
+    run_tool(
+        "build_tokenizer.py",
+        "--shards",
+        root / "train",
+        "--captions",
+        c / "eval.json",
+        "--captions",
+        c / "images.tsv",
+        "--out",
+        root / "tokenizer",
+        "--vocab-size",
+        500,
+    )
+    for name, sub, kind in (
+        ("synthetic", "train", "video"),
+        ("synthetic_test", "eval", "video"),
+        ("synthetic_images", "images", "image"),
+    ):
         (root / f"{name}.yaml").write_text(
-            f"name: {name}\nmanifest: {sub}/manifest.json\nkind: {kind}\nweight: 1.0\n", encoding="utf-8")
-    return {"shards_root": str(root), "train": str(root / "train"), "eval": str(root / "eval"),
-            "images": str(root / "images"), "tokenizer": str(root / "tokenizer"), "corpus": str(c)}
+            f"name: {name}\nmanifest: {sub}/manifest.json\nkind: {kind}\nweight: 1.0\n", encoding="utf-8"
+        )
+    return {
+        "shards_root": str(root),
+        "train": str(root / "train"),
+        "eval": str(root / "eval"),
+        "images": str(root / "images"),
+        "tokenizer": str(root / "tokenizer"),
+        "corpus": str(c),
+    }
 
 
 # --- retrieval / export fixtures (tools/eval_retrieval.py, export_hf.py, finetune_retrieval.py)
@@ -116,11 +195,30 @@ def pretrained_run(synthetic_shards, tmp_path_factory) -> Path:
     LR 1e-4: at the quickstart's 1e-3 the tiny model's VTC features collapse in a few steps."""
     out = tmp_path_factory.mktemp("pretrained") / "run"
     d = synthetic_shards
-    cmd = [sys.executable, "-m", "smaug.train", "--config", str(REPO / "smaug" / "configs" / "quickstart.yaml"),
-           "--out", str(out), f"data.shards_root={d['shards_root']}", f"data.train_shards={d['train']}",
-           f"data.eval_shards={d['eval']}", f"model.tokenizer={d['tokenizer']}", "data.batch_size=8",
-           "data.num_workers=1", "data.round_batches=4", "data.shuffle_buffer=20", "log.progress=false",
-           "train.steps=8", "train.unmasked_tail_steps=2", "eval.every=4", "ckpt.every=4", "optim.lr=1e-4", "optim.min_lr=1e-5",
-           "optim.warmup_steps=2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "smaug.train",
+        "--config",
+        str(REPO / "smaug" / "configs" / "quickstart.yaml"),
+        "--out",
+        str(out),
+        f"data.shards_root={d['shards_root']}",
+        f"data.train_shards={d['train']}",
+        f"data.eval_shards={d['eval']}",
+        f"model.tokenizer={d['tokenizer']}",
+        "data.batch_size=8",
+        "data.num_workers=1",
+        "data.round_batches=4",
+        "data.shuffle_buffer=20",
+        "log.progress=false",
+        "train.steps=8",
+        "train.unmasked_tail_steps=2",
+        "eval.every=4",
+        "ckpt.every=4",
+        "optim.lr=1e-4",
+        "optim.min_lr=1e-5",
+        "optim.warmup_steps=2",
+    ]
     run(cmd, timeout=900)
     return out

@@ -1,4 +1,5 @@
 """Helpers for the model tests (tests/test_model_*.py): synthetic batches and the 2-process worker."""
+
 from __future__ import annotations
 
 import functools
@@ -19,8 +20,14 @@ def make_batch(cfg, batch_size: int = 4, text_len: int = 12, seed: int = 0, num_
         words = torch.randint(1000, min(cfg.vocab_size, 5000), (n - 2,), generator=g)
         ids[i, :n] = torch.cat([torch.tensor([cfg.cls_token_id]), words, torch.tensor([cfg.sep_token_id])])
         mask[i, :n] = 1
-    return {"video": video, "input_ids": ids, "attention_mask": mask, "is_image": torch.zeros(batch_size, dtype=torch.bool),
-            "key": [f"k{i}" for i in range(batch_size)], "caption": ["c"] * batch_size}
+    return {
+        "video": video,
+        "input_ids": ids,
+        "attention_mask": mask,
+        "is_image": torch.zeros(batch_size, dtype=torch.bool),
+        "key": [f"k{i}" for i in range(batch_size)],
+        "caption": ["c"] * batch_size,
+    }
 
 
 def global_batch_worker(rank: int, world_size: int, port: int, cfg_kwargs: dict, state_path: str, out_path: str):
@@ -42,7 +49,7 @@ def global_batch_worker(rank: int, world_size: int, port: int, cfg_kwargs: dict,
         model.load_state_dict(torch.load(state_path, weights_only=True))
         batch = make_batch(cfg, batch_size=8, text_len=12, seed=1)
         b = 8 // world_size
-        local = {k: v[rank * b:(rank + 1) * b] for k, v in batch.items() if torch.is_tensor(v)}
+        local = {k: v[rank * b : (rank + 1) * b] for k, v in batch.items() if torch.is_tensor(v)}
         L = int(local["attention_mask"].sum(1).max())  # each rank pads to its own longest caption
         local["input_ids"], local["attention_mask"] = local["input_ids"][:, :L], local["attention_mask"][:, :L]
         torch.manual_seed(123)
@@ -59,12 +66,20 @@ def global_batch_worker(rank: int, world_size: int, port: int, cfg_kwargs: dict,
         g = torch.Generator().manual_seed(7)
         v = torch.nn.functional.normalize(torch.randn(8, 16, generator=g), dim=-1)
         t = torch.nn.functional.normalize(torch.randn(8, 16, generator=g), dim=-1)
-        fvtc, sim = vtc_loss(v[rank * b:(rank + 1) * b], t[rank * b:(rank + 1) * b], torch.tensor(0.1))
+        fvtc, sim = vtc_loss(v[rank * b : (rank + 1) * b], t[rank * b : (rank + 1) * b], torch.tensor(0.1))
         negs = sample_negatives(sim, None, torch.Generator().manual_seed(3))
         if rank == 0:
-            torch.save({"vtc": out.losses["vtc"].detach(), "vtm_mean": vtm / world_size,
-                        "negatives": model._last_negatives, "grads": grads, "fn_vtc": fvtc.detach(), "fn_negs": negs},
-                       out_path)
+            torch.save(
+                {
+                    "vtc": out.losses["vtc"].detach(),
+                    "vtm_mean": vtm / world_size,
+                    "negatives": model._last_negatives,
+                    "grads": grads,
+                    "fn_vtc": fvtc.detach(),
+                    "fn_negs": negs,
+                },
+                out_path,
+            )
     finally:
         dist.destroy_process_group()
 

@@ -1,5 +1,6 @@
 """Helpers for the pretrained-tower tests: small timm / BERT models at random init, saved as a hub
 download leaves them in the Hugging Face cache (`models--org--name/snapshots/<rev>/...` + `refs/main`)."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,12 @@ TINY = dict(img_size=112, embed_dim=192, depth=4, num_heads=3)  # the `tiny` Sma
 # family -> (timm hub name, architecture, model_args beyond TINY, pretrained mean/std)
 FAMILIES = {
     "vit": ("vit_base_patch16_224.augreg_in21k", "vit_base_patch16_224", {}, ((0.5,) * 3, (0.5,) * 3)),
-    "clip": ("vit_base_patch16_clip_quickgelu_224.openai", "vit_base_patch16_clip_quickgelu_224", {},
-             (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)),
+    "clip": (
+        "vit_base_patch16_clip_quickgelu_224.openai",
+        "vit_base_patch16_clip_quickgelu_224",
+        {},
+        (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
+    ),
     "beit": ("beit_base_patch16_224.in22k_ft_in22k", "beit_base_patch16_224", {}, ((0.5,) * 3, (0.5,) * 3)),
 }
 REV = "0123456789abcdef0123456789abcdef01234567"
@@ -53,17 +58,29 @@ def timm_reference(family: str, seed: int = 0, num_classes: int = 10, **extra):
     name, arch, args, (mean, std) = FAMILIES[family]
     model_args = {**TINY, **args, **extra}
     model = perturb(timm.create_model(arch, pretrained=False, num_classes=num_classes, **model_args), seed)
-    config = {"architecture": hub_repo(name).split("/")[1].split(".")[0], "num_classes": num_classes, "num_features": model.num_features,
-              "global_pool": model.global_pool, "model_args": model_args,
-              "pretrained_cfg": {"tag": name.split(".", 1)[1], "input_size": [3, 112, 112], "mean": list(mean), "std": list(std),
-                                 "num_classes": num_classes}}
+    config = {
+        "architecture": hub_repo(name).split("/")[1].split(".")[0],
+        "num_classes": num_classes,
+        "num_features": model.num_features,
+        "global_pool": model.global_pool,
+        "model_args": model_args,
+        "pretrained_cfg": {
+            "tag": name.split(".", 1)[1],
+            "input_size": [3, 112, 112],
+            "mean": list(mean),
+            "std": list(std),
+            "num_classes": num_classes,
+        },
+    }
     return name, model, config
 
 
 def save_timm(folder: Path, model: torch.nn.Module, config: dict, sd: dict | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in (sd if sd is not None else model.state_dict()).items()},
-              str(folder / "model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in (sd if sd is not None else model.state_dict()).items()},
+        str(folder / "model.safetensors"),
+    )
     (folder / "config.json").write_text(json.dumps(config))
     return folder
 
@@ -71,6 +88,13 @@ def save_timm(folder: Path, model: torch.nn.Module, config: dict, sd: dict | Non
 def tiny_bert_config(vocab_size: int = 30522):
     from transformers import BertConfig
 
-    return BertConfig(vocab_size=vocab_size, hidden_size=192, num_hidden_layers=6, num_attention_heads=3,
-                      intermediate_size=768, max_position_embeddings=128, hidden_dropout_prob=0.0,
-                      attention_probs_dropout_prob=0.0)
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=192,
+        num_hidden_layers=6,
+        num_attention_heads=3,
+        intermediate_size=768,
+        max_position_embeddings=128,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )

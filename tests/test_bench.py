@@ -1,5 +1,6 @@
 """Smoke modes of the benches: the real step (model + DeepSpeed engine) on CPU with the tiny preset,
 and the loader bench on a few synthetic clips."""
+
 import json
 import sys
 
@@ -10,9 +11,29 @@ from conftest import REPO, run
 
 def test_train_step_bench_cpu_smoke(tmp_path):
     out = tmp_path / "bench.json"
-    r = run([sys.executable, REPO / "bench" / "train_step.py", "--device", "cpu", "--preset", "tiny",
-             "--batch", "4", "--steps", "1", "--warmup", "1", "--json", out,
-             "--profile", tmp_path / "prof", "--profile-steps", "1", "--engine-variants"])
+    r = run(
+        [
+            sys.executable,
+            REPO / "bench" / "train_step.py",
+            "--device",
+            "cpu",
+            "--preset",
+            "tiny",
+            "--batch",
+            "4",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--json",
+            out,
+            "--profile",
+            tmp_path / "prof",
+            "--profile-steps",
+            "1",
+            "--engine-variants",
+        ]
+    )
     res = json.loads(out.read_text())
     for name in ("smaug", "dense"):
         for path in ("engine", "bare"):
@@ -31,19 +52,37 @@ def test_train_step_bench_cpu_smoke(tmp_path):
             assert all(v["host_ms"] > 0 for v in prof["phases"].values())
             assert f"# {name}_{path}:" in (tmp_path / "prof" / "profiles.txt").read_text()
     # --engine-variants: the SMAUG engine under other ZeRO settings at the same batch
-    assert {"engine[zero0]", "engine[zero1]", "engine[zero2+overlap+contig]", "engine[bf16 check_grad_overflow=true]"} <= set(res["runs"]["smaug"])
+    assert {
+        "engine[zero0]",
+        "engine[zero1]",
+        "engine[zero2+overlap+contig]",
+        "engine[bf16 check_grad_overflow=true]",
+    } <= set(res["runs"]["smaug"])
 
 
 def test_loader_bench_smoke(tmp_path):
     out = tmp_path / "loader.json"
-    r = run([sys.executable, REPO / "bench" / "loader_throughput.py", "--num-videos", "6", "--clips", "8",
-             "--workers", "1", "--json", out])
+    r = run(
+        [
+            sys.executable,
+            REPO / "bench" / "loader_throughput.py",
+            "--num-videos",
+            "6",
+            "--clips",
+            "8",
+            "--workers",
+            "1",
+            "--json",
+            out,
+        ]
+    )
     res = json.loads(out.read_text())
     assert set(res["kinds"]) == {"raw", "reencode", "frames", "frames224"}
     for v in res["kinds"].values():
         assert v["loader_clips_per_s"] > 0 and v["bare_clips_per_s"] > 0
-        assert v["cores_per_gpu"] == pytest.approx(res["gpu_clips_per_s"] * (1 / v["loader_clips_per_s"]
-                                                                           + res["main_process_cpu_s_per_clip"]))
+        assert v["cores_per_gpu"] == pytest.approx(
+            res["gpu_clips_per_s"] * (1 / v["loader_clips_per_s"] + res["main_process_cpu_s_per_clip"])
+        )
     assert res["main_process_cpu_s_per_clip"] > 0
     assert "cores/GPU" in r.stdout
 
@@ -85,14 +124,51 @@ def test_memory_model_estimate_is_close_and_conservative():
 def test_train_step_bench_skeleton_cpu(tmp_path):
     """--skeleton: the base preset's parameter tensors at negligible FLOPs, bf16, on CPU (host cost)."""
     out = tmp_path / "skel.json"
-    run([sys.executable, REPO / "bench" / "train_step.py", "--device", "cpu", "--preset", "base",
-         "--skeleton", "--precision", "bf16", "--batch", "2", "--steps", "1", "--warmup", "1", "--json", out])
+    run(
+        [
+            sys.executable,
+            REPO / "bench" / "train_step.py",
+            "--device",
+            "cpu",
+            "--preset",
+            "base",
+            "--skeleton",
+            "--precision",
+            "bf16",
+            "--batch",
+            "2",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--json",
+            out,
+        ]
+    )
     res = json.loads(out.read_text())
     assert res["preset"] == "base" and set(res["runs"]) == {"smaug", "dense"}
     assert all(v["engine"]["clips_per_s"] > 0 and v["bare"]["clips_per_s"] > 0 for v in res["runs"].values())
     # --interleave: engine, bare and the variants stepped round-robin (fair on a drifting host)
-    run([sys.executable, REPO / "bench" / "train_step.py", "--device", "cpu", "--preset", "base",
-         "--skeleton", "--precision", "bf16", "--batch", "2", "--interleave", "2", "--engine-variants", "--json", out])
+    run(
+        [
+            sys.executable,
+            REPO / "bench" / "train_step.py",
+            "--device",
+            "cpu",
+            "--preset",
+            "base",
+            "--skeleton",
+            "--precision",
+            "bf16",
+            "--batch",
+            "2",
+            "--interleave",
+            "2",
+            "--engine-variants",
+            "--json",
+            out,
+        ]
+    )
     med = json.loads(out.read_text())["interleaved_ms"]
     assert {"engine", "bare", "engine[zero0]", "engine[bf16 check_grad_overflow=true]"} <= set(med)
     assert all(v > 0 for v in med.values())
@@ -112,8 +188,22 @@ def test_shipped_engine_adds_few_ops_per_parameter_tensor(single_process_env):
     import torch
     import train_step
 
-    views = {"view", "t", "transpose", "expand", "detach", "as_strided", "_unsafe_view", "alias", "slice", "select",
-             "unsqueeze", "squeeze", "permute", "reshape"}
+    views = {
+        "view",
+        "t",
+        "transpose",
+        "expand",
+        "detach",
+        "as_strided",
+        "_unsafe_view",
+        "alias",
+        "slice",
+        "select",
+        "unsqueeze",
+        "squeeze",
+        "permute",
+        "reshape",
+    }
 
     import deepspeed
 
@@ -169,8 +259,17 @@ def test_measure_frees_each_engine(monkeypatch, single_process_env):
     import train_step
 
     train_step.setup_distributed("cpu")
-    args = argparse.Namespace(preset="tiny", precision="fp32", grad_ckpt=False, frames=4, batch=2, device="cpu",
-                              warmup=1, steps=1, profile=None)
+    args = argparse.Namespace(
+        preset="tiny",
+        precision="fp32",
+        grad_ckpt=False,
+        frames=4,
+        batch=2,
+        device="cpu",
+        warmup=1,
+        steps=1,
+        profile=None,
+    )
     built = []
     real = train_step.engine_step
 
@@ -181,6 +280,7 @@ def test_measure_frees_each_engine(monkeypatch, single_process_env):
         def failing():
             step()
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
         return mcfg, engine, failing if fail else step
 
     monkeypatch.setattr(train_step, "engine_step", spy)

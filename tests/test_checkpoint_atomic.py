@@ -1,4 +1,5 @@
 """A kill during a save never leaves `latest` pointing at a broken checkpoint (real DeepSpeed, gloo)."""
+
 import sys
 import textwrap
 

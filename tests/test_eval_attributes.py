@@ -1,5 +1,6 @@
 """smaug.eval.attributes: top-1 attribute accuracy against chance, ties in expectation, the frozen-frame
 control and the R@1 ceiling of the synthetic benchmark."""
+
 import json
 
 import pytest
@@ -8,9 +9,19 @@ import torch
 from smaug.eval.attributes import attribute_accuracy, frozen_frames, load_clip_labels, r1_ceiling
 
 # 6 clips: two (colour, shape) pairs x motions; clips 0 and 1 share every attribute
-LABELS = {f"eval_{i}": dict(colour=c, shape=s, motion=m) for i, (c, s, m) in enumerate([
-    ("red", "circle", "left"), ("red", "circle", "left"), ("red", "circle", "right"),
-    ("blue", "square", "up"), ("blue", "square", "down"), ("blue", "square", "left")])}
+LABELS = {
+    f"eval_{i}": dict(colour=c, shape=s, motion=m)
+    for i, (c, s, m) in enumerate(
+        [
+            ("red", "circle", "left"),
+            ("red", "circle", "left"),
+            ("red", "circle", "right"),
+            ("blue", "square", "up"),
+            ("blue", "square", "down"),
+            ("blue", "square", "left"),
+        ]
+    )
+}
 KEYS = list(LABELS)
 T2V = torch.tensor([0, 1, 2, 3, 4, 5, 5])  # clip 5 has two captions
 
@@ -61,8 +72,19 @@ def test_frozen_frames_repeat_the_middle_frame():
 
 
 def test_labels_map_to_the_keys_make_shards_gives_json_rows(tmp_path):
-    lab = {"clips": [{"relpath": "eval/1234.mp4", "objects": [{"colour": "red", "shape": "circle", "motion": "up"}]},
-                     {"relpath": "000001_000050/77.mp4", "objects": [{"colour": "red", "shape": "circle", "motion": "up"},
-                                                                     {"colour": "blue", "shape": "square", "motion": "down"}]}]}
+    lab = {
+        "clips": [
+            {"relpath": "eval/1234.mp4", "objects": [{"colour": "red", "shape": "circle", "motion": "up"}]},
+            {
+                "relpath": "000001_000050/77.mp4",
+                "objects": [
+                    {"colour": "red", "shape": "circle", "motion": "up"},
+                    {"colour": "blue", "shape": "square", "motion": "down"},
+                ],
+            },
+        ]
+    }
     (tmp_path / "labels.json").write_text(json.dumps(lab))
-    assert load_clip_labels(tmp_path / "labels.json") == {"eval_1234": {"colour": "red", "shape": "circle", "motion": "up"}}
+    assert load_clip_labels(tmp_path / "labels.json") == {
+        "eval_1234": {"colour": "red", "shape": "circle", "motion": "up"}
+    }

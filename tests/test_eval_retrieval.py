@@ -3,6 +3,7 @@
 The end-to-end tests run the tool as a user would (a subprocess, torchrun for 2 ranks) on the
 `pretrained_run` fixture (a short real training run whose trainer wrote eval.json).
 """
+
 import itertools
 import json
 import math
@@ -67,10 +68,14 @@ def multi_caption_set(nv: int, seed: int, max_caps: int = 5) -> torch.Tensor:
 
 def test_metrics_on_a_known_matrix():
     # 3 videos, 4 texts (video 0 has two captions)
-    sim = torch.tensor([[0.9, 0.1, 0.0],    # text 0 -> video 0: rank 0
-                        [0.5, 0.8, 0.1],    # text 1 -> video 0: rank 1
-                        [0.2, 0.3, 0.1],    # text 2 -> video 1: rank 0
-                        [0.7, 0.6, 0.5]])   # text 3 -> video 2: rank 2
+    sim = torch.tensor(
+        [
+            [0.9, 0.1, 0.0],  # text 0 -> video 0: rank 0
+            [0.5, 0.8, 0.1],  # text 1 -> video 0: rank 1
+            [0.2, 0.3, 0.1],  # text 2 -> video 1: rank 0
+            [0.7, 0.6, 0.5],
+        ]
+    )  # text 3 -> video 2: rank 2
     t2v = torch.tensor([0, 0, 1, 2])
     m = R.retrieval_metrics(sim, t2v)
     assert m["t2v_r1"] == pytest.approx(50.0) and m["t2v_r5"] == pytest.approx(100.0)
@@ -137,8 +142,9 @@ def test_coarse_scores_equal_random_tie_breaks_monte_carlo():
     sim = _coarse_no_signal(5, t2v, nv)
     ours = R.retrieval_metrics(sim, t2v)
     g = torch.Generator().manual_seed(6)
-    draws = [itm_eval_of(sim + 1e-3 * torch.rand(sim.shape, generator=g, dtype=torch.float64), t2v)
-             for _ in range(1500)]
+    draws = [
+        itm_eval_of(sim + 1e-3 * torch.rand(sim.shape, generator=g, dtype=torch.float64), t2v) for _ in range(1500)
+    ]
     for key in METRIC_KEYS:
         if key.endswith("medr"):
             continue  # a median of expected ranks is not an expectation
@@ -169,8 +175,10 @@ def test_combined_scores_are_vtc_probability_times_vtm_probability():
     sim = torch.tensor([[0.9, 0.6, 0.2, 0.0]])  # VTC: log-odds of video 0 over 1 = 0.3 / temp = 6
     topk = torch.tensor([[0, 1]])
     temp = 0.05
-    for vtm, order in (([-3.0, -2.9], [0, 1]),   # VTM near its prior: VTC's confident choice stays first
-                       ([-8.0, 6.0], [1, 0])):   # VTM sure of video 1 and against video 0: it wins
+    for vtm, order in (
+        ([-3.0, -2.9], [0, 1]),  # VTM near its prior: VTC's confident choice stays first
+        ([-8.0, 6.0], [1, 0]),
+    ):  # VTM sure of video 1 and against video 0: it wins
         c = R.combined_scores(sim, topk, torch.tensor([vtm]), temp)[0]
         p_vtc = torch.softmax(sim[0].double() / temp, 0)[:2]
         hand = torch.log(p_vtc * torch.sigmoid(torch.tensor(vtm, dtype=torch.float64)))
@@ -183,8 +191,13 @@ def test_combined_scores_are_vtc_probability_times_vtm_probability():
 
 def test_report_warns_when_vtm_is_at_its_prior_or_below_vtc():
     vtc = {"t2v_r1": 5.0, "v2t_r1": 9.0}
-    ok = {"vtc": vtc, "vtm": {"t2v_r1": 6.0, "v2t_r1": 9.0}, "combined": {"t2v_r1": 5.0, "v2t_r1": 10.0},
-          "vtm_acc": 0.95, "vtm_pos_frac": 0.1}
+    ok = {
+        "vtc": vtc,
+        "vtm": {"t2v_r1": 6.0, "v2t_r1": 9.0},
+        "combined": {"t2v_r1": 5.0, "v2t_r1": 10.0},
+        "vtm_acc": 0.95,
+        "vtm_pos_frac": 0.1,
+    }
     assert R.report_warnings(ok) == []
     bad = {**ok, "vtm": {"t2v_r1": 4.5, "v2t_r1": 9.0}, "vtm_acc": 0.9}
     w = R.report_warnings(bad)
@@ -194,9 +207,7 @@ def test_report_warns_when_vtm_is_at_its_prior_or_below_vtc():
 
 def test_dual_softmax_over_the_text_axis_fixes_a_hub_video():
     """Video 0 is a hub, nearest to every text; texts 0-2 belong to videos 1-3."""
-    sim = torch.tensor([[0.9, 0.8, 0.1, 0.1],
-                        [0.9, 0.1, 0.8, 0.1],
-                        [0.9, 0.1, 0.1, 0.8]])
+    sim = torch.tensor([[0.9, 0.8, 0.1, 0.1], [0.9, 0.1, 0.8, 0.1], [0.9, 0.1, 0.1, 0.8]])
     t2v = torch.tensor([1, 2, 3])
     assert R.retrieval_metrics(sim, t2v)["t2v_r1"] == 0.0
     dsl = R.retrieval_metrics(R.dual_softmax(sim, 0), t2v, R.dual_softmax(sim, 1))
@@ -224,9 +235,14 @@ def tiny(tmp_path_factory):
     batches = []
     for b in range(2):
         caps = [" ".join(words[j] for j in torch.randint(0, len(words), (2 + i,), generator=g)) for i in range(4)]
-        batches.append({"video": torch.randint(0, 256, (4, 4, 3, 112, 112), dtype=torch.uint8, generator=g),
-                        "key": [f"v{b}{i}" for i in range(4)], "caption": caps,
-                        "captions": [[c, c + " left"] for c in caps]})
+        batches.append(
+            {
+                "video": torch.randint(0, 256, (4, 4, 3, 112, 112), dtype=torch.uint8, generator=g),
+                "key": [f"v{b}{i}" for i in range(4)],
+                "caption": caps,
+                "captions": [[c, c + " left"] for c in caps],
+            }
+        )
     return model, batches, tok
 
 
@@ -247,12 +263,20 @@ def test_rerank_with_k_all_equals_brute_force_vtm(tiny):
         for t in range(nt):
             L = int(f.text_mask[t].sum())
             for v in range(nv):
-                S[t, v] = model.vtm_logits(f.frame_tokens[v:v + 1], f.frame_feat[v:v + 1], f.text_hidden[t:t + 1, :L],
-                                           f.text[t:t + 1], f.text_mask[t:t + 1, :L])
+                S[t, v] = model.vtm_logits(
+                    f.frame_tokens[v : v + 1],
+                    f.frame_feat[v : v + 1],
+                    f.text_hidden[t : t + 1, :L],
+                    f.text[t : t + 1],
+                    f.text_mask[t : t + 1, :L],
+                )
     ref = R.retrieval_metrics(S, f.txt2vid)
     temp = float(model.temp.detach())
-    comb = R.retrieval_metrics(torch.log_softmax(sim.double() / temp, 1) + F.logsigmoid(S.double()), f.txt2vid,
-                               torch.log_softmax(sim.double() / temp, 0) + F.logsigmoid(S.double()))
+    comb = R.retrieval_metrics(
+        torch.log_softmax(sim.double() / temp, 1) + F.logsigmoid(S.double()),
+        f.txt2vid,
+        torch.log_softmax(sim.double() / temp, 0) + F.logsigmoid(S.double()),
+    )
     for k in METRIC_KEYS:
         assert out["vtm"][k] == pytest.approx(ref[k], abs=1e-9), k
         assert out["combined"][k] == pytest.approx(comb[k], abs=1e-9), k
@@ -330,7 +354,7 @@ def test_video_transform_is_applied_before_encoding(tiny):
     def frozen(video):
         seen.append((video.dtype, tuple(video.shape)))
         mid = video.shape[1] // 2
-        return video[:, mid:mid + 1].expand_as(video).contiguous()
+        return video[:, mid : mid + 1].expand_as(video).contiguous()
 
     out = R.evaluate(model, batches, tok, dev, k=0, video_transform=frozen)
     assert seen == [(torch.uint8, (4, 4, 3, 112, 112))] * 2
@@ -365,8 +389,23 @@ def test_eval_agrees_with_trainer_periodic_eval(pretrained_run, base_report):
     assert report["results"] == trainer["results"]
     pr, tp = report["protocol"], trainer["protocol"]
     assert set(pr) == set(tp)
-    for key in ("step", "num_videos", "num_texts", "chance_r1", "v2t_chance_r5", "frames", "k", "split", "pooling",
-                "queries", "max_text_len", "vtc_temp", "num_pairs_reranked", "image_size", "world_size"):
+    for key in (
+        "step",
+        "num_videos",
+        "num_texts",
+        "chance_r1",
+        "v2t_chance_r5",
+        "frames",
+        "k",
+        "split",
+        "pooling",
+        "queries",
+        "max_text_len",
+        "vtc_temp",
+        "num_pairs_reranked",
+        "image_size",
+        "world_size",
+    ):
         assert pr[key] == tp[key], key
     assert pr["k"] == 16 and pr["frames"] == 4 and "step_00000008" in pr["checkpoint"]
     res = report["results"]
@@ -398,8 +437,20 @@ def test_eval_two_ranks_equal_one(pretrained_run, base_report, tmp_path):
 def test_eval_from_json_equals_shards(pretrained_run, synthetic_shards, base_report, tmp_path):
     corpus = Path(synthetic_shards["corpus"])
     out = tmp_path / "json.json"
-    eval_tool("--checkpoint", pretrained_run, "--json", corpus / "eval.json", "--video-root", corpus / "videos",
-             "--k", 16, "--offload-features", "cpu", "--out", out)
+    eval_tool(
+        "--checkpoint",
+        pretrained_run,
+        "--json",
+        corpus / "eval.json",
+        "--video-root",
+        corpus / "videos",
+        "--k",
+        16,
+        "--offload-features",
+        "cpu",
+        "--out",
+        out,
+    )
     rep = json.loads(out.read_text())
     assert rep["protocol"]["split"] == "eval" and rep["protocol"]["json"].endswith("eval.json")
     assert rep["results"] == base_report[0]["results"]
@@ -408,8 +459,24 @@ def test_eval_from_json_equals_shards(pretrained_run, synthetic_shards, base_rep
 @pytest.mark.slow
 def test_eval_protocol_options_are_recorded(pretrained_run, tmp_path):
     out = tmp_path / "f6.json"
-    r = eval_tool("--checkpoint", pretrained_run / "checkpoints", "--frames", 6, "--k", 0, "--split", "held-out",
-                 "--pooling", "frame_sim", "--dsl", "--paragraph", "--max-text-len", 16, "--out", out)
+    r = eval_tool(
+        "--checkpoint",
+        pretrained_run / "checkpoints",
+        "--frames",
+        6,
+        "--k",
+        0,
+        "--split",
+        "held-out",
+        "--pooling",
+        "frame_sim",
+        "--dsl",
+        "--paragraph",
+        "--max-text-len",
+        16,
+        "--out",
+        out,
+    )
     rep = json.loads(out.read_text())
     pr, res = rep["protocol"], rep["results"]
     assert pr["frames"] == 6 and pr["split"] == "held-out" and pr["max_text_len"] == 16
@@ -420,8 +487,9 @@ def test_eval_protocol_options_are_recorded(pretrained_run, tmp_path):
     assert set(res["vtc_dsl"]) == set(res["vtc"]) and "vtc_dsl   t2v" in r.stdout
 
 
-def test_eval_labels_add_attribute_accuracy_and_the_frozen_frame_control(pretrained_run, synthetic_shards, base_report,
-                                                                       tmp_path):
+def test_eval_labels_add_attribute_accuracy_and_the_frozen_frame_control(
+    pretrained_run, synthetic_shards, base_report, tmp_path
+):
     """--labels: top-1 colour/shape/motion/combination accuracy per ranking, its frozen-frame control,
     chance and the R@1 ceiling, from the corpus's labels.json; the retrieval numbers are unchanged."""
     from smaug.eval.attributes import load_clip_labels

@@ -4,6 +4,7 @@ shards from 2 ranks, no pickle, timm vision export, registration, and clear erro
 Checkpoints are real DeepSpeed ZeRO-2 checkpoints in the trainer's layout, written by
 `tests/weights_helpers.py` (a few optimizer steps of a tiny SmaugModel on random batches).
 """
+
 import json
 import shutil
 import sys
@@ -26,8 +27,13 @@ HELPER = "tests/weights_helpers.py"
 def tokenizer_dir(tmp_path_factory):
     from smaug.data import build_wordpiece_tokenizer
 
-    caps = ["a red circle moves to the left", "the blue square goes up", "one green triangle slides down",
-            "a yellow circle moving right", "white square, heading to the top"]
+    caps = [
+        "a red circle moves to the left",
+        "the blue square goes up",
+        "one green triangle slides down",
+        "a yellow circle moving right",
+        "white square, heading to the top",
+    ]
     out = tmp_path_factory.mktemp("tok")
     build_wordpiece_tokenizer(caps * 3, out, vocab_size=200)
     return str(out)
@@ -63,8 +69,9 @@ def training_model(run_dir: Path):
 
     cfg = load_smaug_checkpoint(run_dir)[0]
     tag = (run_dir / "checkpoints" / "latest").read_text().strip()
-    states = torch.load(run_dir / "checkpoints" / tag / "mp_rank_00_model_states.pt", map_location="cpu",
-                        weights_only=False)
+    states = torch.load(
+        run_dir / "checkpoints" / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False
+    )
     model = SmaugModel(cfg)
     model.load_state_dict(states["module"])
     return model.eval(), cfg
@@ -101,14 +108,28 @@ def test_export_fidelity_in_fresh_process_without_smaug(ckpt_w1, exported, token
     tok = load_tokenizer(tokenizer_dir)
     enc = tok(CAPTIONS, padding=True, return_tensors="pt")
     g = torch.Generator().manual_seed(0)
-    video = torch.randint(0, 256, (3, cfg.num_frames, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8, generator=g)
-    save_file({"video": video, "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]},
-              str(tmp_path / "inputs.safetensors"))
+    video = torch.randint(
+        0, 256, (3, cfg.num_frames, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8, generator=g
+    )
+    save_file(
+        {"video": video, "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]},
+        str(tmp_path / "inputs.safetensors"),
+    )
     env = subprocess_env()
     env.pop("PYTHONPATH", None)
     env["HF_MODULES_CACHE"] = str(tmp_path / "hf_modules")
-    r = run([sys.executable, "-c", FRESH, str(exported), str(tmp_path / "inputs.safetensors"),
-              str(tmp_path / "out.safetensors")], cwd=tmp_path, env=env)
+    r = run(
+        [
+            sys.executable,
+            "-c",
+            FRESH,
+            str(exported),
+            str(tmp_path / "inputs.safetensors"),
+            str(tmp_path / "out.safetensors"),
+        ],
+        cwd=tmp_path,
+        env=env,
+    )
     assert "modeling_smaug SmaugHFModel" in r.stdout
     got = load_file(str(tmp_path / "out.safetensors"))
     assert torch.equal(got["ids"], enc["input_ids"])  # the exported tokenizer, loaded with plain transformers
@@ -145,8 +166,15 @@ def test_export_of_two_rank_zero_shards(ckpt_w2, tmp_path):
 
 def test_exported_folder_has_no_pickle(exported):
     names = sorted(p.name for p in exported.iterdir())
-    for need in ("config.json", "model.safetensors", "configuration_smaug.py", "modeling_smaug.py",
-                 "tokenizer.json", "tokenizer_config.json", "README.md"):
+    for need in (
+        "config.json",
+        "model.safetensors",
+        "configuration_smaug.py",
+        "modeling_smaug.py",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "README.md",
+    ):
         assert need in names, need
     assert find_pickles(exported) == []
     for p in exported.rglob("*"):
@@ -192,8 +220,12 @@ def test_config_roundtrip_all_presets():
     from smaug.hf.convert import hf_config_from_smaug, smaug_config_from_hf
     from smaug.models import SmaugConfig
 
-    for cfg in (SmaugConfig.preset("tiny"), SmaugConfig.preset("base"), SmaugConfig.preset("tiny", dense=True),
-                SmaugConfig.preset("base", num_frames=8, select_frames=3, keep_ratio=0.5, w_mlm=0.0)):
+    for cfg in (
+        SmaugConfig.preset("tiny"),
+        SmaugConfig.preset("base"),
+        SmaugConfig.preset("tiny", dense=True),
+        SmaugConfig.preset("base", num_frames=8, select_frames=3, keep_ratio=0.5, w_mlm=0.0),
+    ):
         hf = hf_config_from_smaug(cfg)
         assert smaug_config_from_hf(hf) == cfg
         assert smaug_config_from_hf(SmaugHFConfig.from_dict(hf.to_dict())) == cfg
@@ -229,7 +261,7 @@ def test_vision_only_cli_writes_a_strict_timm_state_dict(ckpt_w1, tmp_path):
 
     out = tmp_path / "vit"
     r = run_tool("export_hf.py", "--checkpoint", ckpt_w1, "--out", out, "--vision-only")
-    info = json.loads(r.stdout[r.stdout.index("{"):])
+    info = json.loads(r.stdout[r.stdout.index("{") :])
     vit = timm.create_model("vit_base_patch16_224", pretrained=False, **info["timm_kwargs"])
     vit.load_state_dict(load_file(str(out / "model.safetensors")), strict=True)
     same = timm.create_model(f"local-dir:{out}", pretrained=True)  # timm reads config.json's model_args
@@ -288,7 +320,9 @@ def test_mismatched_checkpoint(ckpt_w1):
     import dataclasses
 
     other = SmaugModel(dataclasses.replace(cfg, vision_width=96, vision_heads=3))
-    with pytest.raises(CheckpointError, match=r"does not fit this model .*video_encoder.*\(192, 3, 16, 16\) vs model \(96"):
+    with pytest.raises(
+        CheckpointError, match=r"does not fit this model .*video_encoder.*\(192, 3, 16, 16\) vs model \(96"
+    ):
         load_weights(other, ckpt_w1)
 
 

@@ -5,6 +5,7 @@ The end-to-end test fine-tunes the `pretrained_run` fixture on an MSRVTT-style t
 synthetic corpus's training clips and evaluates on its held-out split (eval.json: colour-shape-
 motion combinations never seen in training).
 """
+
 import json
 from pathlib import Path
 
@@ -16,8 +17,17 @@ FT_CONFIG = str(CONFIGS / "finetune_retrieval.yaml")
 # tiny-model schedule for CPU: at the overlay's 1e-5 the tiny model would need thousands of steps; at 1e-3 (the
 # quickstart's LR) 120 steps learn colour (60 flipped between one query more and none), which on the held-out
 # split (3 colour-shape pairs x 4 motions) lifts R@1
-FAST = ["train.steps=120", "optim.lr=1e-3", "optim.min_lr=1e-5", "optim.warmup_steps=5", "eval.every=60",
-        "ckpt.every=1000", "log.progress=false", "data.num_workers=1", "data.batch_size=12"]
+FAST = [
+    "train.steps=120",
+    "optim.lr=1e-3",
+    "optim.min_lr=1e-5",
+    "optim.warmup_steps=5",
+    "eval.every=60",
+    "ckpt.every=1000",
+    "log.progress=false",
+    "data.num_workers=1",
+    "data.batch_size=12",
+]
 
 
 def finetune(*args):
@@ -52,9 +62,23 @@ def _r1(report: dict) -> float:
 def test_finetuning_raises_r1_over_zero_shot(pretrained_run, synthetic_shards, tmp_path):
     corpus = Path(synthetic_shards["corpus"])
     out = tmp_path / "ft"
-    r = finetune("--init", pretrained_run, "--train-json", train_json(corpus, tmp_path / "train.json"),
-                 "--video-root", corpus / "videos", "--eval-json", corpus / "eval.json", "--out", out,
-                 "--shard-workers", 2, "--k", 16, *FAST)
+    r = finetune(
+        "--init",
+        pretrained_run,
+        "--train-json",
+        train_json(corpus, tmp_path / "train.json"),
+        "--video-root",
+        corpus / "videos",
+        "--eval-json",
+        corpus / "eval.json",
+        "--out",
+        out,
+        "--shard-workers",
+        2,
+        "--k",
+        16,
+        *FAST,
+    )
     rep = json.loads((out / "finetune_report.json").read_text())
     zs, ft = rep["zero_shot"], rep["finetuned"]
     for key in ("split", "frames", "k", "num_videos", "num_texts"):
@@ -68,13 +92,20 @@ def test_finetuning_raises_r1_over_zero_shot(pretrained_run, synthetic_shards, t
     trainer_eval = json.loads((out / "eval.json").read_text())  # the trainer's own eval on the test split
     assert trainer_eval["protocol"]["step"] == 120 and trainer_eval["protocol"]["k"] == 16
     zs_r1, ft_r1 = _r1(zs), _r1(ft)
-    print(f"\nsynthetic held-out split ({ft['protocol']['num_videos']} clips, {ft['protocol']['num_texts']} captions, "
-          f"chance R@1 {ft['protocol']['chance_r1']:.1f}):")
+    print(
+        f"\nsynthetic held-out split ({ft['protocol']['num_videos']} clips, {ft['protocol']['num_texts']} captions, "
+        f"chance R@1 {ft['protocol']['chance_r1']:.1f}):"
+    )
     for name, rr in (("zero-shot", zs), ("fine-tuned", ft)):
         res = rr["results"]
-        print(f"  {name:<10} " + " | ".join(f"{m} t2v R@1 {res[m]['t2v_r1']:5.1f} v2t R@1 {res[m]['v2t_r1']:5.1f}"
-                                             for m in ("vtc", "vtm", "combined"))
-              + f" | vtm_acc {res['vtm_acc']:.3f} (always-no {1 - res['vtm_pos_frac']:.3f})")
+        print(
+            f"  {name:<10} "
+            + " | ".join(
+                f"{m} t2v R@1 {res[m]['t2v_r1']:5.1f} v2t R@1 {res[m]['v2t_r1']:5.1f}"
+                for m in ("vtc", "vtm", "combined")
+            )
+            + f" | vtm_acc {res['vtm_acc']:.3f} (always-no {1 - res['vtm_pos_frac']:.3f})"
+        )
     assert rep["finetuned_r1"].keys() == {"vtc", "vtm", "combined"}
     assert "combined t2v R@1" in r.stdout and "vtm_acc" in r.stdout  # the summary shows all three and the VTM check
     for w in ft["warnings"]:  # e.g. a VTM rerank below VTC: said, not left for the reader to spot
@@ -90,9 +121,26 @@ def test_finetune_from_exported_hf_folder(pretrained_run, synthetic_shards, tmp_
     hf = tmp_path / "hf"
     export_hf(str(pretrained_run), hf, verify=False)
     out = tmp_path / "ft_hf"
-    r = finetune("--init", hf, "--train-shards", synthetic_shards["train"], "--eval-shards", synthetic_shards["eval"],
-                 "--out", out, "--skip-zero-shot", "--k", 0, "train.steps=2", "optim.warmup_steps=1", "eval.every=0", "ckpt.every=1000",
-                 "log.progress=false", "data.num_workers=1", "data.batch_size=4")
+    r = finetune(
+        "--init",
+        hf,
+        "--train-shards",
+        synthetic_shards["train"],
+        "--eval-shards",
+        synthetic_shards["eval"],
+        "--out",
+        out,
+        "--skip-zero-shot",
+        "--k",
+        0,
+        "train.steps=2",
+        "optim.warmup_steps=1",
+        "eval.every=0",
+        "ckpt.every=1000",
+        "log.progress=false",
+        "data.num_workers=1",
+        "data.batch_size=4",
+    )
     assert f"initialised from {hf.resolve()} (missing 0" in r.stdout + r.stderr
     rep = json.loads((out / "finetune_report.json").read_text())
     assert rep["zero_shot_r1"] is None and rep["finetuned"]["protocol"]["step"] == 2

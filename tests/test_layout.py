@@ -5,6 +5,7 @@ hidden by modules other tests loaded), and `sys.modules` must then hold no `smau
 `deepspeed*`. Reading a checkpoint, the run config and the evaluation are library code: a tool
 that only evaluates or exports never loads the trainer.
 """
+
 import ast
 import subprocess
 import sys
@@ -13,19 +14,40 @@ import pytest
 
 from conftest import REPO, subprocess_env
 
-LIBRARY = ["smaug", "smaug.models", "smaug.data", "smaug.data.stream", "smaug.data.json_clips", "smaug.eval",
-           "smaug.eval.retrieval", "smaug.eval.attributes", "smaug.hf", "smaug.hf.export", "smaug.checkpoint",
-           "smaug.config", "smaug.dist", "smaug.train"]
+LIBRARY = [
+    "smaug",
+    "smaug.models",
+    "smaug.data",
+    "smaug.data.stream",
+    "smaug.data.json_clips",
+    "smaug.eval",
+    "smaug.eval.retrieval",
+    "smaug.eval.attributes",
+    "smaug.hf",
+    "smaug.hf.export",
+    "smaug.checkpoint",
+    "smaug.config",
+    "smaug.dist",
+    "smaug.train",
+]
 
 
-CHECK = ("import sys\nfor m in sys.argv[1:]:\n    __import__(m)\n"
-         "bad = {m for m in sys.modules if m == 'deepspeed' or m.startswith('smaug.train.')}\n"
-         "print('FORBIDDEN:', ' '.join(sorted(bad)))\n")
+CHECK = (
+    "import sys\nfor m in sys.argv[1:]:\n    __import__(m)\n"
+    "bad = {m for m in sys.modules if m == 'deepspeed' or m.startswith('smaug.train.')}\n"
+    "print('FORBIDDEN:', ' '.join(sorted(bad)))\n"
+)
 
 
 def _forbidden_after_import(*modules) -> str:
-    r = subprocess.run([sys.executable, "-c", CHECK, *modules], capture_output=True, text=True, env=subprocess_env(),
-                       cwd=REPO, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", CHECK, *modules],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=REPO,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout.rsplit("FORBIDDEN:", 1)[1].strip()
 
@@ -45,8 +67,16 @@ def test_no_library_module_names_the_trainer():
         if path.relative_to(REPO / "smaug").parts[0] == "train":
             continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
-            offenders += [f"{path.relative_to(REPO)}:{node.lineno} {n}" for n in names
-                          if n == "smaug.train" or n.startswith("smaug.train.")]
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and node.level == 0
+                else []
+            )
+            offenders += [
+                f"{path.relative_to(REPO)}:{node.lineno} {n}"
+                for n in names
+                if n == "smaug.train" or n.startswith("smaug.train.")
+            ]
     assert not offenders, offenders

@@ -1,5 +1,6 @@
 """smaug.data loader: round trip, eval exactly-once over ranks x workers, exact train resume,
 mixing, corrupt samples and the error budget, decoding and augmentation details."""
+
 import csv
 import hashlib
 import io
@@ -21,8 +22,17 @@ def tok(synthetic_shards):
 
 
 def cfg_for(shards, **kw):
-    base = dict(shards_root=shards["shards_root"], num_frames=4, image_size=48, batch_size=4, num_workers=0,
-                shuffle_buffer=6, round_batches=3, max_text_len=16, error_window=20)
+    base = dict(
+        shards_root=shards["shards_root"],
+        num_frames=4,
+        image_size=48,
+        batch_size=4,
+        num_workers=0,
+        shuffle_buffer=6,
+        round_batches=3,
+        max_text_len=16,
+        error_window=20,
+    )
     base.update(kw)
     return DataConfig(**base)
 
@@ -110,8 +120,12 @@ def test_train_state_rejects_other_setup(synthetic_shards, tok):
     loader = build_train_loader(cfg, tok, seed=1)
     next(iter(loader))
     with pytest.raises(ValueError, match="exact resume"):
-        build_train_loader(cfg_for(synthetic_shards, train_shards=synthetic_shards["train"], batch_size=2), tok,
-                           seed=1, state=loader.state_dict())
+        build_train_loader(
+            cfg_for(synthetic_shards, train_shards=synthetic_shards["train"], batch_size=2),
+            tok,
+            seed=1,
+            state=loader.state_dict(),
+        )
 
 
 def test_epoch_length_from_manifest_and_endless_stream(synthetic_shards, tok):
@@ -124,9 +138,12 @@ def test_epoch_length_from_manifest_and_endless_stream(synthetic_shards, tok):
 
 
 def test_mixing_weights_and_images_as_repeated_frames(synthetic_shards, tok):
-    cfg = cfg_for(synthetic_shards, batch_size=8, shuffle_buffer=4,
-                  train_shards=[{"spec": "corpus:synthetic", "weight": 0.7},
-                                {"spec": synthetic_shards["images"], "weight": 0.3}])
+    cfg = cfg_for(
+        synthetic_shards,
+        batch_size=8,
+        shuffle_buffer=4,
+        train_shards=[{"spec": "corpus:synthetic", "weight": 0.7}, {"spec": synthetic_shards["images"], "weight": 0.3}],
+    )
     flags = []
     for _, b in zip(range(12), build_train_loader(cfg, tok, seed=3)):
         flags += b["is_image"].tolist()
@@ -168,8 +185,9 @@ def test_corrupt_samples_are_skipped_and_counted(synthetic_shards, tok, tmp_path
     keys = [k for b in ev for k in b["key"]]
     assert len(keys) == 8 - sum(expected.values())
     assert ev.skip_counts() == dict(expected)
-    cfg = cfg_for(synthetic_shards, train_shards=str(tmp_path / "c-000000.tar"), error_budget=0.5,
-                  batch_size=2, num_workers=1)
+    cfg = cfg_for(
+        synthetic_shards, train_shards=str(tmp_path / "c-000000.tar"), error_budget=0.5, batch_size=2, num_workers=1
+    )
     tr = build_train_loader(cfg, tok)
     for _ in zip(range(6), tr):  # several passes over the shard: never ends the epoch
         pass
@@ -194,8 +212,20 @@ def test_frames_shards_and_reduced_size_decode(synthetic_shards, tok, tmp_path):
     from conftest import run_tool
 
     c = Path(synthetic_shards["corpus"])
-    run_tool("make_shards.py", "--json", c / "eval.json", "--video-root", c / "videos", "--out", tmp_path / "fr",
-             "--frames", 6, "--resize-short-side", 40, "--no-progress")
+    run_tool(
+        "make_shards.py",
+        "--json",
+        c / "eval.json",
+        "--video-root",
+        c / "videos",
+        "--out",
+        tmp_path / "fr",
+        "--frames",
+        6,
+        "--resize-short-side",
+        40,
+        "--no-progress",
+    )
     cfg = cfg_for(synthetic_shards, eval_shards=str(tmp_path / "fr"), batch_size=20)
     b = next(iter(build_eval_loader(cfg, tok)))
     assert b["video"].shape[1:] == (4, 3, 48, 48) and len(b["key"]) == len(json.loads((c / "eval.json").read_text()))
@@ -221,8 +251,11 @@ def test_segment_sampling():
 def test_no_horizontal_flip_motion_survives_training_augmentation(synthetic_shards, tok):
     """Train-mode clips keep their left/right motion (crop and resize only, no flip)."""
     labels = json.loads((Path(synthetic_shards["corpus"]) / "labels.json").read_text())
-    horiz = {str(x["videoid"]): x["objects"][0] for x in labels["clips"]
-             if x["split"] == "train" and len(x["objects"]) == 1 and x["objects"][0]["motion"] in ("left", "right")}
+    horiz = {
+        str(x["videoid"]): x["objects"][0]
+        for x in labels["clips"]
+        if x["split"] == "train" and len(x["objects"]) == 1 and x["objects"][0]["motion"] in ("left", "right")
+    }
     cfg = cfg_for(synthetic_shards, train_shards=synthetic_shards["train"], image_size=64, crop_scale=(0.9, 1.0))
     checked = 0
     for _, b in zip(range(10), build_train_loader(cfg, tok, seed=5)):

@@ -1,5 +1,6 @@
 """tools/make_shards.py: members and manifest, interoperability, SIGKILL resume, bad input,
 and a WebVid-format corpus with rows and videos wrong in ways the synthetic corpus never is."""
+
 import csv
 import io
 import json
@@ -44,7 +45,7 @@ def encode(path, codec="libx264", w=160, h=120, fps=10, n=12, faststart=False):
         s.width, s.height, s.pix_fmt = w, h, "yuv420p"
         for i in range(n):
             a = np.full((h, w, 3), 30, np.uint8)
-            a[:, (i * 7) % w:(i * 7) % w + 16] = (220, 60, 60)
+            a[:, (i * 7) % w : (i * 7) % w + 16] = (220, 60, 60)
             for p in s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
                 c.mux(p)
         for p in s.encode():
@@ -120,8 +121,23 @@ def test_sigkill_then_rerun_is_byte_identical(synthetic_corpus, tmp_path):
     c = Path(synthetic_corpus)
     lines = (c / "results_2M_train.csv").read_text(encoding="utf-8").splitlines(keepends=True)
     (tmp_path / "rows.csv").write_text("".join(lines[:21]), encoding="utf-8")
-    args = ["--webvid-csv", tmp_path / "rows.csv", "--video-root", c / "videos", "--out", "out",
-            "--samples-per-shard", 2, "--resize-short-side", 64, "--fps", 5, "--workers", 2, "--no-progress"]
+    args = [
+        "--webvid-csv",
+        tmp_path / "rows.csv",
+        "--video-root",
+        c / "videos",
+        "--out",
+        "out",
+        "--samples-per-shard",
+        2,
+        "--resize-short-side",
+        64,
+        "--fps",
+        5,
+        "--workers",
+        2,
+        "--no-progress",
+    ]
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     run_tool("make_shards.py", *args, cwd=tmp_path / "a")
@@ -130,8 +146,9 @@ def test_sigkill_then_rerun_is_byte_identical(synthetic_corpus, tmp_path):
     assert n_shards == 10
 
     cmd = [sys.executable, str(REPO / "tools" / "make_shards.py"), *map(str, args)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path / "b", start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path / "b", start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     stats = tmp_path / "b" / "out" / "stats"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and len(list(stats.glob("*.json"))) < 3:
@@ -180,33 +197,63 @@ def test_bad_rows_counted_by_reason(synthetic_corpus, tmp_path):
     (tmp_path / "outside").mkdir()
     (tmp_path / "outside" / "109.mp4").write_bytes(g)
     lines = [
-        b"100,good one,0,p1,PT00H00M02S,u",          # line 2: good
-        b"101,missing file,0,p1,PT00H00M02S,u",      # 3: missing_file
-        b"102,zero bytes,0,p1,PT00H00M02S,u",        # 4: empty_file
-        b"103,truncated,0,p1,PT00H00M02S,u",         # 5: undecodable
-        b"104,text bytes,0,p1,PT00H00M02S,u",        # 6: undecodable
-        b"105,random bytes,0,p1,PT00H00M02S,u",      # 7: undecodable
-        b"106,,0,p1,PT00H00M02S,u",                  # 8: empty_caption
-        b'107,"   ",0,p1,PT00H00M02S,u',             # 9: empty_caption
-        b"108,caf\xe9 latin-1,0,p1,PT00H00M02S,u",   # 10: invalid_utf8
-        b"100,duplicate,0,p1,PT00H00M02S,u",         # 11: duplicate_id
-        b"109,escapes,0,../outside,PT00H00M02S,u",   # 12: unsafe_path
+        b"100,good one,0,p1,PT00H00M02S,u",  # line 2: good
+        b"101,missing file,0,p1,PT00H00M02S,u",  # 3: missing_file
+        b"102,zero bytes,0,p1,PT00H00M02S,u",  # 4: empty_file
+        b"103,truncated,0,p1,PT00H00M02S,u",  # 5: undecodable
+        b"104,text bytes,0,p1,PT00H00M02S,u",  # 6: undecodable
+        b"105,random bytes,0,p1,PT00H00M02S,u",  # 7: undecodable
+        b"106,,0,p1,PT00H00M02S,u",  # 8: empty_caption
+        b'107,"   ",0,p1,PT00H00M02S,u',  # 9: empty_caption
+        b"108,caf\xe9 latin-1,0,p1,PT00H00M02S,u",  # 10: invalid_utf8
+        b"100,duplicate,0,p1,PT00H00M02S,u",  # 11: duplicate_id
+        b"109,escapes,0,../outside,PT00H00M02S,u",  # 12: unsafe_path
         b"../../etc/passwd,escapes,0,p1,PT00H00M02S,u",  # 13: unsafe_path
-        b"110,absolute,0,/etc,PT00H00M02S,u",        # 14: unsafe_path
-        b"111,good two,0,p1,PT00H00M03S,u",          # 15: good
+        b"110,absolute,0,/etc,PT00H00M02S,u",  # 14: unsafe_path
+        b"111,good two,0,p1,PT00H00M03S,u",  # 15: good
         b"112,truncated faststart,0,p1,PT00H00M04S,u",  # 16: undecodable
     ]
     _write_csv_bytes(tmp_path / "bad.csv", lines)
-    r = run_tool("make_shards.py", "--webvid-csv", tmp_path / "bad.csv", "--video-root", root, "--out",
-                 tmp_path / "out", "--samples-per-shard", 5, "--no-progress")
+    r = run_tool(
+        "make_shards.py",
+        "--webvid-csv",
+        tmp_path / "bad.csv",
+        "--video-root",
+        root,
+        "--out",
+        tmp_path / "out",
+        "--samples-per-shard",
+        5,
+        "--no-progress",
+    )
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["skipped"] == {"missing_file": 1, "empty_file": 1, "undecodable": 4, "empty_caption": 2,
-                                  "invalid_utf8": 1, "duplicate_id": 1, "unsafe_path": 3, "malformed_row": 0}
+    assert summary["skipped"] == {
+        "missing_file": 1,
+        "empty_file": 1,
+        "undecodable": 4,
+        "empty_caption": 2,
+        "invalid_utf8": 1,
+        "duplicate_id": 1,
+        "unsafe_path": 3,
+        "malformed_row": 0,
+    }
     assert summary["samples"] == 2 and summary["rows"] == 15
     by_line = {b["line"]: b["reason"] for b in summary["bad_rows"]}
-    assert by_line == {3: "missing_file", 4: "empty_file", 5: "undecodable", 6: "undecodable", 7: "undecodable",
-                       8: "empty_caption", 9: "empty_caption", 10: "invalid_utf8", 11: "duplicate_id",
-                       12: "unsafe_path", 13: "unsafe_path", 14: "unsafe_path", 16: "undecodable"}
+    assert by_line == {
+        3: "missing_file",
+        4: "empty_file",
+        5: "undecodable",
+        6: "undecodable",
+        7: "undecodable",
+        8: "empty_caption",
+        9: "empty_caption",
+        10: "invalid_utf8",
+        11: "duplicate_id",
+        12: "unsafe_path",
+        13: "unsafe_path",
+        14: "unsafe_path",
+        16: "undecodable",
+    }
     shard0 = json.loads((tmp_path / "out" / "stats" / "out-000000.json").read_text())
     assert shard0["skipped"] == {"missing_file": 1, "empty_file": 1, "undecodable": 2} and shard0["samples"] == 1
     assert "line 3" in r.stderr and "missing_file" in r.stderr
@@ -217,13 +264,30 @@ def test_bad_rows_counted_by_reason(synthetic_corpus, tmp_path):
 def test_every_row_failing_exits_nonzero(tmp_path):
     (tmp_path / "videos").mkdir()
     _write_csv_bytes(tmp_path / "x.csv", [b"1,a,0,p,PT1S,u", b"2,b,0,p,PT1S,u"])
-    r = run_tool("make_shards.py", "--webvid-csv", tmp_path / "x.csv", "--video-root", tmp_path / "videos",
-                 "--out", tmp_path / "out", "--no-progress", check=False)
+    r = run_tool(
+        "make_shards.py",
+        "--webvid-csv",
+        tmp_path / "x.csv",
+        "--video-root",
+        tmp_path / "videos",
+        "--out",
+        tmp_path / "out",
+        "--no-progress",
+        check=False,
+    )
     assert r.returncode == 2 and "every one of the 2 rows failed" in r.stderr
     assert not (tmp_path / "out" / "manifest.json").exists()
     (tmp_path / "y.csv").write_text("id,caption\n1,a\n")
-    r = run_tool("make_shards.py", "--webvid-csv", tmp_path / "y.csv", "--video-root", tmp_path / "videos",
-                 "--out", tmp_path / "out2", check=False)
+    r = run_tool(
+        "make_shards.py",
+        "--webvid-csv",
+        tmp_path / "y.csv",
+        "--video-root",
+        tmp_path / "videos",
+        "--out",
+        tmp_path / "out2",
+        check=False,
+    )
     assert r.returncode == 2 and "not a WebVid CSV" in r.stderr
 
 
@@ -278,8 +342,21 @@ def test_unseen_webvid_corpus(synthetic_corpus, tmp_path, mode):
     csv_path, root, good, expected_skips = _unseen_corpus(synthetic_corpus, tmp_path)
     extra = {"raw": [], "reencode": ["--resize-short-side", 64, "--fps", 4], "frames": ["--frames", 3]}[mode]
     out = tmp_path / "shards"
-    run_tool("make_shards.py", "--webvid-csv", csv_path, "--video-root", root, "--out", out,
-             "--samples-per-shard", 4, "--workers", 2, "--no-progress", *extra)
+    run_tool(
+        "make_shards.py",
+        "--webvid-csv",
+        csv_path,
+        "--video-root",
+        root,
+        "--out",
+        out,
+        "--samples-per-shard",
+        4,
+        "--workers",
+        2,
+        "--no-progress",
+        *extra,
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert {k: v for k, v in summary["skipped"].items() if v} == expected_skips
     assert summary["samples"] == len(good)
@@ -303,8 +380,9 @@ def test_unseen_webvid_corpus(synthetic_corpus, tmp_path, mode):
     from smaug.data.tokenizer import build_wordpiece_tokenizer
 
     tok = build_wordpiece_tokenizer(list(good.values()), tmp_path / "tok", vocab_size=200)
-    cfg = DataConfig(eval_shards=str(out), shards_root=str(tmp_path), num_frames=3, image_size=32,
-                     batch_size=3, num_workers=0)
+    cfg = DataConfig(
+        eval_shards=str(out), shards_root=str(tmp_path), num_frames=3, image_size=32, batch_size=3, num_workers=0
+    )
     keys = []
     for b in build_eval_loader(cfg, tok):
         assert b["video"].dtype.is_floating_point is False and b["video"].shape[1:] == (3, 3, 32, 32)
@@ -322,14 +400,20 @@ def test_image_list_and_json_inputs(synthetic_corpus, tmp_path):
     (root / "c.jpg").write_bytes((root / "b.jpg").read_bytes()[:200])  # truncated JPEG
     (tmp_path / "list.tsv").write_bytes(
         b"caption\tpath\r\nred png\ta.png\r\ngreen jpeg\tb.jpg\textra column\r\n"
-        b"cut jpeg\tc.jpg\r\nnot there\tz.jpg\r\n\tb.jpg\r\nescape\t../x.jpg\r\n")
+        b"cut jpeg\tc.jpg\r\nnot there\tz.jpg\r\n\tb.jpg\r\nescape\t../x.jpg\r\n"
+    )
     out = tmp_path / "out"
-    run_tool("make_shards.py", "--image-list", tmp_path / "list.tsv", "--image-root", root, "--out", out,
-             "--no-progress")
+    run_tool(
+        "make_shards.py", "--image-list", tmp_path / "list.tsv", "--image-root", root, "--out", out, "--no-progress"
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["samples"] == 2
     assert {k: v for k, v in summary["skipped"].items() if v} == {
-        "undecodable": 1, "missing_file": 1, "empty_caption": 1, "unsafe_path": 1}
+        "undecodable": 1,
+        "missing_file": 1,
+        "empty_caption": 1,
+        "unsafe_path": 1,
+    }
     samples, _ = read_tar(next(out.glob("*.tar")))
     assert sorted(samples) == ["a", "b"] and all(set(m) == {"jpg", "txt", "json"} for m in samples.values())
     assert samples["b"]["jpg"] == (root / "b.jpg").read_bytes()  # a JPEG is stored as is
@@ -338,15 +422,34 @@ def test_image_list_and_json_inputs(synthetic_corpus, tmp_path):
 
     vids = Path(synthetic_corpus) / "videos"
     some = sorted(vids.rglob("*.mp4"))[0].relative_to(vids).as_posix()
-    (tmp_path / "e.json").write_text(json.dumps([
-        {"video": some, "caption": ["one", "two"]}, {"video": some, "caption": "dup"},
-        {"video": "/etc/passwd", "caption": "abs"}, {"caption": "no video"}, {"video": "nope.mp4", "caption": []},
-    ]))
-    run_tool("make_shards.py", "--json", tmp_path / "e.json", "--video-root", vids, "--out", tmp_path / "jout",
-             "--no-progress")
+    (tmp_path / "e.json").write_text(
+        json.dumps(
+            [
+                {"video": some, "caption": ["one", "two"]},
+                {"video": some, "caption": "dup"},
+                {"video": "/etc/passwd", "caption": "abs"},
+                {"caption": "no video"},
+                {"video": "nope.mp4", "caption": []},
+            ]
+        )
+    )
+    run_tool(
+        "make_shards.py",
+        "--json",
+        tmp_path / "e.json",
+        "--video-root",
+        vids,
+        "--out",
+        tmp_path / "jout",
+        "--no-progress",
+    )
     summary = json.loads((tmp_path / "jout" / "summary.json").read_text())
     assert {k: v for k, v in summary["skipped"].items() if v} == {
-        "duplicate_id": 1, "unsafe_path": 1, "malformed_row": 1, "empty_caption": 1}
+        "duplicate_id": 1,
+        "unsafe_path": 1,
+        "malformed_row": 1,
+        "empty_caption": 1,
+    }
 
 
 def _load_tool(name):
@@ -381,9 +484,23 @@ def test_decoder_crash_or_hang_costs_only_that_row(synthetic_corpus, tmp_path, m
 
     monkeypatch.setattr(shardwriter, "sample_members", flaky)  # forked shard processes inherit it
     tool = _load_tool("make_shards")
-    rc = tool.main(["--webvid-csv", str(tmp_path / "rows.csv"), "--video-root", str(c / "videos"), "--out",
-                    str(tmp_path / "out"), "--samples-per-shard", "3", "--workers", "2", "--row-timeout", "2",
-                    "--no-progress"])
+    rc = tool.main(
+        [
+            "--webvid-csv",
+            str(tmp_path / "rows.csv"),
+            "--video-root",
+            str(c / "videos"),
+            "--out",
+            str(tmp_path / "out"),
+            "--samples-per-shard",
+            "3",
+            "--workers",
+            "2",
+            "--row-timeout",
+            "2",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["samples"] == 4 and summary["skipped"]["undecodable"] == 2

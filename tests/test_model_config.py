@@ -1,4 +1,5 @@
 """SmaugConfig presets / validation, FLOPs, and importing smaug.models without DeepSpeed."""
+
 import dataclasses
 import subprocess
 import sys
@@ -36,11 +37,22 @@ def test_unknown_and_conflicting_overrides_raise_with_the_name():
         SmaugConfig.preset("tiny", dense=True, select_frames=2)
 
 
-@pytest.mark.parametrize("field,value", [
-    ("select_frames", 5), ("keep_ratio", 0.0), ("keep_ratio", 1.5), ("sparsify_layers", (4,)),
-    ("fusion_layer", 6), ("image_size", 100), ("mask_ratio", 1.0), ("sparsify_mode", "merge"),
-    ("mlm_prob", 0.0), ("mask_token_id", 10**6), ("temp_init", 0.9),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("select_frames", 5),
+        ("keep_ratio", 0.0),
+        ("keep_ratio", 1.5),
+        ("sparsify_layers", (4,)),
+        ("fusion_layer", 6),
+        ("image_size", 100),
+        ("mask_ratio", 1.0),
+        ("sparsify_mode", "merge"),
+        ("mlm_prob", 0.0),
+        ("mask_token_id", 10**6),
+        ("temp_init", 0.9),
+    ],
+)
 def test_impossible_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"SmaugConfig.{field}"):
         SmaugConfig.preset("tiny", **{field: value})
@@ -59,9 +71,11 @@ def test_flops_dense_costs_more_and_scale_with_batch():
 
 
 def test_models_import_without_deepspeed():
-    code = ("import sys; sys.modules['deepspeed'] = None\n"
-            "import smaug.models\n"
-            "from smaug.models import SmaugConfig, SmaugModel\n"
-            "assert 'deepspeed' not in [m for m in sys.modules if sys.modules[m] is not None]\n")
+    code = (
+        "import sys; sys.modules['deepspeed'] = None\n"
+        "import smaug.models\n"
+        "from smaug.models import SmaugConfig, SmaugModel\n"
+        "assert 'deepspeed' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]

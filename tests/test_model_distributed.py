@@ -1,4 +1,5 @@
 """Global batch over 2 gloo processes, and the model under a real DeepSpeed ZeRO-2 engine."""
+
 import os
 import subprocess
 import sys
@@ -31,8 +32,12 @@ def test_two_gloo_ranks_match_one_process_over_the_concatenated_batch(tmp_path, 
     (ref.losses["vtc"] + ref.losses["vtm"]).backward()
     ref_negs = model._last_negatives
 
-    mp.spawn(global_batch_worker, args=(2, free_port, CFG, str(tmp_path / "state.pt"), str(tmp_path / "out.pt")),
-             nprocs=2, join=True)
+    mp.spawn(
+        global_batch_worker,
+        args=(2, free_port, CFG, str(tmp_path / "state.pt"), str(tmp_path / "out.pt")),
+        nprocs=2,
+        join=True,
+    )
     got = torch.load(tmp_path / "out.pt", weights_only=True)
 
     # VTC over the gathered features = VTC of one process over the whole batch, on every rank
@@ -82,9 +87,16 @@ def test_deepspeed_zero2_step_with_checkpointing_and_tied_head(tmp_path, free_po
     """Reentrant checkpointing here fails with "Gradient computed twice for this partition"."""
     script = tmp_path / "zero2.py"
     script.write_text(DS_SCRIPT)
-    env = dict(os.environ, RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-               MASTER_PORT=str(free_port), TORCH_EXTENSIONS_DIR=str(REPO / ".cache" / "torch_extensions"),
-               PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        RANK="0",
+        LOCAL_RANK="0",
+        WORLD_SIZE="1",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(free_port),
+        TORCH_EXTENSIONS_DIR=str(REPO / ".cache" / "torch_extensions"),
+        PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO), os.environ.get("PYTHONPATH", "")]),
+    )
     res = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0 and "ZERO2_OK" in res.stdout, res.stdout[-3000:] + res.stderr[-5000:]
     assert "computed twice" not in res.stderr

@@ -1,4 +1,5 @@
 """Gradients: every parameter learns, checkpointing changes nothing, the frame selector learns."""
+
 import pytest
 import torch
 
@@ -105,7 +106,9 @@ def test_a_step_is_bitwise_reproducible_on_cpu():
     _, ref = _grads(model, batch)
     for _ in range(2):
         _, again = _grads(model, batch)
-        assert all(torch.equal(ref[n], again[n]) for n in ref), [n for n in ref if not torch.equal(ref[n], again[n])][:3]
+        assert all(torch.equal(ref[n], again[n]) for n in ref), [n for n in ref if not torch.equal(ref[n], again[n])][
+            :3
+        ]
 
 
 @pytest.mark.parametrize("dense", [False, True])
@@ -122,8 +125,18 @@ def test_a_training_step_has_one_known_host_sync(dense):
 
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    reads = {"aten._local_scalar_dense", "aten.nonzero", "aten.is_nonzero", "aten.equal", "aten.masked_select",
-             "aten._unique2", "aten.unique_dim", "aten.unique_consecutive", "aten.lift_fresh", "aten.lift_fresh_copy"}
+    reads = {
+        "aten._local_scalar_dense",
+        "aten.nonzero",
+        "aten.is_nonzero",
+        "aten.equal",
+        "aten.masked_select",
+        "aten._unique2",
+        "aten.unique_dim",
+        "aten.unique_consecutive",
+        "aten.lift_fresh",
+        "aten.lift_fresh_copy",
+    }
 
     import smaug
 

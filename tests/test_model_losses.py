@@ -1,4 +1,5 @@
 """Loss functions on small hand-checkable inputs, and hard-negative mining."""
+
 import math
 
 import pytest
@@ -87,7 +88,14 @@ def test_vtc_with_extra_positives_targets_each_rows_positives_uniformly():
 def test_vtm_is_binary_cross_entropy():
     logits = torch.tensor([2.0, -1.0, 0.5])
     labels = torch.tensor([1.0, 0.0, 0.0])
-    expect = -(math.log(1 / (1 + math.exp(-2))) + math.log(1 - 1 / (1 + math.exp(1))) + math.log(1 - 1 / (1 + math.exp(-0.5)))) / 3
+    expect = (
+        -(
+            math.log(1 / (1 + math.exp(-2)))
+            + math.log(1 - 1 / (1 + math.exp(1)))
+            + math.log(1 - 1 / (1 + math.exp(-0.5)))
+        )
+        / 3
+    )
     assert abs(vtm_loss(logits, labels).item() - expect) < 1e-6
 
 
@@ -127,7 +135,10 @@ def test_model_never_mines_an_identical_caption_as_negative():
     cfg = SmaugConfig.preset("tiny")
     model = SmaugModel(cfg)
     batch = make_batch(cfg, batch_size=4)
-    for a, b in ((0, 1), (2, 3)):  # two pairs of identical captions: each row's only allowed negatives are the other pair
+    for a, b in (
+        (0, 1),
+        (2, 3),
+    ):  # two pairs of identical captions: each row's only allowed negatives are the other pair
         batch["input_ids"][b], batch["attention_mask"][b] = batch["input_ids"][a], batch["attention_mask"][a]
     partner = {0: {0, 1}, 1: {0, 1}, 2: {2, 3}, 3: {2, 3}}
     for _ in range(5):
@@ -185,8 +196,10 @@ def test_vtm_negatives_mode_switches_the_sampler():
         _tiny_model(vtm_switch_acc=1.5)
 
 
-@pytest.mark.parametrize("start, loss_sign, moves", [(2.0, +1, True), (2.0, -1, False), (-9.0, -1, True),
-                                                     (-9.0, +1, False), (-2.0, +1, True), (-2.0, -1, True)])
+@pytest.mark.parametrize(
+    "start, loss_sign, moves",
+    [(2.0, +1, True), (2.0, -1, False), (-9.0, -1, True), (-9.0, +1, False), (-2.0, +1, True), (-2.0, -1, True)],
+)
 def test_temperature_can_never_get_stuck_outside_its_range(start, loss_sign, moves):
     """log temperature pushed out of [log 0.001, log 0.5]: the clamp holds the value in range, and a
     gradient that points back inside always reaches the parameter (a plain clamp would give 0 forever)."""

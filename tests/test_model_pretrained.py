@@ -1,6 +1,7 @@
 """Pretrained towers (smaug.models.pretrained): the three vision families and BERT, loaded by name
 from a Hugging Face cache with HF_HUB_OFFLINE=1, equal to timm's / transformers' own outputs; BEiT's
 relative position bias following the kept tokens; strict loading and the init report."""
+
 import re
 
 import pytest
@@ -116,8 +117,9 @@ def test_beit_bias_follows_the_kept_tokens():
         q, k, _ = qkv.reshape(2, 50, 3, 3, 64).permute(2, 0, 3, 1, 4).unbind(0)
         logits = (q[:, :, :1] * attn.scale) @ k.transpose(-2, -1) + full[None, :, :1] + keys
         row = logits.softmax(-1).mean(1)[:, 0]  # [M, 50]
-        _, cls_attn = attention(attn, blk.norm1(x), gathered_bias(attn, bias_index(attn.relative_position_index,
-                                                                                  kept, R)), cls_row=True)
+        _, cls_attn = attention(
+            attn, blk.norm1(x), gathered_bias(attn, bias_index(attn.relative_position_index, kept, R)), cls_row=True
+        )
         torch.testing.assert_close(cls_attn, row.gather(1, kept + 1), rtol=0, atol=1e-6)
 
 
@@ -179,31 +181,38 @@ def test_bert_by_name_equals_transformers(tmp_path, hf_cache):
         h, _ = model.encode_text(ids, am)
         # text layers = BERT's first fusion_layer=4 layers; the MLM head reproduces BERT's logits
         torch.testing.assert_close(h * am[..., None], out.hidden_states[4] * am[..., None], rtol=0, atol=1e-5)
-        torch.testing.assert_close(model.text_encoder.mlm_logits(out.hidden_states[-1][0]), out.prediction_logits[0],
-                                   rtol=0, atol=1e-4)
+        torch.testing.assert_close(
+            model.text_encoder.mlm_logits(out.hidden_states[-1][0]), out.prediction_logits[0], rtol=0, atol=1e-4
+        )
     # fusion layers: BERT's layers 4, 5 (self-attention + FFN), cross-attention new
     fl = model.text_encoder.fusion[1]
     assert torch.equal(fl.attention.self.query.weight, bert.bert.encoder.layer[5].attention.self.query.weight)
     assert torch.equal(fl.output.dense.weight, bert.bert.encoder.layer[5].output.dense.weight)
     t = report["text"]
     keys = _keys(snap / "model.safetensors")
-    assert set(t["ignored"]) == {k for k in keys if k.startswith(("bert.pooler.", "cls.seq_relationship.",
-                                                                  "cls.predictions.decoder."))}
+    assert set(t["ignored"]) == {
+        k for k in keys if k.startswith(("bert.pooler.", "cls.seq_relationship.", "cls.predictions.decoder."))
+    }
     assert len(t["loaded"]) == len(keys) - len(t["ignored"])
     assert t["new"] and all(".crossattention." in k for k in t["new"])
 
     # a BertModel folder (no MLM head, no `bert.` prefix) with old LayerNorm gamma/beta names
     plain = BertModel(tiny_bert_config(), add_pooling_layer=False).eval()
-    sd = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
-          for k, v in plain.state_dict().items()}
+    sd = {
+        k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+        for k, v in plain.state_dict().items()
+    }
     (tmp_path / "old").mkdir()
     torch.save(sd, tmp_path / "old" / "pytorch_model.bin")
     plain.config.to_json_file(str(tmp_path / "old" / "config.json"))
     model, report = build(text_init=str(tmp_path / "old"))
     with torch.no_grad():
-        torch.testing.assert_close(model.encode_text(ids, am)[0] * am[..., None],
-                                   plain(input_ids=ids, attention_mask=am, output_hidden_states=True)
-                                   .hidden_states[4] * am[..., None], rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            model.encode_text(ids, am)[0] * am[..., None],
+            plain(input_ids=ids, attention_mask=am, output_hidden_states=True).hidden_states[4] * am[..., None],
+            rtol=0,
+            atol=1e-5,
+        )
     assert any(k.startswith("mlm_head.") for k in report["text"]["new"])
     # sizes that do not fit the model config are refused, naming the field
     big = BertModel(tiny_bert_config(), add_pooling_layer=False)

@@ -1,5 +1,6 @@
 """Text side: bidirectional attention (text layers, fusion layers, MLM), MLM masking (BERT checkpoints:
 test_model_pretrained.py)."""
+
 import torch
 
 from smaug.models import SmaugConfig, SmaugModel
@@ -48,7 +49,9 @@ def test_mlm_head_is_tied_to_word_embeddings():
     h = torch.randn(3, 192)
     with torch.no_grad():
         before = te.mlm_logits(h)
-        te.bert.embeddings.word_embeddings.weight[7] += torch.randn(192)  # (a constant shift is cancelled by the LayerNorm)
+        te.bert.embeddings.word_embeddings.weight[7] += torch.randn(
+            192
+        )  # (a constant shift is cancelled by the LayerNorm)
         after = te.mlm_logits(h)
     assert not torch.allclose(before[:, 7], after[:, 7]) and torch.equal(before[:, 8], after[:, 8])
 

@@ -1,5 +1,6 @@
 """Video side: token counts (masking, sparsification, frame selection), EViT fusion, the single
 attention pass of sparsify blocks (pretrained weights: test_model_pretrained.py)."""
+
 import pytest
 import torch
 

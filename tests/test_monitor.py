@@ -1,4 +1,5 @@
 """Rank-0 monitoring: JSONL records with throughput/MFU fields, and wandb in offline mode (no network)."""
+
 import json
 
 from smaug.config import load_config
@@ -11,8 +12,7 @@ def test_jsonl_and_wandb_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     cfg = load_config([QUICKSTART], ["log.every=2", "log.progress=false"], output_dir=str(tmp_path))
-    mon = Monitor(tmp_path, cfg, total_steps=4, start_step=0, enabled=True, peak_tflops=2.0,
-                  wandb_config=cfg.to_dict())
+    mon = Monitor(tmp_path, cfg, total_steps=4, start_step=0, enabled=True, peak_tflops=2.0, wandb_config=cfg.to_dict())
     assert mon.wandb is not None
     out = [mon.update(s, clips=16, flops=1e12, data_time=0.0, scalars={"loss": 5.0 - s}) for s in (1, 2, 3, 4)]
     mon.close()

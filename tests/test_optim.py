@@ -1,4 +1,5 @@
 """Optimizer parameter groups: which parameters decay, and their order in ZeRO's flat bf16 buffer."""
+
 import torch
 
 from smaug.models import SmaugConfig, SmaugModel
@@ -15,7 +16,12 @@ def test_groups_split_decay_and_keep_every_parameter_once():
     no_decay = {names[id(p)] for p in groups[1]["params"]}
     assert groups[0]["weight_decay"] == 0.05 and groups[1]["weight_decay"] == 0.0
     assert decay | no_decay == set(names.values()) and not decay & no_decay
-    assert {"vtc_log_temp", "video_encoder.pos_embed", "video_encoder.cls_token", "text_encoder.mlm_head.bias"} <= no_decay
+    assert {
+        "vtc_log_temp",
+        "video_encoder.pos_embed",
+        "video_encoder.cls_token",
+        "text_encoder.mlm_head.bias",
+    } <= no_decay
     assert all(n.endswith("weight") for n in decay)
     assert not any(n.endswith(".bias") for n in decay)
 
@@ -36,8 +42,9 @@ def test_zero2_bf16_buffer_keeps_parameters_aligned(single_process_env):
     model = SmaugModel(model_config(cfg))
     odd = [n for n, p in model.named_parameters() if p.numel() % ALIGN]
     assert "vtc_log_temp" in odd and "text_encoder.mlm_head.bias" in odd  # the case this guards
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, cfg.optim.weight_decay),
-                                      config=build_ds_config(cfg, 1, "cpu"))
+    engine, *_ = deepspeed.initialize(
+        model=model, model_parameters=param_groups(model, cfg.optim.weight_decay), config=build_ds_config(cfg, 1, "cpu")
+    )
     try:
         assert engine.module.vtc_log_temp.dtype == torch.bfloat16  # the views into the flat buffer
         misaligned = {n: p.numel() for n, p in engine.module.named_parameters() if p.data_ptr() % 16}

@@ -1,4 +1,5 @@
 """tools/make_synthetic.py: WebVid layout, held-out combinations, motion that matters, determinism."""
+
 import csv
 import hashlib
 import importlib.util
@@ -69,8 +70,9 @@ def test_captions_name_colour_shape_motion(synthetic_corpus):
 
 def test_held_out_combinations_never_in_training(synthetic_corpus):
     lab = _labels(synthetic_corpus)
-    combos = lambda split: {(o["colour"], o["shape"], o["motion"])
-                            for x in lab["clips"] if x["split"] == split for o in x["objects"]}
+    combos = lambda split: {
+        (o["colour"], o["shape"], o["motion"]) for x in lab["clips"] if x["split"] == split for o in x["objects"]
+    }
     train, held = combos("train"), combos("eval")
     assert held and train and not (train & held)
     assert held <= {tuple(x) for x in lab["held_out_combos"]}
@@ -89,8 +91,9 @@ def test_held_out_split_needs_time(synthetic_corpus):
     held = {tuple(x) for x in lab["held_out_combos"]}
     pairs = {(c, s) for c, s, _ in held}
     assert pairs == set(mod.HELD_OUT_PAIRS) and held == {(c, s, m) for c, s in pairs for m in mod.MOTIONS}
-    seen = {(o["colour"], o["shape"]) for x in lab["clips"] + lab["images"] if x["split"] != "eval"
-            for o in x["objects"]}
+    seen = {
+        (o["colour"], o["shape"]) for x in lab["clips"] + lab["images"] if x["split"] != "eval" for o in x["objects"]
+    }
     assert seen and not (seen & pairs)
     motions_per_pair: dict = {}
     for x in lab["clips"]:
@@ -144,7 +147,9 @@ def test_single_frame_cannot_tell_left_from_right():
 
 
 def _tree_digest(d: Path) -> dict:
-    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()
+    }
 
 
 def test_output_is_a_function_of_the_seed(tmp_path):

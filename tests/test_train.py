@@ -6,6 +6,7 @@ the process boundary is what they test: the 2-rank run (torchrun), the killed ru
 test (SIGKILL), the preemption test (SIGTERM to the process) and `python -m smaug.train`'s own
 exit path (test_train_config.py: the CLI refuses a bad key with exit 2).
 """
+
 import json
 import os
 import shutil
@@ -29,19 +30,44 @@ def train_data(synthetic_shards):
 
 
 def train_args(data, out, *extra) -> list[str]:
-    return ["--config", QS, "--out", str(out),
-            f"data.shards_root={data['shards_root']}", f"data.train_shards={data['train']}",
-            f"data.eval_shards={data['eval']}", f"model.tokenizer={data['tokenizer']}", "train.device=cpu",
-            "data.batch_size=4", "data.num_workers=1", "data.round_batches=4", "data.shuffle_buffer=20",
-            "log.every=1", "log.progress=false", "eval.every=0", "optim.lr=3e-4", "optim.warmup_steps=2",
-            "train.unmasked_tail_steps=0", *extra]
+    return [
+        "--config",
+        QS,
+        "--out",
+        str(out),
+        f"data.shards_root={data['shards_root']}",
+        f"data.train_shards={data['train']}",
+        f"data.eval_shards={data['eval']}",
+        f"model.tokenizer={data['tokenizer']}",
+        "train.device=cpu",
+        "data.batch_size=4",
+        "data.num_workers=1",
+        "data.round_batches=4",
+        "data.shuffle_buffer=20",
+        "log.every=1",
+        "log.progress=false",
+        "eval.every=0",
+        "optim.lr=3e-4",
+        "optim.warmup_steps=2",
+        "train.unmasked_tail_steps=0",
+        *extra,
+    ]
 
 
 def train_cmd(data, out, *extra, launcher=None) -> list[str]:
     """The command line of a run in a new process (`python -m smaug.train`, or torchrun with 2 ranks)."""
     if launcher == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-                str(free_port()), "-m", "smaug.train", *train_args(data, out, *extra)]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port",
+            str(free_port()),
+            "-m",
+            "smaug.train",
+            *train_args(data, out, *extra),
+        ]
     return [sys.executable, "-m", "smaug.train", *train_args(data, out, *extra)]
 
 
@@ -79,8 +105,23 @@ def test_train_world1_loss_falls_and_logs(train_data, tmp_path, capfd):
     train(capfd, train_data, out, "train.steps=24", "ckpt.every=100", "eval.every=12", "eval.num_frames=6")
     assert_loss_falls(out)
     rec = [r for r in records(out) if "loss" in r][-1]
-    for key in ("vtc", "vtm", "mlm", "mvm", "lr", "temp", "clips_per_s", "data_wait_frac", "mfu",
-                "visible_tokens", "kept_tokens", "selected_frames", "skipped_steps", "grad_norm", "vtm_acc"):
+    for key in (
+        "vtc",
+        "vtm",
+        "mlm",
+        "mvm",
+        "lr",
+        "temp",
+        "clips_per_s",
+        "data_wait_frac",
+        "mfu",
+        "visible_tokens",
+        "kept_tokens",
+        "selected_frames",
+        "skipped_steps",
+        "grad_norm",
+        "vtm_acc",
+    ):
         assert key in rec, key
     assert 0 <= rec["vtm_acc"] <= 1 and 0 < rec["grad_norm"] < float("inf")
     assert 0 <= rec["data_wait_frac"] <= 1 and rec["clips_per_s"] > 0
@@ -114,8 +155,9 @@ def test_train_world2_torchrun(train_data, tmp_path):
 
 
 def _kill_after_checkpoint(cmd, ckpt_dir: Path, timeout=600):
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=REPO,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=REPO, start_new_session=True
+    )
     t0 = time.time()
     while not (ckpt_dir / "COMPLETE").exists():
         if proc.poll() is not None:
@@ -159,8 +201,14 @@ def test_resume_after_sigkill_matches_uninterrupted(train_data, tmp_path, capfd,
 def test_sigterm_saves_and_exits_zero(train_data, tmp_path):
     """A subprocess: the signal goes to the training process, as a scheduler's preemption does."""
     out = tmp_path / "pre"
-    proc = subprocess.Popen(train_cmd(train_data, out, "train.steps=10000", "ckpt.every=10000"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=REPO, text=True)
+    proc = subprocess.Popen(
+        train_cmd(train_data, out, "train.steps=10000", "ckpt.every=10000"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=subprocess_env(),
+        cwd=REPO,
+        text=True,
+    )
     log = out / "log.jsonl"
     t0 = time.time()
     while not (log.exists() and len(log.read_text().splitlines()) >= 2):
@@ -179,16 +227,35 @@ def test_sigterm_saves_and_exits_zero(train_data, tmp_path):
 def test_nonfinite_losses_are_skipped_then_stop_the_run(train_data, tmp_path, capfd):
     """An absurd LR blows the weights up; each non-finite loss is skipped, N in a row stop the run clearly."""
     out = tmp_path / "nan"
-    text = train(capfd, train_data, out, "train.steps=50", "optim.lr=1e30", "optim.warmup_steps=0",
-                 "train.max_nonfinite=3", "ckpt.every=1000", rc=3)
+    text = train(
+        capfd,
+        train_data,
+        out,
+        "train.steps=50",
+        "optim.lr=1e30",
+        "optim.warmup_steps=0",
+        "train.max_nonfinite=3",
+        "ckpt.every=1000",
+        rc=3,
+    )
     assert "non-finite loss at step" in text and "micro-batch skipped" in text
     assert "3 non-finite losses in a row" in text and "train.max_nonfinite=3" in text
 
 
 def _overflow_run(capfd, train_data, out, *extra, rc):
     """bf16 with w_vtc=1e38: the loss stays finite (~2.8e38 < fp32 max) but bf16 gradients overflow."""
-    return train(capfd, train_data, out, "train.steps=3", "train.precision=bf16", "optim.warmup_steps=0",
-                 "model.w_vtc=1.0e+38", "ckpt.every=1", *extra, rc=rc)
+    return train(
+        capfd,
+        train_data,
+        out,
+        "train.steps=3",
+        "train.precision=bf16",
+        "optim.warmup_steps=0",
+        "model.w_vtc=1.0e+38",
+        "ckpt.every=1",
+        *extra,
+        rc=rc,
+    )
 
 
 def test_nonfinite_gradients_with_a_finite_loss_stop_before_any_save(train_data, tmp_path, capfd):
@@ -208,8 +275,9 @@ def test_nonfinite_gradients_are_skipped_and_counted_when_deepspeed_checks(train
     ds["bf16"]["check_grad_overflow"] = True
     (tmp_path / "ds.json").write_text(json.dumps(ds))
     out = tmp_path / "gnorm_skip"
-    assert "skipped by DeepSpeed" in _overflow_run(capfd, train_data, out, f"train.ds_config={tmp_path / 'ds.json'}",
-                                                   rc=0)
+    assert "skipped by DeepSpeed" in _overflow_run(
+        capfd, train_data, out, f"train.ds_config={tmp_path / 'ds.json'}", rc=0
+    )
     recs = [x for x in records(out) if "loss" in x]
     assert recs[-1]["skipped_steps"] == 3 and all(x["loss"] < float("inf") for x in recs)
 
@@ -224,8 +292,9 @@ def test_gradient_accumulation_steps_once_per_accum_micro_batches(train_data, tm
     assert all(0 < r["grad_norm"] < float("inf") for r in recs)
     ds = json.loads((out / "ds_config.json").read_text())
     assert ds["gradient_accumulation_steps"] == 2 and ds["train_batch_size"] == 8
-    state = torch.load(out / "checkpoints" / "step_00000003" / "mp_rank_00_model_states.pt", map_location="cpu",
-                       weights_only=False)
+    state = torch.load(
+        out / "checkpoints" / "step_00000003" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False
+    )
     assert state["global_steps"] == 3 and state["global_samples"] == 24
 
 
@@ -239,7 +308,7 @@ def test_main_runs_twice_in_one_process(train_data, tmp_path, capfd):
 
 
 def test_vtm_curriculum_and_unmasked_tail_switch_on_time_and_resume_exactly(train_data, tmp_path, capfd):
-    """"auto" VTM negatives switch from uniform to hard at the first log window whose pair accuracy
+    """ "auto" VTM negatives switch from uniform to hard at the first log window whose pair accuracy
     reaches `vtm_switch_acc`, and not before (the run equals the all-uniform one bit for bit up to
     there); `train.unmasked_tail_steps` trains the last steps on every patch without MVM; a run
     resumed from a checkpoint taken mid-window (before the switch or after it) equals the

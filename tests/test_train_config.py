@@ -1,4 +1,5 @@
 """Run-config validation and DeepSpeed-config derivation: fail fast, name the key."""
+
 import dataclasses
 import json
 import subprocess
@@ -39,32 +40,42 @@ def test_base_yaml_documents_every_knob_with_its_default():
 
 
 def test_all_shipped_configs_load():
-    no_init = ["model.vision_init=null", "model.text_init=null", "model.allow_random_init=true",
-               "model.tokenizer=bert-base-uncased"]  # pretrain_5m's towers are not in the test's HF cache
+    no_init = [
+        "model.vision_init=null",
+        "model.text_init=null",
+        "model.allow_random_init=true",
+        "model.tokenizer=bert-base-uncased",
+    ]  # pretrain_5m's towers are not in the test's HF cache
     for f in ("base.yaml", "pretrain_5m.yaml", "quickstart.yaml"):
-        cfg = load_config([str(CONFIGS / f)], (["data.train_shards=corpus:x"] if f == "base.yaml" else [])
-                          + (no_init if f != "quickstart.yaml" else []), output_dir="/tmp/x")
+        cfg = load_config(
+            [str(CONFIGS / f)],
+            (["data.train_shards=corpus:x"] if f == "base.yaml" else []) + (no_init if f != "quickstart.yaml" else []),
+            output_dir="/tmp/x",
+        )
         assert cfg.run.output_dir == "/tmp/x"
     dense = load_config([QS, str(CONFIGS / "dense.yaml")], [], output_dir="/tmp/x")
     assert dense.model.dense and dense.model.preset == "tiny"
 
 
-@pytest.mark.parametrize("override, key", [
-    ("optim.lrr=1e-3", "optim.lrr"),
-    ("nosuch.x=1", "nosuch"),
-    ("data.batchsize=4", "data.batchsize"),
-    ("model.overrides.not_a_field=1", "not_a_field"),
-    ("train.steps=ten", "train.steps"),
-    ("optim.lr=fast", "optim.lr"),
-    ("train.precision=fp16", "train.precision"),
-    ("optim.betas=[0.9]", "optim.betas"),
-    ("optim.warmup_steps=100000", "optim.warmup_steps"),
-    ("model.overrides.select_frames=9", "select_frames"),
-    ("model.overrides.image_size=96", "model.overrides.image_size"),
-    ("model.dense=maybe", "model.dense"),
-    ("ckpt.keep=0", "ckpt.keep"),
-    ("data.train_shards=null", "data.train_shards"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("optim.lrr=1e-3", "optim.lrr"),
+        ("nosuch.x=1", "nosuch"),
+        ("data.batchsize=4", "data.batchsize"),
+        ("model.overrides.not_a_field=1", "not_a_field"),
+        ("train.steps=ten", "train.steps"),
+        ("optim.lr=fast", "optim.lr"),
+        ("train.precision=fp16", "train.precision"),
+        ("optim.betas=[0.9]", "optim.betas"),
+        ("optim.warmup_steps=100000", "optim.warmup_steps"),
+        ("model.overrides.select_frames=9", "select_frames"),
+        ("model.overrides.image_size=96", "model.overrides.image_size"),
+        ("model.dense=maybe", "model.dense"),
+        ("ckpt.keep=0", "ckpt.keep"),
+        ("data.train_shards=null", "data.train_shards"),
+    ],
+)
 def test_bad_config_names_the_key(override, key):
     with pytest.raises(ConfigError) as e:
         _load(override)
@@ -82,8 +93,9 @@ def test_output_dir_is_required():
 
 
 def test_ds_config_is_derived_from_the_run_config():
-    cfg = _load("data.batch_size=6", "train.grad_accum=3", "optim.lr=2e-4", "optim.betas=[0.8,0.95]",
-                "optim.grad_clip=0.5")
+    cfg = _load(
+        "data.batch_size=6", "train.grad_accum=3", "optim.lr=2e-4", "optim.betas=[0.8,0.95]", "optim.grad_clip=0.5"
+    )
     ds = build_ds_config(cfg, world_size=4, device="cpu")
     assert ds["gradient_clipping"] == 0.5  # the shipped JSONs leave it "auto": optim.grad_clip is the one source
     assert ds["train_micro_batch_size_per_gpu"] == 6
@@ -98,15 +110,18 @@ def test_ds_config_is_derived_from_the_run_config():
     assert gpu["optimizer"]["params"]["torch_adam"] is False  # FusedAdam on GPU
 
 
-@pytest.mark.parametrize("patch, key", [
-    ({"train_micro_batch_size_per_gpu": 99}, "train_micro_batch_size_per_gpu"),
-    ({"train_batch_size": 1000}, "train_batch_size"),
-    ({"gradient_clipping": 5.0}, "gradient_clipping"),
-    ({"optimizer": {"type": "AdamW", "params": {"lr": 0.5, "torch_adam": True}}}, "optimizer.params.lr"),
-    ({"bf16": {"enabled": True}}, "bf16.enabled"),
-    ({"scheduler": {"type": "WarmupLR"}}, "scheduler"),
-    ({"zero_optimization": {"stage": 2, "compute_grad_norm": False}}, "compute_grad_norm"),  # guard would be blind
-])
+@pytest.mark.parametrize(
+    "patch, key",
+    [
+        ({"train_micro_batch_size_per_gpu": 99}, "train_micro_batch_size_per_gpu"),
+        ({"train_batch_size": 1000}, "train_batch_size"),
+        ({"gradient_clipping": 5.0}, "gradient_clipping"),
+        ({"optimizer": {"type": "AdamW", "params": {"lr": 0.5, "torch_adam": True}}}, "optimizer.params.lr"),
+        ({"bf16": {"enabled": True}}, "bf16.enabled"),
+        ({"scheduler": {"type": "WarmupLR"}}, "scheduler"),
+        ({"zero_optimization": {"stage": 2, "compute_grad_norm": False}}, "compute_grad_norm"),  # guard would be blind
+    ],
+)
 def test_ds_json_mismatch_is_refused(tmp_path, patch, key):
     base = json.loads((REPO / "ds_configs" / "zero2_cpu.json").read_text())
     base.update(patch)
@@ -127,8 +142,12 @@ def test_fused_adam_json_refused_on_cpu():
 def test_cli_rejects_bad_key_before_compute(tmp_path):
     """The CLI exits 2 with the key named, and builds nothing (no output dir, no engine)."""
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "smaug.train", "--config", QS, "--out", str(out), "optim.lrr=1"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "smaug.train", "--config", QS, "--out", str(out), "optim.lrr=1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2
     assert "optim.lrr" in r.stderr
     assert not out.exists()
@@ -143,8 +162,15 @@ def test_base_run_without_pretrained_towers_is_refused(tmp_path, monkeypatch):
     tree = yaml.safe_load((CONFIGS / "pretrain_5m.yaml").read_text())["model"]
     assert (tree["vision_init"], tree["text_init"]) == ("beit_base_patch16_224.in22k_ft_in22k", "bert-base-uncased")
     out = tmp_path / "run"
-    args = ["--config", str(CONFIGS / "pretrain_5m.yaml"), "--out", str(out), "model.vision_init=null",
-            "model.text_init=null", "model.tokenizer=bert-base-uncased"]
+    args = [
+        "--config",
+        str(CONFIGS / "pretrain_5m.yaml"),
+        "--out",
+        str(out),
+        "model.vision_init=null",
+        "model.text_init=null",
+        "model.tokenizer=bert-base-uncased",
+    ]
     assert main(args) == 2 and not out.exists()
     with pytest.raises(ConfigError, match=r"model.vision_init / model.text_init"):
         load_config([str(CONFIGS / "pretrain_5m.yaml")], args[4:], output_dir=str(out))

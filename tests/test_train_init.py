@@ -1,6 +1,7 @@
 """The trainer with pretrained towers (model.vision_init / text_init): a tiny BEiT by name from a
 hub-layout HF cache (offline) and a tiny BERT folder holding its tokenizer. Checks init_report.json,
 the log's first lines, the mean/std in the resolved config, and the HF export refusing a BEiT tower."""
+
 import json
 import sys
 
@@ -26,12 +27,32 @@ def test_trainer_loads_pretrained_towers_and_reports(synthetic_shards, tmp_path)
     tok.save_pretrained(tmp_path / "bert")  # the tokenizer follows text_init when model.tokenizer is not set
     out = tmp_path / "run"
     d = synthetic_shards
-    cmd = [sys.executable, "-m", "smaug.train", "--config", QS, "--out", str(out),
-           f"data.shards_root={d['shards_root']}", f"data.train_shards={d['train']}", "data.eval_shards=null",
-           f"model.vision_init={name}", f"model.text_init={tmp_path / 'bert'}", "model.tokenizer=null",
-           "model.allow_random_init=false", "train.steps=1", "data.batch_size=2", "data.num_workers=1",
-           "data.round_batches=4", "data.shuffle_buffer=4", "log.progress=false", "eval.every=0",
-           "optim.warmup_steps=0", "train.unmasked_tail_steps=0", "log.every=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "smaug.train",
+        "--config",
+        QS,
+        "--out",
+        str(out),
+        f"data.shards_root={d['shards_root']}",
+        f"data.train_shards={d['train']}",
+        "data.eval_shards=null",
+        f"model.vision_init={name}",
+        f"model.text_init={tmp_path / 'bert'}",
+        "model.tokenizer=null",
+        "model.allow_random_init=false",
+        "train.steps=1",
+        "data.batch_size=2",
+        "data.num_workers=1",
+        "data.round_batches=4",
+        "data.shuffle_buffer=4",
+        "log.progress=false",
+        "eval.every=0",
+        "optim.warmup_steps=0",
+        "train.unmasked_tail_steps=0",
+        "log.every=1",
+    ]
     # a subprocess: huggingface_hub reads HF_HUB_CACHE when it is imported, and this process imported it long ago
     r = run(cmd, env=subprocess_env(HF_HUB_CACHE=cache, HF_HUB_OFFLINE=1))
 

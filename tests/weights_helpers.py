@@ -4,6 +4,7 @@ SmaugModel, in the trainer's layout, from 1 or more gloo ranks (no data pipeline
     python tests/weights_helpers.py OUT TOKENIZER [key=value ...]          # world size 1
     torchrun --nproc_per_node 2 tests/weights_helpers.py OUT TOKENIZER ...  # ZeRO shards over 2 ranks
 """
+
 from __future__ import annotations
 
 import sys
@@ -25,22 +26,38 @@ def write_checkpoint(out: str, tokenizer: str, overrides: list[str], steps: int 
 
     from conftest import QS
 
-    cfg = load_config([QS], ["data.train_shards=unused", "data.batch_size=2", "train.precision=fp32",
-                             f"model.tokenizer={tokenizer}", *overrides], out)
+    cfg = load_config(
+        [QS],
+        [
+            "data.train_shards=unused",
+            "data.batch_size=2",
+            "train.precision=fp32",
+            f"model.tokenizer={tokenizer}",
+            *overrides,
+        ],
+        out,
+    )
     tok = load_tokenizer(tokenizer)
     mcfg = model_config(cfg, **tokenizer_fields(tok))
     rank, world, _ = setup_distributed("cpu")  # the trainer's: a plain run becomes a 1-process gloo group
     torch.manual_seed(cfg.run.seed)
     model = SmaugModel(mcfg)
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, cfg.optim.weight_decay),
-                                      config=build_ds_config(cfg, world, "cpu"))
+    engine, *_ = deepspeed.initialize(
+        model=model,
+        model_parameters=param_groups(model, cfg.optim.weight_decay),
+        config=build_ds_config(cfg, world, "cpu"),
+    )
     g = torch.Generator().manual_seed(rank)
     for _ in range(steps):
         b = 2
         enc = tok(["a red circle moves left", "the blue square goes up"], padding=True, return_tensors="pt")
-        batch = {"video": torch.randint(0, 256, (b, mcfg.num_frames, 3, mcfg.image_size, mcfg.image_size),
-                                        dtype=torch.uint8, generator=g),
-                 "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        batch = {
+            "video": torch.randint(
+                0, 256, (b, mcfg.num_frames, 3, mcfg.image_size, mcfg.image_size), dtype=torch.uint8, generator=g
+            ),
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+        }
         loss = engine(batch).loss
         engine.backward(loss)
         engine.step()

@@ -10,6 +10,7 @@ WebVid CSV (`name` column), an eval JSON (`caption`), an image list TSV (first c
 other file as one caption per line. The result loads with
 `transformers.AutoTokenizer.from_pretrained(DIR)` or `smaug.data.load_tokenizer(DIR)`.
 """
+
 from __future__ import annotations
 
 import argparse

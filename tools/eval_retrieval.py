@@ -39,6 +39,7 @@ Output: a readable table on stdout and a JSON report (--out) recording the proto
 levels, precision, world size) next to the metrics: `smaug.eval.retrieval.retrieval_report`, the schema
 of the trainer's eval.json too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,11 +70,18 @@ def parse_args(argv=None):
     p.add_argument("--split", default=None, help="name of the split, recorded in the report (default: the data path)")
     p.add_argument("--frames", type=int, default=0, help="frames per clip (default: the run's eval frames)")
     p.add_argument("--k", type=int, default=128, help="VTM rerank top-k per query (0 = VTC only; default 128)")
-    p.add_argument("--pooling", default="embed", choices=["embed", "frame_sim"],
-                   help="embed: cosine of the mean-pooled video embedding; frame_sim: mean of per-frame cosines")
+    p.add_argument(
+        "--pooling",
+        default="embed",
+        choices=["embed", "frame_sim"],
+        help="embed: cosine of the mean-pooled video embedding; frame_sim: mean of per-frame cosines",
+    )
     p.add_argument("--dsl", action="store_true", help="also report dual-softmax VTC results (results.vtc_dsl)")
-    p.add_argument("--paragraph", action="store_true",
-                   help="one query per clip: its captions joined by spaces, in order (paragraph retrieval)")
+    p.add_argument(
+        "--paragraph",
+        action="store_true",
+        help="one query per clip: its captions joined by spaces, in order (paragraph retrieval)",
+    )
     p.add_argument("--max-text-len", type=int, default=0, help="query tokens incl. [CLS]/[SEP] (default: the run's)")
     p.add_argument("--batch-size", type=int, default=0, help="clips per batch (default: the run's eval batch)")
     p.add_argument("--workers", type=int, default=-1, help="decoding workers per process (default: the run's)")
@@ -81,13 +89,24 @@ def parse_args(argv=None):
     p.add_argument("--max-samples", type=int, default=0, help="cap on clips per rank (0 = all)")
     p.add_argument("--tokenizer", default=None, help="tokenizer dir (default: the checkpoint's)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                   help="fp32, or bf16 weights as the trainer's bf16 engine evaluates")
-    p.add_argument("--offload-features", default="none", choices=["none", "cpu"],
-                   help="keep the video tokens for reranking on CPU (big eval sets)")
-    p.add_argument("--labels", default=None,
-                   help="labels.json of the synthetic corpus: add top-1 attribute accuracies (colour, shape, motion, "
-                        "combination) per ranking, their frozen-frame control and the R@1 ceiling")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="fp32, or bf16 weights as the trainer's bf16 engine evaluates",
+    )
+    p.add_argument(
+        "--offload-features",
+        default="none",
+        choices=["none", "cpu"],
+        help="keep the video tokens for reranking on CPU (big eval sets)",
+    )
+    p.add_argument(
+        "--labels",
+        default=None,
+        help="labels.json of the synthetic corpus: add top-1 attribute accuracies (colour, shape, motion, "
+        "combination) per ranking, their frozen-frame control and the R@1 ceiling",
+    )
     p.add_argument("--out", default=None, help="write the JSON report here")
     args = p.parse_args(argv)
     if args.json and args.shards:
@@ -128,14 +147,19 @@ def build_loader(args, dcfg, tokenizer, rank: int, world: int):
         from smaug.data.json_clips import build_json_eval_loader
 
         loader = build_json_eval_loader(args.json, args.video_root, dcfg, tokenizer, rank, world)
-        return loader, args.split or Path(args.json).stem, {"json": str(Path(args.json).resolve()),
-                                                             "video_root": str(Path(args.video_root).resolve())}
+        return (
+            loader,
+            args.split or Path(args.json).stem,
+            {"json": str(Path(args.json).resolve()), "video_root": str(Path(args.video_root).resolve())},
+        )
     from smaug.data import build_eval_loader
 
     spec = args.shards or dcfg.eval_shards
     if not spec:
-        raise SystemExit("eval_retrieval: no data: pass --shards SPEC or --json JSON --video-root DIR "
-                         "(the checkpoint's run config has no data.eval_shards)")
+        raise SystemExit(
+            "eval_retrieval: no data: pass --shards SPEC or --json JSON --video-root DIR "
+            "(the checkpoint's run config has no data.eval_shards)"
+        )
     loader = build_eval_loader(dcfg, tokenizer, spec, rank=rank, world_size=world)
     return loader, args.split or str(spec), {"shards": spec, "shards_root": dcfg.shards_root}
 
@@ -144,17 +168,23 @@ def format_table(report: dict) -> str:
     from smaug.eval.retrieval import ranking_rows
 
     pr, res = report["protocol"], report["results"]
-    head = (f"retrieval  split={pr['split']}  clips={pr['num_videos']}  queries={pr['num_texts']}  "
-            f"frames={pr['frames']}  k={pr['k']}  pooling={pr['pooling']}  checkpoint={pr['checkpoint']}"
-            + (f" (step {pr['step']})" if pr.get("step") is not None else ""))
+    head = (
+        f"retrieval  split={pr['split']}  clips={pr['num_videos']}  queries={pr['num_texts']}  "
+        f"frames={pr['frames']}  k={pr['k']}  pooling={pr['pooling']}  checkpoint={pr['checkpoint']}"
+        + (f" (step {pr['step']})" if pr.get("step") is not None else "")
+    )
     lines = [head, f"{'method':<10}{'dir':<5}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'MedR':>8}{'MeanR':>9}"]
     for name, d, r1, r5, r10, medr, meanr in ranking_rows(res):
         lines.append(f"{name:<10}{d:<5}{r1:>8.2f}{r5:>8.2f}{r10:>8.2f}{medr:>8.1f}{meanr:>9.2f}")
-    lines.append(f"chance R@1/5/10: t2v {pr['chance_r1']:.2f} / {pr['chance_r5']:.2f} / {pr['chance_r10']:.2f}, "
-                 f"v2t {pr['v2t_chance_r1']:.2f} / {pr['v2t_chance_r5']:.2f} / {pr['v2t_chance_r10']:.2f}")
+    lines.append(
+        f"chance R@1/5/10: t2v {pr['chance_r1']:.2f} / {pr['chance_r5']:.2f} / {pr['chance_r10']:.2f}, "
+        f"v2t {pr['v2t_chance_r1']:.2f} / {pr['v2t_chance_r5']:.2f} / {pr['v2t_chance_r10']:.2f}"
+    )
     if res.get("vtm_acc") is not None:
-        lines.append(f"VTM pair accuracy on the {pr['num_pairs_reranked']} scored pairs: {res['vtm_acc']:.3f} "
-                     f"(positives {res['vtm_pos_frac']:.3f}; always-'no' scores {1 - res['vtm_pos_frac']:.3f})")
+        lines.append(
+            f"VTM pair accuracy on the {pr['num_pairs_reranked']} scored pairs: {res['vtm_acc']:.3f} "
+            f"(positives {res['vtm_pos_frac']:.3f}; always-'no' scores {1 - res['vtm_pos_frac']:.3f})"
+        )
     if report.get("attributes"):
         from smaug.eval.attributes import format_attributes
 
@@ -180,24 +210,63 @@ def run(args) -> dict:
     dcfg = data_config(run_config, cfg, args)
     loader, split, data_desc = build_loader(args, dcfg, tokenizer, rank, world)
     t0 = time.perf_counter()
-    res = evaluate(model, loader, tokenizer, device, k=args.k, max_text_len=dcfg.max_text_len,
-                   max_samples=args.max_samples, offload=args.offload_features, batch_size=args.rerank_batch,
-                   pooling=args.pooling, dsl=args.dsl, paragraph=args.paragraph)
+    res = evaluate(
+        model,
+        loader,
+        tokenizer,
+        device,
+        k=args.k,
+        max_text_len=dcfg.max_text_len,
+        max_samples=args.max_samples,
+        offload=args.offload_features,
+        batch_size=args.rerank_batch,
+        pooling=args.pooling,
+        dsl=args.dsl,
+        paragraph=args.paragraph,
+    )
     attributes = None
     if args.labels:
         from smaug.eval.attributes import attribute_report, frozen_frames, load_clip_labels
 
         loader, _, _ = build_loader(args, dcfg, tokenizer, rank, world)
-        ctl = evaluate(model, loader, tokenizer, device, k=args.k, max_text_len=dcfg.max_text_len,
-                       max_samples=args.max_samples, offload=args.offload_features, batch_size=args.rerank_batch,
-                       pooling=args.pooling, paragraph=args.paragraph, video_transform=frozen_frames)
-        attributes = attribute_report(res["t2v_scores"], ctl["t2v_scores"], res["features"].txt2vid, res["keys"],
-                                      load_clip_labels(args.labels), str(Path(args.labels).resolve()))
+        ctl = evaluate(
+            model,
+            loader,
+            tokenizer,
+            device,
+            k=args.k,
+            max_text_len=dcfg.max_text_len,
+            max_samples=args.max_samples,
+            offload=args.offload_features,
+            batch_size=args.rerank_batch,
+            pooling=args.pooling,
+            paragraph=args.paragraph,
+            video_transform=frozen_frames,
+        )
+        attributes = attribute_report(
+            res["t2v_scores"],
+            ctl["t2v_scores"],
+            res["features"].txt2vid,
+            res["keys"],
+            load_clip_labels(args.labels),
+            str(Path(args.labels).resolve()),
+        )
     elapsed = time.perf_counter() - t0
-    report = retrieval_report(res, checkpoint=str(ref.path), checkpoint_kind=ref.kind, step=step, split=split,
-                              data=data_desc, frames=dcfg.num_frames, image_size=dcfg.image_size,
-                              decode_short_side=dcfg.short_side, precision=args.precision, device=device.type,
-                              world_size=world, skipped=loader.skip_counts())
+    report = retrieval_report(
+        res,
+        checkpoint=str(ref.path),
+        checkpoint_kind=ref.kind,
+        step=step,
+        split=split,
+        data=data_desc,
+        frames=dcfg.num_frames,
+        image_size=dcfg.image_size,
+        decode_short_side=dcfg.short_side,
+        precision=args.precision,
+        device=device.type,
+        world_size=world,
+        skipped=loader.skip_counts(),
+    )
     if attributes is not None:
         report["attributes"] = attributes
     return {**report, "seconds": round(elapsed, 2), "rank": rank}

@@ -10,6 +10,7 @@ size are consolidated with DeepSpeed's zero_to_fp32. The folder loads with
 installed, after `import smaug.hf`. `--vision-only` writes the video tower as a per-frame timm ViT
 state dict instead. See smaug/hf/export.py for the folder layout.
 """
+
 from __future__ import annotations
 
 import argparse

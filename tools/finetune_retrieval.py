@@ -21,6 +21,7 @@ Steps (each one resumable: rerunning the same command continues where it stopped
 
 --init: a DeepSpeed checkpoint (run dir, checkpoints/ dir or step dir) or an exported HF folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -89,8 +90,24 @@ def _run(cmd: list[str], what: str) -> None:
 
 def build_shards(json_path: str, video_root: str, out: Path, prefix: str, workers: int) -> str:
     """Shards of an MSRVTT-style JSON with tools/make_shards.py (resumes; finished shards are kept)."""
-    _run([sys.executable, str(REPO / "tools" / "make_shards.py"), "--json", json_path, "--video-root", video_root,
-          "--out", str(out), "--prefix", prefix, "--workers", str(workers), "--no-progress"], f"shards of {json_path}")
+    _run(
+        [
+            sys.executable,
+            str(REPO / "tools" / "make_shards.py"),
+            "--json",
+            json_path,
+            "--video-root",
+            video_root,
+            "--out",
+            str(out),
+            "--prefix",
+            prefix,
+            "--workers",
+            str(workers),
+            "--no-progress",
+        ],
+        f"shards of {json_path}",
+    )
     return str(out.resolve())
 
 
@@ -116,9 +133,22 @@ def init_config(init: str, tokenizer, out: Path) -> tuple[Path, str]:
 
 
 def evaluate(checkpoint: str, eval_shards: str, out_json: Path, args, tokenizer: str) -> dict:
-    cmd = [*_launcher(args.nproc), str(REPO / "tools" / "eval_retrieval.py"), "--checkpoint", checkpoint,
-           "--shards", eval_shards, "--k", str(args.k), "--out", str(out_json), "--tokenizer", tokenizer,
-           "--split", Path(args.eval_json).stem if args.eval_json else eval_shards]
+    cmd = [
+        *_launcher(args.nproc),
+        str(REPO / "tools" / "eval_retrieval.py"),
+        "--checkpoint",
+        checkpoint,
+        "--shards",
+        eval_shards,
+        "--k",
+        str(args.k),
+        "--out",
+        str(out_json),
+        "--tokenizer",
+        tokenizer,
+        "--split",
+        Path(args.eval_json).stem if args.eval_json else eval_shards,
+    ]
     if args.frames:
         cmd += ["--frames", str(args.frames)]
     _run(cmd, f"retrieval eval of {checkpoint}")
@@ -142,22 +172,43 @@ def main(argv=None) -> int:
     except CheckpointError as e:
         print(f"finetune_retrieval: {e}", file=sys.stderr)
         return 2
-    train = args.train_shards or build_shards(args.train_json, args.video_root, out / "shards" / "train",
-                                              "train", args.shard_workers)
-    evals = args.eval_shards or build_shards(args.eval_json, args.eval_video_root or args.video_root,
-                                             out / "shards" / "eval", "eval", args.shard_workers)
+    train = args.train_shards or build_shards(
+        args.train_json, args.video_root, out / "shards" / "train", "train", args.shard_workers
+    )
+    evals = args.eval_shards or build_shards(
+        args.eval_json, args.eval_video_root or args.video_root, out / "shards" / "eval", "eval", args.shard_workers
+    )
     zs = None
     if not args.skip_zero_shot:
         zs_path = out / "zero_shot.json"
-        zs = json.loads(zs_path.read_text()) if zs_path.is_file() else evaluate(args.init, evals, zs_path, args, tokenizer)
+        zs = (
+            json.loads(zs_path.read_text())
+            if zs_path.is_file()
+            else evaluate(args.init, evals, zs_path, args, tokenizer)
+        )
     configs = [str(base_cfg), str(FINETUNE_CONFIG), *args.config]
-    train_cmd = [*_launcher(args.nproc), "-m", "smaug.train", *[a for c in configs for a in ("--config", c)],
-                 "--out", str(out), f"model.init_from={Path(args.init).resolve()}",
-                 f"data.train_shards={train}", f"data.eval_shards={evals}", *args.overrides]
+    train_cmd = [
+        *_launcher(args.nproc),
+        "-m",
+        "smaug.train",
+        *[a for c in configs for a in ("--config", c)],
+        "--out",
+        str(out),
+        f"model.init_from={Path(args.init).resolve()}",
+        f"data.train_shards={train}",
+        f"data.eval_shards={evals}",
+        *args.overrides,
+    ]
     _run(train_cmd, "fine-tuning")
     ft = evaluate(str(out), evals, out / "finetuned.json", args, tokenizer)
-    summary = {"init": str(args.init), "out": str(out), "zero_shot_r1": _r1(zs) if zs else None,
-               "finetuned_r1": _r1(ft), "zero_shot": zs, "finetuned": ft}
+    summary = {
+        "init": str(args.init),
+        "out": str(out),
+        "zero_shot_r1": _r1(zs) if zs else None,
+        "finetuned_r1": _r1(ft),
+        "zero_shot": zs,
+        "finetuned": ft,
+    }
     (out / "finetune_report.json").write_text(json.dumps(summary, indent=2) + "\n")
     for name, rep in (("zero-shot", zs), ("fine-tuned", ft)):
         if rep:

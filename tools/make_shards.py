@@ -24,6 +24,7 @@ Example:
   python tools/make_shards.py --webvid-csv results_2M_train.csv --video-root videos \\
       --out shards/webvid2m --prefix webvid2m --workers 16
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,8 +67,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resize-short-side", type=int, default=0, help="re-encode with this short side (0: keep)")
     p.add_argument("--fps", type=float, default=0.0, help="re-encode at this frame rate (0: keep; never raised)")
     p.add_argument("--frames", type=int, default=0, help="store K JPEG frames per video instead of the video")
-    p.add_argument("--row-timeout", type=float, default=600.0,
-                   help="seconds without progress before a shard is rebuilt with isolated rows (default 600)")
+    p.add_argument(
+        "--row-timeout",
+        type=float,
+        default=600.0,
+        help="seconds without progress before a shard is rebuilt with isolated rows (default 600)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if args.image_list and not args.image_root:
@@ -134,8 +139,9 @@ def build_all(jobs, workers: int, row_timeout: float, bar) -> tuple[list[dict], 
                     continue
             counter = ctx.Value("q", 0)
             gc.freeze()  # the child shares this process's objects without copy-on-write from gc
-            proc = ctx.Process(target=_shard_process, args=(job, counter, os.getpid(), isolate, row_timeout),
-                               name=f"shard-{job.index}")
+            proc = ctx.Process(
+                target=_shard_process, args=(job, counter, os.getpid(), isolate, row_timeout), name=f"shard-{job.index}"
+            )
             proc.start()
             running[proc] = [job, isolate, counter, 0, time.time()]
         time.sleep(POLL_S if running else 0)
@@ -145,8 +151,12 @@ def build_all(jobs, workers: int, row_timeout: float, bar) -> tuple[list[dict], 
                 if now != last:
                     running[proc][3:] = [now, time.time()]
                 elif not isolate and time.time() - since > row_timeout:
-                    LOG.warning("shard %s: no progress for %.0fs (decoder hang?); rebuilding it row by row in "
-                                "isolated processes", job.name, row_timeout)
+                    LOG.warning(
+                        "shard %s: no progress for %.0fs (decoder hang?); rebuilding it row by row in "
+                        "isolated processes",
+                        job.name,
+                        row_timeout,
+                    )
                     proc.kill()
                     proc.join()
                     del running[proc]
@@ -161,8 +171,12 @@ def build_all(jobs, workers: int, row_timeout: float, bar) -> tuple[list[dict], 
                 built_rows += len(job.rows)
                 finished_rows += len(job.rows)
             elif not isolate:
-                LOG.warning("shard %s: its process died (exit code %s, a decoder crash?); rebuilding it row by "
-                            "row in isolated processes", job.name, proc.exitcode)
+                LOG.warning(
+                    "shard %s: its process died (exit code %s, a decoder crash?); rebuilding it row by "
+                    "row in isolated processes",
+                    job.name,
+                    proc.exitcode,
+                )
                 retry.append((job, True))
             else:
                 raise RuntimeError(f"shard {job.name}: failed even with isolated rows (exit code {proc.exitcode})")
@@ -225,12 +239,18 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     lock = lock_output(out)  # noqa: F841 - the lock is held while this name lives, until the process exits
     remove_stale_temps(out)
     prefix = args.prefix or out.resolve().name
-    options = {"frames": args.frames, "short_side": args.resize_short_side,
-               "fps": 0.0 if args.frames else float(args.fps)}
+    options = {
+        "frames": args.frames,
+        "short_side": args.resize_short_side,
+        "fps": 0.0 if args.frames else float(args.fps),
+    }
     kind = "image" if kind_in == "images" else ("frames" if args.frames else "video")
     total = count_records(kind_in, listing)
-    print(f"[make_shards] {listing}: {total if total is not None else '?'} rows -> {out} "
-          f"({args.samples_per_shard} per shard, {args.workers} workers)", file=sys.stderr)
+    print(
+        f"[make_shards] {listing}: {total if total is not None else '?'} rows -> {out} "
+        f"({args.samples_per_shard} per shard, {args.workers} workers)",
+        file=sys.stderr,
+    )
     jobs = plan_jobs(itertools.chain([first], rows), str(out), prefix, args.samples_per_shard, root, options)
     t0 = time.time()
     bar = _progress(total, args.no_progress)
@@ -243,14 +263,20 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     n_rows = manifest["num_rows"]
     rate = built_rows / elapsed if elapsed > 0 else 0.0
     skipped = {k: v for k, v in summary["skipped"].items() if v}
-    print(f"[make_shards] done: {manifest['num_samples']} of {n_rows} rows in {len(stats)} shards "
-          f"({reused} already done, {built} built), {sum(skipped.values())} skipped"
-          f"{' ' + str(skipped) if skipped else ''}; built {built_rows} rows in {elapsed:.1f}s ({rate:.1f} videos/s); "
-          f"total duration {manifest['total_duration'] / 3600:.2f} h", file=sys.stderr)
+    print(
+        f"[make_shards] done: {manifest['num_samples']} of {n_rows} rows in {len(stats)} shards "
+        f"({reused} already done, {built} built), {sum(skipped.values())} skipped"
+        f"{' ' + str(skipped) if skipped else ''}; built {built_rows} rows in {elapsed:.1f}s ({rate:.1f} videos/s); "
+        f"total duration {manifest['total_duration'] / 3600:.2f} h",
+        file=sys.stderr,
+    )
     if manifest["num_samples"] == 0:
         (out / "manifest.json").unlink(missing_ok=True)
-        print(f"error: every one of the {n_rows} rows failed ({skipped}); nothing usable in {listing} "
-              f"with root {root}. See {out / 'summary.json'}.", file=sys.stderr)
+        print(
+            f"error: every one of the {n_rows} rows failed ({skipped}); nothing usable in {listing} "
+            f"with root {root}. See {out / 'summary.json'}.",
+            file=sys.stderr,
+        )
         return 2
     write_json_atomic(out / "manifest.json", manifest)
     return 0

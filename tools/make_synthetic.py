@@ -25,6 +25,7 @@ training. Within the held-out split, clips of one (colour, shape) differ only in
 model blind to time cannot exceed 25% on the held-out motions (`HELD_OUT_PAIRS`). Output bytes are a function of --seed and
 --num-videos (x264 runs single-threaded; parallelism is across clips).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,13 @@ if importlib.util.find_spec("smaug") is None:  # running from a checkout without
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from smaug.data.transcode import encode_h264
 
-COLOURS = {"red": (230, 40, 40), "green": (40, 200, 70), "blue": (50, 100, 240),
-           "yellow": (240, 220, 40), "white": (235, 235, 235)}
+COLOURS = {
+    "red": (230, 40, 40),
+    "green": (40, 200, 70),
+    "blue": (50, 100, 240),
+    "yellow": (240, 220, 40),
+    "white": (235, 235, 235),
+}
 SHAPES = ("circle", "square", "triangle")
 MOTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 SIZES = ((160, 120), (320, 240), (480, 270))
@@ -113,11 +119,21 @@ def plan_clip(rng: np.random.Generator, videoid: int, split: str, combos: list) 
         # two shapes: one per half across the motion axis so they never overlap
         a_lo, a_hi = (r, across - r) if nobj == 1 else ((r, across / 2) if k == 0 else (across / 2, across - r))
         cross = float(rng.uniform(a_lo, a_hi))
-        objs.append({"colour": c, "shape": s, "motion": m, "radius": r, "centre": centre,
-                     "cross": cross, "travel": travel})
+        objs.append(
+            {"colour": c, "shape": s, "motion": m, "radius": r, "centre": centre, "cross": cross, "travel": travel}
+        )
     bg = tuple(int(x) for x in rng.integers(15, 60, size=3))
-    return {"videoid": videoid, "split": split, "width": w, "height": h, "fps": fps, "frames": n,
-            "background": bg, "objects": objs, "caption": caption(rng, objs)}
+    return {
+        "videoid": videoid,
+        "split": split,
+        "width": w,
+        "height": h,
+        "fps": fps,
+        "frames": n,
+        "background": bg,
+        "objects": objs,
+        "caption": caption(rng, objs),
+    }
 
 
 def draw(frame: np.ndarray, shape: str, cx: float, cy: float, r: float, rgb) -> None:
@@ -186,9 +202,11 @@ def build(out: Path, num_videos: int, seed: int, eval_fraction: float, num_image
         spec = plan_clip(rng, int(ids[num_videos + i]), "image", train_c)  # held-out pairs stay unseen
         o = spec["objects"][0]
         art = ARTICLES[int(rng.integers(2))]
-        spec["caption"] = (f"{art} {o['colour']} {o['shape']}" if len(spec["objects"]) == 1 else
-                           f"{art} {o['colour']} {o['shape']} and a {spec['objects'][1]['colour']} "
-                           f"{spec['objects'][1]['shape']}") + (" on a dark background" if rng.random() < 0.5 else "")
+        spec["caption"] = (
+            f"{art} {o['colour']} {o['shape']}"
+            if len(spec["objects"]) == 1
+            else f"{art} {o['colour']} {o['shape']} and a {spec['objects'][1]['colour']} {spec['objects'][1]['shape']}"
+        ) + (" on a dark background" if rng.random() < 0.5 else "")
         images.append(spec)
     for k, c in enumerate(clips[:n_train]):
         c["page_idx"] = k // PER_PAGE
@@ -215,9 +233,16 @@ def build(out: Path, num_videos: int, seed: int, eval_fraction: float, num_image
         wr = csv.writer(f)
         wr.writerow(WEBVID_HEADER)
         for c in clips[:n_train]:
-            wr.writerow([c["videoid"], c["caption"], c["page_idx"], c["page_dir"],
-                         iso_duration(c["frames"] / c["fps"]),
-                         f"https://example.invalid/synthetic/{c['videoid']}.mp4"])
+            wr.writerow(
+                [
+                    c["videoid"],
+                    c["caption"],
+                    c["page_idx"],
+                    c["page_dir"],
+                    iso_duration(c["frames"] / c["fps"]),
+                    f"https://example.invalid/synthetic/{c['videoid']}.mp4",
+                ]
+            )
     evals = [{"video": c["relpath"], "caption": c["captions"]} for c in clips[n_train:]]
     (out / "eval.json").write_text(json.dumps(evals, indent=1) + "\n", encoding="utf-8")
     with open(out / "images.tsv", "w", encoding="utf-8", newline="\n") as f:
@@ -229,9 +254,14 @@ def build(out: Path, num_videos: int, seed: int, eval_fraction: float, num_image
         objs = [{k: o[k] for k in ("colour", "shape", "motion")} for o in c["objects"]]
         return dict({k: c[k] for k in keep}, objects=objs)
 
-    labels = {"seed": seed, "num_videos": num_videos,
-              "held_out_combos": [list(x) for x in eval_c], "train_combos": [list(x) for x in train_c],
-              "clips": [label(c) for c in clips], "images": [label(c) for c in images]}
+    labels = {
+        "seed": seed,
+        "num_videos": num_videos,
+        "held_out_combos": [list(x) for x in eval_c],
+        "train_combos": [list(x) for x in train_c],
+        "clips": [label(c) for c in clips],
+        "images": [label(c) for c in images],
+    }
     (out / "labels.json").write_text(json.dumps(labels, indent=1) + "\n", encoding="utf-8")
     return {"train": n_train, "eval": n_eval, "images": num_images}
 
@@ -252,8 +282,11 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     counts = build(out, args.num_videos, args.seed, args.eval_fraction, n_img, max(1, args.workers))
-    print(f"[make_synthetic] {counts['train']} train + {counts['eval']} eval clips, {counts['images']} images "
-          f"in {out} ({time.time() - t0:.1f}s, {args.workers} workers)", file=sys.stderr)
+    print(
+        f"[make_synthetic] {counts['train']} train + {counts['eval']} eval clips, {counts['images']} images "
+        f"in {out} ({time.time() - t0:.1f}s, {args.workers} workers)",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -17,6 +17,7 @@ by the middle one: any single frame has the same position distribution for oppos
 what stays above chance on motion without time is not motion. A model that uses time is well above
 its control on motion.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,7 +47,7 @@ def load_clip_labels(labels_json: str | Path) -> dict[str, dict]:
 def frozen_frames(video: torch.Tensor) -> torch.Tensor:
     """video: [B, T, 3, H, W] -> every frame replaced by the middle one (frame T // 2)."""
     T = video.shape[1]
-    return video[:, T // 2:T // 2 + 1].expand_as(video).contiguous()
+    return video[:, T // 2 : T // 2 + 1].expand_as(video).contiguous()
 
 
 @torch.no_grad()
@@ -83,18 +84,24 @@ def r1_ceiling(txt2vid: torch.Tensor, keys: list[str], labels: dict[str, dict]) 
     return 100.0 * sum(1.0 / count[combo[v]] for v in txt2vid.tolist()) / max(len(txt2vid), 1)
 
 
-def attribute_report(rankings: dict, control: dict, txt2vid: torch.Tensor, keys: list[str], labels: dict,
-                     source: str) -> dict:
+def attribute_report(
+    rankings: dict, control: dict, txt2vid: torch.Tensor, keys: list[str], labels: dict, source: str
+) -> dict:
     """The `attributes` block of a retrieval report. rankings / control: {name: [Nt, Nv] t2v scores}, of the
     model and of its frozen-frame control (the same checkpoint, every frame the middle one)."""
     model = {name: attribute_accuracy(s, txt2vid, keys, labels) for name, s in rankings.items()}
-    return {"labels": source, "num_queries": len(txt2vid), "r1_ceiling": r1_ceiling(txt2vid, keys, labels),
-            "rule": "top-1 video of each text query vs the query clip's labels; ties in expectation; chance = a "
-                    "uniformly drawn video; control = every frame replaced by the middle one",
-            "chance": {a: v["chance"] for a, v in model["vtc"].items() if isinstance(v, dict)},
-            "rankings": {name: _accs(res) for name, res in model.items()},
-            "frozen_frame_control": {name: _accs(attribute_accuracy(s, txt2vid, keys, labels))
-                                     for name, s in control.items()}}
+    return {
+        "labels": source,
+        "num_queries": len(txt2vid),
+        "r1_ceiling": r1_ceiling(txt2vid, keys, labels),
+        "rule": "top-1 video of each text query vs the query clip's labels; ties in expectation; chance = a "
+        "uniformly drawn video; control = every frame replaced by the middle one",
+        "chance": {a: v["chance"] for a, v in model["vtc"].items() if isinstance(v, dict)},
+        "rankings": {name: _accs(res) for name, res in model.items()},
+        "frozen_frame_control": {
+            name: _accs(attribute_accuracy(s, txt2vid, keys, labels)) for name, s in control.items()
+        },
+    }
 
 
 def _accs(res: dict) -> dict:
@@ -104,8 +111,10 @@ def _accs(res: dict) -> dict:
 def format_attributes(block: dict) -> list[str]:
     """Readable lines: accuracy per ranking, its frozen-frame control and chance, per attribute."""
     names = (*ATTRIBUTES, "combination")
-    lines = [f"attributes (t2v top-1, %; {block['num_queries']} queries; R@1 ceiling {block['r1_ceiling']:.1f})",
-             f"{'ranking':<22}" + "".join(f"{n:>13}" for n in names)]
+    lines = [
+        f"attributes (t2v top-1, %; {block['num_queries']} queries; R@1 ceiling {block['r1_ceiling']:.1f})",
+        f"{'ranking':<22}" + "".join(f"{n:>13}" for n in names),
+    ]
     for name, accs in block["rankings"].items():
         lines.append(f"{name:<22}" + "".join(f"{accs[n]:>13.1f}" for n in names))
         ctl = block["frozen_frame_control"].get(name)

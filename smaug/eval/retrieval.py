@@ -34,6 +34,7 @@ Works on one process or many:
   middle values for an even count) + 1, as CLIP4Clip and ALBEF/Singularity report it; without
   ties all metrics equal ALBEF/Singularity's `itm_eval`.
 """
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -80,9 +81,20 @@ def _batch_captions(batch, paragraph: bool = False) -> list[list[str]]:
 
 
 @torch.no_grad()
-def extract_features(model, loader, tokenizer, device, max_samples: int = 0, max_text_len: int = 32,
-                     autocast_dtype=None, keep_tokens: bool = False, offload: str = "none", frames: bool = False,
-                     paragraph: bool = False, video_transform=None) -> Features:
+def extract_features(
+    model,
+    loader,
+    tokenizer,
+    device,
+    max_samples: int = 0,
+    max_text_len: int = 32,
+    autocast_dtype=None,
+    keep_tokens: bool = False,
+    offload: str = "none",
+    frames: bool = False,
+    paragraph: bool = False,
+    video_transform=None,
+) -> Features:
     """Run the encoders over `loader` (this rank's share); gather all ranks' results on every rank.
 
     `keep_tokens`: keep the video tokens and text states for VTM reranking; video tokens on
@@ -131,8 +143,14 @@ def extract_features(model, loader, tokenizer, device, max_samples: int = 0, max
         if max_samples and len(keys) >= max_samples:
             break
     model.train(was_training)
-    local = Features(keys, _cat(vfeats), _cat(tfeats), torch.tensor(t2v, dtype=torch.long), caps,
-                     video_frames=_cat(vframes) if frames else None)
+    local = Features(
+        keys,
+        _cat(vfeats),
+        _cat(tfeats),
+        torch.tensor(t2v, dtype=torch.long),
+        caps,
+        video_frames=_cat(vframes) if frames else None,
+    )
     if not keep_tokens:
         return gather_features(local)
     out = gather_features(local, hiddens)
@@ -163,8 +181,14 @@ def gather_features(local: Features, hiddens: Optional[list] = None) -> Features
     for p, hs in parts:
         for i, k in enumerate(p.keys):
             sel = (p.txt2vid == i).nonzero().flatten().tolist()
-            rows.append((k, p.video[i], None if p.video_frames is None else p.video_frames[i],
-                         [(p.text[j], p.captions[j] if p.captions else "", hs[j] if hs else None) for j in sel]))
+            rows.append(
+                (
+                    k,
+                    p.video[i],
+                    None if p.video_frames is None else p.video_frames[i],
+                    [(p.text[j], p.captions[j] if p.captions else "", hs[j] if hs else None) for j in sel],
+                )
+            )
     rows.sort(key=lambda r: r[0])
     seen, keys, vids, vframes, texts, t2v, caps, hid = set(), [], [], [], [], [], [], []
     by_caption: dict[str, tuple] = {}
@@ -182,9 +206,14 @@ def gather_features(local: Features, hiddens: Optional[list] = None) -> Features
             t2v.append(len(keys) - 1)
             caps.append(c)
             hid.append(h)
-    out = Features(keys, torch.stack(vids) if vids else torch.zeros(0, 0),
-                   torch.stack(texts) if texts else torch.zeros(0, 0), torch.tensor(t2v, dtype=torch.long), caps,
-                   video_frames=torch.stack(vframes) if vframes and local.video_frames is not None else None)
+    out = Features(
+        keys,
+        torch.stack(vids) if vids else torch.zeros(0, 0),
+        torch.stack(texts) if texts else torch.zeros(0, 0),
+        torch.tensor(t2v, dtype=torch.long),
+        caps,
+        video_frames=torch.stack(vframes) if vframes and local.video_frames is not None else None,
+    )
     if hiddens is not None and hid:
         L = max(h.shape[0] for h in hid)
         out.text_hidden = torch.stack([F.pad(h, (0, 0, 0, L - h.shape[0])) for h in hid])
@@ -275,8 +304,10 @@ def retrieval_metrics(sim: torch.Tensor, txt2vid: torch.Tensor, sim_v2t: Optiona
     sim: [Nt, Nv] scores that rank the videos of each text; sim_v2t: [Nt, Nv] scores that rank the
     texts of each video (default: sim)."""
     nt, nv = sim.shape
-    out = {**rank_metrics(ranks_t2v(sim, txt2vid), "t2v"),
-           **rank_metrics(ranks_v2t(sim if sim_v2t is None else sim_v2t, txt2vid), "v2t")}
+    out = {
+        **rank_metrics(ranks_t2v(sim, txt2vid), "t2v"),
+        **rank_metrics(ranks_v2t(sim if sim_v2t is None else sim_v2t, txt2vid), "v2t"),
+    }
     out.update(num_videos=nv, num_texts=nt, **chance_levels(txt2vid, nv))
     return out
 
@@ -342,8 +373,9 @@ def vtm_pair_accuracy(pairs: torch.Tensor, logits: torch.Tensor, txt2vid: torch.
 
 
 @torch.no_grad()
-def vtm_pair_scores(model, feats: Features, pairs: torch.Tensor, device, batch_size: int = 64,
-                    autocast_dtype=None) -> dict[tuple[int, int], float]:
+def vtm_pair_scores(
+    model, feats: Features, pairs: torch.Tensor, device, batch_size: int = 64, autocast_dtype=None
+) -> dict[tuple[int, int], float]:
     """VTM logits of the (text, video) `pairs` [P, 2]; gathered from all ranks.
 
     Each rank scores the pairs whose video it holds. Texts with the same caption are scored once
@@ -362,16 +394,19 @@ def vtm_pair_scores(model, feats: Features, pairs: torch.Tensor, device, batch_s
     ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     local: dict[tuple[int, int], float] = {}
     for s in range(0, len(todo), batch_size):
-        chunk = todo[s:s + batch_size]
+        chunk = todo[s : s + batch_size]
         t = torch.tensor([c[0] for c in chunk], dtype=torch.long)
         r = torch.tensor([feats.local_rows[feats.keys[c[1]]] for c in chunk], dtype=torch.long)
         am = feats.text_mask[t]
         L = int(am.sum(1).max())  # trim the batch to its longest text
         with ctx:
-            logits = model.vtm_logits(feats.frame_tokens[r.to(feats.frame_tokens.device)].to(device),
-                                      feats.frame_feat[r.to(feats.frame_feat.device)].to(device),
-                                      feats.text_hidden[t, :L].to(device),
-                                      feats.text[t].to(device, feats.frame_feat.dtype), am[:, :L].to(device))
+            logits = model.vtm_logits(
+                feats.frame_tokens[r.to(feats.frame_tokens.device)].to(device),
+                feats.frame_feat[r.to(feats.frame_feat.device)].to(device),
+                feats.text_hidden[t, :L].to(device),
+                feats.text[t].to(device, feats.frame_feat.dtype),
+                am[:, :L].to(device),
+            )
         for c, x in zip(chunk, logits.float().cpu().tolist()):
             for pair in want[c]:
                 local[pair] = x
@@ -382,9 +417,22 @@ def vtm_pair_scores(model, feats: Features, pairs: torch.Tensor, device, batch_s
     return out
 
 
-def evaluate(model, loader, tokenizer, device, k: int = 128, max_text_len: int = 32, max_samples: int = 0,
-             autocast_dtype=None, offload: str = "none", batch_size: int = 64, pooling: str = "embed",
-             dsl: bool = False, paragraph: bool = False, video_transform=None) -> dict:
+def evaluate(
+    model,
+    loader,
+    tokenizer,
+    device,
+    k: int = 128,
+    max_text_len: int = 32,
+    max_samples: int = 0,
+    autocast_dtype=None,
+    offload: str = "none",
+    batch_size: int = 64,
+    pooling: str = "embed",
+    dsl: bool = False,
+    paragraph: bool = False,
+    video_transform=None,
+) -> dict:
     """Full protocol: VTC for all pairs, then the `vtm` and `combined` rankings of the top `k` (k = 0: VTC only).
 
     `pooling`: see POOLINGS; `dsl`: add dual-softmax VTC results (`vtc_dsl`); `paragraph`: one query
@@ -398,17 +446,38 @@ def evaluate(model, loader, tokenizer, device, k: int = 128, max_text_len: int =
     """
     if pooling not in POOLINGS:
         raise ValueError(f"pooling {pooling!r}: expected one of {sorted(POOLINGS)}")
-    feats = extract_features(model, loader, tokenizer, device, max_samples, max_text_len, autocast_dtype,
-                             keep_tokens=k > 0, offload=offload, frames=pooling == "frame_sim", paragraph=paragraph,
-                             video_transform=video_transform)
+    feats = extract_features(
+        model,
+        loader,
+        tokenizer,
+        device,
+        max_samples,
+        max_text_len,
+        autocast_dtype,
+        keep_tokens=k > 0,
+        offload=offload,
+        frames=pooling == "frame_sim",
+        paragraph=paragraph,
+        video_transform=video_transform,
+    )
     if len(feats.keys) == 0:
         raise RuntimeError("retrieval eval: the eval loader produced no samples")
     sim = similarity(feats, pooling)  # [Nt, Nv]
     options = dict(k=k, pooling=pooling, dsl=dsl, paragraph=paragraph, max_text_len=max_text_len, vtc_temp=None)
-    out = {"vtc": retrieval_metrics(sim, feats.txt2vid), "vtm": None, "combined": None,
-           "vtc_dsl": retrieval_metrics(dual_softmax(sim, 0), feats.txt2vid, dual_softmax(sim, 1)) if dsl else None,
-           "vtm_acc": None, "vtm_pos_frac": None, "num_pairs_scored": 0, "keys": feats.keys, "options": options,
-           "sim": sim, "features": feats, "t2v_scores": {"vtc": sim}}
+    out = {
+        "vtc": retrieval_metrics(sim, feats.txt2vid),
+        "vtm": None,
+        "combined": None,
+        "vtc_dsl": retrieval_metrics(dual_softmax(sim, 0), feats.txt2vid, dual_softmax(sim, 1)) if dsl else None,
+        "vtm_acc": None,
+        "vtm_pos_frac": None,
+        "num_pairs_scored": 0,
+        "keys": feats.keys,
+        "options": options,
+        "sim": sim,
+        "features": feats,
+        "t2v_scores": {"vtc": sim},
+    }
     if k <= 0:
         return out
     top_t2v, top_v2t = candidate_pairs(sim, k)  # [Nt, kt], [Nv, kv]
@@ -423,13 +492,15 @@ def evaluate(model, loader, tokenizer, device, k: int = 128, max_text_len: int =
     s_t2v = torch.tensor([[scores[(t, v)] for v in row] for t, row in enumerate(top_t2v.tolist())])  # [Nt, kt]
     s_v2t = torch.tensor([[scores[(t, v)] for t in row] for v, row in enumerate(top_v2t.tolist())])  # [Nv, kv]
     temp = float(model.temp.detach())
-    for name, st, sv in (("vtm", s_t2v, s_v2t),
-                         ("combined", combined_scores(sim, top_t2v, s_t2v, temp),
-                          combined_scores(sim.t(), top_v2t, s_v2t, temp))):
+    for name, st, sv in (
+        ("vtm", s_t2v, s_v2t),
+        ("combined", combined_scores(sim, top_t2v, s_t2v, temp), combined_scores(sim.t(), top_v2t, s_v2t, temp)),
+    ):
         out["t2v_scores"][name] = rerank_scores(sim, top_t2v, st)
         out[name] = retrieval_metrics(out["t2v_scores"][name], feats.txt2vid, rerank_scores(sim.t(), top_v2t, sv).t())
     out["vtm_acc"], out["vtm_pos_frac"] = vtm_pair_accuracy(
-        pairs, torch.tensor([scores[p] for p in map(tuple, pairs.tolist())]), feats.txt2vid)
+        pairs, torch.tensor([scores[p] for p in map(tuple, pairs.tolist())]), feats.txt2vid
+    )
     out["num_pairs_scored"] = len(pairs)
     options["vtc_temp"] = temp
     return out
@@ -439,9 +510,22 @@ def evaluate(model, loader, tokenizer, device, k: int = 128, max_text_len: int =
 _PER_SET = ("num_videos", "num_texts", *(f"{d}r{k}" for d in ("chance_", "v2t_chance_") for k in RECALL_AT))
 
 
-def retrieval_report(res: dict, *, split: str, data: dict, frames: int, image_size: int, decode_short_side,
-                     precision: str, device: str, world_size: int, skipped: dict, step=None,
-                     checkpoint=None, checkpoint_kind=None) -> dict:
+def retrieval_report(
+    res: dict,
+    *,
+    split: str,
+    data: dict,
+    frames: int,
+    image_size: int,
+    decode_short_side,
+    precision: str,
+    device: str,
+    world_size: int,
+    skipped: dict,
+    step=None,
+    checkpoint=None,
+    checkpoint_kind=None,
+) -> dict:
     """The report of an `evaluate` result: {"protocol": how the numbers were made, "results": {ranking:
     metrics or None, "vtm_acc", "vtm_pos_frac"}, "warnings": `report_warnings`}. One schema for
     `tools/eval_retrieval.py --out` and the trainer's eval.json. Per-set counts and chance levels live
@@ -449,27 +533,53 @@ def retrieval_report(res: dict, *, split: str, data: dict, frames: int, image_si
     opt, vtc = res["options"], res["vtc"]
     k = opt["k"]
     protocol = {
-        "checkpoint": checkpoint, "checkpoint_kind": checkpoint_kind, "step": step, "split": split, **data,
-        "frames": frames, "image_size": image_size, "decode_short_side": decode_short_side,
-        "frame_sampling": "segment centres", "crop": "short-side resize + centre crop",
-        "queries": ("paragraph: one per clip, its captions joined by spaces in order" if opt["paragraph"]
-                    else "one per caption; video->text counts the best-ranked caption"),
-        "max_text_len": opt["max_text_len"], "pooling": opt["pooling"], "similarity": POOLINGS[opt["pooling"]],
+        "checkpoint": checkpoint,
+        "checkpoint_kind": checkpoint_kind,
+        "step": step,
+        "split": split,
+        **data,
+        "frames": frames,
+        "image_size": image_size,
+        "decode_short_side": decode_short_side,
+        "frame_sampling": "segment centres",
+        "crop": "short-side resize + centre crop",
+        "queries": (
+            "paragraph: one per clip, its captions joined by spaces in order"
+            if opt["paragraph"]
+            else "one per caption; video->text counts the best-ranked caption"
+        ),
+        "max_text_len": opt["max_text_len"],
+        "pooling": opt["pooling"],
+        "similarity": POOLINGS[opt["pooling"]],
         "ties": "expected rank under a uniform random order of equal scores (R@K and ranks are expectations)",
         "median_rank": "np.median of the per-query ranks (mean of the two middle values for an even count) + 1",
         "k": k,
         "rerank": ("vtm: the VTC top-k of each query by VTM logit, then the rest in VTC order" if k else "none"),
-        "combine": ("combined: the VTC top-k of each query by log softmax(sim / vtc_temp) over all videos (t2v) "
-                    "or texts (v2t) + log sigmoid(VTM logit), then the rest in VTC order" if k else "none"),
+        "combine": (
+            "combined: the VTC top-k of each query by log softmax(sim / vtc_temp) over all videos (t2v) "
+            "or texts (v2t) + log sigmoid(VTM logit), then the rest in VTC order"
+            if k
+            else "none"
+        ),
         "vtc_temp": opt["vtc_temp"],
-        "dsl": (f"vtc_dsl: sim * softmax({DSL_SCALE:g} * sim) over the texts of each video (t2v) / over the videos "
-                "of each text (v2t)" if opt["dsl"] else "none"),
+        "dsl": (
+            f"vtc_dsl: sim * softmax({DSL_SCALE:g} * sim) over the texts of each video (t2v) / over the videos "
+            "of each text (v2t)"
+            if opt["dsl"]
+            else "none"
+        ),
         **{key: vtc[key] for key in _PER_SET},
-        "precision": precision, "device": device, "world_size": world_size,
-        "num_pairs_reranked": res["num_pairs_scored"], "skipped": skipped,
+        "precision": precision,
+        "device": device,
+        "world_size": world_size,
+        "num_pairs_reranked": res["num_pairs_scored"],
+        "skipped": skipped,
     }
-    results = {name: ({key: v for key, v in res[name].items() if key not in _PER_SET} if res[name] else None)
-               for name in RANKINGS if name != "vtc_dsl" or opt["dsl"]}
+    results = {
+        name: ({key: v for key, v in res[name].items() if key not in _PER_SET} if res[name] else None)
+        for name in RANKINGS
+        if name != "vtc_dsl" or opt["dsl"]
+    }
     results.update(vtm_acc=res["vtm_acc"], vtm_pos_frac=res["vtm_pos_frac"])
     return {"protocol": protocol, "results": results, "warnings": report_warnings(results)}
 
@@ -487,12 +597,16 @@ def report_warnings(results: dict) -> list[str]:
     prior on the scored pairs, and a VTM-based ranking with a lower R@1 than VTC alone."""
     out = []
     if results.get("vtm_acc") is not None and results["vtm_acc"] <= 1 - results["vtm_pos_frac"]:
-        out.append(f"the VTM head is no better than its label prior: pair accuracy {results['vtm_acc']:.3f}, "
-                   f"always-'no' {1 - results['vtm_pos_frac']:.3f}")
+        out.append(
+            f"the VTM head is no better than its label prior: pair accuracy {results['vtm_acc']:.3f}, "
+            f"always-'no' {1 - results['vtm_pos_frac']:.3f}"
+        )
     for name in ("vtm", "combined"):
         for d in ("t2v", "v2t") if results.get(name) else ():
             if results[name][f"{d}_r1"] < results["vtc"][f"{d}_r1"]:
-                out.append(f"{name} {d} R@1 {results[name][f'{d}_r1']:.2f} is below VTC's {results['vtc'][f'{d}_r1']:.2f}")
+                out.append(
+                    f"{name} {d} R@1 {results[name][f'{d}_r1']:.2f} is below VTC's {results['vtc'][f'{d}_r1']:.2f}"
+                )
     return out
 
 

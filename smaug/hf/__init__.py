@@ -7,6 +7,7 @@
 `configuration_smaug.py` and `modeling_smaug.py` are the single source of the exported modeling
 code: `tools/export_hf.py` copies them into the folder and points `auto_map` at them.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,5 +23,12 @@ AUTO_MAP = {"AutoConfig": "configuration_smaug.SmaugHFConfig", "AutoModel": "mod
 AutoConfig.register(SmaugHFConfig.model_type, SmaugHFConfig, exist_ok=True)
 AutoModel.register(SmaugHFConfig, SmaugHFModel, exist_ok=True)
 
-__all__ = ["SmaugHFConfig", "SmaugHFModel", "SmaugRetrievalOutput", "SmaugTextConfig", "SmaugVisionConfig",
-           "CODE_FILES", "AUTO_MAP"]
+__all__ = [
+    "SmaugHFConfig",
+    "SmaugHFModel",
+    "SmaugRetrievalOutput",
+    "SmaugTextConfig",
+    "SmaugVisionConfig",
+    "CODE_FILES",
+    "AUTO_MAP",
+]

@@ -14,6 +14,7 @@ Layout of `config.json`:
   pretraining     the remaining training-only knobs (loss weights, masking, MAE decoder), kept
                   so the toolkit can rebuild the exact training configuration
 """
+
 from __future__ import annotations
 
 from transformers import PretrainedConfig
@@ -25,9 +26,23 @@ class SmaugVisionConfig(PretrainedConfig):
     model_type = "smaug_vision_model"
     base_config_key = "vision_config"
 
-    def __init__(self, image_size=224, patch_size=16, num_frames=4, hidden_size=768, num_hidden_layers=12,
-                 num_attention_heads=12, mlp_ratio=4.0, qkv_bias=True, layer_norm_eps=1e-6, sparsify_layers=(3, 6, 9),
-                 keep_ratio=0.7, sparsify_mode="fuse", drop_path_rate=0.0, **kwargs):
+    def __init__(
+        self,
+        image_size=224,
+        patch_size=16,
+        num_frames=4,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        layer_norm_eps=1e-6,
+        sparsify_layers=(3, 6, 9),
+        keep_ratio=0.7,
+        sparsify_mode="fuse",
+        drop_path_rate=0.0,
+        **kwargs,
+    ):
         self.image_size = int(image_size)
         self.patch_size = int(patch_size)
         self.num_frames = int(num_frames)
@@ -50,10 +65,24 @@ class SmaugTextConfig(PretrainedConfig):
     model_type = "smaug_text_model"
     base_config_key = "text_config"
 
-    def __init__(self, vocab_size=30522, hidden_size=768, num_hidden_layers=12, fusion_layer=9, num_attention_heads=12,
-                 intermediate_size=3072, hidden_dropout_prob=0.1, max_position_embeddings=512, type_vocab_size=2,
-                 layer_norm_eps=1e-12, pad_token_id=0, mask_token_id=103, cls_token_id=101, sep_token_id=102,
-                 **kwargs):
+    def __init__(
+        self,
+        vocab_size=30522,
+        hidden_size=768,
+        num_hidden_layers=12,
+        fusion_layer=9,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        hidden_dropout_prob=0.1,
+        max_position_embeddings=512,
+        type_vocab_size=2,
+        layer_norm_eps=1e-12,
+        pad_token_id=0,
+        mask_token_id=103,
+        cls_token_id=101,
+        sep_token_id=102,
+        **kwargs,
+    ):
         self.vocab_size = int(vocab_size)
         self.hidden_size = int(hidden_size)
         self.num_hidden_layers = int(num_hidden_layers)
@@ -87,8 +116,19 @@ class SmaugHFConfig(PretrainedConfig):
 
     model_type = "smaug"
 
-    def __init__(self, vision_config=None, text_config=None, projection_dim=256, temp_min=0.001, temp_max=0.5,
-                 select_frames=2, select_temp=0.1, preprocessing=None, pretraining=None, **kwargs):
+    def __init__(
+        self,
+        vision_config=None,
+        text_config=None,
+        projection_dim=256,
+        temp_min=0.001,
+        temp_max=0.5,
+        select_frames=2,
+        select_temp=0.1,
+        preprocessing=None,
+        pretraining=None,
+        **kwargs,
+    ):
         if isinstance(vision_config, SmaugVisionConfig):
             vision_config = vision_config.to_dict()
         if isinstance(text_config, SmaugTextConfig):

@@ -6,6 +6,7 @@
 - `timm_vit_state_dict`: the video tower as a timm `VisionTransformer` state dict (per-frame,
   `--vision-only` export), and `timm_vit_kwargs` for `timm.create_model`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,22 +22,42 @@ if TYPE_CHECKING:  # smaug.models imports timm; the export's own code must not n
 
 # SmaugConfig field -> SmaugVisionConfig attribute
 VISION_FIELDS = {
-    "image_size": "image_size", "patch_size": "patch_size", "num_frames": "num_frames",
-    "vision_width": "hidden_size", "vision_depth": "num_hidden_layers", "vision_heads": "num_attention_heads",
-    "vision_mlp_ratio": "mlp_ratio", "vision_qkv_bias": "qkv_bias", "sparsify_layers": "sparsify_layers",
-    "keep_ratio": "keep_ratio", "sparsify_mode": "sparsify_mode", "drop_path_rate": "drop_path_rate",
+    "image_size": "image_size",
+    "patch_size": "patch_size",
+    "num_frames": "num_frames",
+    "vision_width": "hidden_size",
+    "vision_depth": "num_hidden_layers",
+    "vision_heads": "num_attention_heads",
+    "vision_mlp_ratio": "mlp_ratio",
+    "vision_qkv_bias": "qkv_bias",
+    "sparsify_layers": "sparsify_layers",
+    "keep_ratio": "keep_ratio",
+    "sparsify_mode": "sparsify_mode",
+    "drop_path_rate": "drop_path_rate",
 }
 # SmaugConfig field -> SmaugTextConfig attribute
 TEXT_FIELDS = {
-    "vocab_size": "vocab_size", "text_width": "hidden_size", "text_layers": "num_hidden_layers",
-    "fusion_layer": "fusion_layer", "text_heads": "num_attention_heads", "text_intermediate": "intermediate_size",
-    "text_dropout": "hidden_dropout_prob", "text_max_positions": "max_position_embeddings",
-    "pad_token_id": "pad_token_id", "mask_token_id": "mask_token_id", "cls_token_id": "cls_token_id",
+    "vocab_size": "vocab_size",
+    "text_width": "hidden_size",
+    "text_layers": "num_hidden_layers",
+    "fusion_layer": "fusion_layer",
+    "text_heads": "num_attention_heads",
+    "text_intermediate": "intermediate_size",
+    "text_dropout": "hidden_dropout_prob",
+    "text_max_positions": "max_position_embeddings",
+    "pad_token_id": "pad_token_id",
+    "mask_token_id": "mask_token_id",
+    "cls_token_id": "cls_token_id",
     "sep_token_id": "sep_token_id",
 }
 # SmaugConfig field -> SmaugHFConfig top-level attribute
-TOP_FIELDS = {"embed_dim": "projection_dim", "temp_min": "temp_min", "temp_max": "temp_max",
-              "select_frames": "select_frames", "select_temp": "select_temp"}
+TOP_FIELDS = {
+    "embed_dim": "projection_dim",
+    "temp_min": "temp_min",
+    "temp_max": "temp_max",
+    "select_frames": "select_frames",
+    "select_temp": "select_temp",
+}
 PREPROCESSING_FIELDS = ("num_frames", "image_size", "mean", "std")
 
 
@@ -49,13 +70,21 @@ def check_exportable(cfg) -> None:
     timm ViT block (GELU, LayerNorm eps 1e-6, no layer scale, absolute position embedding) without
     temporal blocks. A CLIP or BEiT tower (model.vision_init) or temporal blocks (temporal_layers) are
     refused rather than exported wrong."""
-    plain = dict(vision_family="vit", vision_act="gelu", vision_norm_eps=1e-6, vision_layer_scale=0.0, vision_abs_pos=True,
-                 temporal_layers=0)
+    plain = dict(
+        vision_family="vit",
+        vision_act="gelu",
+        vision_norm_eps=1e-6,
+        vision_layer_scale=0.0,
+        vision_abs_pos=True,
+        temporal_layers=0,
+    )
     bad = {k: getattr(cfg, k) for k, v in plain.items() if getattr(cfg, k) != v}
     if bad:
-        raise ExportError(f"export: this model's video tower ({', '.join(f'{k}={v!r}' for k, v in bad.items())}) cannot "
-                         f"be exported yet: the exported code only has the plain timm ViT block, no temporal blocks "
-                         f"({', '.join(f'{k}={v!r}' for k, v in plain.items())})")
+        raise ExportError(
+            f"export: this model's video tower ({', '.join(f'{k}={v!r}' for k, v in bad.items())}) cannot "
+            f"be exported yet: the exported code only has the plain timm ViT block, no temporal blocks "
+            f"({', '.join(f'{k}={v!r}' for k, v in plain.items())})"
+        )
 
 
 def _plain(v):
@@ -95,9 +124,18 @@ def timm_vit_kwargs(cfg) -> dict:
     """`timm.create_model(<any vit_*>, pretrained=False, num_classes=0, **kwargs)` arguments that
     build a `VisionTransformer` with the key layout and shapes of `timm_vit_state_dict`."""
     check_exportable(cfg)
-    return dict(img_size=cfg.image_size, patch_size=cfg.patch_size, embed_dim=cfg.vision_width,
-                depth=cfg.vision_depth, num_heads=cfg.vision_heads, mlp_ratio=cfg.vision_mlp_ratio,
-                qkv_bias=cfg.vision_qkv_bias, class_token=True, global_pool="token", num_classes=0)
+    return dict(
+        img_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+        embed_dim=cfg.vision_width,
+        depth=cfg.vision_depth,
+        num_heads=cfg.vision_heads,
+        mlp_ratio=cfg.vision_mlp_ratio,
+        qkv_bias=cfg.vision_qkv_bias,
+        class_token=True,
+        global_pool="token",
+        num_classes=0,
+    )
 
 
 @torch.no_grad()
@@ -111,11 +149,14 @@ def timm_vit_state_dict(state_dict: dict, cfg) -> dict:
     (without token sparsification, which timm does not do).
     """
     prefix = "video_encoder."
-    out = {k[len(prefix):]: v.float().clone() for k, v in state_dict.items() if k.startswith(prefix)}
+    out = {k[len(prefix) :]: v.float().clone() for k, v in state_dict.items() if k.startswith(prefix)}
     if "pos_embed" not in out or "temporal_embed" not in out:
         raise KeyError("state dict has no video_encoder.pos_embed / temporal_embed: not a SmaugModel checkpoint")
     te = out.pop("temporal_embed")  # [1, T, 1, D]
-    te1 = te if te.shape[1] == 1 else F.interpolate(te[0, :, 0].T[None], size=1, mode="linear",
-                                                    align_corners=False)[0].T[None, :, None]
+    te1 = (
+        te
+        if te.shape[1] == 1
+        else F.interpolate(te[0, :, 0].T[None], size=1, mode="linear", align_corners=False)[0].T[None, :, None]
+    )
     out["pos_embed"] = out["pos_embed"] + te1[0, 0][None]  # [1, 1 + N, D] + [1, 1, D]
     return {k: v.contiguous() for k, v in out.items()}

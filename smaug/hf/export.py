@@ -14,6 +14,7 @@ Vision-only export (`export_vision_timm`): the video tower as a per-frame timm V
 
 Nothing is pickled: weights are safetensors, configs JSON, tokenizer files JSON/text.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,11 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 def _save_safetensors(sd: dict, path: Path, metadata: dict) -> None:
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}, str(path),
-              metadata={k: str(v) for k, v in metadata.items()})
+    save_file(
+        {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()},
+        str(path),
+        metadata={k: str(v) for k, v in metadata.items()},
+    )
 
 
 @torch.no_grad()
@@ -45,13 +49,22 @@ def verify_export(model, folder: Path, seed: int = 0) -> float:
     hf = SmaugHFModel.from_pretrained(str(folder)).eval()
     cfg = model.config
     g = torch.Generator().manual_seed(seed)
-    video = torch.randint(0, 256, (2, cfg.num_frames, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8, generator=g)
+    video = torch.randint(
+        0, 256, (2, cfg.num_frames, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8, generator=g
+    )
     tok = AutoTokenizer.from_pretrained(str(folder))  # model_type "smaug" is registered here: no remote code
     enc = tok(["a red circle moves to the left", "a square"], padding=True, return_tensors="pt")
     model.eval()
     dv = (model.get_video_features(video) - hf.get_video_features(video)).abs().max().item()
-    dt = (model.get_text_features(enc["input_ids"], enc["attention_mask"])
-          - hf.get_text_features(enc["input_ids"], enc["attention_mask"])).abs().max().item()
+    dt = (
+        (
+            model.get_text_features(enc["input_ids"], enc["attention_mask"])
+            - hf.get_text_features(enc["input_ids"], enc["attention_mask"])
+        )
+        .abs()
+        .max()
+        .item()
+    )
     return max(dv, dt)
 
 
@@ -61,24 +74,34 @@ def _fmt_metrics(title: str, report: dict) -> list[str]:
     from smaug.eval.retrieval import ranking_rows
 
     proto, res = report["protocol"], report["results"]
-    rows = [f"{title}: {proto['num_videos']} clips, {proto['num_texts']} queries, {proto['frames']} frames per clip, "
-            f"split `{proto['split']}`, step {proto['step']}, VTM rerank top-k = {proto['k']} (vtm: by VTM logit; "
-            f"combined: by VTC log-softmax + VTM log-sigmoid).\n"]
+    rows = [
+        f"{title}: {proto['num_videos']} clips, {proto['num_texts']} queries, {proto['frames']} frames per clip, "
+        f"split `{proto['split']}`, step {proto['step']}, VTM rerank top-k = {proto['k']} (vtm: by VTM logit; "
+        f"combined: by VTC log-softmax + VTM log-sigmoid).\n"
+    ]
     rows.append("| method | direction | R@1 | R@5 | R@10 | MedR | MeanR |")
     rows.append("|---|---|---|---|---|---|---|")
     for name, d, *values in ranking_rows(res):
         rows.append(f"| {name} | {d} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
     if res.get("vtm_acc") is not None:
-        rows.append(f"\nVTM pair accuracy on the scored pairs: {res['vtm_acc']:.3f} "
-                    f"(an always-'no' head: {1 - res['vtm_pos_frac']:.3f}).")
+        rows.append(
+            f"\nVTM pair accuracy on the scored pairs: {res['vtm_acc']:.3f} "
+            f"(an always-'no' head: {1 - res['vtm_pos_frac']:.3f})."
+        )
     rows += [f"\n**Warning**: {w}." for w in report["warnings"]]
     return rows
 
 
-def model_card(cfg, run_config: dict, source: str, eval_reports: list[tuple[str, dict]], max_diff: Optional[float]) -> str:
+def model_card(
+    cfg, run_config: dict, source: str, eval_reports: list[tuple[str, dict]], max_diff: Optional[float]
+) -> str:
     pre = f"{cfg.num_frames} frames x {cfg.image_size}x{cfg.image_size}, mean {list(cfg.mean)}, std {list(cfg.std)}"
     lines = [
-        "---", "library_name: transformers", "tags: [video-text-retrieval, smaug, video-language]", "---", "",
+        "---",
+        "library_name: transformers",
+        "tags: [video-text-retrieval, smaug, video-language]",
+        "---",
+        "",
         "# SMAUG video-language model",
         "",
         "Pre-trained with [smaug](https://arxiv.org/abs/2211.11446)-style sparse masked video-language pre-training "
@@ -91,7 +114,7 @@ def model_card(cfg, run_config: dict, source: str, eval_reports: list[tuple[str,
         "model = AutoModel.from_pretrained(PATH, trust_remote_code=True).eval()   # or `import smaug.hf` first",
         "tok = AutoTokenizer.from_pretrained(PATH, trust_remote_code=True)  # reads config.json, hence the flag",
         f"video = torch.zeros(1, {cfg.num_frames}, 3, {cfg.image_size}, {cfg.image_size}, dtype=torch.uint8)  # RGB frames",
-        "text = tok([\"a red circle moves left\"], return_tensors=\"pt\", padding=True)",
+        'text = tok(["a red circle moves left"], return_tensors="pt", padding=True)',
         "v = model.get_video_features(video)                          # [B, E], L2-normalised",
         "t = model.get_text_features(text.input_ids, text.attention_mask)",
         "out = model(input_ids=text.input_ids, attention_mask=text.attention_mask, pixel_values=video)",
@@ -113,13 +136,21 @@ def model_card(cfg, run_config: dict, source: str, eval_reports: list[tuple[str,
     else:
         lines += ["No evaluation report was given at export time.", ""]
     if max_diff is not None:
-        lines += [f"Export check: video/text embeddings of this folder vs the training model, max |diff| = {max_diff:.3g}.", ""]
+        lines += [
+            f"Export check: video/text embeddings of this folder vs the training model, max |diff| = {max_diff:.3g}.",
+            "",
+        ]
     lines += ["## Training configuration", "```yaml", yaml.safe_dump(run_config, sort_keys=False).rstrip(), "```", ""]
     return "\n".join(lines)
 
 
-def export_hf(checkpoint: str, out: str | Path, tokenizer: Optional[str] = None, eval_report: Optional[str] = None,
-              verify: bool = True) -> dict:
+def export_hf(
+    checkpoint: str,
+    out: str | Path,
+    tokenizer: Optional[str] = None,
+    eval_report: Optional[str] = None,
+    verify: bool = True,
+) -> dict:
     """Export a checkpoint (DeepSpeed dir) to a Hugging Face folder. Returns a summary dict."""
     from transformers import AutoTokenizer
 
@@ -152,8 +183,12 @@ def export_hf(checkpoint: str, out: str | Path, tokenizer: Optional[str] = None,
     bad = find_pickles(out)
     if bad:
         raise RuntimeError(f"export {out}: pickle files written: {bad}")
-    return {"out": str(out), "checkpoint": str(ref.path), "max_abs_diff": max_diff,
-            "files": sorted(p.name for p in out.iterdir())}
+    return {
+        "out": str(out),
+        "checkpoint": str(ref.path),
+        "max_abs_diff": max_diff,
+        "files": sorted(p.name for p in out.iterdir()),
+    }
 
 
 def export_vision_timm(checkpoint: str, out: str | Path, tokenizer: Optional[str] = None) -> dict:
@@ -175,9 +210,15 @@ def export_vision_timm(checkpoint: str, out: str | Path, tokenizer: Optional[str
         "num_features": cfg.vision_width,
         "global_pool": "token",
         "model_args": {k: v for k, v in kwargs.items() if k != "num_classes"},
-        "pretrained_cfg": {"input_size": [3, cfg.image_size, cfg.image_size], "mean": list(cfg.mean),
-                           "std": list(cfg.std), "interpolation": "bilinear", "crop_pct": 1.0,
-                           "num_classes": 0, "source": str(ref.path)},
+        "pretrained_cfg": {
+            "input_size": [3, cfg.image_size, cfg.image_size],
+            "mean": list(cfg.mean),
+            "std": list(cfg.std),
+            "interpolation": "bilinear",
+            "crop_pct": 1.0,
+            "num_classes": 0,
+            "source": str(ref.path),
+        },
     }
     (out / "config.json").write_text(json.dumps(timm_cfg, indent=2) + "\n")
     args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
@@ -189,7 +230,8 @@ def export_vision_timm(checkpoint: str, out: str | Path, tokenizer: Optional[str
         "model.load_state_dict(load_file('PATH/model.safetensors'))\n```\n\n"
         "The temporal embedding of a one-frame clip is folded into `pos_embed`; smaug's EViT token "
         "sparsification is not part of timm's ViT, so per-frame outputs equal smaug's only for a model "
-        f"trained without it (this one: sparsify_layers={list(cfg.sparsify_layers)}).\n")
+        f"trained without it (this one: sparsify_layers={list(cfg.sparsify_layers)}).\n"
+    )
     bad = find_pickles(out)
     if bad:
         raise RuntimeError(f"export {out}: pickle files written: {bad}")

@@ -26,6 +26,7 @@ Interface (named as transformers' CLIP):
 mean/std) or float already normalised. The MAE decoder and MLM head of the checkpoint are not
 needed for retrieval and are ignored on load.
 """
+
 from __future__ import annotations
 
 import copy
@@ -61,7 +62,7 @@ class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, qkv_bias: bool):
         super().__init__()
         self.num_heads, self.head_dim = heads, dim // heads
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
@@ -130,8 +131,12 @@ class SmaugVideoTower(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + n, D))
         self.temporal_embed = nn.Parameter(torch.zeros(1, vc.num_frames, 1, D))
-        self.blocks = nn.ModuleList([Block(D, vc.num_attention_heads, vc.mlp_ratio, vc.qkv_bias, vc.layer_norm_eps)
-                                     for _ in range(vc.num_hidden_layers)])
+        self.blocks = nn.ModuleList(
+            [
+                Block(D, vc.num_attention_heads, vc.mlp_ratio, vc.qkv_bias, vc.layer_norm_eps)
+                for _ in range(vc.num_hidden_layers)
+            ]
+        )
         self.norm = nn.LayerNorm(D, eps=vc.layer_norm_eps)
 
     def temporal(self, T: int) -> torch.Tensor:
@@ -160,12 +165,20 @@ class SmaugVideoTower(nn.Module):
 
 # ---------------------------------------------------------------------------- text tower
 def _bert_config(tc, num_layers: int) -> BertConfig:
-    return BertConfig(vocab_size=tc.vocab_size, hidden_size=tc.hidden_size, num_hidden_layers=num_layers,
-                      num_attention_heads=tc.num_attention_heads, intermediate_size=tc.intermediate_size,
-                      hidden_dropout_prob=tc.hidden_dropout_prob, attention_probs_dropout_prob=tc.hidden_dropout_prob,
-                      max_position_embeddings=tc.max_position_embeddings, pad_token_id=tc.pad_token_id,
-                      type_vocab_size=tc.type_vocab_size, layer_norm_eps=tc.layer_norm_eps,
-                      attn_implementation="sdpa")
+    return BertConfig(
+        vocab_size=tc.vocab_size,
+        hidden_size=tc.hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=tc.num_attention_heads,
+        intermediate_size=tc.intermediate_size,
+        hidden_dropout_prob=tc.hidden_dropout_prob,
+        attention_probs_dropout_prob=tc.hidden_dropout_prob,
+        max_position_embeddings=tc.max_position_embeddings,
+        pad_token_id=tc.pad_token_id,
+        type_vocab_size=tc.type_vocab_size,
+        layer_norm_eps=tc.layer_norm_eps,
+        attn_implementation="sdpa",
+    )
 
 
 class SmaugTextTower(nn.Module):
@@ -238,12 +251,14 @@ class SmaugHFModel(PreTrainedModel):
         self.video_encoder = SmaugVideoTower(vc)
         self.text_encoder = SmaugTextTower(tc)
         E = config.projection_dim
-        self.frame_selector = (FrameSelector(E, config.select_frames, config.select_temp)
-                               if config.select_frames < vc.num_frames else None)
+        self.frame_selector = (
+            FrameSelector(E, config.select_frames, config.select_temp) if config.select_frames < vc.num_frames else None
+        )
         self.vision_proj = nn.Linear(vc.hidden_size, E)
         self.text_proj = nn.Linear(tc.hidden_size, E)
-        self.video_to_text = (nn.Linear(vc.hidden_size, tc.hidden_size) if vc.hidden_size != tc.hidden_size
-                              else nn.Identity())
+        self.video_to_text = (
+            nn.Linear(vc.hidden_size, tc.hidden_size) if vc.hidden_size != tc.hidden_size else nn.Identity()
+        )
         self.vtm_head = nn.Linear(tc.hidden_size, 1)
         self.vtc_log_temp = nn.Parameter(torch.full((1,), math.log(0.07)))  # shape [1], as in SmaugModel
         self.post_init()
@@ -292,8 +307,9 @@ class SmaugHFModel(PreTrainedModel):
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.encode_text(input_ids, attention_mask)[1]
 
-    def get_vtm_logits(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-                       attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def get_vtm_logits(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """Video-text matching logits of row-aligned pairs (higher = match)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -306,8 +322,14 @@ class SmaugHFModel(PreTrainedModel):
         fused = self.text_encoder.forward_fusion(hidden, attention_mask, self.video_to_text(video))
         return self.vtm_head(fused[:, 0]).squeeze(-1)
 
-    def forward(self, input_ids: Optional[torch.Tensor] = None, pixel_values: Optional[torch.Tensor] = None,
-                attention_mask: Optional[torch.Tensor] = None, return_loss: bool = False, **kwargs) -> SmaugRetrievalOutput:
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        pixel_values: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        return_loss: bool = False,
+        **kwargs,
+    ) -> SmaugRetrievalOutput:
         video_embeds = self.get_video_features(pixel_values) if pixel_values is not None else None
         text_embeds = self.get_text_features(input_ids, attention_mask) if input_ids is not None else None
         out = SmaugRetrievalOutput(text_embeds=text_embeds, video_embeds=video_embeds)
@@ -316,5 +338,7 @@ class SmaugHFModel(PreTrainedModel):
             out.logits_per_video = out.logits_per_text.t()
             if return_loss:
                 labels = torch.arange(out.logits_per_text.shape[0], device=out.logits_per_text.device)
-                out.loss = (F.cross_entropy(out.logits_per_text, labels) + F.cross_entropy(out.logits_per_video, labels)) / 2
+                out.loss = (
+                    F.cross_entropy(out.logits_per_text, labels) + F.cross_entropy(out.logits_per_video, labels)
+                ) / 2
         return out

@@ -3,6 +3,7 @@
 Nothing here imports DeepSpeed. The gathers are no-ops (return the input) unless
 `torch.distributed` is initialised with world size > 1.
 """
+
 from __future__ import annotations
 
 import torch
@@ -85,6 +86,8 @@ def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:
     """MAE's fixed 2-D sin-cos position embeddings: [grid * grid, dim] (row-major patches)."""
     if dim % 4:
         raise ValueError(f"sin-cos position embeddings need a width divisible by 4, got {dim}")
-    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing="ij"
+    )
     # MAE order: first half encodes w, second half h
     return torch.cat([sincos_pos_embed_1d(dim // 2, xs.flatten()), sincos_pos_embed_1d(dim // 2, ys.flatten())], dim=1)

@@ -11,6 +11,7 @@ for VTM (1 positive, 2 hard negatives) + 1 for MLM, each over the selected frame
 MLM head on the masked tokens only; projections and the frame selector. Not counted: the
 [Bg, Bg] VTC similarity (it depends on the world size and is < 0.01% at base scale).
 """
+
 from __future__ import annotations
 
 from .video_encoder import num_visible, token_schedule
@@ -47,19 +48,22 @@ def forward_flops(cfg, batch_size: int, text_len: int) -> float:
     frames = B * T
     D, Dt, E, p = cfg.vision_width, cfg.text_width, cfg.embed_dim, cfg.patch_size
     N = (cfg.image_size // p) ** 2
-    sched = token_schedule(num_visible(N, cfg.mask_ratio), cfg.vision_depth, cfg.sparsify_layers,
-                           cfg.keep_ratio, cfg.sparsify_mode)
+    sched = token_schedule(
+        num_visible(N, cfg.mask_ratio), cfg.vision_depth, cfg.sparsify_layers, cfg.keep_ratio, cfg.sparsify_mode
+    )
     n_out = sched[-1][1]
     f = frames * linear(N, 3 * p * p, D)
-    f += frames * sum(vit_block(na + 1, nm + 1, D, cfg.vision_mlp_ratio, i in cfg.sparsify_layers)
-                      for i, (na, nm) in enumerate(sched))
+    f += frames * sum(
+        vit_block(na + 1, nm + 1, D, cfg.vision_mlp_ratio, i in cfg.sparsify_layers) for i, (na, nm) in enumerate(sched)
+    )
     nt = T * (1 + n_out) if cfg.temporal_scope == "all" else T  # tokens the temporal blocks attend over
     f += B * cfg.temporal_layers * vit_block(nt, nt, D, cfg.vision_mlp_ratio)
     f += frames * linear(1, D, E) + B * linear(1, Dt, E)
     if cfg.mask_ratio > 0 and cfg.w_mvm > 0:
         Dd = cfg.decoder_width
-        f += frames * (linear(1 + n_out, D, Dd) + cfg.decoder_depth * vit_block(N + 1, N + 1, Dd, 4.0)
-                       + linear(N, Dd, 3 * p * p))
+        f += frames * (
+            linear(1 + n_out, D, Dd) + cfg.decoder_depth * vit_block(N + 1, N + 1, Dd, 4.0) + linear(N, Dd, 3 * p * p)
+        )
     mlm = cfg.w_mlm > 0
     f += (1 + mlm) * B * cfg.fusion_layer * bert_layer(L, Dt, cfg.text_intermediate)
     k = cfg.select_frames

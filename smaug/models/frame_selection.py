@@ -25,6 +25,7 @@ dropped: its gradient (1 - w_t) vanishes once a wrong frame is confidently chose
 nothing about unchosen frames; `tests/test_model_grads.py` has a toy task it fails and this
 one solves (the scorer alone learns which frame lowers the loss).
 """
+
 from __future__ import annotations
 
 import torch

@@ -7,6 +7,7 @@ VTM  binary match/no-match on the fusion [CLS]; negatives drawn uniformly or min
 MLM  masked language modelling through the fusion layers (masking: `text_encoder.mask_tokens`).
 MVM  MAE normalised-pixel regression on masked patches only.
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,9 @@ import torch.nn.functional as F
 from .common import all_gather_with_grad
 
 
-def vtc_loss(video_feat: torch.Tensor, text_feat: torch.Tensor, temp: torch.Tensor,
-             positives: torch.Tensor | None = None):
+def vtc_loss(
+    video_feat: torch.Tensor, text_feat: torch.Tensor, temp: torch.Tensor, positives: torch.Tensor | None = None
+):
     """Symmetric InfoNCE. video_feat, text_feat: [b, E] L2-normalised, this rank's rows.
 
     Features of all ranks are gathered with gradient, and every rank computes the loss of the
@@ -40,8 +42,9 @@ def vtc_loss(video_feat: torch.Tensor, text_feat: torch.Tensor, temp: torch.Tens
 
 
 @torch.no_grad()
-def sample_negatives(sim: torch.Tensor, same: torch.Tensor | None = None,
-                     generator: torch.Generator | None = None, hard: bool = True):
+def sample_negatives(
+    sim: torch.Tensor, same: torch.Tensor | None = None, generator: torch.Generator | None = None, hard: bool = True
+):
     """VTM negatives over the global batch: ALBEF/BLIP hard negatives, or uniform ones.
 
     sim: [Bg, Bg] video-to-text logits (positives on the diagonal); same: optional [Bg, Bg] bool,

@@ -7,6 +7,7 @@ decoder puts each surviving token back at its patch position, fills every other 
 position embeddings and runs a few timm Blocks. Fused tokens have no position and are not
 passed on. The MVM loss (`losses.mvm_loss`) uses the MAE-masked patches only.
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,9 +35,11 @@ class MAEDecoder(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, Dd))
         pos = torch.cat([torch.zeros(1, Dd), sincos_pos_embed_2d(Dd, grid)])[None]  # [1, 1 + N, Dd], [CLS] slot 0
         self.register_buffer("pos_embed", pos, persistent=False)
-        self.blocks = nn.ModuleList([Block(Dd, cfg.decoder_heads, 4.0, qkv_bias=True) for _ in range(cfg.decoder_depth)])
+        self.blocks = nn.ModuleList(
+            [Block(Dd, cfg.decoder_heads, 4.0, qkv_bias=True) for _ in range(cfg.decoder_depth)]
+        )
         self.norm = nn.LayerNorm(Dd, eps=1e-6)
-        self.pred = nn.Linear(Dd, cfg.patch_size ** 2 * 3)
+        self.pred = nn.Linear(Dd, cfg.patch_size**2 * 3)
         self.grad_checkpointing = False
         nn.init.normal_(self.mask_token, std=0.02)
         self.apply(init_weights_vit_timm)

@@ -22,6 +22,7 @@ every tower parameter is loaded or on an allowed-new list below; any other key, 
 raises `InitError` naming the keys. `init_config` checks the dimensions (width, depth, heads, MLP,
 patch; BERT's sizes) against the model config, naming the field, before anything is built.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -103,10 +104,12 @@ def resolve(source: str, hub_prefix: str, label: str) -> Resolved:
     weights = next((w for w in map(fetch, WEIGHT_FILES) if w is not None), None)
     if weights is None:
         hint = "" if timm_cfg is not None or hub_prefix != "timm/" else "; timm does not know this name either"
-        raise InitError(f"{label}={source!r}: not a local file or folder, and the Hugging Face cache "
-                        f"({constants.HF_HUB_CACHE}) has no {repo} with {' or '.join(WEIGHT_FILES)} "
-                        f"(HF_HUB_OFFLINE={int(constants.HF_HUB_OFFLINE)}){hint}. Download it once "
-                        f"(`hf download {repo}`) or pass a local path")
+        raise InitError(
+            f"{label}={source!r}: not a local file or folder, and the Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}) has no {repo} with {' or '.join(WEIGHT_FILES)} "
+            f"(HF_HUB_OFFLINE={int(constants.HF_HUB_OFFLINE)}){hint}. Download it once "
+            f"(`hf download {repo}`) or pass a local path"
+        )
     return Resolved(source, weights, fetch("config.json"), f"hub cache ({repo})", timm_cfg)
 
 
@@ -173,20 +176,35 @@ def describe_vision(source: str) -> TowerSource:
     r = resolve(source, "timm/", "vision_init")
     shapes = checkpoint_shapes(r.weights)
     if "patch_embed.proj.weight" not in shapes or "blocks.0.mlp.fc1.weight" not in shapes:
-        raise InitError(f"{label}: {r.weights} is not a timm ViT / CLIP / BEiT state dict "
-                        f"(no patch_embed.proj.weight / blocks.0.mlp.fc1.weight; keys {list(shapes)[:5]})")
-    family = ("beit" if any(k.endswith("relative_position_bias_table") for k in shapes)
-              else "clip" if "norm_pre.weight" in shapes else "vit")
+        raise InitError(
+            f"{label}: {r.weights} is not a timm ViT / CLIP / BEiT state dict "
+            f"(no patch_embed.proj.weight / blocks.0.mlp.fc1.weight; keys {list(shapes)[:5]})"
+        )
+    family = (
+        "beit"
+        if any(k.endswith("relative_position_bias_table") for k in shapes)
+        else "clip"
+        if "norm_pre.weight" in shapes
+        else "vit"
+    )
     width, patch = shapes["patch_embed.proj.weight"][0], shapes["patch_embed.proj.weight"][-1]
-    dims = dict(vision_width=width, patch_size=patch,
-                vision_depth=1 + max(int(k.split(".")[1]) for k in shapes if k.startswith("blocks.")),
-                vision_mlp_ratio=shapes["blocks.0.mlp.fc1.weight"][0] / width,
-                vision_qkv_bias="blocks.0.attn.qkv.bias" in shapes or "blocks.0.attn.q_bias" in shapes)
+    dims = dict(
+        vision_width=width,
+        patch_size=patch,
+        vision_depth=1 + max(int(k.split(".")[1]) for k in shapes if k.startswith("blocks.")),
+        vision_mlp_ratio=shapes["blocks.0.mlp.fc1.weight"][0] / width,
+        vision_qkv_bias="blocks.0.attn.qkv.bias" in shapes or "blocks.0.attn.q_bias" in shapes,
+    )
     if family == "beit":
         dims["vision_heads"] = shapes["blocks.0.attn.relative_position_bias_table"][1]
     scaled = "blocks.0.gamma_1" in shapes or "blocks.0.ls1.gamma" in shapes
-    derived = dict(vision_family=family, vision_act="gelu", vision_norm_eps=1e-5 if family == "clip" else 1e-6,
-                   vision_layer_scale=0.1 if scaled else 0.0, vision_abs_pos="pos_embed" in shapes)
+    derived = dict(
+        vision_family=family,
+        vision_act="gelu",
+        vision_norm_eps=1e-5 if family == "clip" else 1e-6,
+        vision_layer_scale=0.1 if scaled else 0.0,
+        vision_abs_pos="pos_embed" in shapes,
+    )
     meta = json.loads(r.config.read_text()) if r.config else {}
     pcfg = meta.get("pretrained_cfg", meta)  # timm's legacy config.json is flat
     arch = meta.get("architecture")
@@ -197,12 +215,15 @@ def describe_vision(source: str) -> TowerSource:
         dims["vision_heads"] = blk.attn.num_heads
         derived.update(vision_norm_eps=float(blk.norm1.eps), vision_act=_act_name(blk.mlp.act, label))
         if scaled:
-            derived["vision_layer_scale"] = float(getattr(blk, "init_values", None)
-                                                  or getattr(getattr(blk, "ls1", None), "init_values", 0.1))
+            derived["vision_layer_scale"] = float(
+                getattr(blk, "init_values", None) or getattr(getattr(blk, "ls1", None), "init_values", 0.1)
+            )
     norm_source = "the model config (the checkpoint has no pretrained_cfg mean/std)"
     if "mean" in pcfg and "std" in pcfg:
         derived.update(mean=tuple(float(x) for x in pcfg["mean"]), std=tuple(float(x) for x in pcfg["std"]))
-        norm_source = f"timm's pretrained_cfg of {source}" if r.timm_cfg is not None else f"pretrained_cfg of {r.config}"
+        norm_source = (
+            f"timm's pretrained_cfg of {source}" if r.timm_cfg is not None else f"pretrained_cfg of {r.config}"
+        )
     return TowerSource(r, dims, derived, arch, norm_source)
 
 
@@ -214,12 +235,22 @@ def describe_text(source: str) -> TowerSource:
     if r.config is None:
         raise InitError(f"{label}: no config.json with the weights (a BERT folder or hub name is needed)")
     c = json.loads(r.config.read_text())
-    for key, want in (("model_type", "bert"), ("hidden_act", "gelu"), ("type_vocab_size", 2),
-                      ("layer_norm_eps", 1e-12), ("position_embedding_type", "absolute")):
+    for key, want in (
+        ("model_type", "bert"),
+        ("hidden_act", "gelu"),
+        ("type_vocab_size", 2),
+        ("layer_norm_eps", 1e-12),
+        ("position_embedding_type", "absolute"),
+    ):
         if key in c and c[key] != want:
             raise InitError(f"{label}: {key}={c[key]!r}, smaug's text tower is BERT with {key}={want!r}")
-    dims = dict(text_width=c["hidden_size"], text_layers=c["num_hidden_layers"], text_heads=c["num_attention_heads"],
-                text_intermediate=c["intermediate_size"], text_max_positions=c["max_position_embeddings"])
+    dims = dict(
+        text_width=c["hidden_size"],
+        text_layers=c["num_hidden_layers"],
+        text_heads=c["num_attention_heads"],
+        text_intermediate=c["intermediate_size"],
+        text_max_positions=c["max_position_embeddings"],
+    )
     return TowerSource(r, dims, {}, c.get("model_type", "bert"))
 
 
@@ -244,13 +275,17 @@ def init_config(cfg, vision_init: str | None, text_init: str | None, explicit: d
         label = f"{'vision' if describe is describe_vision else 'text'}_init={src!r}"
         for field, theirs in t.dims.items():
             if not _same(theirs, getattr(cfg, field)):
-                raise InitError(f"{label}: the checkpoint has {field}={theirs}, the model config has "
-                                f"{field}={getattr(cfg, field)}; choose the matching model.preset or set "
-                                f"model.overrides.{field}")
+                raise InitError(
+                    f"{label}: the checkpoint has {field}={theirs}, the model config has "
+                    f"{field}={getattr(cfg, field)}; choose the matching model.preset or set "
+                    f"model.overrides.{field}"
+                )
         for field, value in t.derived.items():
             if field in explicit and not _same(explicit[field], value):
-                raise InitError(f"model.overrides.{field}={explicit[field]!r} contradicts {label}, which needs "
-                                f"{field}={value!r}; remove the override")
+                raise InitError(
+                    f"model.overrides.{field}={explicit[field]!r} contradicts {label}, which needs "
+                    f"{field}={value!r}; remove the override"
+                )
         updates.update(t.derived)
     return dataclasses.replace(cfg, **updates) if updates else cfg
 
@@ -263,7 +298,11 @@ def strict_load(module: torch.nn.Module, sd: dict, new_reason, label: str) -> tu
     unexpected = sorted(set(sd) - set(own))
     if unexpected:
         raise InitError(f"{label}: {len(unexpected)} checkpoint key(s) the model has no place for: {unexpected[:8]}")
-    bad = [f"{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}" for k, v in sd.items() if v.shape != own[k].shape]
+    bad = [
+        f"{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}"
+        for k, v in sd.items()
+        if v.shape != own[k].shape
+    ]
     if bad:
         raise InitError(f"{label}: wrong shape for {len(bad)} key(s): {bad[:4]}")
     new = {k: new_reason(k) for k in sorted(set(own) - set(sd))}
@@ -276,10 +315,18 @@ def strict_load(module: torch.nn.Module, sd: dict, new_reason, label: str) -> tu
 
 def _report(t: TowerSource, sd: dict, loaded, ignored, new, **extra) -> dict:
     r = t.resolved
-    return {"source": r.source, "resolved": str(r.weights), "config": str(r.config) if r.config else None,
-            "where": r.where, "architecture": t.architecture, **extra,
-            "checkpoint_dtype": str(next(iter(sd.values())).dtype) if sd else None,
-            "loaded": loaded, "ignored": ignored, "new": new}
+    return {
+        "source": r.source,
+        "resolved": str(r.weights),
+        "config": str(r.config) if r.config else None,
+        "where": r.where,
+        "architecture": t.architecture,
+        **extra,
+        "checkpoint_dtype": str(next(iter(sd.values())).dtype) if sd else None,
+        "loaded": loaded,
+        "ignored": ignored,
+        "new": new,
+    }
 
 
 @torch.no_grad()
@@ -291,8 +338,10 @@ def load_vision(encoder, source: str) -> dict:
     t = describe_vision(source)
     for field, value in t.derived.items():
         if not _same(getattr(cfg, field), value):
-            raise InitError(f"{label}: the model was built with {field}={getattr(cfg, field)!r}, the checkpoint "
-                            f"needs {value!r}; build the config with smaug.models.pretrained.init_config")
+            raise InitError(
+                f"{label}: the model was built with {field}={getattr(cfg, field)!r}, the checkpoint "
+                f"needs {value!r}; build the config with smaug.models.pretrained.init_config"
+            )
     sd = read_state_dict(t.resolved.weights)
     ignored = {k: why for k in sd if (why := _ignore_reason(k, VISION_IGNORED))}
     sd = {k: v for k, v in sd.items() if k not in ignored}
@@ -315,9 +364,21 @@ def load_vision(encoder, source: str) -> dict:
         return NEW_NORM if pooled_norm and k.startswith("norm.") else None
 
     loaded, new = strict_load(encoder, sd, new_reason, label)
-    return _report(t, sd, loaded, ignored, new, family=cfg.vision_family, act=cfg.vision_act,
-                   norm_eps=cfg.vision_norm_eps, layer_scale=cfg.vision_layer_scale, resampled=resampled,
-                   mean=list(cfg.mean), std=list(cfg.std), mean_std_from=t.norm_source)
+    return _report(
+        t,
+        sd,
+        loaded,
+        ignored,
+        new,
+        family=cfg.vision_family,
+        act=cfg.vision_act,
+        norm_eps=cfg.vision_norm_eps,
+        layer_scale=cfg.vision_layer_scale,
+        resampled=resampled,
+        mean=list(cfg.mean),
+        std=list(cfg.std),
+        mean_std_from=t.norm_source,
+    )
 
 
 def bert_key(k: str, fusion_layer: int) -> str:
@@ -328,11 +389,11 @@ def bert_key(k: str, fusion_layer: int) -> str:
     if k.split(".")[0] in ("embeddings", "encoder", "pooler"):
         k = "bert." + k
     if k.startswith("bert.encoder.layer."):
-        i, rest = k[len("bert.encoder.layer."):].split(".", 1)
+        i, rest = k[len("bert.encoder.layer.") :].split(".", 1)
         i = int(i)
         return f"bert.encoder.layer.{i}.{rest}" if i < fusion_layer else f"fusion.{i - fusion_layer}.{rest}"
     if k.startswith("cls.predictions.transform."):
-        return "mlm_head." + k[len("cls.predictions."):]
+        return "mlm_head." + k[len("cls.predictions.") :]
     return "mlm_head.bias" if k == "cls.predictions.bias" else k
 
 
@@ -352,8 +413,10 @@ def load_text(text_encoder, source: str) -> dict:
             sd[name] = v
     emb = sd.get("bert.embeddings.word_embeddings.weight")
     if emb is not None and emb.shape[0] != cfg.vocab_size:
-        raise InitError(f"{label}: the checkpoint's vocabulary has {emb.shape[0]} tokens, the tokenizer "
-                        f"{cfg.vocab_size}; use its tokenizer (leave model.tokenizer unset to take it from text_init)")
+        raise InitError(
+            f"{label}: the checkpoint's vocabulary has {emb.shape[0]} tokens, the tokenizer "
+            f"{cfg.vocab_size}; use its tokenizer (leave model.tokenizer unset to take it from text_init)"
+        )
     has_mlm = any(k.startswith("mlm_head.") for k in sd)
 
     def new_reason(k: str):
@@ -367,12 +430,16 @@ def load_text(text_encoder, source: str) -> dict:
 
 def init_towers(model, vision_init: str | None, text_init: str | None) -> dict:
     """Load the towers of a SmaugModel (built from `init_config`) -> the run's init report."""
-    report = {"vision": load_vision(model.video_encoder, vision_init) if vision_init else None,
-              "text": load_text(model.text_encoder, text_init) if text_init else None}
+    report = {
+        "vision": load_vision(model.video_encoder, vision_init) if vision_init else None,
+        "text": load_text(model.text_encoder, text_init) if text_init else None,
+    }
     report["random_init"] = [k for k, src in (("vision", vision_init), ("text", text_init)) if not src]
     report["mean"], report["std"] = list(model.config.mean), list(model.config.std)
     # always new: everything outside the two towers (projections, VTM head, MAE decoder, frame selector)
-    report["new_modules"] = sorted({n.split(".")[0] for n, _ in model.named_parameters()} - {"video_encoder", "text_encoder"})
+    report["new_modules"] = sorted(
+        {n.split(".")[0] for n, _ in model.named_parameters()} - {"video_encoder", "text_encoder"}
+    )
     return report
 
 
@@ -385,9 +452,13 @@ def summary_lines(report: dict) -> list[str]:
             lines.append(f"init {tower}: RANDOM weights (no model.{tower}_init; model.allow_random_init)")
             continue
         kind = f"{r['family']} " if tower == "vision" else ""
-        lines.append(f"init {tower}: {kind}{r['source']} from {r['where']}: {len(r['loaded'])} tensors loaded, "
-                     f"{len(r['ignored'])} ignored, {len(r['new'])} new ({', '.join(sorted(set(r['new'].values())))[:160]})")
-    lines.append(f"init pixel mean {report['mean']} std {report['std']}"
-                 + (f" (from {report['vision']['mean_std_from']})" if report["vision"] else "")
-                 + f"; always new: {', '.join(report['new_modules'])}")
+        lines.append(
+            f"init {tower}: {kind}{r['source']} from {r['where']}: {len(r['loaded'])} tensors loaded, "
+            f"{len(r['ignored'])} ignored, {len(r['new'])} new ({', '.join(sorted(set(r['new'].values())))[:160]})"
+        )
+    lines.append(
+        f"init pixel mean {report['mean']} std {report['std']}"
+        + (f" (from {report['vision']['mean_std_from']})" if report["vision"] else "")
+        + f"; always new: {', '.join(report['new_modules'])}"
+    )
     return lines

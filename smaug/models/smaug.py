@@ -12,6 +12,7 @@ Singularity-style baseline as a config switch.
 
 `dense=True` (mask_ratio 0, no sparsification, all frames to fusion, no MVM) is the baseline.
 """
+
 from __future__ import annotations
 
 import math
@@ -58,7 +59,11 @@ class SmaugConfig:
     vision_norm_eps: float = 1e-6  # LayerNorm eps of the ViT (timm ViT / BEiT 1e-6, timm CLIP 1e-5)
     vision_layer_scale: float = 0.0  # layer-scale init value (BEiT-base 0.1); 0 = no layer scale
     vision_abs_pos: bool = True  # absolute position embedding (BEiT-base has only the relative bias)
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # pixel mean (ImageNet); from the vision checkpoint's pretrained_cfg when loaded
+    mean: tuple[float, float, float] = (
+        0.485,
+        0.456,
+        0.406,
+    )  # pixel mean (ImageNet); from the vision checkpoint's pretrained_cfg when loaded
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # pixel std (ImageNet); uint8 video is normalised on device
     # ---- MAE masking + decoder ----
     mask_ratio: float = 0.75  # fraction of each frame's patches hidden from the encoder (random per frame, train only)
@@ -110,14 +115,21 @@ class SmaugConfig:
         self.sparsify_layers = tuple(sorted(set(int(i) for i in self.sparsify_layers)))
         self.mean, self.std = tuple(self.mean), tuple(self.std)
         checks = [
-            ("image_size", self.image_size > 0 and self.image_size % self.patch_size == 0, "a positive multiple of patch_size"),
+            (
+                "image_size",
+                self.image_size > 0 and self.image_size % self.patch_size == 0,
+                "a positive multiple of patch_size",
+            ),
             ("num_frames", self.num_frames >= 1, ">= 1"),
             ("temporal_layers", self.temporal_layers >= 0, ">= 0"),
             ("temporal_scope", self.temporal_scope in ("cls", "all"), "'cls' or 'all'"),
             ("vision_width", self.vision_width % self.vision_heads == 0, "divisible by vision_heads"),
             ("text_width", self.text_width % self.text_heads == 0, "divisible by text_heads"),
-            ("decoder_width", self.decoder_width % self.decoder_heads == 0 and self.decoder_width % 4 == 0,
-             "divisible by decoder_heads and by 4"),
+            (
+                "decoder_width",
+                self.decoder_width % self.decoder_heads == 0 and self.decoder_width % 4 == 0,
+                "divisible by decoder_heads and by 4",
+            ),
             ("mask_ratio", 0.0 <= self.mask_ratio < 1.0, "in [0, 1)"),
             ("keep_ratio", 0.0 < self.keep_ratio <= 1.0, "in (0, 1]"),
             ("sparsify_layers", all(0 <= i < self.vision_depth for i in self.sparsify_layers), "in [0, vision_depth)"),
@@ -126,7 +138,11 @@ class SmaugConfig:
             ("select_frames", 1 <= self.select_frames <= self.num_frames, "in [1, num_frames]"),
             ("select_temp", self.select_temp > 0, "> 0"),
             ("mlm_prob", 0.0 < self.mlm_prob < 1.0, "in (0, 1)"),
-            ("temp_init", 0 < self.temp_min <= self.temp_init <= self.temp_max, "in [temp_min, temp_max], temp_min > 0"),
+            (
+                "temp_init",
+                0 < self.temp_min <= self.temp_init <= self.temp_max,
+                "in [temp_min, temp_max], temp_min > 0",
+            ),
             ("vtm_negatives", self.vtm_negatives in ("auto", "hard", "uniform"), "'auto', 'hard' or 'uniform'"),
             ("vtm_switch_acc", 0.0 < self.vtm_switch_acc <= 1.0, "in (0, 1]"),
             ("vision_family", self.vision_family in FAMILIES, f"one of {FAMILIES}"),
@@ -136,8 +152,10 @@ class SmaugConfig:
             ("std", len(self.mean) == 3 and len(self.std) == 3 and min(self.std) > 0, "3 positive values (mean: 3)"),
         ]
         checks += [(w, getattr(self, w) >= 0, ">= 0") for w in ("w_vtc", "w_vtm", "w_mlm", "w_mvm", "drop_path_rate")]
-        checks += [(t, 0 <= getattr(self, t) < self.vocab_size, f"in [0, vocab_size={self.vocab_size})")
-                   for t in ("pad_token_id", "mask_token_id", "cls_token_id", "sep_token_id")]
+        checks += [
+            (t, 0 <= getattr(self, t) < self.vocab_size, f"in [0, vocab_size={self.vocab_size})")
+            for t in ("pad_token_id", "mask_token_id", "cls_token_id", "sep_token_id")
+        ]
         for name, ok, need in checks:
             if not ok:
                 raise ValueError(f"SmaugConfig.{name}: must be {need}, got {getattr(self, name)!r}")
@@ -172,10 +190,27 @@ PRESETS: dict[str, dict] = {
     # CPU tests + quickstart: 7x7 patches, 12 visible per frame; fwd+bwd at batch 8 on 2 cores ~0.25 s (dense ~0.35 s).
     # A run config's data.image_size must equal a preset's image_size (refused otherwise); the frame count is the
     # data's (data.num_frames), so no preset sets it
-    "tiny": dict(image_size=112, patch_size=16, vision_width=192, vision_depth=4, vision_heads=3,
-                 drop_path_rate=0.0, decoder_width=128, decoder_depth=1, decoder_heads=4, sparsify_layers=(1, 2),
-                 text_width=192, text_layers=6, fusion_layer=4, text_heads=3, text_intermediate=768,
-                 text_dropout=0.0, text_max_positions=128, select_frames=2, embed_dim=128),
+    "tiny": dict(
+        image_size=112,
+        patch_size=16,
+        vision_width=192,
+        vision_depth=4,
+        vision_heads=3,
+        drop_path_rate=0.0,
+        decoder_width=128,
+        decoder_depth=1,
+        decoder_heads=4,
+        sparsify_layers=(1, 2),
+        text_width=192,
+        text_layers=6,
+        fusion_layer=4,
+        text_heads=3,
+        text_intermediate=768,
+        text_dropout=0.0,
+        text_max_positions=128,
+        select_frames=2,
+        embed_dim=128,
+    ),
 }
 
 
@@ -220,16 +255,26 @@ class SmaugModel(nn.Module):
         super().__init__()
         self.config = cfg = config
         self.video_encoder = VideoEncoder(cfg)
-        self.temporal = (TemporalEncoder(cfg.vision_width, cfg.temporal_layers, cfg.vision_heads, cfg.num_frames,
-                                         cfg.vision_mlp_ratio) if cfg.temporal_layers else None)
+        self.temporal = (
+            TemporalEncoder(
+                cfg.vision_width, cfg.temporal_layers, cfg.vision_heads, cfg.num_frames, cfg.vision_mlp_ratio
+            )
+            if cfg.temporal_layers
+            else None
+        )
         self.text_encoder = TextEncoder(cfg)
         self.mae_decoder = MAEDecoder(cfg) if cfg.mask_ratio > 0 and cfg.w_mvm > 0 else None
-        self.frame_selector = (FrameSelector(cfg.embed_dim, cfg.select_frames, cfg.select_temp, cfg.select_gumbel)
-                               if cfg.select_frames < cfg.num_frames else None)
+        self.frame_selector = (
+            FrameSelector(cfg.embed_dim, cfg.select_frames, cfg.select_temp, cfg.select_gumbel)
+            if cfg.select_frames < cfg.num_frames
+            else None
+        )
         self.vision_proj = nn.Linear(cfg.vision_width, cfg.embed_dim)
         self.text_proj = nn.Linear(cfg.text_width, cfg.embed_dim)
         # BERT cross-attention keys/values take hidden_size inputs: map video tokens to Dt if needed
-        self.video_to_text = nn.Linear(cfg.vision_width, cfg.text_width) if cfg.vision_width != cfg.text_width else nn.Identity()
+        self.video_to_text = (
+            nn.Linear(cfg.vision_width, cfg.text_width) if cfg.vision_width != cfg.text_width else nn.Identity()
+        )
         self.vtm_head = nn.Linear(cfg.text_width, 1)
         # log temperature, shape [1] (DeepSpeed cannot broadcast 0-d parameters); `temp` is the value in use
         self.vtc_log_temp = nn.Parameter(torch.full((1,), math.log(cfg.temp_init)))
@@ -258,8 +303,10 @@ class SmaugModel(nn.Module):
         bf16 cast cannot round them and state dicts do not carry them."""
         key = str(device)
         if key not in self._pixel_stats:
-            self._pixel_stats[key] = tuple(torch.tensor(v, dtype=torch.float32).view(1, 1, 3, 1, 1).to(device)
-                                           for v in (self.config.mean, self.config.std))
+            self._pixel_stats[key] = tuple(
+                torch.tensor(v, dtype=torch.float32).view(1, 1, 3, 1, 1).to(device)
+                for v in (self.config.mean, self.config.std)
+            )
         return self._pixel_stats[key]
 
     def normalize_video(self, video: torch.Tensor) -> torch.Tensor:
@@ -320,9 +367,18 @@ class SmaugModel(nn.Module):
         return self.vtm_head(self.text_encoder.forward_fusion(text_hidden, attention_mask, video)[:, 0]).squeeze(-1)
 
     # ------------------------------------------------------------------ losses
-    def forward_vtm(self, frame_tokens, frame_feat, text_hidden, text_feat, input_ids, attention_mask,
-                    sim: torch.Tensor, seed: int, same_sample: torch.Tensor | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_vtm(
+        self,
+        frame_tokens,
+        frame_feat,
+        text_hidden,
+        text_feat,
+        input_ids,
+        attention_mask,
+        sim: torch.Tensor,
+        seed: int,
+        same_sample: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """1 positive + 2 negatives per sample (one video per text, one text per video), drawn from
         the global batch (uniformly, or mined from the VTC similarities `sim` [Bg, Bg] when
         `vtm_hard`); negatives may live on other ranks. Never a negative: the same sample
@@ -340,14 +396,19 @@ class SmaugModel(nn.Module):
             same = same | same_sample
         gen = torch.Generator(device=sim.device).manual_seed(seed)
         neg_text, neg_video = sample_negatives(sim, same, gen, hard=self.vtm_hard)
-        nt, nv = neg_text[rank * b:(rank + 1) * b], neg_video[rank * b:(rank + 1) * b]
+        nt, nv = neg_text[rank * b : (rank + 1) * b], neg_video[rank * b : (rank + 1) * b]
         # index_select, not x[idx]: its backward (index_add) is deterministic on CPU, while
         # x[idx] backward (index_put_ accumulate) uses parallel float atomics for repeated indices
-        ft, ff, th, tf, am_neg = (x.index_select(0, i) for x, i in ((ft, nv), (ff, nv), (th, nt), (tf, nt), (am_all, nt)))
+        ft, ff, th, tf, am_neg = (
+            x.index_select(0, i) for x, i in ((ft, nv), (ff, nv), (th, nt), (tf, nt), (am_all, nt))
+        )
         logits = self.vtm_logits(
-            torch.cat([frame_tokens, ft, frame_tokens]), torch.cat([frame_feat, ff, frame_feat]),
-            torch.cat([text_hidden, text_hidden, th]), torch.cat([text_feat, text_feat, tf]),
-            torch.cat([attention_mask, attention_mask, am_neg]))
+            torch.cat([frame_tokens, ft, frame_tokens]),
+            torch.cat([frame_feat, ff, frame_feat]),
+            torch.cat([text_hidden, text_hidden, th]),
+            torch.cat([text_feat, text_feat, tf]),
+            torch.cat([attention_mask, attention_mask, am_neg]),
+        )
         labels = torch.cat([torch.ones(b, device=logits.device), torch.zeros(2 * b, device=logits.device)])
         self._last_negatives = (neg_text, neg_video)  # global indices, for tests and debugging
         # pair accuracy; 2/3 = always "no match" (the label prior), what a VTM head that learned nothing gives
@@ -357,8 +418,14 @@ class SmaugModel(nn.Module):
     def forward_mlm(self, input_ids, attention_mask, fusion_video: torch.Tensor) -> torch.Tensor:
         """Masked captions through the text layers, then fused with the positive pair's frames."""
         cfg = self.config
-        masked, labels = mask_tokens(input_ids, attention_mask, cfg.mlm_prob, cfg.mask_token_id, cfg.vocab_size,
-                                     [cfg.pad_token_id, cfg.cls_token_id, cfg.sep_token_id])
+        masked, labels = mask_tokens(
+            input_ids,
+            attention_mask,
+            cfg.mlm_prob,
+            cfg.mask_token_id,
+            cfg.vocab_size,
+            [cfg.pad_token_id, cfg.cls_token_id, cfg.sep_token_id],
+        )
         hidden = self.text_encoder.forward_text(masked, attention_mask)
         hidden = self.text_encoder.forward_fusion(hidden, attention_mask, fusion_video)
         sel = labels != -100
@@ -391,8 +458,9 @@ class SmaugModel(nn.Module):
         vtc, sim = vtc_loss(video_feat, text_feat, self.temp, same_sample)
         losses["vtc"] = vtc
         if cfg.w_vtm > 0:
-            losses["vtm"], metrics["vtm_acc"] = self.forward_vtm(frame_tokens, frame_feat, text_hidden, text_feat, ids,
-                                                                 am, sim, seed, same_sample)
+            losses["vtm"], metrics["vtm_acc"] = self.forward_vtm(
+                frame_tokens, frame_feat, text_hidden, text_feat, ids, am, sim, seed, same_sample
+            )
         if cfg.w_mlm > 0:
             fusion_video = self.select_frames(frame_tokens, frame_feat, text_feat)
             losses["mlm"] = self.forward_mlm(ids, am, fusion_video)
@@ -402,8 +470,12 @@ class SmaugModel(nn.Module):
 
         T, n_out = enc.tokens.shape[1], enc.tokens.shape[2] - 1
         k = T if self.frame_selector is None else min(self.frame_selector.k, T)
-        stats = dict(visible_tokens=float(T * enc.num_visible), kept_tokens=float(T * n_out),
-                     selected_frames=float(k), fusion_tokens=float(k * (n_out + 1)))  # host numbers: no GPU sync
+        stats = dict(
+            visible_tokens=float(T * enc.num_visible),
+            kept_tokens=float(T * n_out),
+            selected_frames=float(k),
+            fusion_tokens=float(k * (n_out + 1)),
+        )  # host numbers: no GPU sync
         return SmaugOutput(loss, losses, stats, metrics)
 
     # ------------------------------------------------------------------ trainer hooks
@@ -417,11 +489,18 @@ class SmaugModel(nn.Module):
         """Parameter names without weight decay: every bias / norm / scalar (ndim <= 1), the
         temperature, [CLS] / mask tokens, the position and temporal embeddings and BEiT's relative
         position bias tables (as timm's BEiT)."""
-        extra = {"video_encoder.cls_token", "video_encoder.pos_embed", "video_encoder.temporal_embed", "temporal.pos_embed",
-                 "mae_decoder.mask_token", "vtc_log_temp"}
+        extra = {
+            "video_encoder.cls_token",
+            "video_encoder.pos_embed",
+            "video_encoder.temporal_embed",
+            "temporal.pos_embed",
+            "mae_decoder.mask_token",
+            "vtc_log_temp",
+        }
         names = {n for n, _ in self.named_parameters()}
         return {n for n, p in self.named_parameters() if p.ndim <= 1 or n.endswith(".relative_position_bias_table")} | (
-            extra & names)
+            extra & names
+        )
 
     def train_flops(self, batch_size: int, text_len: int) -> float:
         """Model FLOPs of one forward + backward on `batch_size` clips (see `flops.train_flops`)."""

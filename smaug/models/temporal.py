@@ -25,6 +25,7 @@ the image model. Scope "cls" is cheap (T tokens per clip); "all" attends over T 
 which SMAUG's masking and sparsification keep short (n = 8 in the tiny preset, 21 in base). SMAUG's savings (masking, sparsification, frame selection) act before and after it
 unchanged; the dense baseline gets the same module, so the comparison stays like for like.
 """
+
 from __future__ import annotations
 
 import torch

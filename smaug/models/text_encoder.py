@@ -14,6 +14,7 @@ applies it by itself (it adds the given mask). We (1) always pass our own additi
 self-attention is bidirectional with either implementation. `tests/test_model_text.py` checks
 that changing the last token changes the first token's output.
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,11 +31,19 @@ from .common import maybe_checkpoint
 def bert_config(cfg, num_layers: int) -> BertConfig:
     """The transformers BertConfig for `num_layers` text layers of a SmaugConfig."""
     return BertConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.text_width, num_hidden_layers=num_layers,
-        num_attention_heads=cfg.text_heads, intermediate_size=cfg.text_intermediate,
-        hidden_dropout_prob=cfg.text_dropout, attention_probs_dropout_prob=cfg.text_dropout,
-        max_position_embeddings=cfg.text_max_positions, pad_token_id=cfg.pad_token_id,
-        type_vocab_size=2, layer_norm_eps=1e-12, attn_implementation="sdpa")
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.text_width,
+        num_hidden_layers=num_layers,
+        num_attention_heads=cfg.text_heads,
+        intermediate_size=cfg.text_intermediate,
+        hidden_dropout_prob=cfg.text_dropout,
+        attention_probs_dropout_prob=cfg.text_dropout,
+        max_position_embeddings=cfg.text_max_positions,
+        pad_token_id=cfg.pad_token_id,
+        type_vocab_size=2,
+        layer_norm_eps=1e-12,
+        attn_implementation="sdpa",
+    )
 
 
 def init_bert_weights(module: nn.Module, std: float = 0.02) -> None:
@@ -48,8 +57,14 @@ def init_bert_weights(module: nn.Module, std: float = 0.02) -> None:
         nn.init.zeros_(module.bias)
 
 
-def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, mlm_prob: float, mask_token_id: int,
-                vocab_size: int, special_ids: list[int]):
+def mask_tokens(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    mlm_prob: float,
+    mask_token_id: int,
+    vocab_size: int,
+    special_ids: list[int],
+):
     """BERT MLM masking: each real, non-special token is chosen with prob `mlm_prob`; of those
     80% become [MASK], 10% a random token, 10% stay. Every caption with a maskable token gets
     at least one (so the loss is never empty). Pads and special tokens are never chosen.

@@ -25,6 +25,7 @@ SDPA + row 43.8 ms (+2.5%), SDPA + a second full attention-matrix pass 76.5 ms (
 
 Pretrained weights load through `smaug.models.pretrained` (timm key names, strict, with a report).
 """
+
 from __future__ import annotations
 
 import math
@@ -134,7 +135,9 @@ class VideoEncoder(nn.Module):
         self.temporal_embed = nn.Parameter(torch.zeros(1, cfg.num_frames, 1, D))  # zero: starts as the image model
         self.norm_pre = LayerNorm(D, eps=cfg.vision_norm_eps) if clip else nn.Identity()
         dpr = [cfg.drop_path_rate * i / max(1, cfg.vision_depth - 1) for i in range(cfg.vision_depth)]  # as linspace
-        self.blocks = nn.ModuleList([make_block(cfg, self.patch_embed.grid_size, dpr[i]) for i in range(cfg.vision_depth)])
+        self.blocks = nn.ModuleList(
+            [make_block(cfg, self.patch_embed.grid_size, dpr[i]) for i in range(cfg.vision_depth)]
+        )
         self.norm = LayerNorm(D, eps=cfg.vision_norm_eps)
         self.grad_checkpointing = False
         if self.pos_embed is not None:  # MAE's 2-D sin-cos init (learned from there; a checkpoint overwrites it):
@@ -170,8 +173,9 @@ class VideoEncoder(nn.Module):
         cls = (cls + te).expand(B, -1, -1, -1).flatten(0, 1)
         return x, cls
 
-    def block_forward(self, blk: nn.Module, x: torch.Tensor, ids: torch.Tensor, idx: torch.Tensor | None,
-                      sparsify: bool):
+    def block_forward(
+        self, blk: nn.Module, x: torch.Tensor, ids: torch.Tensor, idx: torch.Tensor | None, sparsify: bool
+    ):
         """One block by hand: attention (+ BEiT's gathered relative bias), EViT reorganisation
         between attention and MLP when `sparsify`, MLP.
 
@@ -198,8 +202,11 @@ class VideoEncoder(nn.Module):
             sparsify = i in self.cfg.sparsify_layers
             if self.rel_pos and idx is None:  # BEiT: bias rows of the current token set (after each sparsify)
                 attn = blk.attn
-                idx = bias_index(attn.relative_position_index, ids[:1] if same_ids else ids,
-                                 attn.relative_position_bias_table.shape[0])
+                idx = bias_index(
+                    attn.relative_position_index,
+                    ids[:1] if same_ids else ids,
+                    attn.relative_position_bias_table.shape[0],
+                )
             if sparsify or self.rel_pos:
                 x, ids = maybe_checkpoint(self.grad_checkpointing, self.block_forward, blk, x, ids, idx, sparsify)
                 if sparsify:

@@ -20,6 +20,7 @@ position; every pair it takes part in (either side, itself included) gets a zero
 attention to and from it is by content alone. Implemented as one extra rpi row/column (reached by
 pos -1) that indexes one extra all-zero row appended to each block's table.
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -42,10 +43,27 @@ def make_block(cfg, grid: tuple[int, int], drop_path: float) -> nn.Module:
     ls = cfg.vision_layer_scale or None
     D, H = cfg.vision_width, cfg.vision_heads
     if cfg.vision_family == "beit":
-        return BeitBlock(D, H, qkv_bias=cfg.vision_qkv_bias, mlp_ratio=cfg.vision_mlp_ratio, drop_path=drop_path,
-                         init_values=ls, act_layer=act, norm_layer=norm, window_size=tuple(grid))
-    return Block(D, H, cfg.vision_mlp_ratio, qkv_bias=cfg.vision_qkv_bias, init_values=ls, drop_path=drop_path,
-                 act_layer=act, norm_layer=norm)
+        return BeitBlock(
+            D,
+            H,
+            qkv_bias=cfg.vision_qkv_bias,
+            mlp_ratio=cfg.vision_mlp_ratio,
+            drop_path=drop_path,
+            init_values=ls,
+            act_layer=act,
+            norm_layer=norm,
+            window_size=tuple(grid),
+        )
+    return Block(
+        D,
+        H,
+        cfg.vision_mlp_ratio,
+        qkv_bias=cfg.vision_qkv_bias,
+        init_values=ls,
+        drop_path=drop_path,
+        act_layer=act,
+        norm_layer=norm,
+    )
 
 
 def qkv_heads(attn: nn.Module, x: torch.Tensor):
@@ -73,8 +91,7 @@ def attention(attn: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None
     M, n, _ = x.shape
     q, k, v = qkv_heads(attn, x)
     mask = None if bias is None else bias.to(q.dtype)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                         dropout_p=attn.attn_drop.p if attn.training else 0.0)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=attn.attn_drop.p if attn.training else 0.0)
     cls_attn = None
     if cls_row:
         logits = (q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)  # [M, H, 1, n]

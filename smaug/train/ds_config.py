@@ -5,6 +5,7 @@ optimizer implementation). Batch sizes, LR, betas, eps, weight decay, precision 
 gradient clipping come from the run config: a field left `"auto"` (or absent) is filled in,
 an explicit field that disagrees is an error naming both keys. Nothing is ignored silently.
 """
+
 from __future__ import annotations
 
 import copy
@@ -19,8 +20,10 @@ DS_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
 _DERIVED = {
     ("train_micro_batch_size_per_gpu",): ("data.batch_size", lambda c, w: c.data.batch_size),
     ("gradient_accumulation_steps",): ("train.grad_accum", lambda c, w: c.train.grad_accum),
-    ("train_batch_size",): ("data.batch_size*train.grad_accum*world_size",
-                            lambda c, w: c.data.batch_size * c.train.grad_accum * w),
+    ("train_batch_size",): (
+        "data.batch_size*train.grad_accum*world_size",
+        lambda c, w: c.data.batch_size * c.train.grad_accum * w,
+    ),
     ("gradient_clipping",): ("optim.grad_clip", lambda c, w: c.optim.grad_clip),
     ("bf16", "enabled"): ("train.precision", lambda c, w: c.train.precision == "bf16"),
     ("optimizer", "params", "lr"): ("optim.lr", lambda c, w: c.optim.lr),
@@ -65,15 +68,23 @@ def build_ds_config(cfg: RunConfig, world_size: int, device: str) -> dict:
     if device != "cuda":
         params = ds.get("optimizer", {}).get("params", {})
         if params.get("torch_adam") is False:
-            raise ConfigError(f"{path}: optimizer.params.torch_adam=false (FusedAdam) needs CUDA; use ds_configs/zero2_cpu.json")
+            raise ConfigError(
+                f"{path}: optimizer.params.torch_adam=false (FusedAdam) needs CUDA; use ds_configs/zero2_cpu.json"
+            )
     stage = ds.get("zero_optimization", {}).get("stage", 0)
     if stage not in (0, 1, 2):
-        raise ConfigError(f"{path}: zero_optimization.stage={stage}: smaug supports ZeRO 0-2 (stage 3 is untested here)")
+        raise ConfigError(
+            f"{path}: zero_optimization.stage={stage}: smaug supports ZeRO 0-2 (stage 3 is untested here)"
+        )
 
-    if (ds.get("zero_optimization", {}).get("compute_grad_norm", True) is False
-            and ds.get("bf16", {}).get("check_grad_overflow", True) is False):
-        raise ConfigError(f"{path}: zero_optimization.compute_grad_norm=false with bf16.check_grad_overflow=false: "
-                          f"nothing would detect non-finite gradients (the trainer's guard reads the grad norm)")
+    if (
+        ds.get("zero_optimization", {}).get("compute_grad_norm", True) is False
+        and ds.get("bf16", {}).get("check_grad_overflow", True) is False
+    ):
+        raise ConfigError(
+            f"{path}: zero_optimization.compute_grad_norm=false with bf16.check_grad_overflow=false: "
+            f"nothing would detect non-finite gradients (the trainer's guard reads the grad norm)"
+        )
 
     out = copy.deepcopy(ds)
     for ds_key, (run_key, get) in _DERIVED.items():
@@ -87,7 +98,8 @@ def build_ds_config(cfg: RunConfig, world_size: int, device: str) -> dict:
         elif not _same(have, want):
             raise ConfigError(
                 f"{path}: {'.'.join(ds_key)}={have!r} disagrees with {run_key}={want!r}; "
-                f"set it in the run config and leave the JSON field \"auto\"")
+                f'set it in the run config and leave the JSON field "auto"'
+            )
     return out
 
 

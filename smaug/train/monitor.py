@@ -1,4 +1,5 @@
 """Rank-0 run monitoring: the trainer's log lines, tqdm progress bar, JSON-lines log, wandb, throughput and MFU."""
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,20 @@ import torch
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) by device-name substring, first match wins
 # (so the PCIe / NVL H100 parts come before the SXM one).
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "GH200": 989.0,
-                    "A100": 312.0, "L40S": 362.0, "A6000": 155.0, "L4": 121.0, "A10": 125.0, "V100": 125.0,
-                    "4090": 165.0}
+PEAK_BF16_TFLOPS = {
+    "H200": 989.0,
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
+    "H100": 989.0,
+    "GH200": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A6000": 155.0,
+    "L4": 121.0,
+    "A10": 125.0,
+    "V100": 125.0,
+    "4090": 165.0,
+}
 
 
 LOG = logging.getLogger("smaug.train")  # the trainer's messages; `setup_logging` prints them as "[smaug] ..."
@@ -77,8 +89,16 @@ def device_peak_tflops(device: torch.device, override: float = 0.0) -> tuple[flo
 class Monitor:
     """Collects per-step numbers on rank 0 and writes them every `every` steps."""
 
-    def __init__(self, output_dir: str | Path, cfg, total_steps: int, start_step: int, enabled: bool,
-                 peak_tflops: float, wandb_config: Optional[dict] = None):
+    def __init__(
+        self,
+        output_dir: str | Path,
+        cfg,
+        total_steps: int,
+        start_step: int,
+        enabled: bool,
+        peak_tflops: float,
+        wandb_config: Optional[dict] = None,
+    ):
         self.enabled = enabled
         self.every = cfg.log.every
         self.peak = peak_tflops
@@ -92,14 +112,26 @@ class Monitor:
         if cfg.log.progress:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                            desc=cfg.run.name, mininterval=1.0)
+            self.bar = tqdm(
+                total=total_steps,
+                initial=start_step,
+                unit="step",
+                dynamic_ncols=True,
+                desc=cfg.run.name,
+                mininterval=1.0,
+            )
         mode = os.environ.get("WANDB_MODE") or cfg.log.wandb
         if mode != "disabled":
             import wandb
 
-            self.wandb = wandb.init(project=cfg.log.wandb_project, name=cfg.run.name, mode=mode,
-                                    dir=str(output_dir), config=wandb_config, resume="allow")
+            self.wandb = wandb.init(
+                project=cfg.log.wandb_project,
+                name=cfg.run.name,
+                mode=mode,
+                dir=str(output_dir),
+                config=wandb_config,
+                resume="allow",
+            )
 
     def _reset_window(self):
         self.t0 = time.perf_counter()
@@ -124,14 +156,22 @@ class Monitor:
         if step % self.every:
             return None
         dt = max(time.perf_counter() - self.t0, 1e-9)
-        rec = {"step": step, **{k: float(v) / self.n for k, v in self.sums.items()},
-               "clips_per_s": self.clips / dt, "data_wait_frac": self.data_time / dt,
-               "model_tflops": self.flops / dt / 1e12}
+        rec = {
+            "step": step,
+            **{k: float(v) / self.n for k, v in self.sums.items()},
+            "clips_per_s": self.clips / dt,
+            "data_wait_frac": self.data_time / dt,
+            "model_tflops": self.flops / dt / 1e12,
+        }
         rec["mfu"] = rec["model_tflops"] / self.peak if self.peak else 0.0
         self._reset_window()
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{rec.get('loss', float('nan')):.3f}", clips_s=f"{rec['clips_per_s']:.1f}",
-                                 data=f"{rec['data_wait_frac']:.0%}", refresh=False)
+            self.bar.set_postfix(
+                loss=f"{rec.get('loss', float('nan')):.3f}",
+                clips_s=f"{rec['clips_per_s']:.1f}",
+                data=f"{rec['data_wait_frac']:.0%}",
+                refresh=False,
+            )
         self.log(rec)
         return rec
 

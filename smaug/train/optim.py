@@ -1,4 +1,5 @@
 """Parameter groups (weight decay or not) and the warmup + cosine learning-rate schedule."""
+
 from __future__ import annotations
 
 import math
@@ -61,7 +62,6 @@ def make_scheduler(warmup_steps: int, total_steps: int, lr: float, min_lr: float
     ratio = min_lr / lr
 
     def build(optimizer):
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_factor(s, warmup_steps, total_steps, ratio))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup_steps, total_steps, ratio))
 
     return build

@@ -9,6 +9,7 @@ Exact resume: the batch in flight has been pulled from the loader but not traine
 `state_dict()` and `skip_counts()` therefore report the loader as it was right after the last
 batch handed to the trainer, not after the one in flight.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator

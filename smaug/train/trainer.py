@@ -6,6 +6,7 @@
 Order of work: validate the whole config (no compute before that), set up distributed,
 build model + engine, resume, then loop. Rank 0 logs; every rank checkpoints its shard.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,10 +35,15 @@ LOSS_KEYS = ("vtc", "vtm", "mlm", "mvm")
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m smaug.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", action="append", required=True,
-                   help="YAML run config (repeatable; later files override earlier ones)")
+    p = argparse.ArgumentParser(
+        prog="python -m smaug.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--config",
+        action="append",
+        required=True,
+        help="YAML run config (repeatable; later files override earlier ones)",
+    )
     p.add_argument("--out", default=None, help="output directory (or run.output_dir=..., or $SMAUG_OUTPUT)")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 train.steps=100")
@@ -140,8 +146,11 @@ class Trainer:
             self._say(f"initialised from {cfg.model.init_from} (missing {len(missing)}, unexpected {len(unexpected)})")
         model.set_grad_checkpointing(cfg.model.grad_checkpointing)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=model, model_parameters=param_groups(model, cfg.optim.weight_decay), config=ds_cfg,
-            lr_scheduler=make_scheduler(cfg.optim.warmup_steps, cfg.train.steps, cfg.optim.lr, cfg.optim.min_lr))
+            model=model,
+            model_parameters=param_groups(model, cfg.optim.weight_decay),
+            config=ds_cfg,
+            lr_scheduler=make_scheduler(cfg.optim.warmup_steps, cfg.train.steps, cfg.optim.lr, cfg.optim.min_lr),
+        )
         self.model = self.engine.module
 
         # Per-rank stream for masking/dropout/sampling (the engine broadcast rank 0's weights);
@@ -169,17 +178,29 @@ class Trainer:
                 # A different world size cannot continue the per-rank streams; start new ones
                 # seeded by the step so that no stream is replayed.
                 torch.manual_seed(cfg.run.seed + self.step + 1000003 * self.rank)
-                self._say(f"resumed with world size {self.world} != saved {client.get('world_size')}: "
-                          f"data streams restart (seed offset {self.step}), RNG re-seeded")
+                self._say(
+                    f"resumed with world size {self.world} != saved {client.get('world_size')}: "
+                    f"data streams restart (seed offset {self.step}), RNG re-seeded"
+                )
             self._say(f"resumed from {found[0]}/{found[1]} at step {self.step}")
         seed = cfg.run.seed if loader_state is not None or self.step == 0 else cfg.run.seed + self.step
-        self.loader = build_train_loader(cfg.data, self.tokenizer, rank=self.rank, world_size=self.world,
-                                         seed=seed, state=loader_state, pin_memory=self.device.type == "cuda")
+        self.loader = build_train_loader(
+            cfg.data,
+            self.tokenizer,
+            rank=self.rank,
+            world_size=self.world,
+            seed=seed,
+            state=loader_state,
+            pin_memory=self.device.type == "cuda",
+        )
         self.batches = DevicePrefetcher(self.loader, self.device)  # the copy of batch i+1 overlaps step i
-        self.monitor = Monitor(self.out, cfg, cfg.train.steps, self.step, self.is_main, peak,
-                               wandb_config=cfg.to_dict())
-        self._say(f"world={self.world} device={self.device} params={sum(p.numel() for p in model.parameters())/1e6:.1f}M "
-                  f"global_batch={cfg.data.batch_size * cfg.train.grad_accum * self.world} peak={peak:.1f} TFLOP/s ({src})")
+        self.monitor = Monitor(
+            self.out, cfg, cfg.train.steps, self.step, self.is_main, peak, wandb_config=cfg.to_dict()
+        )
+        self._say(
+            f"world={self.world} device={self.device} params={sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
+            f"global_batch={cfg.data.batch_size * cfg.train.grad_accum * self.world} peak={peak:.1f} TFLOP/s ({src})"
+        )
         self.preempt = Preemption()
         # Non-finite gradients with a finite loss. DeepSpeed's bf16 `check_grad_overflow` finds
         # them with ~13 small kernels per parameter tensor (5,800 for SMAUG base, the largest host
@@ -237,7 +258,8 @@ class Trainer:
                     raise FloatingPointError(
                         f"{streak} non-finite losses in a row at step {self.step} (train.max_nonfinite="
                         f"{cfg.train.max_nonfinite}); check optim.lr / data; last losses: "
-                        f"{ {k: float(v.detach()) for k, v in out.losses.items()} }")
+                        f"{ {k: float(v.detach()) for k, v in out.losses.items()} }"
+                    )
                 continue
             streak = 0
             self.engine.backward(out.loss)
@@ -250,7 +272,10 @@ class Trainer:
             for k, v in [("loss", out.loss), *out.losses.items(), *out.metrics.items()]:
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
             if "vtm_acc" in out.metrics and not self.model.vtm_hard:  # the curriculum's evidence
-                self._vtm_window = [self._vtm_window[0] + out.metrics["vtm_acc"].detach().float(), self._vtm_window[1] + 1]
+                self._vtm_window = [
+                    self._vtm_window[0] + out.metrics["vtm_acc"].detach().float(),
+                    self._vtm_window[1] + 1,
+                ]
             for k, v in out.stats.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         scalars = {k: v / done for k, v in sums.items()}
@@ -271,7 +296,7 @@ class Trainer:
         return self.step >= self.cfg.train.steps - self.cfg.train.unmasked_tail_steps
 
     def update_vtm_curriculum(self) -> None:
-        """"auto" VTM negatives: uniform until the pair accuracy averaged over the window since the last
+        """ "auto" VTM negatives: uniform until the pair accuracy averaged over the window since the last
         check (and over ranks) reaches `vtm_switch_acc`, then hard for good. Checked at log steps (one
         host sync); the decision and the open window are checkpointed, so a resumed run switches at the
         same step as an uninterrupted one."""
@@ -286,8 +311,10 @@ class Trainer:
         self._vtm_window = [0.0, 0]
         if acc >= self.mcfg.vtm_switch_acc:
             self.model.vtm_hard, self.vtm_hard_step = True, self.step
-            self._say(f"VTM pair accuracy {acc:.3f} >= {self.mcfg.vtm_switch_acc} on uniform negatives "
-                      f"(prior 0.667): hard negatives from step {self.step + 1}")
+            self._say(
+                f"VTM pair accuracy {acc:.3f} >= {self.mcfg.vtm_switch_acc} on uniform negatives "
+                f"(prior 0.667): hard negatives from step {self.step + 1}"
+            )
 
     def check_gradients(self) -> None:
         """Act on non-finite gradient norms since the last check (one host sync).
@@ -303,20 +330,28 @@ class Trainer:
         new, self._bad_norm_seen = bad - self._bad_norm_seen, bad
         if self.ds_skips_overflow:
             self.skipped_steps += new
-            self._say(f"{new} optimizer step(s) with a non-finite gradient norm skipped by DeepSpeed "
-                      f"(by step {self.step})")
+            self._say(
+                f"{new} optimizer step(s) with a non-finite gradient norm skipped by DeepSpeed (by step {self.step})"
+            )
             return
         raise FloatingPointError(
             f"non-finite gradient norm at or before step {self.step} with a finite loss: the update was applied "
             f"(bf16.check_grad_overflow is off in the DeepSpeed JSON), so the weights are not trustworthy and "
             f"nothing was saved. Resume from the last checkpoint ({ckpt.ckpt_root(self.out)}); lower optim.lr or "
-            f"raise optim.warmup_steps, or set bf16.check_grad_overflow=true to skip such steps (slower)")
+            f"raise optim.warmup_steps, or set bf16.check_grad_overflow=true to skip such steps (slower)"
+        )
 
     def save(self) -> Path:
         self.check_gradients()  # never checkpoint weights updated with non-finite gradients
-        client = {"step": self.step, "samples_seen": self.samples_seen, "skipped_steps": self.skipped_steps,
-                  "vtm_hard_step": self.vtm_hard_step, "vtm_window": [float(self._vtm_window[0]), self._vtm_window[1]],
-                  "config": self.cfg.to_dict(), "model_config": dataclasses.asdict(self.mcfg)}
+        client = {
+            "step": self.step,
+            "samples_seen": self.samples_seen,
+            "skipped_steps": self.skipped_steps,
+            "vtm_hard_step": self.vtm_hard_step,
+            "vtm_window": [float(self._vtm_window[0]), self._vtm_window[1]],
+            "config": self.cfg.to_dict(),
+            "model_config": dataclasses.asdict(self.mcfg),
+        }
         per_rank = {"loader": self.batches.state_dict(), "rng": ckpt.rng_state()}
         path = ckpt.save(self.engine, self.out, self.step, client, per_rank, self.cfg.ckpt.keep)
         self._say(f"checkpoint {path}")
@@ -335,22 +370,46 @@ class Trainer:
         dcfg = dataclasses.replace(cfg.data, num_frames=cfg.eval.num_frames or cfg.data.num_frames)
         loader = build_eval_loader(dcfg, self.tokenizer, cfg.data.eval_shards, rank=self.rank, world_size=self.world)
         with _keep_rng(self.device):
-            res = evaluate(self.model, loader, self.tokenizer, self.device, k=cfg.eval.rerank_k,
-                           max_text_len=cfg.data.max_text_len, max_samples=cfg.eval.max_samples)
+            res = evaluate(
+                self.model,
+                loader,
+                self.tokenizer,
+                self.device,
+                k=cfg.eval.rerank_k,
+                max_text_len=cfg.data.max_text_len,
+                max_samples=cfg.eval.max_samples,
+            )
         report = retrieval_report(
-            res, step=self.step, split=str(cfg.data.eval_shards),
-            data={"shards": cfg.data.eval_shards, "shards_root": cfg.data.shards_root}, frames=dcfg.num_frames,
-            image_size=dcfg.image_size, decode_short_side=dcfg.short_side, precision=cfg.train.precision,
-            device=self.device.type, world_size=self.world, skipped=loader.skip_counts(),
-            checkpoint=str(self.out), checkpoint_kind="training run (in-process eval)")
+            res,
+            step=self.step,
+            split=str(cfg.data.eval_shards),
+            data={"shards": cfg.data.eval_shards, "shards_root": cfg.data.shards_root},
+            frames=dcfg.num_frames,
+            image_size=dcfg.image_size,
+            decode_short_side=dcfg.short_side,
+            precision=cfg.train.precision,
+            device=self.device.type,
+            world_size=self.world,
+            skipped=loader.skip_counts(),
+            checkpoint=str(self.out),
+            checkpoint_kind="training run (in-process eval)",
+        )
         self.monitor.log({"step": self.step, **{f"eval/{k}": v for k, v in report_scalars(report).items()}})
-        r1 = "  ".join(f"{name} t2v/v2t R@1 {m['t2v_r1']:.1f}/{m['v2t_r1']:.1f}"
-                       for name, m in report["results"].items() if isinstance(m, dict))
+        r1 = "  ".join(
+            f"{name} t2v/v2t R@1 {m['t2v_r1']:.1f}/{m['v2t_r1']:.1f}"
+            for name, m in report["results"].items()
+            if isinstance(m, dict)
+        )
         acc = report["results"]["vtm_acc"]
-        self._say(f"eval step {self.step}: {r1}"
-                  + (f"  vtm_acc {acc:.3f} (always-no {1 - report['results']['vtm_pos_frac']:.3f})"
-                     if acc is not None else "")
-                  + f" (chance R@1 {report['protocol']['chance_r1']:.1f}, {report['protocol']['num_videos']} clips)")
+        self._say(
+            f"eval step {self.step}: {r1}"
+            + (
+                f"  vtm_acc {acc:.3f} (always-no {1 - report['results']['vtm_pos_frac']:.3f})"
+                if acc is not None
+                else ""
+            )
+            + f" (chance R@1 {report['protocol']['chance_r1']:.1f}, {report['protocol']['num_videos']} clips)"
+        )
         for warning in report["warnings"]:
             self._say(f"eval step {self.step} WARNING: {warning}")
         if self.is_main:
@@ -379,16 +438,17 @@ class Trainer:
                 self.save()
                 last_saved = self.step
             if preempted:
-                self._say(f"{self.preempt.signal or 'signal'} received: checkpoint saved at step "
-                          f"{self.step}, exiting")
+                self._say(f"{self.preempt.signal or 'signal'} received: checkpoint saved at step {self.step}, exiting")
                 return 0
             if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step != cfg.train.steps:
                 self.evaluate()
         if last_saved != self.step:
             self.save()
         self.evaluate()
-        self._say(f"done: {self.step} steps, {self.samples_seen} clips; checkpoints in "
-                  f"{ckpt.ckpt_root(self.out)}; log {self.out / 'log.jsonl'}")
+        self._say(
+            f"done: {self.step} steps, {self.samples_seen} clips; checkpoints in "
+            f"{ckpt.ckpt_root(self.out)}; log {self.out / 'log.jsonl'}"
+        )
         return 0
 
     def close(self) -> None:
