@@ -2,11 +2,15 @@
 
 Helpers (test files import them: `from conftest import REPO, QS, run, run_tool, subprocess_env`):
     REPO, CONFIGS, QS                 the checkout, its run configs, the quickstart config
-    subprocess_env(**extra)           os.environ for a child process: CPU only, 1 thread, no torchrun variables
+    subprocess_env(**extra)           os.environ for a child process: CPU only, no torchrun variables
     run(cmd)                          subprocess.run that asserts exit 0 and shows the output's tail otherwise
     run_tool(tool, *args, nproc=1)    `tools/<tool>` (or a repo script path) with this interpreter / torchrun
+    train_in_process(*argv)           the trainer's `main(argv)` in this process (CPU) -> exit code
 Fixtures: `free_port` (a free TCP port, `smaug.dist.free_port`), `single_process_env` (torchrun's
 variables for a 1-process group in this process).
+
+Threads: this process and every child run with the same OpenMP/torch thread count ($OMP_NUM_THREADS,
+default 1), so a run resumed in-process continues a run killed in a child bit for bit.
 """
 
 import os
@@ -14,10 +18,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported (smaug.dist below)
+
 import pytest
+import torch
 
 from smaug.dist import DIST_ENV
 from smaug.dist import free_port as _free_port
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "smaug" / "configs"
@@ -43,9 +52,9 @@ def single_process_env(monkeypatch) -> None:
 
 
 def subprocess_env(**extra) -> dict:
-    """The environment of a child process: unbuffered, CPU only, one OpenMP thread, and without the
-    torchrun variables (an in-process training run leaves RANK, MASTER_PORT, ... in os.environ)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    """The environment of a child process: unbuffered, CPU only, this process's thread count, and without
+    the torchrun variables (an in-process training run leaves RANK, MASTER_PORT, ... in os.environ)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")  # OMP_NUM_THREADS: this process's
     for k in DIST_ENV:
         env.pop(k, None)
     env.update({k: str(v) for k, v in extra.items()})
@@ -76,6 +85,14 @@ def run_tool(tool: str, *args, nproc: int = 1, cwd=REPO, check: bool = True, tim
     if nproc > 1:
         launcher += ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={_free_port()}"]
     return run([*launcher, script, *args], check=check, timeout=timeout, cwd=cwd, env=env)
+
+
+def train_in_process(*argv) -> int:
+    """`python -m smaug.train ARGV` as `smaug.train.trainer.main(argv)` in this process, on the CPU (the
+    process group and DeepSpeed's groups are made once and reused by later runs). -> exit code."""
+    from smaug.train.trainer import main
+
+    return main([*map(str, argv), "train.device=cpu"])
 
 
 # --- data fixtures (smaug.data): a tiny synthetic corpus and its shards, built once per session
@@ -190,35 +207,17 @@ def synthetic_shards(synthetic_corpus, tmp_path_factory) -> dict:
 # --- retrieval / export fixtures (tools/eval_retrieval.py, export_hf.py, finetune_retrieval.py)
 @pytest.fixture(scope="session")
 def pretrained_run(synthetic_shards, tmp_path_factory) -> Path:
-    """A short tiny pre-training run (the real trainer, one process) on the synthetic shards, with
-    its periodic and final zero-shot eval on the held-out split: run dir with checkpoints/ and eval.json.
-    LR 1e-4: at the quickstart's 1e-3 the tiny model's VTC features collapse in a few steps."""
+    """A short tiny pre-training run (the real trainer, `main(argv)` in this process) on the synthetic
+    shards, with its periodic and final zero-shot eval on the held-out split: run dir with checkpoints/
+    and eval.json. LR 1e-4: at the quickstart's 1e-3 the tiny model's VTC features collapse in a few steps."""
     out = tmp_path_factory.mktemp("pretrained") / "run"
     d = synthetic_shards
-    cmd = [
-        sys.executable,
-        "-m",
-        "smaug.train",
-        "--config",
-        str(REPO / "smaug" / "configs" / "quickstart.yaml"),
-        "--out",
-        str(out),
-        f"data.shards_root={d['shards_root']}",
-        f"data.train_shards={d['train']}",
-        f"data.eval_shards={d['eval']}",
-        f"model.tokenizer={d['tokenizer']}",
-        "data.batch_size=8",
-        "data.num_workers=1",
-        "data.round_batches=4",
-        "data.shuffle_buffer=20",
-        "log.progress=false",
-        "train.steps=8",
-        "train.unmasked_tail_steps=2",
-        "eval.every=4",
-        "ckpt.every=4",
-        "optim.lr=1e-4",
-        "optim.min_lr=1e-5",
-        "optim.warmup_steps=2",
-    ]
-    run(cmd, timeout=900)
+    rc = train_in_process(
+        "--config", QS, "--out", out, f"data.shards_root={d['shards_root']}", f"data.train_shards={d['train']}",
+        f"data.eval_shards={d['eval']}", f"model.tokenizer={d['tokenizer']}", "data.batch_size=8",
+        "data.num_workers=1", "data.round_batches=4", "data.shuffle_buffer=20", "log.progress=false",
+        "train.steps=8", "train.unmasked_tail_steps=2", "eval.every=4", "ckpt.every=4", "optim.lr=1e-4",
+        "optim.min_lr=1e-5", "optim.warmup_steps=2",
+    )  # fmt: skip
+    assert rc == 0, f"pre-training exited {rc}"
     return out

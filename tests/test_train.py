@@ -21,7 +21,7 @@ import torch
 
 from smaug.dist import free_port
 
-from conftest import QS, REPO, run, subprocess_env
+from conftest import QS, REPO, run, subprocess_env, train_in_process
 
 
 @pytest.fixture(scope="session")
@@ -73,9 +73,7 @@ def train_cmd(data, out, *extra, launcher=None) -> list[str]:
 
 def train(capfd, data, out, *extra, rc=0) -> str:
     """One run in this process (`main(argv)`): asserts its exit code, returns what it printed."""
-    from smaug.train.trainer import main
-
-    got = main(train_args(data, out, *extra))
+    got = train_in_process(*train_args(data, out, *extra))
     text = "".join(capfd.readouterr())
     assert got == rc, f"exit {got}\n{text[-6000:]}"
     return text
