@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import subprocess
 import sys
 
 import pytest
@@ -12,7 +11,7 @@ from smaug.config import SECTIONS, ConfigError, load_config
 from smaug.data import DataConfig
 from smaug.train.ds_config import build_ds_config
 
-from conftest import CONFIGS, QS, REPO
+from conftest import CONFIGS, QS, REPO, run
 
 
 def _load(*overrides, files=(QS,)):
@@ -142,11 +141,8 @@ def test_fused_adam_json_refused_on_cpu():
 def test_cli_rejects_bad_key_before_compute(tmp_path):
     """The CLI exits 2 with the key named, and builds nothing (no output dir, no engine)."""
     out = tmp_path / "run"
-    r = subprocess.run(
-        [sys.executable, "-m", "smaug.train", "--config", QS, "--out", str(out), "optim.lrr=1"],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    r = run(
+        [sys.executable, "-m", "smaug.train", "--config", QS, "--out", out, "optim.lrr=1"], check=False, timeout=120
     )
     assert r.returncode == 2
     assert "optim.lrr" in r.stderr
