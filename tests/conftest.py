@@ -95,6 +95,21 @@ def train_in_process(*argv) -> int:
     return main([*map(str, argv), "train.device=cpu"])
 
 
+def shard_eval_json(corpus: Path, out: Path, *args):
+    """tools/make_shards.py on the synthetic corpus's held-out eval.json (MSRVTT layout) -> `out`."""
+    return run_tool(
+        "make_shards.py",
+        "--json",
+        corpus / "eval.json",
+        "--video-root",
+        corpus / "videos",
+        "--out",
+        out,
+        "--no-progress",
+        *args,
+    )
+
+
 # --- data fixtures (smaug.data): a tiny synthetic corpus and its shards, built once per session
 # with the real command-line tools, reused by the loader, shard and trainer tests.
 SYNTH_VIDEOS, SYNTH_EVAL_FRACTION, SYNTH_IMAGES = 48, 0.25, 12
@@ -145,20 +160,7 @@ def synthetic_shards(synthetic_corpus, tmp_path_factory) -> dict:
         2,
         "--no-progress",
     )
-    run_tool(
-        "make_shards.py",
-        "--json",
-        c / "eval.json",
-        "--video-root",
-        c / "videos",
-        "--out",
-        root / "eval",
-        "--prefix",
-        "synthetic_test",
-        "--samples-per-shard",
-        5,
-        "--no-progress",
-    )
+    shard_eval_json(c, root / "eval", "--prefix", "synthetic_test", "--samples-per-shard", 5)
     run_tool(
         "make_shards.py",
         "--image-list",
@@ -213,11 +215,26 @@ def pretrained_run(synthetic_shards, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pretrained") / "run"
     d = synthetic_shards
     rc = train_in_process(
-        "--config", QS, "--out", out, f"data.shards_root={d['shards_root']}", f"data.train_shards={d['train']}",
-        f"data.eval_shards={d['eval']}", f"model.tokenizer={d['tokenizer']}", "data.batch_size=8",
-        "data.num_workers=1", "data.round_batches=4", "data.shuffle_buffer=20", "log.progress=false",
-        "train.steps=8", "train.unmasked_tail_steps=2", "eval.every=4", "ckpt.every=4", "optim.lr=1e-4",
-        "optim.min_lr=1e-5", "optim.warmup_steps=2",
-    )  # fmt: skip
+        "--config",
+        QS,
+        "--out",
+        out,
+        f"data.shards_root={d['shards_root']}",
+        f"data.train_shards={d['train']}",
+        f"data.eval_shards={d['eval']}",
+        f"model.tokenizer={d['tokenizer']}",
+        "data.batch_size=8",
+        "data.num_workers=1",
+        "data.round_batches=4",
+        "data.shuffle_buffer=20",
+        "log.progress=false",
+        "train.steps=8",
+        "train.unmasked_tail_steps=2",
+        "eval.every=4",
+        "ckpt.every=4",
+        "optim.lr=1e-4",
+        "optim.min_lr=1e-5",
+        "optim.warmup_steps=2",
+    )
     assert rc == 0, f"pre-training exited {rc}"
     return out

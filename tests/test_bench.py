@@ -9,31 +9,15 @@ import pytest
 from conftest import REPO, run
 
 
+def train_step_bench(*args):
+    """bench/train_step.py on the CPU, in a new process (it builds its own engines and process group)."""
+    return run([sys.executable, REPO / "bench" / "train_step.py", "--device", "cpu", *args])
+
+
 def test_train_step_bench_cpu_smoke(tmp_path):
     out = tmp_path / "bench.json"
-    r = run(
-        [
-            sys.executable,
-            REPO / "bench" / "train_step.py",
-            "--device",
-            "cpu",
-            "--preset",
-            "tiny",
-            "--batch",
-            "4",
-            "--steps",
-            "1",
-            "--warmup",
-            "1",
-            "--json",
-            out,
-            "--profile",
-            tmp_path / "prof",
-            "--profile-steps",
-            "1",
-            "--engine-variants",
-        ]
-    )
+    args = "--preset tiny --batch 4 --steps 1 --warmup 1 --profile-steps 1 --engine-variants".split()
+    r = train_step_bench(*args, "--json", out, "--profile", tmp_path / "prof")
     res = json.loads(out.read_text())
     for name in ("smaug", "dense"):
         for path in ("engine", "bare"):
@@ -124,51 +108,13 @@ def test_memory_model_estimate_is_close_and_conservative():
 def test_train_step_bench_skeleton_cpu(tmp_path):
     """--skeleton: the base preset's parameter tensors at negligible FLOPs, bf16, on CPU (host cost)."""
     out = tmp_path / "skel.json"
-    run(
-        [
-            sys.executable,
-            REPO / "bench" / "train_step.py",
-            "--device",
-            "cpu",
-            "--preset",
-            "base",
-            "--skeleton",
-            "--precision",
-            "bf16",
-            "--batch",
-            "2",
-            "--steps",
-            "1",
-            "--warmup",
-            "1",
-            "--json",
-            out,
-        ]
-    )
+    skeleton = "--preset base --skeleton --precision bf16 --batch 2".split()
+    train_step_bench(*skeleton, "--steps", "1", "--warmup", "1", "--json", out)
     res = json.loads(out.read_text())
     assert res["preset"] == "base" and set(res["runs"]) == {"smaug", "dense"}
     assert all(v["engine"]["clips_per_s"] > 0 and v["bare"]["clips_per_s"] > 0 for v in res["runs"].values())
     # --interleave: engine, bare and the variants stepped round-robin (fair on a drifting host)
-    run(
-        [
-            sys.executable,
-            REPO / "bench" / "train_step.py",
-            "--device",
-            "cpu",
-            "--preset",
-            "base",
-            "--skeleton",
-            "--precision",
-            "bf16",
-            "--batch",
-            "2",
-            "--interleave",
-            "2",
-            "--engine-variants",
-            "--json",
-            out,
-        ]
-    )
+    train_step_bench(*skeleton, "--interleave", "2", "--engine-variants", "--json", out)
     med = json.loads(out.read_text())["interleaved_ms"]
     assert {"engine", "bare", "engine[zero0]", "engine[bf16 check_grad_overflow=true]"} <= set(med)
     assert all(v > 0 for v in med.values())

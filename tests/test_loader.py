@@ -209,23 +209,10 @@ def test_error_budget_names_the_shard(synthetic_shards, tok, tmp_path, workers):
 
 
 def test_frames_shards_and_reduced_size_decode(synthetic_shards, tok, tmp_path):
-    from conftest import run_tool
+    from conftest import shard_eval_json
 
     c = Path(synthetic_shards["corpus"])
-    run_tool(
-        "make_shards.py",
-        "--json",
-        c / "eval.json",
-        "--video-root",
-        c / "videos",
-        "--out",
-        tmp_path / "fr",
-        "--frames",
-        6,
-        "--resize-short-side",
-        40,
-        "--no-progress",
-    )
+    shard_eval_json(c, tmp_path / "fr", "--frames", 6, "--resize-short-side", 40)
     cfg = cfg_for(synthetic_shards, eval_shards=str(tmp_path / "fr"), batch_size=20)
     b = next(iter(build_eval_loader(cfg, tok)))
     assert b["video"].shape[1:] == (4, 3, 48, 48) and len(b["key"]) == len(json.loads((c / "eval.json").read_text()))

@@ -210,39 +210,22 @@ def run(args) -> dict:
     dcfg = data_config(run_config, cfg, args)
     loader, split, data_desc = build_loader(args, dcfg, tokenizer, rank, world)
     t0 = time.perf_counter()
-    res = evaluate(
-        model,
-        loader,
-        tokenizer,
-        device,
+    opts = dict(
         k=args.k,
         max_text_len=dcfg.max_text_len,
         max_samples=args.max_samples,
         offload=args.offload_features,
         batch_size=args.rerank_batch,
         pooling=args.pooling,
-        dsl=args.dsl,
         paragraph=args.paragraph,
     )
+    res = evaluate(model, loader, tokenizer, device, dsl=args.dsl, **opts)
     attributes = None
     if args.labels:
         from smaug.eval.attributes import attribute_report, frozen_frames, load_clip_labels
 
         loader, _, _ = build_loader(args, dcfg, tokenizer, rank, world)
-        ctl = evaluate(
-            model,
-            loader,
-            tokenizer,
-            device,
-            k=args.k,
-            max_text_len=dcfg.max_text_len,
-            max_samples=args.max_samples,
-            offload=args.offload_features,
-            batch_size=args.rerank_batch,
-            pooling=args.pooling,
-            paragraph=args.paragraph,
-            video_transform=frozen_frames,
-        )
+        ctl = evaluate(model, loader, tokenizer, device, video_transform=frozen_frames, **opts)  # the control
         attributes = attribute_report(
             res["t2v_scores"],
             ctl["t2v_scores"],
