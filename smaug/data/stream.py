@@ -189,8 +189,23 @@ class TrainStream(IterableDataset):
                 srng = _seed(self.seed, self.rank, worker, rnd, pulled, 0x5A)
                 pulled += 1
                 try:
+<<<<<<< house
                     batch.append(decode_sample(raw, cfg.num_frames, cfg.image_size, cfg.short_side, srng,
                                                cfg.crop_scale, cfg.crop_ratio))
+=======
+                    batch.append(
+                        decode_sample(
+                            raw,
+                            cfg.num_frames,
+                            cfg.image_size,
+                            cfg.short_side,
+                            srng,
+                            cfg.crop_scale,
+                            cfg.crop_ratio,
+                            cfg.decoder,
+                        )
+                    )
+>>>>>>> mine
                 except CorruptSample as exn:
                     budget.bad(exn.reason, raw.get("__url__", "?"))
                     continue
@@ -327,7 +342,9 @@ class EvalStream(IterableDataset):
         batch = []
         for raw in self._mine():
             try:
-                batch.append(decode_sample(raw, cfg.num_frames, cfg.image_size, cfg.short_side, None))
+                batch.append(
+                    decode_sample(raw, cfg.num_frames, cfg.image_size, cfg.short_side, None, decoder=cfg.decoder)
+                )
             except CorruptSample as exn:
                 self.budget.bad(exn.reason, raw.get("__url__", "?"))
                 continue
