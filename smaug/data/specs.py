@@ -38,6 +38,8 @@ class ShardSet:
     sizes: list[Optional[int]] = field(default_factory=list)
     kind: Optional[str] = None
     weight: float = 1.0
+    # url -> keys the loader drops unread: samples `tools/index_shards.py` found bad in foreign shards
+    skip: dict = field(default_factory=dict)
 
     @property
     def num_samples(self) -> Optional[int]:
@@ -73,6 +75,7 @@ def _from_manifest(path: Path, name: str) -> ShardSet:
         urls=[str(base / s["name"]) for s in shards],
         sizes=[int(s["samples"]) for s in shards],
         kind=man.get("kind"),
+        skip={str(base / k): frozenset(v) for k, v in (man.get("skip_keys") or {}).items()},
     )
 
 

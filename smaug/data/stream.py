@@ -83,8 +83,9 @@ class ErrorBudget:
                     f"worst shard {worst} ({n} failures); skip reasons so far {dict(self.counts)}")
 
 
-def iter_tar(url: str, budget: ErrorBudget) -> Iterator[dict]:
-    """Raw samples (`__key__`, `__url__`, member bytes) of one shard via webdataset's reader.
+def iter_tar(url: str, budget: ErrorBudget, skip: frozenset = frozenset()) -> Iterator[dict]:
+    """Raw samples (`__key__`, `__url__`, member bytes) of one shard via webdataset's reader,
+    without the keys in `skip` (found bad by tools/index_shards.py: dropped unread and uncounted).
 
     A broken tar counts one `tar_error` and ends that shard.
     """
@@ -96,7 +97,12 @@ def iter_tar(url: str, budget: ErrorBudget) -> Iterator[dict]:
 
     streams = ti.url_opener([{"url": url}], handler=handler)
     files = ti.tar_file_expander(streams, handler=handler)
-    yield from ti.group_by_keys(files, handler=handler)
+    if not skip:
+        yield from ti.group_by_keys(files, handler=handler)
+        return
+    for sample in ti.group_by_keys(files, handler=handler):
+        if sample["__key__"] not in skip:
+            yield sample
 
 
 def _seed(*parts: int) -> np.random.Generator:
@@ -113,7 +119,7 @@ def _corpus_samples(ss: ShardSet, rng: np.random.Generator, budget: ErrorBudget)
     while True:
         url = ss.urls[int(rng.choice(len(ss.urls), p=p))]
         n = 0
-        for sample in iter_tar(url, budget):
+        for sample in iter_tar(url, budget, ss.skip.get(url, frozenset())):
             n += 1
             yield sample
         empty = empty + 1 if n == 0 else 0
@@ -313,9 +319,12 @@ class TrainLoader:
 class EvalStream(IterableDataset):
     """Each sample of the eval shards exactly once over all ranks x workers, in order."""
 
-    def __init__(self, cfg: DataConfig, urls: list[str], tokenizer, rank: int, world_size: int):
+    def __init__(
+        self, cfg: DataConfig, urls: list[str], tokenizer, rank: int, world_size: int, skip: Optional[dict] = None
+    ):
         super().__init__()
         self.cfg, self.urls, self.tokenizer = cfg, urls, tokenizer
+        self.skip = skip or {}  # url -> keys dropped unread (ShardSet.skip)
         self.rank, self.world_size = rank, world_size
 
     def _mine(self) -> Iterator[dict]:
@@ -323,13 +332,18 @@ class EvalStream(IterableDataset):
         budget = self.budget
         consumers = self.world_size * nworkers
         if len(self.urls) >= consumers:
+<<<<<<< house
             for url in self.urls[self.rank::self.world_size][worker::nworkers]:
                 yield from iter_tar(url, budget)
+=======
+            for url in self.urls[self.rank :: self.world_size][worker::nworkers]:
+                yield from iter_tar(url, budget, self.skip.get(url, frozenset()))
+>>>>>>> mine
         else:
             me = self.rank * nworkers + worker
             i = 0
             for url in self.urls:
-                for raw in iter_tar(url, budget):
+                for raw in iter_tar(url, budget, self.skip.get(url, frozenset())):
                     if i % consumers == me:
                         yield raw
                     i += 1
@@ -370,7 +384,9 @@ class EvalLoader:
         self.cfg = cfg
         self.urls = [u for s in sets for u in s.urls]
         self.num_samples = None if any(s.num_samples is None for s in sets) else sum(s.num_samples for s in sets)
-        self.dataset = EvalStream(cfg, self.urls, tokenizer, rank, world_size)
+        self.dataset = EvalStream(
+            cfg, self.urls, tokenizer, rank, world_size, {u: k for s in sets for u, k in s.skip.items()}
+        )
         self.workers: dict[int, dict] = {}
 
     def __iter__(self) -> Iterator[dict]:

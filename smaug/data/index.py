@@ -1,0 +1,274 @@
+"""Index WebDataset shards smaug did not write (video2dataset's output, or any `{key}.mp4|.jpg +
+.txt|.json` layout): test-decode every sample in isolation, count bad ones per reason, and write
+the `manifest.json` the loader reads, without touching the tars (the engine behind
+`tools/index_shards.py`).
+
+video2dataset writes, per shard, `{shard}.tar` with `{key}.mp4` (or the configured encode format),
+`{key}.txt` (the caption, when a caption column was given) and `{key}.json` (the input columns,
+`key`, `status`, `error_message`, ...), plus `{shard}.parquet` and `{shard}_stats.json`. Samples
+whose download failed are in the tar too, as `.txt` + `.json` without media: they are counted as
+`failed_download` (the json's `status`).
+
+Each sample is decoded as the loader decodes it (`decode.decode_sample`, eval mode, the chosen
+`data.decoder`) inside a forked child with a time limit, so a decoder that crashes or hangs costs
+that sample (`decoder_crash` / `decode_timeout`), not the job. The manifest lists every shard
+with its count of good samples and, under `skip_keys`, the keys of the bad ones: the loader drops
+those before decoding, so a shard with a poisoned video trains without ever opening it again.
+
+Captions: the `.txt` member by default; `caption_field="json:NAME"` reads `json[NAME]` instead,
+which the loader cannot do from the original tars, so it requires `rewrite` (clean shards in
+smaug's layout: `.txt` caption, `.json` with width/height/fps so the loader decodes at reduced size).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Optional
+
+from .decode import IMAGE_EXTS, VIDEO_EXTS, CorruptSample, decode_sample
+from .shardwriter import SampleTarWriter, run_isolated
+from .specs import MANIFEST_FORMAT, write_json_atomic
+from .transcode import BadSample, probe_video
+
+INDEX_REASONS = (
+    "failed_download",
+    "missing_media",
+    "missing_caption",
+    "bad_caption",
+    "bad_json",
+    "decode_error",
+    "decoder_crash",
+    "decode_timeout",
+    "duplicate_key",
+)
+
+
+def iter_tar_samples(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {ext: bytes}) per sample, members grouped by key in file order (webdataset's rule:
+    the key is the name up to the first dot of the basename)."""
+    key, cur = None, {}
+    with tarfile.open(path, mode="r|*") as tf:
+        for m in tf:
+            if not m.isfile():
+                continue
+            d, base = os.path.split(m.name)
+            if "." not in base:
+                continue
+            k, ext = base.split(".", 1)
+            k = f"{d}/{k}" if d else k
+            if k != key and key is not None:
+                yield key, cur
+                cur = {}
+            key = k
+            cur[ext.lower()] = tf.extractfile(m).read()
+    if key is not None:
+        yield key, cur
+
+
+def _caption(members: dict, meta: dict, field: str) -> str:
+    if field == "txt":
+        raw = members.get("txt")
+        if raw is None:
+            raise BadSample("missing_caption", "no .txt member")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadSample("bad_caption", "caption is not UTF-8") from None
+    else:
+        text = meta.get(field.split(":", 1)[1])
+        if not isinstance(text, str):
+            raise BadSample("missing_caption", f"json has no string field {field.split(':', 1)[1]!r}")
+    text = " ".join(text.split())
+    if not text:
+        raise BadSample("bad_caption", "empty caption")
+    return text
+
+
+def check_sample(key: str, members: dict, caption_field: str, decoder: str, num_frames: int) -> dict:
+    """What the loader would do with this sample, or BadSample(reason). -> {"caption", "meta"}."""
+    meta: dict = {}
+    if "json" in members:
+        try:
+            meta = json.loads(members["json"].decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exn:
+            raise BadSample("bad_json", str(exn)[:200]) from None
+        if not isinstance(meta, dict):
+            raise BadSample("bad_json", "metadata is not an object")
+    status = meta.get("status")
+    has_media = any(e in members for e in VIDEO_EXTS + IMAGE_EXTS) or any(e.startswith("f0") for e in members)
+    if not has_media:
+        if isinstance(status, str) and status != "success":
+            raise BadSample("failed_download", f"status {status!r}: {str(meta.get('error_message'))[:160]}")
+        raise BadSample("missing_media", f"no video/image member among {sorted(members)}")
+    caption = _caption(members, meta, caption_field)
+    sample = {"__key__": key, **members, "txt": caption.encode("utf-8")}
+    sample.pop("json", None)  # foreign metadata may carry width/height of another stream: decode at full size
+    try:
+        decode_sample(sample, num_frames, 32, 0, None, decoder=decoder)
+    except CorruptSample as exn:
+        raise BadSample(exn.reason if exn.reason in INDEX_REASONS else "decode_error", exn.detail) from None
+    video_ext = next((e for e in VIDEO_EXTS if e in members), None)
+    info = probe_video(members[video_ext]) if video_ext else {}
+    kind = "video" if video_ext else ("frames" if any(e.startswith("f0") for e in members) else "image")
+    return {"caption": caption, "meta": info, "kind": kind}
+
+
+def _isolated_check(key, members, caption_field, decoder, num_frames, timeout):
+    try:
+        return run_isolated(check_sample, (key, members, caption_field, decoder, num_frames), timeout)
+    except BadSample as exn:
+        if exn.reason == "undecodable":  # run_isolated's verdict: the child died or hung
+            raise BadSample("decode_timeout" if "timed out" in exn.detail else "decoder_crash", exn.detail) from None
+        raise
+
+
+def preload(decoder: str) -> None:
+    """Import what a check needs once, before the per-sample forks (a child that imports torch's
+    functional ops, PyAV and the decoder by itself pays seconds per sample)."""
+    import torch.nn.functional  # noqa: F401  (imported for the forked children)
+
+    from .decoders import check_decoder
+    from .shardwriter import preload_codecs
+
+    preload_codecs()
+    if decoder in ("decord", "pyav", "torchcodec"):
+        check_decoder(decoder)
+
+
+def index_shard(
+    path: str,
+    caption_field: str = "txt",
+    decoder: str = "decord",
+    num_frames: int = 4,
+    timeout: float = 60.0,
+    rewrite_to: Optional[str] = None,
+) -> dict:
+    """Check every sample of one tar -> {"name", "samples", "bytes", "skipped": {reason: n}, "bad": [...],
+    "skip_keys": [...]}; with `rewrite_to`, also write the good samples to that tar in smaug's layout."""
+    preload(decoder)
+    skipped, bad, skip_keys, seen, good, kinds = Counter(), [], [], set(), 0, Counter()
+    writer = fh = None
+    if rewrite_to:
+        tmp = f"{rewrite_to}.{os.getpid()}.tmp"
+        fh = open(tmp, "wb")
+        writer = SampleTarWriter(fh)
+    try:
+        for key, members in iter_tar_samples(path):
+            try:
+                if key in seen:
+                    raise BadSample("duplicate_key", "key repeated in the shard")
+                seen.add(key)
+                res = _isolated_check(key, members, caption_field, decoder, num_frames, timeout)
+            except BadSample as exn:
+                skipped[exn.reason] += 1
+                skip_keys.append(key)
+                bad.append({"key": key, "reason": exn.reason, "detail": exn.detail[:200]})
+                continue
+            good += 1
+            kinds[res["kind"]] += 1
+            if writer is not None:
+                media = {e: b for e, b in members.items() if e not in ("txt", "json")}
+                src = json.loads(members["json"]) if "json" in members else {}
+                info = dict(res["meta"], source_meta=src) if src else res["meta"]
+                writer.write(
+                    {
+                        "__key__": key.replace("/", "_").replace(".", "_"),
+                        **media,
+                        "txt": res["caption"].encode("utf-8"),
+                        "json": json.dumps(info, sort_keys=True, ensure_ascii=False).encode("utf-8"),
+                    }
+                )
+    finally:
+        if writer is not None:
+            writer.close()
+            fh.close()
+    if rewrite_to:
+        os.replace(tmp, rewrite_to)
+    out_path = rewrite_to or path
+    return {
+        "name": os.path.basename(out_path),
+        "path": str(path),
+        "samples": good,
+        "bytes": os.path.getsize(out_path),
+        "skipped": dict(sorted(skipped.items())),
+        "bad": bad,
+        "skip_keys": [] if rewrite_to else skip_keys,
+        "kinds": dict(kinds),
+    }
+
+
+def _index_job(job):
+    return index_shard(*job)
+
+
+def index_shards(
+    tars: list[str],
+    out_dir: str,
+    caption_field: str = "txt",
+    decoder: str = "decord",
+    num_frames: int = 4,
+    timeout: float = 60.0,
+    rewrite: bool = False,
+    workers: int = 1,
+    command: str = "",
+) -> tuple[dict, dict]:
+    """Index (or rewrite) `tars` -> (manifest, summary), both written into `out_dir`.
+
+    Without `rewrite` the manifest names the original tars relative to `out_dir` (which may be the
+    shard folder itself) and lists the bad samples' keys under `skip_keys`."""
+    if caption_field != "txt" and not caption_field.startswith("json:"):
+        raise ValueError(f"caption field {caption_field!r}: use 'txt' or 'json:NAME'")
+    if caption_field != "txt" and not rewrite:
+        raise ValueError("captions from the json need --rewrite: the loader reads the .txt member")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [os.path.basename(t) for t in tars]
+    if len(set(names)) != len(names):
+        raise ValueError("two shards share a file name")
+    jobs = [
+        (t, caption_field, decoder, num_frames, timeout, str(out / os.path.basename(t)) if rewrite else None)
+        for t in tars
+    ]
+    if workers > 1:  # not multiprocessing.Pool: its daemonic workers cannot fork the per-sample children
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+            stats = list(pool.map(_index_job, jobs))
+    else:
+        stats = [_index_job(j) for j in jobs]
+    skipped, kinds = Counter(), Counter()
+    for s in stats:
+        skipped.update(s["skipped"])
+        kinds.update(s["kinds"])
+    kind = kinds.most_common(1)[0][0] if kinds else "video"
+    shards = []
+    for s in stats:
+        name = s["name"] if rewrite else os.path.relpath(os.path.abspath(s["path"]), out.resolve())
+        shards.append({"name": name, "samples": s["samples"], "bytes": s["bytes"]})
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "kind": kind,
+        "prefix": "",
+        "shards": shards,
+        "num_shards": len(shards),
+        "num_samples": sum(s["samples"] for s in stats),
+        "num_skipped": sum(skipped.values()),
+        "skip_keys": {sh["name"]: s["skip_keys"] for sh, s in zip(shards, stats) if s["skip_keys"]},
+        "options": {"caption_field": caption_field, "decoder": decoder, "rewrite": rewrite, "source": "index_shards"},
+        "command": command,
+    }
+    summary = {
+        "samples": manifest["num_samples"],
+        "skipped": {r: skipped.get(r, 0) for r in INDEX_REASONS},
+        "bad_samples": [dict(b, shard=s["name"]) for s in stats for b in s["bad"]][:1000],
+        "shards": len(shards),
+    }
+    write_json_atomic(out / "manifest.json", manifest)
+    write_json_atomic(out / "summary.json", summary)
+    return manifest, summary
