@@ -19,7 +19,8 @@ and prints both and their ratio, measured in the same run. For the recommended k
 the real DataLoader with one worker process and measures the main process's CPU time per clip
 (receiving batches from the worker), which a training process pays on top of its workers.
 For the two mp4 kinds it also times the loader once per video decoder (`--decoders`, default all
-three: decord, pyav, torchcodec; `data.decoder`), same shards, same clips, same run.
+three: decord, pyav, torchcodec; `data.decoder`), and decord with `data.isolate_decode` (each
+sample decoded in the worker's decode process), same shards, same clips, same run.
 Cores per GPU follows:
   cores per GPU = GPU clips/s x (1 / loader clips/s per worker + main-process CPU s per clip)
 with GPU clips/s from bench/train_step.py (--gpu-clips-per-s; default 1272, the real SMAUG step
@@ -192,6 +193,7 @@ def loader_rate(
     clips: int,
     num_workers: int = 0,
     decoder: str = "decord",
+    isolate: bool = False,
 ) -> tuple[float, float]:
     """(clips/s, this process's CPU seconds per clip) of smaug's train stream. num_workers=0: all
     the work in this process (one worker's work); 1: a real worker process, so the CPU time is
@@ -209,6 +211,7 @@ def loader_rate(
         shuffle_buffer=8,
         round_batches=10_000,
         decoder=decoder,
+        isolate_decode=isolate,
     )
     it = iter(build_train_loader(cfg, tok, seed=0))
     next(it)  # warm-up: shuffle-buffer fill, imports, worker start
@@ -293,6 +296,9 @@ def main(argv=None) -> int:
                     ]
                     for d in decoders
                 }
+                by_decoder[kind]["decord, isolated"] = loader_rate(  # data.isolate_decode: a decode process
+                    sdir, tok, args.num_frames, args.image_size, args.short_side, args.clips, isolate=True
+                )[0]
         dl_rate, main_cpu = loader_rate(
             shards["frames224"], tok, args.num_frames, args.image_size, args.short_side, args.clips, num_workers=1
         )
@@ -309,13 +315,13 @@ def main(argv=None) -> int:
     print(f"cores/GPU = {gpu:g} GPU clips/s x (1 / clips/s per worker + main-process CPU per clip)")
     if by_decoder:
         print(
-            f"\n{'decoder':<12}"
+            f"\n{'decoder':<18}"
             + "".join(f"{k + ' clips/s/worker':>26}" for k in by_decoder)
             + "".join(f"{'vs decord (' + k + ')':>22}" for k in by_decoder)
         )
-        for d in decoders:
+        for d in [*decoders, "decord, isolated"]:
             print(
-                f"{d:<12}"
+                f"{d:<18}"
                 + "".join(f"{by_decoder[k][d]:>26.1f}" for k in by_decoder)
                 + "".join(
                     f"{by_decoder[k][d] / by_decoder[k].get('decord', by_decoder[k][d]):>22.2f}" for k in by_decoder

@@ -44,6 +44,11 @@ class DataConfig:
     # Video decoder backend: "decord" (decord2), "pyav" (PyAV's bundled FFmpeg) or "torchcodec"
     # (PyTorch's decoder, system FFmpeg libraries). Same frames within codec tolerance (smaug/data/decoders.py).
     decoder: str = "decord"
+    # Decode each sample in a child process of the worker (smaug/data/isolation.py): a decoder
+    # crash or hang costs that sample (decoder_crash / decode_timeout, logged with its key), not the run.
+    isolate_decode: bool = False
+    # Seconds one sample may take to decode when isolate_decode is on.
+    decode_timeout: float = 60.0
     # Per-GPU micro-batch size; each dataloader worker assembles whole batches.
     batch_size: int = 8
     # Dataloader worker processes per rank (0 = decode in the training process).
@@ -81,6 +86,8 @@ class DataConfig:
             raise ValueError("num_workers must be >= 0 and round_batches >= 1")
         if not 0.0 <= self.error_budget <= 1.0:
             raise ValueError("error_budget is a fraction in [0, 1]")
+        if self.decode_timeout <= 0:
+            raise ValueError("decode_timeout must be > 0 seconds")
         from .decoders import check_decoder
 
         check_decoder(self.decoder)

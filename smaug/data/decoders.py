@@ -16,6 +16,8 @@ backends differ only within codec/scaler tolerance (tests/test_decoders.py).
   else from counting packets (no decoding); frames are decoded in order up to the last one asked.
 - torchcodec: PyTorch's decoder; needs the system FFmpeg shared libraries (libavcodec 4-7,
   installed by `launch/setup_env.sh` where apt-get is available).
+- "package.module:Class": your own reader class, constructed as `Class(data, width, height, quiet)`
+  (the tests use one that hangs or kills its process on marked bytes).
 """
 
 from __future__ import annotations
@@ -104,19 +106,31 @@ class TorchCodecReader:
 _READERS = {"decord": DecordReader, "pyav": PyAVReader, "torchcodec": TorchCodecReader}
 
 
+def reader_class(decoder: str):
+    """The reader class of a built-in name or of "package.module:Class"."""
+    if decoder in _READERS:
+        return _READERS[decoder]
+    if ":" in decoder:
+        import importlib
+
+        mod, _, cls = decoder.partition(":")
+        return getattr(importlib.import_module(mod), cls)
+    raise ValueError(
+        f"data.decoder: unknown decoder {decoder!r} (choose from {', '.join(DECODERS)} or give package.module:Class)"
+    )
+
+
 def open_reader(data: bytes, decoder: str = "decord", width: int = -1, height: int = -1, quiet: bool = False) -> Reader:
     """A reader over encoded video bytes; width/height > 0 scale while decoding."""
-    if decoder not in _READERS:
-        raise ValueError(f"data.decoder: unknown decoder {decoder!r} (choose from {', '.join(DECODERS)})")
-    return _READERS[decoder](data, width, height, quiet)
+    return reader_class(decoder)(data, width, height, quiet)
 
 
 def check_decoder(decoder: str) -> None:
     """Fail fast (at config time, not in a worker) when the chosen backend cannot load."""
-    if decoder not in DECODERS:
-        raise ValueError(f"data.decoder: unknown decoder {decoder!r} (choose from {', '.join(DECODERS)})")
     try:
-        if decoder == "decord":
+        if decoder not in DECODERS:
+            reader_class(decoder)
+        elif decoder == "decord":
             import decord  # noqa: F401  (imported to check it loads)
         elif decoder == "pyav":
             import av  # noqa: F401  (imported to check it loads)
@@ -126,7 +140,7 @@ def check_decoder(decoder: str) -> None:
             # `import torchcodec` swallows a missing FFmpeg; VideoDecoder would raise it later, in a
             # worker. load_core_libraries (torchcodec >= 0.8) raises it now.
             getattr(ops, "load_core_libraries", lambda: None)()
-    except (ImportError, OSError, RuntimeError) as exn:
+    except (ImportError, OSError, RuntimeError, AttributeError) as exn:
         hint = (
             " (torchcodec needs the system FFmpeg libraries: run `bash launch/setup_env.sh` as root,"
             " or apt-get install libavcodec-dev libavformat-dev libavutil-dev libswscale-dev)"

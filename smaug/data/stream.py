@@ -43,7 +43,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .collate import collate
 from .config import DataConfig
-from .decode import CorruptSample, decode_sample
+from .decode import CorruptSample
+from .isolation import make_decoder
 from .specs import ShardSet, resolve_mixture
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -182,6 +183,13 @@ class TrainStream(IterableDataset):
             if done >= cfg.round_batches:
                 rnd, done, pulled = rnd + 1, 0, 0
         budget = ErrorBudget(cfg.error_budget, cfg.error_window, counts, attempted)
+        decode_sample, close = make_decoder(cfg)
+        try:
+            yield from self._rounds(cfg, worker, rnd, done, pulled, budget, decode_sample)
+        finally:
+            close()
+
+    def _rounds(self, cfg, worker, rnd, done, pulled, budget, decode_sample) -> Iterator[dict]:
         while True:
             rng = _seed(self.seed, self.rank, worker, rnd)
             stream = _shuffled(_mixed(self.corpora, rng, budget), cfg.shuffle_buffer, rng)
@@ -353,6 +361,13 @@ class EvalStream(IterableDataset):
         self.budget = ErrorBudget(cfg.error_budget, cfg.error_window)
         worker, _ = _worker_identity(0)
         bs = cfg.eval_batch_size or cfg.batch_size
+        decode_sample, close = make_decoder(cfg)
+        try:
+            yield from self._batches(cfg, worker, bs, decode_sample)
+        finally:
+            close()
+
+    def _batches(self, cfg, worker, bs, decode_sample) -> Iterator[dict]:
         batch = []
         for raw in self._mine():
             try:
