@@ -14,6 +14,7 @@ shard writing), `decode` (loader-side decoding and augmentation), `collate` (bat
 tokenisation), `stream` (train/eval pipelines, resumable state, error budget), `tokenizer`,
 `json_clips` (eval clips straight from an MSRVTT-style JSON, decoded as shards would be).
 """
+
 from __future__ import annotations
 
 import importlib

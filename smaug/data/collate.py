@@ -3,10 +3,12 @@
 Tokenisation happens here, inside the dataloader worker, with a Hugging Face fast tokenizer:
 `[CLS] caption [SEP]`, padded to the longest caption of the batch, truncated to `max_text_len`.
 """
+
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -20,8 +22,14 @@ def sample_id(key: str) -> int:
 
 def tokenize(tokenizer, captions: Sequence[str], max_text_len: int) -> dict[str, torch.Tensor]:
     """`input_ids` and `attention_mask` (both int64 `[B, L]`)."""
-    enc = tokenizer(list(captions), padding="longest", truncation=True, max_length=max_text_len,
-                    return_tensors="pt", return_token_type_ids=False)
+    enc = tokenizer(
+        list(captions),
+        padding="longest",
+        truncation=True,
+        max_length=max_text_len,
+        return_tensors="pt",
+        return_token_type_ids=False,
+    )
     return {"input_ids": enc["input_ids"].long(), "attention_mask": enc["attention_mask"].long()}
 
 

@@ -3,6 +3,7 @@
 The trainer does `DataConfig(**yaml["data"])`; this is a plain dataclass, so an unknown key
 raises `TypeError` naturally (a typo in a config never passes silently).
 """
+
 from __future__ import annotations
 
 import os

@@ -17,6 +17,7 @@
 All randomness comes from the `numpy.random.Generator` passed in, so a sample's augmentation is a
 pure function of its seed (this is what makes loader resume exact).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,10 +53,6 @@ def decode_errors() -> tuple[type[BaseException], ...]:
     import av
     from PIL import UnidentifiedImageError
 
-<<<<<<< house
-    return (RuntimeError, decord.DECORDError, decord.DECORDLimitReachedError, AssertionError,
-            ValueError, IndexError, OSError, UnidentifiedImageError, SyntaxError)
-=======
     return (
         RuntimeError,
         decord.DECORDError,
@@ -68,7 +65,6 @@ def decode_errors() -> tuple[type[BaseException], ...]:
         SyntaxError,
         av.error.FFmpegError,
     )
->>>>>>> mine
 
 
 class CorruptSample(Exception):
@@ -138,10 +134,6 @@ def segment_indices(n: int, t: int, rng: Optional[np.random.Generator] = None) -
     return [min(x, n - 1) for x in out]
 
 
-<<<<<<< house
-def decode_video(data: bytes, t: int, short_side: int, rng: Optional[np.random.Generator],
-                 size_hint: Optional[tuple[int, int]] = None) -> np.ndarray:
-=======
 def decode_video(
     data: bytes,
     t: int,
@@ -150,7 +142,6 @@ def decode_video(
     size_hint: Optional[tuple[int, int]] = None,
     decoder: str = "decord",
 ) -> np.ndarray:
->>>>>>> mine
     """T frames `[T, H, W, 3]` uint8 of an encoded video, decoded at reduced size when possible."""
     from .decoders import open_reader
 
@@ -180,8 +171,9 @@ def decode_jpeg(data: bytes, short_side: int) -> np.ndarray:
     return np.asarray(img)  # read-only; callers stack or copy it before torch.from_numpy
 
 
-def random_resized_crop_box(h: int, w: int, scale: tuple, ratio: tuple,
-                            rng: np.random.Generator) -> tuple[int, int, int, int]:
+def random_resized_crop_box(
+    h: int, w: int, scale: tuple, ratio: tuple, rng: np.random.Generator
+) -> tuple[int, int, int, int]:
     """(top, left, height, width) like torchvision's RandomResizedCrop (10 tries, then centre)."""
     area = h * w
     log_r = (math.log(ratio[0]), math.log(ratio[1]))
@@ -218,10 +210,15 @@ def crop_resize(frames: np.ndarray, box: tuple[int, int, int, int], size: int) -
     top, left, ch, cw = box
     # HWC frames viewed as NCHW are channels_last: torch's uint8 bilinear (antialiased) path
     # runs on them directly, ~5x faster than converting to float.
-    x = torch.from_numpy(frames[:, top:top + ch, left:left + cw]).permute(0, 3, 1, 2)
+    x = torch.from_numpy(frames[:, top : top + ch, left : left + cw]).permute(0, 3, 1, 2)
     if (ch, cw) != (size, size):
-        x = F.interpolate(x.contiguous(memory_format=torch.channels_last), size=(size, size), mode="bilinear",
-                          align_corners=False, antialias=True)
+        x = F.interpolate(
+            x.contiguous(memory_format=torch.channels_last),
+            size=(size, size),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        )
     return x
 
 
@@ -230,7 +227,7 @@ class Decoded:
     """A decoded sample, ready for collation."""
 
     key: str
-    video: "torch.Tensor"  # uint8 [T, 3, S, S]
+    video: torch.Tensor  # uint8 [T, 3, S, S]
     caption: str
     captions: list[str] = field(default_factory=list)
     is_image: bool = False
@@ -250,12 +247,6 @@ def _caption(sample: dict, meta: dict) -> tuple[str, list[str]]:
     return cap, [str(c) for c in caps] if caps else [cap]
 
 
-<<<<<<< house
-def decode_sample(sample: dict, num_frames: int, image_size: int, short_side: int,
-                  rng: Optional[np.random.Generator], crop_scale: tuple = (0.5, 1.0),
-                  crop_ratio: tuple = (3 / 4, 4 / 3)) -> Decoded:
-    """Decode one raw WebDataset sample (dict of member bytes). `rng=None` means eval mode.
-=======
 def decode_sample(
     sample: dict,
     num_frames: int,
@@ -268,7 +259,6 @@ def decode_sample(
 ) -> Decoded:
     """Decode one raw WebDataset sample (dict of member bytes). `rng=None` means eval mode;
     `decoder`: the video backend (`decoders.DECODERS`).
->>>>>>> mine
 
     Raises `CorruptSample` with a reason when the sample cannot be used.
     """
@@ -299,7 +289,9 @@ def decode_sample(
             img = decode_jpeg(sample[image_ext], short_side)
             frames, is_image = img[None].copy(), True
         else:
-            raise CorruptSample("missing_media", f"no video/image member among {sorted(k for k in sample if not k.startswith('__'))}")
+            raise CorruptSample(
+                "missing_media", f"no video/image member among {sorted(k for k in sample if not k.startswith('__'))}"
+            )
     except CorruptSample:
         raise
     except errors as exn:
@@ -307,8 +299,7 @@ def decode_sample(
     if frames.ndim != 4 or min(frames.shape[1:3]) < 1:
         raise CorruptSample("decode_error", f"bad frame shape {frames.shape}")
     h, w = frames.shape[1:3]
-    box = (random_resized_crop_box(h, w, crop_scale, crop_ratio, rng) if rng is not None
-           else center_crop_box(h, w))
+    box = random_resized_crop_box(h, w, crop_scale, crop_ratio, rng) if rng is not None else center_crop_box(h, w)
     video = crop_resize(frames, box, image_size)
     if is_image:  # one frame, repeated T times (a view; collation copies it)
         video = video.expand(num_frames, -1, -1, -1)

@@ -10,11 +10,12 @@ size metadata, as `tools/make_shards.py` writes them without re-encoding) and th
 (`collate(..., with_captions=True)`). Ranks take every world_size-th clip; every clip is read once
 over all ranks. Unusable rows are skipped and counted by reason (`skip_counts()`).
 """
+
 from __future__ import annotations
 
 import json
 from collections import Counter
-from typing import Iterator
+from collections.abc import Iterator
 
 from torch.utils.data import DataLoader, Dataset
 
@@ -40,8 +41,12 @@ class JsonClips(Dataset):
         info = dict(meta, id=row.id, source=row.relpath)
         if len(row.captions) > 1:
             info["captions"] = row.captions
-        sample = {"__key__": row.key, **members, "txt": row.captions[0].encode("utf-8"),
-                  "json": json.dumps(info, sort_keys=True, ensure_ascii=False).encode("utf-8")}
+        sample = {
+            "__key__": row.key,
+            **members,
+            "txt": row.captions[0].encode("utf-8"),
+            "json": json.dumps(info, sort_keys=True, ensure_ascii=False).encode("utf-8"),
+        }
         try:
             return decode_sample(sample, self.num_frames, self.image_size, self.short_side, None)
         except CorruptSample as e:
@@ -51,9 +56,20 @@ class JsonClips(Dataset):
 class JsonEvalLoader:
     """One pass over this rank's share of the JSON's clips, in batches (re-iterable)."""
 
-    def __init__(self, json_path: str, video_root: str, tokenizer, num_frames: int, image_size: int,
-                 short_side: int, batch_size: int, num_workers: int = 0, max_text_len: int = 32,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        json_path: str,
+        video_root: str,
+        tokenizer,
+        num_frames: int,
+        image_size: int,
+        short_side: int,
+        batch_size: int,
+        num_workers: int = 0,
+        max_text_len: int = 32,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         from smaug.data.sources import read_rows
 
         rows = read_rows("json", json_path)  # duplicates marked and keys assigned as make_shards does
@@ -74,8 +90,13 @@ class JsonEvalLoader:
 
     def __iter__(self) -> Iterator[dict]:
         self.skipped = Counter()
-        dl = DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
-                        collate_fn=self._collate)
+        dl = DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=self._collate,
+        )
         for batch, bad in dl:
             self.skipped.update(bad)
             if batch is not None:
@@ -86,9 +107,20 @@ class JsonEvalLoader:
         return dict(self.bad_rows + self.skipped)
 
 
-def build_json_eval_loader(json_path: str, video_root: str, data_cfg, tokenizer, rank: int = 0,
-                           world_size: int = 1) -> JsonEvalLoader:
+def build_json_eval_loader(
+    json_path: str, video_root: str, data_cfg, tokenizer, rank: int = 0, world_size: int = 1
+) -> JsonEvalLoader:
     """A `JsonEvalLoader` with the frame count, size, decode size, batch size and workers of `data_cfg`."""
-    return JsonEvalLoader(json_path, video_root, tokenizer, data_cfg.num_frames, data_cfg.image_size,
-                          data_cfg.short_side, data_cfg.eval_batch_size or data_cfg.batch_size,
-                          data_cfg.num_workers, data_cfg.max_text_len, rank, world_size)
+    return JsonEvalLoader(
+        json_path,
+        video_root,
+        tokenizer,
+        data_cfg.num_frames,
+        data_cfg.image_size,
+        data_cfg.short_side,
+        data_cfg.eval_batch_size or data_cfg.batch_size,
+        data_cfg.num_workers,
+        data_cfg.max_text_len,
+        rank,
+        world_size,
+    )

@@ -9,6 +9,7 @@
 - Tar members are written in sorted order with fixed mtime/owner/mode (USTAR, plain tar:
   `tar -tf` and `webdataset.WebDataset` read it without smaug).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,9 +20,10 @@ import os
 import re
 import tarfile
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Optional
 
 from .sources import REASONS, Row
 from .specs import MANIFEST_FORMAT, write_json_atomic
@@ -56,13 +58,21 @@ class ShardJob:
         """Hash of everything that decides this shard's bytes."""
         from smaug import __version__
 
-        blob = json.dumps({"rows": [r.to_json() for r in self.rows], "options": self.options,
-                           "root": os.path.realpath(self.root), "version": __version__}, sort_keys=True)
+        blob = json.dumps(
+            {
+                "rows": [r.to_json() for r in self.rows],
+                "options": self.options,
+                "root": os.path.realpath(self.root),
+                "version": __version__,
+            },
+            sort_keys=True,
+        )
         return hashlib.sha256(blob.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def plan_jobs(rows: Iterable[Row], out_dir: str, prefix: str, per_shard: int, root: str,
-              options: dict) -> Iterator[ShardJob]:
+def plan_jobs(
+    rows: Iterable[Row], out_dir: str, prefix: str, per_shard: int, root: str, options: dict
+) -> Iterator[ShardJob]:
     """Group a stream of rows (consecutive indices from 0) into shard jobs by row index."""
     if per_shard < 1:
         raise ValueError("--samples-per-shard must be >= 1")
@@ -188,8 +198,9 @@ def run_isolated(fn, args: tuple, timeout: float):
     return payload
 
 
-def write_shard(job: ShardJob, on_row: Optional[Callable[[], None]] = None, isolate: bool = False,
-                row_timeout: float = 600.0) -> dict:
+def write_shard(
+    job: ShardJob, on_row: Optional[Callable[[], None]] = None, isolate: bool = False, row_timeout: float = 600.0
+) -> dict:
     """Build one shard (tar, then stats file) and return its stats.
 
     `isolate` runs each row's media work in its own child process (crash/hang containment).
@@ -208,8 +219,7 @@ def write_shard(job: ShardJob, on_row: Optional[Callable[[], None]] = None, isol
                 if row.error is not None:
                     raise BadSample(*row.error)
                 margs = (row, job.root, opts.get("frames", 0), opts.get("short_side", 0), opts.get("fps", 0.0))
-                members, meta = (run_isolated(sample_members, margs, row_timeout) if isolate
-                                 else sample_members(*margs))
+                members, meta = run_isolated(sample_members, margs, row_timeout) if isolate else sample_members(*margs)
             except BadSample as exn:
                 skipped[exn.reason] += 1
                 bad_rows.append(_bad(row, exn.reason, exn.detail))
@@ -225,15 +235,23 @@ def write_shard(job: ShardJob, on_row: Optional[Callable[[], None]] = None, isol
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, job.tar_path)
-    stats = {"shard": job.name, "fingerprint": job.fingerprint(), "rows": len(job.rows),
-             "samples": samples, "bytes": job.tar_path.stat().st_size, "duration": round(duration, 3),
-             "skipped": dict(sorted(skipped.items())), "bad_rows": bad_rows}
+    stats = {
+        "shard": job.name,
+        "fingerprint": job.fingerprint(),
+        "rows": len(job.rows),
+        "samples": samples,
+        "bytes": job.tar_path.stat().st_size,
+        "duration": round(duration, 3),
+        "skipped": dict(sorted(skipped.items())),
+        "bad_rows": bad_rows,
+    }
     write_json_atomic(job.stats_path, stats)
     return stats
 
 
-def build_reports(stats: list[dict], kind: str, command: str, options: dict, prefix: str,
-                  per_shard: int) -> tuple[dict, dict]:
+def build_reports(
+    stats: list[dict], kind: str, command: str, options: dict, prefix: str, per_shard: int
+) -> tuple[dict, dict]:
     """manifest.json and summary.json from the shards' compact stats, in shard order
     (deterministic: no times, no host names)."""
     from smaug import __version__

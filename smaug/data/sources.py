@@ -16,6 +16,7 @@ Row-level problems found here (no file access): `malformed_row`, `invalid_utf8`,
 File-level problems (`missing_file`, `empty_file`, `undecodable`, a symlink escaping the root)
 are found by `smaug.data.transcode` when the shard is built.
 """
+
 from __future__ import annotations
 
 import csv
@@ -24,8 +25,9 @@ import json
 import posixpath
 import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Optional
 
 # Every reason a row can be skipped for, in report order.
 REASONS = (
@@ -62,9 +64,15 @@ class Row:
     def to_json(self) -> dict:
         """Plain dict used in job fingerprints and logs."""
         return {
-            "index": self.index, "line": self.line, "id": self.id, "key": self.key,
-            "captions": self.captions, "relpath": self.relpath, "kind": self.kind,
-            "duration_hint": self.duration_hint, "error": list(self.error) if self.error else None,
+            "index": self.index,
+            "line": self.line,
+            "id": self.id,
+            "key": self.key,
+            "captions": self.captions,
+            "relpath": self.relpath,
+            "kind": self.kind,
+            "duration_hint": self.duration_hint,
+            "error": list(self.error) if self.error else None,
         }
 
 
@@ -104,7 +112,7 @@ def make_key(text: str) -> str:
     key = _KEY_BAD.sub("_", text).strip("_") or "sample"
     if len(key) > _MAX_KEY:
         digest = hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()[:12]
-        key = f"{key[:_MAX_KEY - 13]}_{digest}"
+        key = f"{key[: _MAX_KEY - 13]}_{digest}"
     return key
 
 
@@ -237,8 +245,12 @@ def iter_image_list(path: str) -> Iterator[Row]:
             if not raw.strip():
                 continue
             fields = raw.decode("utf-8", errors="surrogateescape").split("\t")
-            if lineno == 1 and len(fields) >= 2 and fields[0].strip().lower() == "caption" \
-                    and fields[1].strip().lower() in _IMAGE_HEADERS:
+            if (
+                lineno == 1
+                and len(fields) >= 2
+                and fields[0].strip().lower() == "caption"
+                and fields[1].strip().lower() in _IMAGE_HEADERS
+            ):
                 continue
             yield _image_row(index, lineno, fields)
             index += 1

@@ -12,13 +12,15 @@ A *spec* names a set of WebDataset shards. Accepted forms:
 Relative specs are tried against the working directory first, then the shard root.
 Mixtures are lists of `{"spec": ..., "weight": ...}`; weights are normalised to sum to 1.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import braceexpand
 import yaml
@@ -139,7 +141,7 @@ def resolve_spec(spec: str, root: str | os.PathLike) -> ShardSet:
     root = Path(root)
     spec = str(spec)
     if spec.startswith("corpus:"):
-        return _from_corpus(spec[len("corpus:"):], root)
+        return _from_corpus(spec[len("corpus:") :], root)
     name = Path(spec.split("::")[0]).stem or spec
     for cand in (Path(spec), root / spec):
         if cand.is_dir():

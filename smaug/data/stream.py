@@ -28,6 +28,7 @@ Corrupt samples are skipped and counted by reason (`skip_counts()`); they never 
 When more than `error_budget` of the last `error_window` samples a worker tried were corrupt it
 raises `DataErrorBudgetExceeded`, naming the shard with the most failures.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,7 +36,8 @@ import json
 import math
 import os
 from collections import Counter, deque
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -81,7 +83,8 @@ class ErrorBudget:
                 worst, n = Counter(bad).most_common(1)[0]
                 raise DataErrorBudgetExceeded(
                     f"{len(bad)} of the last {self.window} samples were corrupt (budget {self.budget:.0%}); "
-                    f"worst shard {worst} ({n} failures); skip reasons so far {dict(self.counts)}")
+                    f"worst shard {worst} ({n} failures); skip reasons so far {dict(self.counts)}"
+                )
 
 
 def iter_tar(url: str, budget: ErrorBudget, skip: frozenset = frozenset()) -> Iterator[dict]:
@@ -203,10 +206,6 @@ class TrainStream(IterableDataset):
                 srng = _seed(self.seed, self.rank, worker, rnd, pulled, 0x5A)
                 pulled += 1
                 try:
-<<<<<<< house
-                    batch.append(decode_sample(raw, cfg.num_frames, cfg.image_size, cfg.short_side, srng,
-                                               cfg.crop_scale, cfg.crop_ratio))
-=======
                     batch.append(
                         decode_sample(
                             raw,
@@ -219,7 +218,6 @@ class TrainStream(IterableDataset):
                             cfg.decoder,
                         )
                     )
->>>>>>> mine
                 except CorruptSample as exn:
                     budget.bad(exn.reason, raw.get("__url__", "?"))
                     continue
@@ -227,19 +225,33 @@ class TrainStream(IterableDataset):
                 if len(batch) == cfg.batch_size:
                     done += 1
                     out = collate(batch, self.tokenizer, cfg.max_text_len)
-                    out["__meta__"] = {"worker": worker, "round": rnd, "batches_in_round": done,
-                                       "raw_pulled_in_round": pulled, "skips": dict(budget.counts),
-                                       "attempted": budget.attempted}
+                    out["__meta__"] = {
+                        "worker": worker,
+                        "round": rnd,
+                        "batches_in_round": done,
+                        "raw_pulled_in_round": pulled,
+                        "skips": dict(budget.counts),
+                        "attempted": budget.attempted,
+                    }
                     batch = []
                     yield out
             rnd, done, pulled = rnd + 1, 0, 0
 
 
 def _fingerprint(cfg: DataConfig, corpora: list[ShardSet], rank: int, world_size: int, seed: int) -> str:
-    blob = json.dumps({"corpora": [[c.name, c.urls, round(c.weight, 9)] for c in corpora],
-                       "batch_size": cfg.batch_size, "num_workers": cfg.num_workers,
-                       "round_batches": cfg.round_batches, "shuffle_buffer": cfg.shuffle_buffer,
-                       "rank": rank, "world_size": world_size, "seed": seed}, sort_keys=True)
+    blob = json.dumps(
+        {
+            "corpora": [[c.name, c.urls, round(c.weight, 9)] for c in corpora],
+            "batch_size": cfg.batch_size,
+            "num_workers": cfg.num_workers,
+            "round_batches": cfg.round_batches,
+            "shuffle_buffer": cfg.shuffle_buffer,
+            "rank": rank,
+            "world_size": world_size,
+            "seed": seed,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -260,8 +272,16 @@ class TrainLoader:
     `for step, batch in zip(range(steps_per_epoch), loader)` per epoch wastes nothing.
     """
 
-    def __init__(self, cfg: DataConfig, tokenizer, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 state: Optional[dict] = None, pin_memory: bool = False):
+    def __init__(
+        self,
+        cfg: DataConfig,
+        tokenizer,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        state: Optional[dict] = None,
+        pin_memory: bool = False,
+    ):
         self.cfg = cfg
         self.pin_memory = pin_memory  # page-locked batches (CUDA): asynchronous host-to-device copies
         self.corpora = resolve_mixture(cfg.train_shards, cfg.shards_root)
@@ -294,9 +314,9 @@ class TrainLoader:
         try:
             for batch in it:
                 meta = batch["__meta__"]
-                self.workers[int(meta["worker"])] = {k: meta[k] for k in
-                                                     ("round", "batches_in_round", "raw_pulled_in_round",
-                                                      "skips", "attempted")}
+                self.workers[int(meta["worker"])] = {
+                    k: meta[k] for k in ("round", "batches_in_round", "raw_pulled_in_round", "skips", "attempted")
+                }
                 self.consumed += 1
                 yield batch
         finally:
@@ -311,15 +331,21 @@ class TrainLoader:
 
     def state_dict(self) -> dict:
         """JSON-able position after the batches handed out so far (one per rank)."""
-        return {"version": STATE_VERSION, "fingerprint": self.fingerprint, "consumed": self.consumed,
-                "workers": {str(k): v for k, v in sorted(self.workers.items())}}
+        return {
+            "version": STATE_VERSION,
+            "fingerprint": self.fingerprint,
+            "consumed": self.consumed,
+            "workers": {str(k): v for k, v in sorted(self.workers.items())},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"loader state version {state.get('version')} != {STATE_VERSION}")
         if state.get("fingerprint") != self.fingerprint:
-            raise ValueError("loader state was saved with other shards, batch_size, num_workers, round_batches, "
-                             "shuffle_buffer, rank, world_size or seed; exact resume needs the same ones")
+            raise ValueError(
+                "loader state was saved with other shards, batch_size, num_workers, round_batches, "
+                "shuffle_buffer, rank, world_size or seed; exact resume needs the same ones"
+            )
         self.consumed = int(state["consumed"])
         self.workers = {int(k): dict(v) for k, v in state["workers"].items()}
 
@@ -340,13 +366,8 @@ class EvalStream(IterableDataset):
         budget = self.budget
         consumers = self.world_size * nworkers
         if len(self.urls) >= consumers:
-<<<<<<< house
-            for url in self.urls[self.rank::self.world_size][worker::nworkers]:
-                yield from iter_tar(url, budget)
-=======
             for url in self.urls[self.rank :: self.world_size][worker::nworkers]:
                 yield from iter_tar(url, budget, self.skip.get(url, frozenset()))
->>>>>>> mine
         else:
             me = self.rank * nworkers + worker
             i = 0
@@ -419,8 +440,15 @@ class EvalLoader:
         return dict(total)
 
 
-def build_train_loader(cfg: DataConfig, tokenizer, rank: int = 0, world_size: int = 1, seed: int = 0,
-                       state: Optional[dict] = None, pin_memory: bool = False) -> TrainLoader:
+def build_train_loader(
+    cfg: DataConfig,
+    tokenizer,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    state: Optional[dict] = None,
+    pin_memory: bool = False,
+) -> TrainLoader:
     """Endless training loader for one rank; `state` is a previous `loader.state_dict()`;
     `pin_memory` hands out page-locked batches (for asynchronous copies to a GPU)."""
     if cfg.train_shards is None:

@@ -5,17 +5,23 @@
 [SEP], [MASK], post-processor `[CLS] $A [SEP]`) and saves it as a `BertTokenizerFast`, so
 `transformers.AutoTokenizer.from_pretrained(out_dir)` loads it with no network.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def build_wordpiece_tokenizer(captions: Iterable[str], out_dir: str | os.PathLike, vocab_size: int = 8000,
-                              min_frequency: int = 1, model_max_length: int = 512):
+def build_wordpiece_tokenizer(
+    captions: Iterable[str],
+    out_dir: str | os.PathLike,
+    vocab_size: int = 8000,
+    min_frequency: int = 1,
+    model_max_length: int = 512,
+):
     """Train WordPiece on `captions`, save to `out_dir`, and return the fast tokenizer."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertTokenizerFast
@@ -23,17 +29,27 @@ def build_wordpiece_tokenizer(captions: Iterable[str], out_dir: str | os.PathLik
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                        special_tokens=SPECIAL_TOKENS)
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS
+    )
     tok.train_from_iterator((c for c in captions), trainer=trainer)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
     tok.decoder = decoders.WordPiece(prefix="##")
-    fast = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                             sep_token="[SEP]", mask_token="[MASK]", do_lower_case=True,
-                             model_max_length=model_max_length)
+    fast = BertTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        do_lower_case=True,
+        model_max_length=model_max_length,
+    )
     assert fast.pad_token_id == 0, "[PAD] must be id 0"
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(str(out_dir))
@@ -61,5 +77,10 @@ def load_tokenizer(name_or_path: str | os.PathLike):
 
 def tokenizer_fields(tok) -> dict:
     """The `SmaugConfig` fields a tokenizer fixes: vocabulary size and the special-token ids."""
-    return dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, mask_token_id=tok.mask_token_id,
-                cls_token_id=tok.cls_token_id, sep_token_id=tok.sep_token_id)
+    return dict(
+        vocab_size=len(tok),
+        pad_token_id=tok.pad_token_id,
+        mask_token_id=tok.mask_token_id,
+        cls_token_id=tok.cls_token_id,
+        sep_token_id=tok.sep_token_id,
+    )

@@ -10,12 +10,14 @@ rather than in training. Every failure raises `BadSample(reason, detail)` with a
 All outputs are deterministic functions of the input bytes and options (x264 runs single
 threaded, JPEG encoding is PIL's), which `make_shards`' byte-identical resume relies on.
 """
+
 from __future__ import annotations
 
 import io
 import math
 import os
 from fractions import Fraction
+
 import numpy as np
 
 from .decode import decode_errors, open_video, scaled_size
@@ -61,14 +63,15 @@ def probe_video(data: bytes) -> dict:
         fps = float(vr.get_avg_fps())
         frames = vr.get_batch(sorted({0, n // 2, n - 1})).asnumpy()
     except decode_errors() as exn:
-        raise BadSample("undecodable", f"{type(exn).__name__}: {str(exn).splitlines()[0][:160] if str(exn) else ''}") from None
+        raise BadSample(
+            "undecodable", f"{type(exn).__name__}: {str(exn).splitlines()[0][:160] if str(exn) else ''}"
+        ) from None
     if frames.ndim != 4 or frames.shape[-1] != 3 or n < 1:
         raise BadSample("undecodable", f"decoder returned shape {frames.shape}")
     if not math.isfinite(fps) or fps <= 0:
         raise BadSample("undecodable", f"no frame rate ({fps})")
     h, w = int(frames.shape[1]), int(frames.shape[2])
-    return {"fps": round(fps, 4), "num_frames": int(n), "width": w, "height": h,
-            "duration": round(n / fps, 4)}
+    return {"fps": round(fps, 4), "num_frames": int(n), "width": w, "height": h, "duration": round(n / fps, 4)}
 
 
 # x264 is only deterministic without its lookahead (mbtree/B-frame decisions read memory that
@@ -89,8 +92,13 @@ def encode_h264(frames, fps: float, dest, crf: int = 23, gop: int = 0, preset: s
                 st = out.add_stream("libx264", rate=rate)
                 st.height, st.width = int(arr.shape[0]), int(arr.shape[1])
                 st.pix_fmt = "yuv420p"
-                st.options = {"preset": preset, "crf": str(crf), "threads": "1",
-                              "x264-params": X264_DETERMINISTIC, **({"g": str(gop)} if gop else {})}
+                st.options = {
+                    "preset": preset,
+                    "crf": str(crf),
+                    "threads": "1",
+                    "x264-params": X264_DETERMINISTIC,
+                    **({"g": str(gop)} if gop else {}),
+                }
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
             frame.pts, frame.time_base = i, 1 / rate
             for pkt in st.encode(frame):
@@ -103,7 +111,7 @@ def encode_h264(frames, fps: float, dest, crf: int = 23, gop: int = 0, preset: s
 
 def _batched(vr, indices: list[int], chunk: int = 32):
     for i in range(0, len(indices), chunk):
-        yield from vr.get_batch(indices[i:i + chunk]).asnumpy()
+        yield from vr.get_batch(indices[i : i + chunk]).asnumpy()
 
 
 def reencode_video(data: bytes, info: dict, short_side: int, fps: float) -> tuple[bytes, dict]:
@@ -127,8 +135,7 @@ def reencode_video(data: bytes, info: dict, short_side: int, fps: float) -> tupl
         raise BadSample("undecodable", f"re-encode: {type(exn).__name__}: {str(exn)[:160]}") from None
     new = buf.getvalue()
     meta = probe_video(new)
-    meta.update(orig_fps=src_fps, orig_width=info["width"], orig_height=info["height"],
-                orig_num_frames=n)
+    meta.update(orig_fps=src_fps, orig_width=info["width"], orig_height=info["height"], orig_num_frames=n)
     return new, meta
 
 
@@ -150,8 +157,16 @@ def extract_frames(data: bytes, info: dict, k: int, short_side: int) -> tuple[li
         jpegs = [_jpeg(np.ascontiguousarray(a)) for a in _batched(vr, indices)]
     except decode_errors() as exn:
         raise BadSample("undecodable", f"frames: {type(exn).__name__}: {str(exn)[:160]}") from None
-    meta = dict(info, width=w, height=h, num_frames=k, frame_indices=indices,
-                orig_width=info["width"], orig_height=info["height"], orig_num_frames=n)
+    meta = dict(
+        info,
+        width=w,
+        height=h,
+        num_frames=k,
+        frame_indices=indices,
+        orig_width=info["width"],
+        orig_height=info["height"],
+        orig_num_frames=n,
+    )
     return jpegs, meta
 
 
@@ -176,8 +191,7 @@ def prepare_image(data: bytes, short_side: int) -> tuple[bytes, dict]:
             out = _jpeg(np.asarray(img))
     except (Image.DecompressionBombError, *decode_errors()) as exn:
         raise BadSample("undecodable", f"image: {type(exn).__name__}: {str(exn)[:160]}") from None
-    return out, {"width": int(w), "height": int(h), "num_frames": 1, "fps": None, "duration": 0.0,
-                 "source_format": fmt}
+    return out, {"width": int(w), "height": int(h), "num_frames": 1, "fps": None, "duration": 0.0, "source_format": fmt}
 
 
 def video_member_ext(relpath: str) -> str:
@@ -188,8 +202,9 @@ def video_member_ext(relpath: str) -> str:
     return ext if ext in VIDEO_EXTS else "mp4"
 
 
-def sample_members(row, root: str, frames: int = 0, short_side: int = 0,
-                   fps: float = 0.0) -> tuple[dict[str, bytes], dict]:
+def sample_members(
+    row, root: str, frames: int = 0, short_side: int = 0, fps: float = 0.0
+) -> tuple[dict[str, bytes], dict]:
     """Tar members (extension -> bytes, without json/txt) and metadata for one good row."""
     data = read_media(root, row.relpath)
     if row.kind == "image":
@@ -203,4 +218,3 @@ def sample_members(row, root: str, frames: int = 0, short_side: int = 0,
         new, meta = reencode_video(data, info, short_side, fps)
         return {"mp4": new}, dict(meta, kind="video", reencoded=True)
     return {video_member_ext(row.relpath): data}, dict(info, kind="video")
-
