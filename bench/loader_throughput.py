@@ -18,6 +18,8 @@ For each kind it times, in this one process with one thread (= one dataloader wo
 and prints both and their ratio, measured in the same run. For the recommended kind it also runs
 the real DataLoader with one worker process and measures the main process's CPU time per clip
 (receiving batches from the worker), which a training process pays on top of its workers.
+For the two mp4 kinds it also times the loader once per video decoder (`--decoders`, default all
+three: decord, pyav, torchcodec; `data.decoder`), same shards, same clips, same run.
 Cores per GPU follows:
   cores per GPU = GPU clips/s x (1 / loader clips/s per worker + main-process CPU s per clip)
 with GPU clips/s from bench/train_step.py (--gpu-clips-per-s; default 1272, the real SMAUG step
@@ -155,7 +157,7 @@ def bare_rate(items, kind: str, t: int, short_side: int, clips: int) -> float:
 
 
 def loader_rate(shards: Path, tok, t: int, image_size: int, short_side: int, clips: int,
-                num_workers: int = 0) -> tuple[float, float]:
+                num_workers: int = 0, decoder: str = "decord") -> tuple[float, float]:
     """(clips/s, this process's CPU seconds per clip) of smaug's train stream. num_workers=0: all
     the work in this process (one worker's work); 1: a real worker process, so the CPU time is
     what the main process pays on top (receiving batches)."""
@@ -163,7 +165,7 @@ def loader_rate(shards: Path, tok, t: int, image_size: int, short_side: int, cli
 
     bs = 8
     cfg = DataConfig(train_shards=str(shards), num_frames=t, image_size=image_size, decode_short_side=short_side,
-                     batch_size=bs, num_workers=num_workers, shuffle_buffer=8, round_batches=10_000)
+                     batch_size=bs, num_workers=num_workers, shuffle_buffer=8, round_batches=10_000, decoder=decoder)
     it = iter(build_train_loader(cfg, tok, seed=0))
     next(it)  # warm-up: shuffle-buffer fill, imports, worker start
     steps = max(1, clips // bs)
@@ -189,6 +191,8 @@ def main(argv=None) -> int:
     p.add_argument("--gpu-clips-per-s", type=float, default=1272.0,
                    help="GPU training clips/s for the cores-per-GPU column (default: SMAUG base on one H100, "
                         "600 clips per step)")
+    p.add_argument("--decoders", default="decord,pyav,torchcodec",
+                   help="video decoders timed side by side on the mp4 kinds (comma list; data.decoder)")
     p.add_argument("--json", default=None, help="write every number here")
     args = p.parse_args(argv)
     import torch
@@ -209,12 +213,16 @@ def main(argv=None) -> int:
         tok = load_tokenizer(work / "tokenizer")
         print(f"setup {time.perf_counter() - t0:.1f}s; timing {args.clips} clips per row, T={args.num_frames}, "
               f"decode short side {args.short_side}, crop {args.image_size}, 1 thread", flush=True)
-        rows = []
+        rows, by_decoder = [], {}
+        decoders = [d for d in args.decoders.split(",") if d]
         for kind, sdir in shards.items():
             items = extract_files(sdir, work / "files" / kind)
             bare = bare_rate(items, kind, args.num_frames, args.short_side, args.clips)
             load = loader_rate(sdir, tok, args.num_frames, args.image_size, args.short_side, args.clips)[0]
             rows.append((kind, load, bare))
+            if not kind.startswith("frames"):
+                by_decoder[kind] = {d: loader_rate(sdir, tok, args.num_frames, args.image_size, args.short_side,
+                                                   args.clips, decoder=d)[0] for d in decoders}
         dl_rate, main_cpu = loader_rate(shards["frames224"], tok, args.num_frames, args.image_size,
                                         args.short_side, args.clips, num_workers=1)
     gpu = args.gpu_clips_per_s
@@ -226,10 +234,18 @@ def main(argv=None) -> int:
     print("\nrelative to raw mp4 (loader): " + ", ".join(f"{k} x{v / raw:.1f}" for k, v, _ in rows))
     print(f"main process with 1 worker (frames224): {dl_rate:.1f} clips/s, {main_cpu * 1e3:.2f} ms CPU per clip")
     print(f"cores/GPU = {gpu:g} GPU clips/s x (1 / clips/s per worker + main-process CPU per clip)")
+    if by_decoder:
+        print(f"\n{'decoder':<12}" + "".join(f"{k + ' clips/s/worker':>26}" for k in by_decoder)
+              + "".join(f"{'vs decord (' + k + ')':>22}" for k in by_decoder))
+        for d in decoders:
+            print(f"{d:<12}" + "".join(f"{by_decoder[k][d]:>26.1f}" for k in by_decoder)
+                  + "".join(f"{by_decoder[k][d] / by_decoder[k].get('decord', by_decoder[k][d]):>22.2f}"
+                            for k in by_decoder))
     if args.json:
         res = {"gpu_clips_per_s": gpu, "main_process_cpu_s_per_clip": main_cpu, "dataloader_1_worker_clips_per_s": dl_rate,
                "kinds": {k: {"loader_clips_per_s": load, "bare_clips_per_s": bare,
-                             "cores_per_gpu": gpu * (1 / load + main_cpu)} for k, load, bare in rows}}
+                             "cores_per_gpu": gpu * (1 / load + main_cpu)} for k, load, bare in rows},
+               "decoders": by_decoder}
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     return 0
 

@@ -28,6 +28,23 @@ if [ ! -f "$_stamp" ] || [ "$(cat "$_stamp")" != "$_want" ]; then
   "${_pip[@]}" --no-build-isolation --no-deps -e "$_root"
   echo "$_want" > "$_stamp"
 fi
+# torchcodec (data.decoder=torchcodec) loads the system FFmpeg shared libraries; decord and PyAV
+# bundle their own. Installed once with apt-get where this shell can (root on Debian/Ubuntu).
+_ffstamp="$SMAUG_VENV/.smaug-ffmpeg"
+if [ ! -f "$_ffstamp" ]; then
+  _ffcheck() { "$SMAUG_VENV/bin/python" -c "from torchcodec._core.ops import load_core_libraries as f; f()" >/dev/null 2>&1; }
+  if _ffcheck; then
+    touch "$_ffstamp"
+  elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[setup] installing the FFmpeg libraries torchcodec loads (apt-get, ~40 s)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev libavdevice-dev libavfilter-dev; } \
+      >/dev/null && _ffcheck && touch "$_ffstamp" || echo "[setup] warning: FFmpeg libraries for torchcodec not installed"
+  else
+    echo "[setup] note: torchcodec finds no FFmpeg libraries and this shell cannot apt-get them;" \
+         "data.decoder=torchcodec is refused until libavcodec & co. are installed"
+  fi
+fi
 export PATH="$SMAUG_VENV/bin:$PATH"
 export VIRTUAL_ENV="$SMAUG_VENV"
 # DeepSpeed JIT-compiles small ops on first use; keep them between runs.

@@ -53,6 +53,9 @@ def test_loader_bench_smoke(tmp_path):
                                                                            + res["main_process_cpu_s_per_clip"]))
     assert res["main_process_cpu_s_per_clip"] > 0
     assert "cores/GPU" in r.stdout
+    assert set(res["decoders"]) == {"raw", "reencode"}
+    for rates in res["decoders"].values():
+        assert set(rates) == {"decord", "pyav", "torchcodec"} and min(rates.values()) > 0
 
 
 def test_max_batch_search_lands_within_its_tolerance(monkeypatch):

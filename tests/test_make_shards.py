@@ -389,3 +389,31 @@ def test_decoder_crash_or_hang_costs_only_that_row(synthetic_corpus, tmp_path, m
     assert summary["samples"] == 4 and summary["skipped"]["undecodable"] == 2
     details = {b["id"]: b["detail"] for b in summary["bad_rows"]}
     assert "crashed" in details[crash] and "timed out" in details[hang]
+
+
+def test_webvid_mirror_csv_any_column_order(synthetic_corpus, tmp_path):
+    """Mirrors of WebVid publish other column orders and drop columns (e.g.
+    `videoid,contentUrl,duration,page_dir,name`, no page_idx): columns are found by name."""
+    rows = csv_rows(Path(synthetic_corpus) / "results_2M_train.csv")[:5]
+    path = tmp_path / "mirror.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["videoid", "contentUrl", "duration", "page_dir", "name"])
+        for r in rows:
+            w.writerow([r["videoid"], r["contentUrl"], r["duration"], r["page_dir"], r["name"]])
+    out = tmp_path / "shards"
+    run_tool("make_shards.py", "--webvid-csv", path, "--video-root", Path(synthetic_corpus) / "videos", "--out", out,
+             "--samples-per-shard", 4, "--no-progress")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["samples"] == len(rows) and not any(summary["skipped"].values())
+    got = {}
+    for tar in sorted(out.glob("*.tar")):
+        for mem in read_tar(tar)[0].values():
+            got[json.loads(mem["json"])["id"]] = mem["txt"].decode("utf-8")
+    assert got == {r["videoid"]: " ".join(r["name"].split()) for r in rows}
+    # a header that lacks a required column is refused, naming it
+    bad = tmp_path / "bad.csv"
+    bad.write_text("videoid,contentUrl,duration,name\n1,u,PT1S,a caption\n")
+    r = run_tool("make_shards.py", "--webvid-csv", bad, "--video-root", tmp_path, "--out", tmp_path / "b",
+                 "--no-progress", check=False)
+    assert r.returncode != 0 and "page_dir" in (r.stdout + r.stderr)

@@ -41,6 +41,9 @@ class DataConfig:
     # Short side videos/JPEGs are decoded at (the decoder scales, cheaper than full size);
     # None -> image_size; 0 -> decode at full resolution.
     decode_short_side: Optional[int] = None
+    # Video decoder backend: "decord" (decord2), "pyav" (PyAV's bundled FFmpeg) or "torchcodec"
+    # (PyTorch's decoder, system FFmpeg libraries). Same frames within codec tolerance (smaug/data/decoders.py).
+    decoder: str = "decord"
     # Per-GPU micro-batch size; each dataloader worker assembles whole batches.
     batch_size: int = 8
     # Dataloader worker processes per rank (0 = decode in the training process).
@@ -78,6 +81,9 @@ class DataConfig:
             raise ValueError("num_workers must be >= 0 and round_batches >= 1")
         if not 0.0 <= self.error_budget <= 1.0:
             raise ValueError("error_budget is a fraction in [0, 1]")
+        from .decoders import check_decoder
+
+        check_decoder(self.decoder)
 
     @property
     def short_side(self) -> int:

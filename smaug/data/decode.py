@@ -1,6 +1,7 @@
 """Decoding and augmentation of one shard sample into a uint8 clip `[T, 3, S, S]`.
 
-- Videos decode in memory with decord, at reduced size (the decoder scales so the short side is
+- Videos decode in memory with the backend of `data.decoder` (decord, pyav or torchcodec:
+  `decoders.py`), at reduced size (the decoder scales so the short side is
   `decode_short_side`; sizes come from the sample's `.json`, written by `make_shards`).
 - Frame choice is by segments: the clip's frames are cut into T equal segments; training takes
   a random frame in each segment, evaluation the segment centres. Clips shorter than T frames
@@ -46,12 +47,13 @@ def _decord():
 
 
 def decode_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions decord and PIL raise on bad bytes."""
+    """Exceptions the decoders (decord, PyAV, torchcodec: RuntimeError/ValueError) and PIL raise on bad bytes."""
     decord = _decord()
+    import av
     from PIL import UnidentifiedImageError
 
     return (RuntimeError, decord.DECORDError, decord.DECORDLimitReachedError, AssertionError,
-            ValueError, IndexError, OSError, UnidentifiedImageError, SyntaxError)
+            ValueError, IndexError, OSError, UnidentifiedImageError, SyntaxError, av.error.FFmpegError)
 
 
 class CorruptSample(Exception):
@@ -122,14 +124,16 @@ def segment_indices(n: int, t: int, rng: Optional[np.random.Generator] = None) -
 
 
 def decode_video(data: bytes, t: int, short_side: int, rng: Optional[np.random.Generator],
-                 size_hint: Optional[tuple[int, int]] = None) -> np.ndarray:
+                 size_hint: Optional[tuple[int, int]] = None, decoder: str = "decord") -> np.ndarray:
     """T frames `[T, H, W, 3]` uint8 of an encoded video, decoded at reduced size when possible."""
+    from .decoders import open_reader
+
     w, h = -1, -1
     if size_hint and short_side > 0 and min(size_hint) > short_side:
         w, h = scaled_size(size_hint[0], size_hint[1], short_side)
-    vr = open_video(data, w, h, quiet=_in_worker())
-    idx = segment_indices(len(vr), t, rng)
-    frames = vr.get_batch(idx).asnumpy()
+    reader = open_reader(data, decoder, w, h, quiet=_in_worker())
+    idx = segment_indices(reader.num_frames, t, rng)
+    frames = reader.get(idx)
     if frames.ndim != 4 or frames.shape[0] != t or frames.shape[-1] != 3:
         raise ValueError(f"decoder returned shape {frames.shape}")
     return frames
@@ -222,8 +226,9 @@ def _caption(sample: dict, meta: dict) -> tuple[str, list[str]]:
 
 def decode_sample(sample: dict, num_frames: int, image_size: int, short_side: int,
                   rng: Optional[np.random.Generator], crop_scale: tuple = (0.5, 1.0),
-                  crop_ratio: tuple = (3 / 4, 4 / 3)) -> Decoded:
-    """Decode one raw WebDataset sample (dict of member bytes). `rng=None` means eval mode.
+                  crop_ratio: tuple = (3 / 4, 4 / 3), decoder: str = "decord") -> Decoded:
+    """Decode one raw WebDataset sample (dict of member bytes). `rng=None` means eval mode;
+    `decoder`: the video backend (`decoders.DECODERS`).
 
     Raises `CorruptSample` with a reason when the sample cannot be used.
     """
@@ -245,7 +250,7 @@ def decode_sample(sample: dict, num_frames: int, image_size: int, short_side: in
     try:
         if video_ext is not None:
             hint = (int(meta["width"]), int(meta["height"])) if "width" in meta and "height" in meta else None
-            frames = decode_video(sample[video_ext], num_frames, short_side, rng, hint)
+            frames = decode_video(sample[video_ext], num_frames, short_side, rng, hint, decoder)
         elif frame_members:
             idx = segment_indices(len(frame_members), num_frames, rng)
             decoded = {i: decode_jpeg(sample[frame_members[i][1]], short_side) for i in sorted(set(idx))}

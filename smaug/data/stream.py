@@ -190,7 +190,7 @@ class TrainStream(IterableDataset):
                 pulled += 1
                 try:
                     batch.append(decode_sample(raw, cfg.num_frames, cfg.image_size, cfg.short_side, srng,
-                                               cfg.crop_scale, cfg.crop_ratio))
+                                               cfg.crop_scale, cfg.crop_ratio, cfg.decoder))
                 except CorruptSample as exn:
                     budget.bad(exn.reason, raw.get("__url__", "?"))
                     continue
@@ -327,7 +327,8 @@ class EvalStream(IterableDataset):
         batch = []
         for raw in self._mine():
             try:
-                batch.append(decode_sample(raw, cfg.num_frames, cfg.image_size, cfg.short_side, None))
+                batch.append(decode_sample(raw, cfg.num_frames, cfg.image_size, cfg.short_side, None,
+                                           decoder=cfg.decoder))
             except CorruptSample as exn:
                 self.budget.bad(exn.reason, raw.get("__url__", "?"))
                 continue
