@@ -121,6 +121,8 @@ class Trainer:
         from smaug.models import SmaugModel
 
         self.cfg = cfg
+        # First: a SIGTERM/SIGUSR1 during the set-up (Slurm's --signal may come early) is kept for the first step.
+        self.preempt = Preemption()
         kind = cfg.train.device if cfg.train.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         ds_cfg = build_ds_config(cfg, int(os.environ.get("WORLD_SIZE", 1)), kind)  # mismatch = error, before compute
         self.rank, self.world, self.local_rank = setup_distributed(kind)
@@ -193,7 +195,6 @@ class Trainer:
                                wandb_config=cfg.to_dict())
         self._say(f"[smaug] world={self.world} device={self.device} params={sum(p.numel() for p in model.parameters())/1e6:.1f}M "
                   f"global_batch={cfg.data.batch_size * cfg.train.grad_accum * self.world} peak={peak:.1f} TFLOP/s ({src})")
-        self.preempt = Preemption()
         # Non-finite gradients with a finite loss. DeepSpeed's bf16 `check_grad_overflow` finds
         # them with ~13 small kernels per parameter tensor (5,800 for SMAUG base, the largest host
         # cost of its step), so the shipped JSON turns it off and this guard reads the grad norm
