@@ -428,5 +428,9 @@ def main(argv=None) -> int:
     except FloatingPointError as e:  # diverged: the message says what happened and what to do
         print(f"[smaug] stopped: {e}", file=sys.stderr, flush=True)
         return 3
+    except ckpt.CheckpointWriteError as e:  # disk full, quota, ...: cause, directory, the intact `latest`
+        if trainer.is_main:  # every rank has the same message (with every rank's cause)
+            print(f"[smaug] stopped: {e}", file=sys.stderr, flush=True)
+        return 4
     finally:
         trainer.close()
