@@ -70,7 +70,7 @@ if [ ! -f "$CONF" ] || grep -qF "$MARK" "$CONF"; then
   new="$(cat <<EOF
 $MARK
 ClusterName=smauglocal
-SlurmctldHost=$host
+SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -94,7 +94,7 @@ SlurmctldPort=6817
 SlurmdPort=6818
 KillWait=30
 MinJobAge=300
-NodeName=$host $hw State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 $hw State=UNKNOWN
 PartitionName=local Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
 )"

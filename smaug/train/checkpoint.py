@@ -103,9 +103,10 @@ def _write_failure(path: Path, exc: BaseException) -> str:
     if not errno_:
         probe = path.parent / f".write_probe.{os.getpid()}"
         try:
-            with open(probe, "wb") as f:
-                f.write(b"\0" * (1 << 20))
-                f.flush()
+            with open(probe, "wb") as f:  # 8 MiB: past a small file-size limit, more than a nearly full disk
+                for _ in range(8):
+                    f.write(b"\0" * (1 << 20))
+                    f.flush()
                 os.fsync(f.fileno())
         except OSError as e:
             errno_ = e.errno
