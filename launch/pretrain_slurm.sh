@@ -4,8 +4,14 @@
 #   sbatch --nodes=4 --ntasks-per-node=8 --gpus-per-node=8 --cpus-per-task=10 \
 #          --signal=USR1@300 launch/pretrain_slurm.sh [key=value ...]
 #
-# `--signal=USR1@300` asks Slurm to send SIGUSR1 five minutes before the time limit: smaug
-# saves a checkpoint at the next step and exits 0; resubmitting the same job resumes.
+# Submit from the repository root (the job runs there: $SLURM_SUBMIT_DIR).
+# `--signal=USR1@300` asks Slurm to send SIGUSR1 to every task five minutes before the time limit
+# (Slurm may send it up to a minute earlier): smaug saves a checkpoint at the next step and exits 0;
+# resubmitting the same job resumes. A signal that comes while a task is still importing Python
+# modules is ignored (the trainer takes SIGUSR1/SIGTERM from the start of its set-up); the time
+# limit's SIGTERM then still saves, within Slurm's KillWait.
+# Try it on one machine: `bash launch/slurm_local_setup.sh` (root) sets up a local Slurm, then
+#   sbatch --ntasks=2 --time=10 --signal=USR1@120 launch/pretrain_slurm.sh key=value ...
 # Env knobs (defaults in brackets):
 #   CONFIG        run config(s), space-separated        [smaug/configs/pretrain_5m.yaml]
 #   OUT           output dir on a shared filesystem     [runs/$(basename first config .yaml)]
@@ -17,6 +23,7 @@
 #SBATCH --output=slurm-%j.out
 set -euo pipefail
 cd "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}"
+[ -f smaug/train/__main__.py ] || { echo "pretrain_slurm.sh: submit from the smaug repository root (job dir: $PWD)" >&2; exit 2; }
 CONFIG="${CONFIG:-smaug/configs/pretrain_5m.yaml}"
 first="${CONFIG%% *}"
 export OUT="${OUT:-runs/$(basename "$first" .yaml)}"
@@ -27,6 +34,7 @@ export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:T
 cfg_args=(); for c in $CONFIG; do cfg_args+=(--config "$c"); done
 # Each task maps Slurm's ids to torch.distributed's env contract, then runs the trainer.
 srun --kill-on-bad-exit=1 bash -c '
+  trap "" USR1
   export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS
   exec "$0" -m smaug.train "$@"' "$SMAUG_VENV/bin/python" "${cfg_args[@]}" --out "$OUT" "$@" &
 wait $!

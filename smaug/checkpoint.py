@@ -108,24 +108,96 @@ def set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state(st["cuda"])
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, quota, file-size limit, I/O error); `latest` is intact."""
+
+
+def _write_failure(path: Path, exc: BaseException) -> str:
+    """What went wrong writing under `path`, with the likely cause: torch.save reports a full disk as
+    'unexpected pos N vs M' (the errno is lost), so a short probe write and the free space say it."""
+    cause = f"{type(exc).__name__}: {exc}"
+    errno_ = getattr(exc, "errno", None)
+    if not errno_:
+        probe = path.parent / f".write_probe.{os.getpid()}"
+        try:
+            with open(probe, "wb") as f:  # 8 MiB: past a small file-size limit, more than a nearly full disk
+                for _ in range(8):
+                    f.write(b"\0" * (1 << 20))
+                    f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            errno_ = e.errno
+        finally:
+            try:
+                probe.unlink()
+            except OSError:
+                pass
+    if errno_:
+        cause += f" [errno {errno_}: {os.strerror(errno_)}]"
+    try:
+        cause += f"; {shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free on that filesystem"
+    except OSError:
+        pass
+    try:
+        import resource
+
+        fsize = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if fsize != resource.RLIM_INFINITY:
+            cause += f"; file-size limit (ulimit -f) {fsize} bytes"
+    except (ImportError, OSError, ValueError):
+        pass
+    return cause
+
+
+def _raise_if_failed(errors: list, root: Path, tag: str, previous: Optional[str], rank0: bool) -> None:
+    failed = [(r, e) for r, e in enumerate(errors) if e]
+    if not failed:
+        return
+    if rank0:
+        shutil.rmtree(root / tag, ignore_errors=True)  # frees the space; a resume would remove it anyway
+    where = "; ".join(f"rank {r}: {e}" for r, e in failed)
+    kept = (
+        f"`latest` still names {previous} ({root / previous}), which is complete and intact: free space "
+        f"(or raise the quota / file-size limit) and rerun the same command to resume from it"
+        if previous
+        else "there is no earlier complete checkpoint (`latest` was not written)"
+    )
+    raise CheckpointWriteError(
+        f"checkpoint {tag} could not be written to {root}: {where}. The incomplete {tag} was removed; {kept}."
+    )
+
+
 def save(engine, output_dir: str | Path, step: int, client_state: dict, per_rank_state: dict, keep: int) -> Path:
     """Save a checkpoint from every rank; mark it complete, point `latest` at it, prune old ones.
 
     `per_rank_state` (loader position, RNG) is gathered so each rank restores its own.
+    A write that fails on any rank (disk full, quota, ...) raises CheckpointWriteError on every rank,
+    naming the cause, the directory and the complete checkpoint `latest` still names.
     """
     root = ckpt_root(output_dir)
     tag = tag_for(step)
     ranks = gather_object(per_rank_state)
     state = dict(client_state, ranks=ranks, world_size=len(ranks))
     rank0 = engine.global_rank == 0
+    previous = read_latest(root)
     if rank0 and (root / tag).exists() and not is_complete(root / tag):
         shutil.rmtree(root / tag)  # leftover of a killed save of the same step
     barrier()
-    engine.save_checkpoint(str(root), tag=tag, client_state=state, save_latest=False)
-    barrier()
+    error = None
+    try:
+        engine.save_checkpoint(str(root), tag=tag, client_state=state, save_latest=False)
+    except (OSError, RuntimeError) as e:
+        error = _write_failure(root / tag, e)
+        barrier()  # the barrier DeepSpeed's save ends with, where the ranks that wrote their part wait
+    _raise_if_failed(gather_object(error), root, tag, previous, rank0)
     if rank0:
-        (root / tag / MARKER).write_text(f"{step}\n")
-        _write_atomic(root / LATEST, tag + "\n")
+        try:
+            (root / tag / MARKER).write_text(f"{step}\n")
+            _write_atomic(root / LATEST, tag + "\n")
+        except OSError as e:
+            error = _write_failure(root / tag, e)
+    _raise_if_failed(gather_object(error), root, tag, previous, rank0)
+    if rank0:
         for old in complete_tags(root)[:-keep]:
             shutil.rmtree(root / old, ignore_errors=True)
     barrier()

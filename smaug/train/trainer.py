@@ -117,6 +117,8 @@ class Trainer:
         from smaug.models import SmaugModel
 
         self.cfg = cfg
+        # First: a SIGTERM/SIGUSR1 during the set-up (Slurm's --signal may come early) is kept for the first step.
+        self.preempt = Preemption()
         kind = cfg.train.device if cfg.train.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         ds_cfg = build_ds_config(cfg, int(os.environ.get("WORLD_SIZE", 1)), kind)  # mismatch = error, before compute
         self.rank, self.world, self.local_rank = setup_distributed(kind)
@@ -201,7 +203,6 @@ class Trainer:
             f"world={self.world} device={self.device} params={sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
             f"global_batch={cfg.data.batch_size * cfg.train.grad_accum * self.world} peak={peak:.1f} TFLOP/s ({src})"
         )
-        self.preempt = Preemption()
         # Non-finite gradients with a finite loss. DeepSpeed's bf16 `check_grad_overflow` finds
         # them with ~13 small kernels per parameter tensor (5,800 for SMAUG base, the largest host
         # cost of its step), so the shipped JSON turns it off and this guard reads the grad norm
@@ -474,5 +475,9 @@ def main(argv=None) -> int:
     except FloatingPointError as e:  # diverged: the message says what happened and what to do
         LOG.error(f"stopped: {e}")
         return 3
+    except ckpt.CheckpointWriteError as e:  # disk full, quota, ...: cause, directory, the intact `latest`
+        if trainer.is_main:  # every rank has the same message (with every rank's cause)
+            LOG.error(f"stopped: {e}")
+        return 4
     finally:
         trainer.close()
