@@ -287,7 +287,7 @@ def test_qa_kill_and_resume_equals_uninterrupted(pretrained_run, synthetic_shard
     ea, eb = (json.loads((d / "qa_eval.json").read_text()) for d in (ref, out))
     assert ea["predictions"] == eb["predictions"] and ea["protocol"]["step"] == 6
     log = [json.loads(x) for x in (ref / "log.jsonl").read_text().splitlines()]
-    assert [x["step"] for x in log if "qa" in x] == list(range(1, 7)) and all(x["mlm"] if "mlm" in x else True for x in log)
+    assert [x["step"] for x in log if "qa" in x] == list(range(1, 7))  # the QA loss, logged every step
 
 
 @pytest.mark.slow

@@ -26,9 +26,8 @@ except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
 
-import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-from eval_retrieval import data_config, setup_distributed  # noqa: E402
+from eval_retrieval import data_config, load_model  # noqa: E402
 
 from smaug.weights import CheckpointError  # noqa: E402
 
@@ -59,13 +58,8 @@ def run(args) -> dict:
     from smaug.data import load_tokenizer
     from smaug.data.qa_data import make_clip_source, read_mc
     from smaug.eval.mc import evaluate_mc, mc_report
-    from smaug.weights import model_from_checkpoint, read_client_state, resolve_checkpoint
 
-    kind = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    rank, world, device = setup_distributed(kind)
-    ref = resolve_checkpoint(args.checkpoint)
-    model, cfg, run_config, tok_path = model_from_checkpoint(args.checkpoint, args.tokenizer)
-    step = read_client_state(ref).get("step") if ref.kind == "deepspeed" else None
+    rank, world, device, ref, model, cfg, run_config, tok_path, step = load_model(args)
     model = model.to(device).eval()
     tokenizer = load_tokenizer(tok_path)
     dcfg = data_config(run_config, cfg, args)

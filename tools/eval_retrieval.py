@@ -176,9 +176,9 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def run(args) -> dict:
-    from smaug.data import load_tokenizer
-    from smaug.retrieval import evaluate, retrieval_report
+def load_model(args):
+    """Process group (torchrun) and the checkpoint's model: -> (rank, world, device, checkpoint ref, model,
+    SmaugConfig, run config, tokenizer path, step). Shared with tools/eval_mc.py."""
     from smaug.weights import model_from_checkpoint, read_client_state, resolve_checkpoint
 
     kind = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -186,6 +186,14 @@ def run(args) -> dict:
     ref = resolve_checkpoint(args.checkpoint)
     model, cfg, run_config, tok_path = model_from_checkpoint(args.checkpoint, args.tokenizer)
     step = read_client_state(ref).get("step") if ref.kind == "deepspeed" else None
+    return rank, world, device, ref, model, cfg, run_config, tok_path, step
+
+
+def run(args) -> dict:
+    from smaug.data import load_tokenizer
+    from smaug.retrieval import evaluate, retrieval_report
+
+    rank, world, device, ref, model, cfg, run_config, tok_path, step = load_model(args)
     if args.precision == "bf16":
         model = model.to(torch.bfloat16)
     model = model.to(device).eval()

@@ -109,13 +109,13 @@ def main(argv=None) -> int:
     pr = main_rep["protocol"]
     print(f"[finetune_qa] split={pr['split']} questions={pr['num_questions']} answer list={pr['answer_list_size']} "
           f"k={pr['k']} frames={pr['frames']} out-of-list={pr['out_of_list']} step={pr['step']}", flush=True)
-    print(f"[finetune_qa] {'':<10}{'all':>8}" + "".join(f"{t:>9}" for t in summary["per_type"]), flush=True)
+    print(f"[finetune_qa] {'':<22}{'all':>8}" + "".join(f"{t:>9}" for t in summary["per_type"]), flush=True)
     rows = [("model", summary["accuracy"], "model"), (f"majority ({maj['answer']})", maj["accuracy"], "majority")]
     if blind_rep:
         rows.append(("blind", summary["blind_accuracy"], "blind"))
     for name, acc, key in rows:
         per = "".join(f"{(v[key] if v[key] is not None else float('nan')):>9.2f}" for v in summary["per_type"].values())
-        print(f"[finetune_qa] {name:<10}{acc:>8.2f}{per}", flush=True)
+        print(f"[finetune_qa] {name:<22}{acc:>8.2f}{per}", flush=True)
     for w in main_rep["warnings"]:
         print(f"[finetune_qa] WARNING: {w}", flush=True)
     print(f"[finetune_qa] report: {out / 'qa_report.json'}", flush=True)
