@@ -309,3 +309,20 @@ def test_finetune_qa_tool_reports_model_majority_and_blind(pretrained_run, synth
     assert {"accuracy", "majority_accuracy", "blind_accuracy"} <= rep.keys()
     assert set(rep["per_type"]) == {"colour", "shape", "motion"}
     assert "majority" in r.stdout and "blind" in r.stdout
+
+
+def test_clips_from_shards_equal_clips_from_the_folder(synthetic_shards):
+    from smaug.data import DataConfig, load_tokenizer
+    from smaug.data.qa_data import BadClip, FolderClips, ShardClips
+
+    c = Path(synthetic_shards["corpus"])
+    dcfg = DataConfig(num_frames=4, image_size=112, num_workers=0, shards_root=synthetic_shards["shards_root"])
+    shards = ShardClips(synthetic_shards["eval"], dcfg, load_tokenizer(synthetic_shards["tokenizer"]))
+    folder = FolderClips(str(c / "videos"), 4, 112, dcfg.short_side)
+    videos = [r["video"] for r in json.loads((c / "eval.json").read_text())]
+    assert len(shards.clips) == len(videos)
+    for v in videos:
+        assert torch.equal(shards(v), folder(v)), v
+    for clips in (shards, folder):
+        with pytest.raises(BadClip):
+            clips("eval/not_there.mp4")

@@ -18,8 +18,9 @@ DIR/
                             train on the training clips, test on the held-out clips (unseen colour-shape
                             pairs); the answer list = the training answers
   mc_test.json              multiple choice on the held-out clips [{"video", "caption": [5], "answer",
-                            "type", "differs"}], every distractor differing in one attribute; "motion" rows
-                            have three motion-only distractors (`--downstream-only` writes these four files
+                            "type", "differs"}], every distractor differing in one attribute: per clip an
+                            "appearance" row (2 colour + 2 shape distractors) and a "motion" row (3
+                            motion-only distractors + 1 colour) (`--downstream-only` writes these four files
                             from an existing corpus's labels.json)
 
 Clips: 1.5-3 s at 6-15 fps, 160x120 / 320x240 / 480x270, one or two large coloured shapes
@@ -275,9 +276,9 @@ def mc_caption(o: dict) -> str:
 
 
 def mc_rows(rng: np.random.Generator, clip: dict) -> list[dict]:
-    """Two 5-option rows for a one-object clip: "mixed" (distractors: another colour, another shape, two
-    other motions) and "motion" (the three other motions, and another colour); each distractor differs from
-    the clip in exactly one attribute, named in `differs` ("" for the right option)."""
+    """Two 5-option rows for a one-object clip: "appearance" (distractors: two other colours, the two other
+    shapes) and "motion" (the three other motions, and another colour); each distractor differs from the clip
+    in exactly one attribute, named in `differs` ("" for the right option)."""
     o = clip["objects"][0]
 
     def other(attr: str, values, n: int) -> list[tuple[str, dict]]:
@@ -286,7 +287,7 @@ def mc_rows(rng: np.random.Generator, clip: dict) -> list[dict]:
         return [(attr, dict(o, **{attr: pool[int(i)]})) for i in picks]
 
     out = []
-    for kind, spec in (("mixed", (("colour", 1), ("shape", 1), ("motion", 2))), ("motion", (("motion", 3), ("colour", 1)))):
+    for kind, spec in (("appearance", (("colour", 2), ("shape", 2))), ("motion", (("motion", 3), ("colour", 1)))):
         opts = [("", o)]
         for attr, n in spec:
             opts += other(attr, {"colour": list(COLOURS), "shape": list(SHAPES), "motion": list(MOTIONS)}[attr], n)

@@ -247,7 +247,7 @@ def run_qa_eval(model, cfg, tokenizer, device, rank: int, world: int, checkpoint
                       q.max_answer_len, rank, world)
     res["skipped"] = dict(Counter(res["skipped"]) + bad)
     train_rows, _ = read_qa(q.train_json)
-    report = qa_report(res, answers, checkpoint=checkpoint, step=step, split=q.split or Path(q.test_json).stem,
+    report = qa_report(res, answers, checkpoint=checkpoint, init_from=cfg.model.init_from, step=step, split=q.split or Path(q.test_json).stem,
                        test_json=str(Path(q.test_json).resolve()), frames=dcfg.num_frames, image_size=dcfg.image_size,
                        k=min(q.k, len(answers)), k_requested=q.k, blind=q.blind, world_size=world,
                        precision=cfg.train.precision, device=device.type)
