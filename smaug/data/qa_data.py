@@ -233,7 +233,7 @@ def eval_batches(rows: list[dict], clips, tokenizer, batch_size: int, num_worker
                  text_key: Optional[str] = "question", skipped: Optional[Counter] = None) -> Iterator[dict]:
     """One ordered pass over `rows` in batches; unusable clips are counted in `skipped` and left out."""
     dl = DataLoader(RowClips(rows, clips), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                    collate_fn=_Collate(tokenizer, max_text_len, text_key, 0))
+                    collate_fn=_Collate(tokenizer, max_text_len, text_key, 0), generator=torch.Generator().manual_seed(0))
     for batch, bad, _ in dl:
         if skipped is not None:
             skipped.update(bad)
@@ -292,8 +292,10 @@ class QATrainLoader:
         return self._perm[1][start:start + self.batch_size]
 
     def __iter__(self) -> Iterator[dict]:
+        # a private generator for the DataLoader's base seed: the global one is the training RNG (frame
+        # selection), and an iterator created on resume would otherwise shift it (as smaug.data.stream)
         dl = DataLoader(RowClips(self.rows, self.clips), batch_sampler=_Positions(self, self.pos),
-                        num_workers=self.num_workers,
+                        num_workers=self.num_workers, generator=torch.Generator().manual_seed(0),
                         collate_fn=_Collate(self.tokenizer, self.max_text_len, "question", self.max_answer_len))
         for batch, bad, pos in dl:
             self.skipped.update(bad)
