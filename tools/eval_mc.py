@@ -15,7 +15,6 @@ step, frames, split, rows, options, methods, world size.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -26,8 +25,7 @@ except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
 
-import torch.distributed as dist  # noqa: E402
-from eval_retrieval import data_config, load_model  # noqa: E402
+from eval_retrieval import data_config, load_model, publish  # noqa: E402
 
 from smaug.weights import CheckpointError  # noqa: E402
 
@@ -86,14 +84,7 @@ def main(argv=None) -> int:
     except CheckpointError as e:
         print(f"eval_mc: {e}", file=sys.stderr)
         return 2
-    if report.pop("rank") == 0:
-        print(format_mc(report, args.method), flush=True)
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-            print(f"report: {args.out}", flush=True)
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    publish(report, lambda r: format_mc(r, args.method), args.out)
     return 0
 
 

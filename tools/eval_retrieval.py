@@ -231,15 +231,21 @@ def main(argv=None) -> int:
     except CheckpointError as e:
         print(f"eval_retrieval: {e}", file=sys.stderr)
         return 2
+    publish(report, format_table, args.out)
+    return 0
+
+
+def publish(report: dict, fmt, out) -> None:
+    """Rank 0 prints `fmt(report)` and writes the JSON report to `out` (if given); every rank then leaves
+    the process group. Shared with tools/eval_mc.py."""
     if report.pop("rank") == 0:
-        print(format_table(report), flush=True)
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-            print(f"report: {args.out}", flush=True)
+        print(fmt(report), flush=True)
+        if out:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(json.dumps(report, indent=2) + "\n")
+            print(f"report: {out}", flush=True)
     if dist.is_initialized():
         dist.destroy_process_group()
-    return 0
 
 
 if __name__ == "__main__":

@@ -74,7 +74,8 @@ def token_log_probs(logits: torch.Tensor, input_ids: torch.Tensor, attention_mas
 
 class QAModel(SmaugModel):
     """SmaugModel + AnswerDecoder. `forward(batch)` -> SmaugOutput with losses {"qa"}; batch = the loader's
-    video + input_ids / attention_mask (the question) + answer_ids / answer_mask."""
+    video + input_ids / attention_mask (the question) + answer_ids / answer_mask. `train_flops` (the trainer's
+    MFU) is the parent's pre-training estimate, an approximation for this step."""
 
     def __init__(self, config, decoder_layers: int = 0, blind: bool = False):
         super().__init__(config)
@@ -116,10 +117,6 @@ class QAModel(SmaugModel):
         loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels.flatten(), ignore_index=-100)
         stats = dict(answer_tokens=float((labels != -100).sum(1).float().mean()))
         return SmaugOutput(loss, {"qa": loss}, stats, {})
-
-    def train_flops(self, batch_size: int, text_len: int) -> float:
-        """Approximate: the pre-training step's FLOPs (video + text + fusion), the decoder being small beside it."""
-        return super().train_flops(batch_size, text_len)
 
     # ------------------------------------------------------------------ answer scoring
     def answer_log_likelihood(self, fused, q_mask, a_ids, a_mask) -> torch.Tensor:
