@@ -326,3 +326,27 @@ def test_clips_from_shards_equal_clips_from_the_folder(synthetic_shards):
     for clips in (shards, folder):
         with pytest.raises(BadClip):
             clips("eval/not_there.mp4")
+
+
+@pytest.mark.slow
+def test_two_rank_qa_training_and_eval_answer_every_question_once(pretrained_run, synthetic_shards, tmp_path,
+                                                                   free_port):
+    """QA fine-tuning on 2 ranks (gloo), its in-process 2-rank evaluation, and tools/eval_qa.py on 1 rank
+    over the same checkpoint: the same answer for every test question, each answered exactly once."""
+    out = tmp_path / "w2"
+    cmd = qa_cmd(synthetic_shards, pretrained_run, out, "train.steps=2", "ckpt.every=2", "data.batch_size=2")
+    i = cmd.index("-m")
+    cmd = [*cmd[:i], "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port}", *cmd[i:]]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=_env(), cwd=REPO)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    w2 = json.loads((out / "qa_eval.json").read_text())
+    test = json.loads((Path(synthetic_shards["corpus"]) / "qa_test.json").read_text())
+    assert w2["protocol"]["world_size"] == 2 and w2["protocol"]["step"] == 2
+    assert [p["index"] for p in w2["predictions"]] == list(range(len(test)))
+    one = tmp_path / "one.json"
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "eval_qa.py"), "--checkpoint", str(out), "--out", str(one)],
+                       capture_output=True, text=True, timeout=600, env=_env(), cwd=REPO)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    w1 = json.loads(one.read_text())
+    assert w1["protocol"]["world_size"] == 1 and w1["predictions"] == w2["predictions"]
+    assert "QA accuracy" in r.stdout

@@ -119,8 +119,11 @@ class QATrainer(Trainer):
         if not q.test_json:
             return None
         with _keep_rng(self.device):
-            report = run_qa_eval(self.model, self.cfg, self.tokenizer, self.device, self.rank, self.world,
-                                 checkpoint=str(self.out), step=self.step)
+            d = self.cfg.data
+            dcfg = dataclasses.replace(d, num_frames=self.cfg.eval.num_frames or d.num_frames)
+            report = run_qa_eval(self.model, q, dcfg, self.tokenizer, self.device, self.rank, self.world,
+                                 checkpoint=str(self.out), init_from=self.cfg.model.init_from, step=self.step,
+                                 precision=self.cfg.train.precision)
         self.monitor.log({"step": self.step, "eval/qa_acc": report["results"]["accuracy"]})
         for line in format_qa(report).splitlines():
             self._say(f"[smaug] {line}")
@@ -231,27 +234,26 @@ def qa_report(res: dict, answer_list: list[str], **protocol) -> dict:
             "predictions": preds}
 
 
-def run_qa_eval(model, cfg, tokenizer, device, rank: int, world: int, checkpoint: str, step=None) -> dict:
-    """QA evaluation of `cfg.qa.test_json` with the run's data settings -> the report."""
+def run_qa_eval(model, q: QASection, dcfg, tokenizer, device, rank: int, world: int, **protocol) -> dict:
+    """QA evaluation of `q.test_json` with the data settings `dcfg` (frames, size, batch, workers) -> the
+    report; `protocol` (checkpoint, step, ...) is recorded in it. Collective with world > 1."""
     from smaug.data.qa_data import read_answer_list, read_qa
 
-    q, d = cfg.qa, cfg.data
     test_root = None if (q.test_video_shards or (q.video_shards and not q.test_video_root)) else \
         (q.test_video_root or q.video_root)
     rows, bad = read_qa(q.test_json, test_root)
     answers = read_answer_list(q.answer_list)
-    dcfg = dataclasses.replace(d, num_frames=cfg.eval.num_frames or d.num_frames)
     clips = test_clip_source(q, dcfg, tokenizer)
     res = evaluate_qa(model, rows, clips, tokenizer, answers, device, q.k,
-                      q.eval_batch_size or d.eval_batch_size or d.batch_size, d.num_workers, d.max_text_len,
-                      q.max_answer_len, rank, world)
+                      q.eval_batch_size or dcfg.eval_batch_size or dcfg.batch_size, dcfg.num_workers,
+                      dcfg.max_text_len, q.max_answer_len, rank, world)
     res["skipped"] = dict(Counter(res["skipped"]) + bad)
-    train_rows, _ = read_qa(q.train_json)
-    report = qa_report(res, answers, checkpoint=checkpoint, init_from=cfg.model.init_from, step=step, split=q.split or Path(q.test_json).stem,
+    report = qa_report(res, answers, **protocol, split=q.split or Path(q.test_json).stem,
                        test_json=str(Path(q.test_json).resolve()), frames=dcfg.num_frames, image_size=dcfg.image_size,
                        k=min(q.k, len(answers)), k_requested=q.k, blind=q.blind, world_size=world,
-                       precision=cfg.train.precision, device=device.type)
-    report["baselines"] = {"majority": majority_baseline(train_rows, res["predictions"])}
+                       device=device.type)
+    if q.train_json and Path(q.train_json).is_file():
+        report["baselines"] = {"majority": majority_baseline(read_qa(q.train_json)[0], res["predictions"])}
     return report
 
 
