@@ -154,6 +154,10 @@ class RunConfig:
     log: LogSection
     eval: EvalSection
 
+    # sections a subclass adds (name -> dataclass), e.g. smaug.train.qa.QARunConfig's `qa`
+    EXTRA_SECTIONS: typing.ClassVar[dict] = {}
+    TRAIN_SHARDS_REQUIRED: typing.ClassVar[bool] = True  # False: the subclass reads its training data elsewhere
+
     def to_dict(self) -> dict:
         return {f.name: _plain(dataclasses.asdict(getattr(self, f.name))) for f in dataclasses.fields(self)}
 
@@ -322,8 +326,13 @@ def build_section(prefix: str, cls, values: dict):
         raise ConfigError(f"{prefix}: {e}") from e
 
 
-def load_config(config_files: list[str], overrides: list[str] = (), output_dir: Optional[str] = None) -> RunConfig:
+def load_config(
+    config_files: list[str], overrides: list[str] = (), output_dir: Optional[str] = None, config_cls: type = RunConfig
+) -> RunConfig:
+    """`config_cls`: RunConfig or a subclass with EXTRA_SECTIONS (validated like the others)."""
     from smaug.data import DataConfig  # local import keeps `smaug.config` light (no torch until needed)
+
+    sections = {**SECTIONS, **config_cls.EXTRA_SECTIONS}
 
     tree: dict = {}
     for cf in config_files:
@@ -336,11 +345,11 @@ def load_config(config_files: list[str], overrides: list[str] = (), output_dir: 
         tree = deep_merge(tree, {"run": {"output_dir": os.environ["SMAUG_OUTPUT"]}})
 
     for k in tree:
-        if k not in SECTIONS and k != "data":
-            raise ConfigError(f"{k}: unknown section (known: {', '.join(['data', *SECTIONS])})")
-    secs = {name: build_section(name, cls, tree.get(name, {}) or {}) for name, cls in SECTIONS.items()}
+        if k not in sections and k != "data":
+            raise ConfigError(f"{k}: unknown section (known: {', '.join(['data', *sections])})")
+    secs = {name: build_section(name, cls, tree.get(name, {}) or {}) for name, cls in sections.items()}
     secs["data"] = build_section("data", DataConfig, tree.get("data", {}) or {})
-    cfg = RunConfig(**secs)
+    cfg = config_cls(**secs)
     validate(cfg)
     return cfg
 
@@ -381,7 +390,7 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{key}: must be >= 0, got {v}")
     if cfg.eval.every and not cfg.data.eval_shards:
         raise ConfigError("data.eval_shards: required when eval.every > 0")
-    if not cfg.data.train_shards:
+    if not cfg.data.train_shards and cfg.TRAIN_SHARDS_REQUIRED:
         raise ConfigError("data.train_shards: required (a shard spec, corpus:NAME, or a list of {spec, weight})")
     if t.device == "cuda":
         import torch

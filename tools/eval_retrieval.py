@@ -193,16 +193,24 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def run(args) -> dict:
+def load_model(args):
+    """Process group (torchrun) and the checkpoint's model: -> (rank, world, device, checkpoint ref, model,
+    SmaugConfig, run config, tokenizer path, step). Shared with tools/eval_mc.py."""
     from smaug.checkpoint import model_from_checkpoint, read_client_state, resolve_checkpoint
-    from smaug.data import load_tokenizer
-    from smaug.eval.retrieval import evaluate, retrieval_report
 
     kind = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     rank, world, device = init_distributed(kind)  # torchrun env; a plain run has no process group
     ref = resolve_checkpoint(args.checkpoint)
     model, cfg, run_config, tok_path = model_from_checkpoint(args.checkpoint, args.tokenizer)
     step = read_client_state(ref).get("step") if ref.kind == "deepspeed" else None
+    return rank, world, device, ref, model, cfg, run_config, tok_path, step
+
+
+def run(args) -> dict:
+    from smaug.data import load_tokenizer
+    from smaug.eval.retrieval import evaluate, retrieval_report
+
+    rank, world, device, ref, model, cfg, run_config, tok_path, step = load_model(args)
     if args.precision == "bf16":
         model = model.to(torch.bfloat16)
     model = model.to(device).eval()
@@ -262,15 +270,21 @@ def main(argv=None) -> int:
     except CheckpointError as e:
         print(f"eval_retrieval: {e}", file=sys.stderr)
         return 2
+    publish(report, format_table, args.out)
+    return 0
+
+
+def publish(report: dict, fmt, out) -> None:
+    """Rank 0 prints `fmt(report)` and writes the JSON report to `out` (if given); every rank then leaves
+    the process group. Shared with tools/eval_mc.py."""
     if report.pop("rank") == 0:
-        print(format_table(report), flush=True)
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-            print(f"report: {args.out}", flush=True)
+        print(fmt(report), flush=True)
+        if out:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(json.dumps(report, indent=2) + "\n")
+            print(f"report: {out}", flush=True)
     if dist.is_initialized():
         dist.destroy_process_group()
-    return 0
 
 
 if __name__ == "__main__":

@@ -13,6 +13,15 @@ DIR/
   images.tsv + images/*.jpg CC3M-style image-caption list: `caption<TAB>images/ID.jpg`, no
                             header (like CC3M's own TSV), relative to DIR
   labels.json               ground truth per clip (colour, shape, motion), splits, held-out set
+  qa_train.json, qa_test.json, answer_list.json
+                            VideoQA [{"video", "question", "answer", "type"}] on colour, shape and motion:
+                            train on the training clips, test on the held-out clips (unseen colour-shape
+                            pairs); the answer list = the training answers
+  mc_test.json              multiple choice on the held-out clips [{"video", "caption": [5], "answer",
+                            "type", "differs"}], every distractor differing in one attribute: per clip an
+                            "appearance" row (2 colour + 2 shape distractors) and a "motion" row (3
+                            motion-only distractors + 1 colour) (`--downstream-only` writes these four files
+                            from an existing corpus's labels.json)
 
 Clips: 1.5-3 s at 6-15 fps, 160x120 / 320x240 / 480x270, one or two large coloured shapes
 (5 colours x 3 shapes) each moving left, right, up or down. Each shape's path is centred at a
@@ -263,7 +272,89 @@ def build(out: Path, num_videos: int, seed: int, eval_fraction: float, num_image
         "images": [label(c) for c in images],
     }
     (out / "labels.json").write_text(json.dumps(labels, indent=1) + "\n", encoding="utf-8")
+    write_downstream(out, labels)
     return {"train": n_train, "eval": n_eval, "images": num_images}
+
+
+QA_TEMPLATES = {  # (question, needs): `needs` = the attribute that must single the object out in its clip
+    "colour": (("what colour is the {shape}?", "shape"), ("what is the colour of the {shape}?", "shape")),
+    "shape": (("what shape is the {colour} object?", "colour"), ("which shape is {colour}?", "colour")),
+    "motion": (
+        ("which direction is the {colour} {shape} moving?", None),
+        ("where does the {colour} {shape} go?", None),
+    ),
+}
+ANSWER_OF = {"colour": "colour", "shape": "shape", "motion": "motion"}
+
+
+def qa_rows(rng: np.random.Generator, clip: dict) -> list[dict]:
+    """Colour, shape and motion questions about the clip's objects (one per type and object, when the
+    question can name the object unambiguously: a colour question names the shape, so two objects of one
+    shape get none)."""
+    objs, rows = clip["objects"], []
+    for o in objs:
+        for qtype, templates in QA_TEMPLATES.items():
+            tmpl, needs = templates[int(rng.integers(len(templates)))]
+            if needs and sum(x[needs] == o[needs] for x in objs) > 1:
+                continue
+            rows.append(
+                {"video": clip["relpath"], "question": tmpl.format(**o), "answer": o[ANSWER_OF[qtype]], "type": qtype}
+            )
+    return rows
+
+
+def mc_caption(o: dict) -> str:
+    return f"a {o['colour']} {o['shape']} moving {PHRASES[o['motion']][1]}"
+
+
+def mc_rows(rng: np.random.Generator, clip: dict) -> list[dict]:
+    """Two 5-option rows for a one-object clip: "appearance" (distractors: two other colours, the two other
+    shapes) and "motion" (the three other motions, and another colour); each distractor differs from the clip
+    in exactly one attribute, named in `differs` ("" for the right option)."""
+    o = clip["objects"][0]
+
+    def other(attr: str, values, n: int) -> list[tuple[str, dict]]:
+        pool = [v for v in values if v != o[attr]]
+        picks = rng.choice(len(pool), size=n, replace=False)
+        return [(attr, dict(o, **{attr: pool[int(i)]})) for i in picks]
+
+    out = []
+    for kind, spec in (("appearance", (("colour", 2), ("shape", 2))), ("motion", (("motion", 3), ("colour", 1)))):
+        opts = [("", o)]
+        for attr, n in spec:
+            opts += other(attr, {"colour": list(COLOURS), "shape": list(SHAPES), "motion": list(MOTIONS)}[attr], n)
+        perm = rng.permutation(len(opts))
+        opts = [opts[int(i)] for i in perm]
+        out.append(
+            {
+                "video": clip["relpath"],
+                "caption": [mc_caption(x) for _, x in opts],
+                "answer": [d for d, _ in opts].index(""),
+                "type": kind,
+                "differs": [d for d, _ in opts],
+            }
+        )
+    return out
+
+
+def write_downstream(out: Path, labels: dict) -> dict:
+    """VideoQA and multiple-choice sets of the corpus (own random stream: the other outputs do not change).
+    qa_train.json (training clips), qa_test.json (the held-out clips: colour-shape pairs never seen in
+    training), answer_list.json (the training answers), mc_test.json (held-out clips, 5 options); paths
+    relative to DIR/videos, like eval.json."""
+    rng = np.random.default_rng([labels["seed"], 13])
+    train = [r for c in labels["clips"] if c["split"] == "train" for r in qa_rows(rng, c)]
+    test = [r for c in labels["clips"] if c["split"] == "eval" for r in qa_rows(rng, c)]
+    mc = [r for c in labels["clips"] if c["split"] == "eval" for r in mc_rows(rng, c)]
+    answers = sorted({r["answer"] for r in train})
+    for name, data in (
+        ("qa_train.json", train),
+        ("qa_test.json", test),
+        ("answer_list.json", answers),
+        ("mc_test.json", mc),
+    ):
+        (out / name).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    return {"qa_train": len(train), "qa_test": len(test), "answers": len(answers), "mc_test": len(mc)}
 
 
 def main(argv=None) -> int:
@@ -274,7 +365,18 @@ def main(argv=None) -> int:
     p.add_argument("--eval-fraction", type=float, default=0.1, help="share of clips in the held-out split")
     p.add_argument("--num-images", type=int, default=None, help="images in images.tsv (default num-videos/4)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
+    p.add_argument(
+        "--downstream-only",
+        metavar="CORPUS",
+        default=None,
+        help="only write the QA / MC sets of an existing corpus (its labels.json) into --out",
+    )
     args = p.parse_args(argv)
+    if args.downstream_only:
+        labels = json.loads((Path(args.downstream_only) / "labels.json").read_text(encoding="utf-8"))
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        print(f"[make_synthetic] {write_downstream(Path(args.out), labels)} in {args.out}", file=sys.stderr)
+        return 0
     if args.num_videos < 2:
         p.error("--num-videos must be >= 2")
     n_img = args.num_videos // 4 if args.num_images is None else args.num_images

@@ -113,8 +113,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig):
         import deepspeed
 
-        from smaug.data import build_train_loader, load_tokenizer, tokenizer_fields
-        from smaug.models import SmaugModel
+        from smaug.data import load_tokenizer, tokenizer_fields
 
         self.cfg = cfg
         # First: a SIGTERM/SIGUSR1 during the set-up (Slurm's --signal may come early) is kept for the first step.
@@ -137,15 +136,8 @@ class Trainer:
 
         self.tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.text_init)  # text_init's own by default
         self.mcfg = model_config(cfg, **tokenizer_fields(self.tokenizer))
-        model = SmaugModel(self.mcfg)
         found = ckpt.find_resume(self.out, cfg.ckpt.resume)
-        if found is None and not cfg.model.init_from:  # resume / init_from bring every weight themselves
-            self.init_towers(model)
-        if cfg.model.init_from and found is None:  # a resumed run loads its own checkpoint instead
-            from smaug.checkpoint import load_weights
-
-            missing, unexpected = load_weights(model, cfg.model.init_from)
-            self._say(f"initialised from {cfg.model.init_from} (missing {len(missing)}, unexpected {len(unexpected)})")
+        model = self.build_model(found)
         model.set_grad_checkpointing(cfg.model.grad_checkpointing)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model,
@@ -186,15 +178,7 @@ class Trainer:
                 )
             self._say(f"resumed from {found[0]}/{found[1]} at step {self.step}")
         seed = cfg.run.seed if loader_state is not None or self.step == 0 else cfg.run.seed + self.step
-        self.loader = build_train_loader(
-            cfg.data,
-            self.tokenizer,
-            rank=self.rank,
-            world_size=self.world,
-            seed=seed,
-            state=loader_state,
-            pin_memory=self.device.type == "cuda",
-        )
+        self.loader = self.build_loader(seed, loader_state)
         self.batches = DevicePrefetcher(self.loader, self.device)  # the copy of batch i+1 overlaps step i
         self.monitor = Monitor(
             self.out, cfg, cfg.train.steps, self.step, self.is_main, peak, wandb_config=cfg.to_dict()
@@ -212,6 +196,37 @@ class Trainer:
         self.ds_skips_overflow = bf16_check or not self.engine.bfloat16_enabled()
         self._bad_norm = torch.zeros((), dtype=torch.int64, device=self.device)
         self._bad_norm_seen = 0
+
+    def build_model(self, found):
+        """The model to train (a SmaugModel, or a subclass in a subclass of Trainer), its weights initialised
+        unless `found` (a checkpoint to resume) brings them."""
+        from smaug.models import SmaugModel
+
+        model = SmaugModel(self.mcfg)
+        if found is None and not self.cfg.model.init_from:  # resume / init_from bring every weight themselves
+            self.init_towers(model)
+        if self.cfg.model.init_from and found is None:  # a resumed run loads its own checkpoint instead
+            from smaug.checkpoint import load_weights
+
+            missing, unexpected = load_weights(model, self.cfg.model.init_from)
+            self._say(
+                f"initialised from {self.cfg.model.init_from} (missing {len(missing)}, unexpected {len(unexpected)})"
+            )
+        return model
+
+    def build_loader(self, seed: int, state):
+        """The endless training loader (`state_dict()`, `skip_counts()`), restored from `state` when given."""
+        from smaug.data import build_train_loader
+
+        return build_train_loader(
+            self.cfg.data,
+            self.tokenizer,
+            rank=self.rank,
+            world_size=self.world,
+            seed=seed,
+            state=state,
+            pin_memory=self.device.type == "cuda",
+        )
 
     def init_towers(self, model) -> None:
         """Pretrained towers (model.vision_init / text_init): strict load, `init_report.json`, summary first in the log."""
@@ -457,16 +472,17 @@ class Trainer:
         self.preempt.restore()
 
 
-def main(argv=None) -> int:
+def main(argv=None, trainer_cls=None, config_cls=RunConfig) -> int:
+    """`trainer_cls` / `config_cls`: Trainer / RunConfig or subclasses (e.g. smaug.train.qa's VideoQA fine-tuning)."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     setup_logging()
     try:
-        cfg = load_config(args.config, args.overrides, args.out)
+        cfg = load_config(args.config, args.overrides, args.out, config_cls)
     except ConfigError as e:
         LOG.error(f"config error: {e}")
         return 2
     try:
-        trainer = Trainer(cfg)
+        trainer = (trainer_cls or Trainer)(cfg)
     except ConfigError as e:
         LOG.error(f"config error: {e}")
         return 2
