@@ -106,7 +106,8 @@ def make_webvid_like(
             )
 
 
-def build_shards(corpus: Path, work: Path, frames: int, workers: int) -> dict[str, Path]:
+def build_shards(corpus: Path, work: Path, frames: int, workers: int) -> tuple[dict[str, Path], dict[str, float]]:
+    """The four shard kinds, and each conversion's wall seconds (make_shards with `workers` processes)."""
     csv_path, videos = corpus / "results_2M_train.csv", corpus / "videos"
     kinds = {
         "raw": [],
@@ -114,9 +115,10 @@ def build_shards(corpus: Path, work: Path, frames: int, workers: int) -> dict[st
         "frames": ["--frames", 2 * frames],
         "frames224": ["--frames", 2 * frames, "--resize-short-side", 224],
     }
-    out = {}
+    out, seconds = {}, {}
     for kind, extra in kinds.items():
         out[kind] = work / "shards" / kind
+        t0 = time.perf_counter()
         tool(
             "make_shards.py",
             "--webvid-csv",
@@ -132,8 +134,9 @@ def build_shards(corpus: Path, work: Path, frames: int, workers: int) -> dict[st
             "--no-progress",
             *extra,
         )
+        seconds[kind] = time.perf_counter() - t0
     tool("build_tokenizer.py", "--shards", out["raw"], "--out", work / "tokenizer", "--vocab-size", 500)
-    return out
+    return out, seconds
 
 
 def extract_files(shard_dir: Path, dest: Path) -> list[tuple[list[Path], dict]]:
@@ -273,7 +276,11 @@ def main(argv=None) -> int:
                 "--workers",
                 args.workers,
             )
-        shards = build_shards(corpus, work, args.num_frames, args.workers)
+        shards, convert_s = build_shards(corpus, work, args.num_frames, args.workers)
+        with open(corpus / "results_2M_train.csv", encoding="utf-8") as f:
+            n_clips = sum(1 for _ in f) - 1
+        # conversion throughput per core: clips x 3600 / (wall seconds x make_shards processes)
+        convert = {k: n_clips * 3600.0 / (s * args.workers) for k, s in convert_s.items()}
         from smaug.data import load_tokenizer
 
         tok = load_tokenizer(work / "tokenizer")
@@ -313,6 +320,10 @@ def main(argv=None) -> int:
     print("\nrelative to raw mp4 (loader): " + ", ".join(f"{k} x{v / raw:.1f}" for k, v, _ in rows))
     print(f"main process with 1 worker (frames224): {dl_rate:.1f} clips/s, {main_cpu * 1e3:.2f} ms CPU per clip")
     print(f"cores/GPU = {gpu:g} GPU clips/s x (1 / clips/s per worker + main-process CPU per clip)")
+    print(
+        f"\nconversion (make_shards, {n_clips} clips, {args.workers} processes): "
+        + ", ".join(f"{k} {v:,.0f} clips/hour/core" for k, v in convert.items())
+    )
     if by_decoder:
         print(
             f"\n{'decoder':<18}"
@@ -337,6 +348,7 @@ def main(argv=None) -> int:
                 for k, load, bare in rows
             },
             "decoders": by_decoder,
+            "convert_clips_per_hour_per_core": convert,
         }
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     return 0

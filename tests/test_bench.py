@@ -69,6 +69,8 @@ def test_loader_bench_smoke(tmp_path):
         )
     assert res["main_process_cpu_s_per_clip"] > 0
     assert "cores/GPU" in r.stdout
+    assert set(res["convert_clips_per_hour_per_core"]) == set(res["kinds"])
+    assert min(res["convert_clips_per_hour_per_core"].values()) > 0
     assert set(res["decoders"]) == {"raw", "reencode"}
     for rates in res["decoders"].values():
         assert set(rates) == {"decord", "pyav", "torchcodec", "decord, isolated"} and min(rates.values()) > 0
