@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import free_port
+from smaug.dist import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 QS = "smaug/configs/quickstart.yaml"

@@ -26,9 +26,10 @@ except ImportError:  # running from a checkout without `pip install -e .`
 sys.path.insert(0, str(REPO / "tools"))
 
 import torch
-from eval_retrieval import data_config, publish, setup_distributed
+from eval_retrieval import data_config, publish
 
 from smaug.checkpoint import CheckpointError
+from smaug.dist import init_distributed
 
 QA_OPTIONS = ("test_json", "answer_list", "video_root", "video_shards", "k", "split")
 
@@ -81,7 +82,7 @@ def run(args) -> dict:
     from smaug.models.answer_decoder import QAModel
 
     kind = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    rank, world, device = setup_distributed(kind)
+    rank, world, device = init_distributed(kind)
     ref = resolve_checkpoint(args.checkpoint)
     cfg, sd, run_config, tok_path = load_smaug_checkpoint(args.checkpoint, args.tokenizer)
     q = qa_section(run_config, args)
