@@ -94,3 +94,21 @@ def package_prefix(module) -> str:
     """The absolute folder of an imported package + separator, to tell its stack frames by path prefix (a
     substring such as "/smaug/" also matches every frame of a checkout cloned into a folder named smaug)."""
     return os.path.dirname(os.path.realpath(module.__file__)) + os.sep
+
+
+def tiny_config(**overrides):
+    """The tiny preset at 32 px, 2 frames (1 fused), with a 40-token vocabulary whose ids 0-3 are
+    [PAD] [CLS] [SEP] [MASK]: small enough for hand-built token batches (QA / MC tests)."""
+    from smaug.models import SmaugConfig
+
+    kw = dict(
+        vocab_size=40,
+        pad_token_id=0,
+        cls_token_id=1,
+        sep_token_id=2,
+        mask_token_id=3,
+        image_size=32,
+        num_frames=2,
+        select_frames=1,
+    )
+    return SmaugConfig.preset("tiny", **{**kw, **overrides})

@@ -2,7 +2,6 @@
 real 2-process run that scores every row exactly once."""
 
 import json
-import os
 import subprocess
 import sys
 from collections import Counter
@@ -12,25 +11,15 @@ import pytest
 import torch
 from test_qa import WORDS, FakeTokenizer, fake_clip
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, subprocess_env
+from model_helpers import tiny_config
 
 
 def tiny_model():
-    from smaug.models import SmaugConfig, SmaugModel
+    from smaug.models import SmaugModel
 
     torch.manual_seed(0)
-    cfg = SmaugConfig.preset(
-        "tiny",
-        vocab_size=40,
-        pad_token_id=0,
-        cls_token_id=1,
-        sep_token_id=2,
-        mask_token_id=3,
-        image_size=32,
-        num_frames=2,
-        select_frames=1,
-    )
-    return SmaugModel(cfg).eval()
+    return SmaugModel(tiny_config()).eval()
 
 
 def test_tie_aware_hit():
@@ -101,13 +90,6 @@ def test_scores_are_the_models_vtc_vtm_and_their_combination():
     assert met["pairwise"]["colour"]["num_pairs"] == 1 and met["pairwise"]["shape"]["num_pairs"] == 1
 
 
-def _env():
-    env = dict(os.environ, PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    return env
-
-
 @pytest.mark.slow
 def test_two_process_mc_eval_scores_every_row_once(pretrained_run, synthetic_shards, tmp_path, free_port):
     c = Path(synthetic_shards["corpus"])
@@ -133,7 +115,7 @@ def test_two_process_mc_eval_scores_every_row_once(pretrained_run, synthetic_sha
         capture_output=True,
         text=True,
         timeout=600,
-        env=_env(),
+        env=subprocess_env(OMP_NUM_THREADS="1"),
         cwd=REPO,
     )
     assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-5000:]
@@ -151,7 +133,7 @@ def test_two_process_mc_eval_scores_every_row_once(pretrained_run, synthetic_sha
         capture_output=True,
         text=True,
         timeout=600,
-        env=_env(),
+        env=subprocess_env(OMP_NUM_THREADS="1"),
         cwd=REPO,
     )
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-5000:]

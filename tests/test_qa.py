@@ -2,7 +2,6 @@
 fine-tuning on the pre-training trainer and evaluation (smaug.eval.qa, tools/finetune_qa.py)."""
 
 import json
-import os
 import subprocess
 import sys
 from collections import Counter
@@ -11,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-QS = str(REPO / "smaug" / "configs" / "quickstart.yaml")
+from conftest import QS, REPO, subprocess_env
+from model_helpers import tiny_config
+
 QA_CONFIG = str(REPO / "smaug" / "configs" / "finetune_qa.yaml")
 
 
@@ -30,24 +30,10 @@ class FakeTokenizer:
 
 
 def tiny_qa_model(vocab: int = 40, blind: bool = False, decoder_layers: int = 0):
-    from smaug.models import SmaugConfig
     from smaug.models.answer_decoder import QAModel
 
     torch.manual_seed(0)
-    cfg = SmaugConfig.preset(
-        "tiny",
-        vocab_size=vocab,
-        pad_token_id=0,
-        cls_token_id=1,
-        sep_token_id=2,
-        mask_token_id=3,
-        image_size=32,
-        num_frames=2,
-        select_frames=1,
-        mask_ratio=0.0,
-        w_mvm=0.0,
-    )
-    m = QAModel(cfg, decoder_layers, blind)
+    m = QAModel(tiny_config(vocab_size=vocab, mask_ratio=0.0, w_mvm=0.0), decoder_layers, blind)
     m.init_answer_decoder()
     return m.eval()
 
@@ -304,11 +290,6 @@ def test_synthetic_qa_and_mc_sets(synthetic_corpus):
 
 
 # ---------------------------------------------------------------------------- fine-tuning (real trainer)
-def _env():
-    env = dict(os.environ, PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    return env
 
 
 def qa_cmd(shards: dict, init, out, *extra):
@@ -350,7 +331,7 @@ def test_qa_kill_and_resume_equals_uninterrupted(pretrained_run, synthetic_shard
         capture_output=True,
         text=True,
         timeout=900,
-        env=_env(),
+        env=subprocess_env(OMP_NUM_THREADS="1"),
         cwd=REPO,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
@@ -361,7 +342,7 @@ def test_qa_kill_and_resume_equals_uninterrupted(pretrained_run, synthetic_shard
         capture_output=True,
         text=True,
         timeout=900,
-        env=_env(),
+        env=subprocess_env(OMP_NUM_THREADS="1"),
         cwd=REPO,
     )
     assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-5000:]
@@ -403,7 +384,9 @@ def test_finetune_qa_tool_reports_model_majority_and_blind(pretrained_run, synth
         "data.batch_size=4",
         "data.num_workers=1",
     ]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=_env(), cwd=REPO)
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=900, env=subprocess_env(OMP_NUM_THREADS="1"), cwd=REPO
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     rep = json.loads((out / "qa_report.json").read_text())
     pr = rep["protocol"]
@@ -443,7 +426,9 @@ def test_two_rank_qa_training_and_eval_answer_every_question_once(
     cmd = qa_cmd(synthetic_shards, pretrained_run, out, "train.steps=2", "ckpt.every=2", "data.batch_size=2")
     i = cmd.index("-m")
     cmd = [*cmd[:i], "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port}", *cmd[i:]]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=_env(), cwd=REPO)
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=900, env=subprocess_env(OMP_NUM_THREADS="1"), cwd=REPO
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     w2 = json.loads((out / "qa_eval.json").read_text())
     test = json.loads((Path(synthetic_shards["corpus"]) / "qa_test.json").read_text())
@@ -455,7 +440,7 @@ def test_two_rank_qa_training_and_eval_answer_every_question_once(
         capture_output=True,
         text=True,
         timeout=600,
-        env=_env(),
+        env=subprocess_env(OMP_NUM_THREADS="1"),
         cwd=REPO,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
