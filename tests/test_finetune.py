@@ -58,8 +58,14 @@ def _r1(report: dict) -> float:
     return (vtc["t2v_r1"] + vtc["v2t_r1"]) / 2
 
 
+def _meanr(report: dict) -> float:
+    """Mean of text->video and video->text mean rank by VTC similarity (chance: (N + 1) / 2)."""
+    vtc = report["results"]["vtc"]
+    return (vtc["t2v_meanr"] + vtc["v2t_meanr"]) / 2
+
+
 @pytest.mark.slow
-def test_finetuning_raises_r1_over_zero_shot(pretrained_run, synthetic_shards, tmp_path):
+def test_finetuning_improves_retrieval_over_zero_shot(pretrained_run, synthetic_shards, tmp_path):
     corpus = Path(synthetic_shards["corpus"])
     out = tmp_path / "ft"
     r = finetune(
@@ -110,7 +116,17 @@ def test_finetuning_raises_r1_over_zero_shot(pretrained_run, synthetic_shards, t
     assert "combined t2v R@1" in r.stdout and "vtm_acc" in r.stdout  # the summary shows all three and the VTM check
     for w in ft["warnings"]:  # e.g. a VTM rerank below VTC: said, not left for the reader to spot
         assert f"fine-tuned WARNING: {w}" in r.stdout
-    assert ft_r1 > zs_r1, f"fine-tuning did not raise R@1: zero-shot {zs_r1:.2f}, fine-tuned {ft_r1:.2f}"
+    # The mean rank, not R@1: on 12 held-out clips R@1 moves in steps of 4-8 points, and a run whose
+    # features learned colour (rank 4 of 12 at worst) can still swap its few top-1 hits (a CI run went
+    # 8.3 -> 6.25 R@1 while R@5 rose); the mean rank over all 24 + 12 queries measures the whole ranking.
+    # Measured (this test, CPU): zero-shot 7.25 (chance 6.5), fine-tuned 4.4.
+    zs_mr, ft_mr = _meanr(zs), _meanr(ft)
+    print(
+        f"  VTC mean rank (t2v, v2t averaged): zero-shot {zs_mr:.2f}, fine-tuned {ft_mr:.2f}; R@1 {zs_r1:.1f} -> {ft_r1:.1f}"
+    )
+    assert ft_mr < zs_mr - 1.0, (
+        f"fine-tuning did not improve the ranking: VTC mean rank zero-shot {zs_mr:.2f}, fine-tuned {ft_mr:.2f}"
+    )
 
 
 @pytest.mark.slow
