@@ -23,6 +23,7 @@ LIBRARY = [
     "smaug.eval",
     "smaug.eval.retrieval",
     "smaug.eval.attributes",
+    "smaug.eval.cli",
     "smaug.hf",
     "smaug.hf.export",
     "smaug.checkpoint",

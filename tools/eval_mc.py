@@ -24,11 +24,8 @@ try:
     import smaug  # noqa: F401
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tools"))
 
-from eval_retrieval import data_config, load_model, publish
-
-from smaug.checkpoint import CheckpointError
+from smaug.eval.cli import data_config, load_model, run_tool
 
 
 def parse_args(argv=None):
@@ -99,13 +96,7 @@ def main(argv=None) -> int:
     from smaug.eval.mc import format_mc
 
     args = parse_args(argv)
-    try:
-        report = run(args)
-    except CheckpointError as e:
-        print(f"eval_mc: {e}", file=sys.stderr)
-        return 2
-    publish(report, lambda r: format_mc(r, args.method), args.out)
-    return 0
+    return run_tool("eval_mc", args, run, lambda r: format_mc(r, args.method))
 
 
 if __name__ == "__main__":

@@ -23,13 +23,9 @@ try:
     import smaug  # noqa: F401
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tools"))
-
-import torch
-from eval_retrieval import data_config, publish
 
 from smaug.checkpoint import CheckpointError
-from smaug.dist import init_distributed
+from smaug.eval.cli import checkpoint_step, data_config, open_checkpoint, run_tool
 
 QA_OPTIONS = ("test_json", "answer_list", "video_root", "video_shards", "k", "split")
 
@@ -76,14 +72,12 @@ def qa_section(run_config: dict, args):
 
 
 def run(args) -> dict:
-    from smaug.checkpoint import adapt_state_dict, load_smaug_checkpoint, read_client_state, resolve_checkpoint
+    from smaug.checkpoint import adapt_state_dict, load_smaug_checkpoint
     from smaug.data import load_tokenizer
     from smaug.eval.qa import run_qa_eval
     from smaug.models.answer_decoder import QAModel
 
-    kind = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    rank, world, device = init_distributed(kind)
-    ref = resolve_checkpoint(args.checkpoint)
+    rank, world, device, ref = open_checkpoint(args)
     cfg, sd, run_config, tok_path = load_smaug_checkpoint(args.checkpoint, args.tokenizer)
     q = qa_section(run_config, args)
     model = QAModel(cfg, q.decoder_layers, q.blind)
@@ -98,7 +92,7 @@ def run(args) -> dict:
     model = model.to(device).eval()
     tokenizer = load_tokenizer(tok_path)
     dcfg = data_config(run_config, cfg, args)
-    step = read_client_state(ref).get("step") if ref.kind == "deepspeed" else None
+    step = checkpoint_step(ref)
     report = run_qa_eval(
         model, q, dcfg, tokenizer, device, rank, world, checkpoint=str(ref.path), step=step, precision="fp32"
     )
@@ -109,14 +103,7 @@ def run(args) -> dict:
 def main(argv=None) -> int:
     from smaug.eval.qa import format_qa
 
-    args = parse_args(argv)
-    try:
-        report = run(args)
-    except CheckpointError as e:
-        print(f"eval_qa: {e}", file=sys.stderr)
-        return 2
-    publish(report, format_qa, args.out)
-    return 0
+    return run_tool("eval_qa", parse_args(argv), run, format_qa)
 
 
 if __name__ == "__main__":

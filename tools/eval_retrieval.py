@@ -43,9 +43,7 @@ of the trainer's eval.json too.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
-import json
 import sys
 import time
 from pathlib import Path
@@ -54,10 +52,8 @@ if importlib.util.find_spec("smaug") is None:  # running from a checkout without
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-import torch.distributed as dist
 
-from smaug.checkpoint import CheckpointError
-from smaug.dist import init_distributed
+from smaug.eval.cli import data_config, load_model, run_tool
 
 
 def parse_args(argv=None):
@@ -118,29 +114,6 @@ def parse_args(argv=None):
     return args
 
 
-def data_config(run_config: dict, cfg, args):
-    """The run's DataConfig with the eval-time choices of this invocation applied."""
-    from smaug.config import build_section
-    from smaug.data import DataConfig
-
-    data = dict(run_config.get("data") or {})
-    for k in ("train_shards",):
-        data.pop(k, None)
-    dcfg = build_section("data", DataConfig, data)
-    ev = run_config.get("eval") or {}
-    frames = args.frames or int(ev.get("num_frames") or 0) or dcfg.num_frames
-    repl = dict(num_frames=frames, image_size=cfg.image_size)
-    if args.batch_size:
-        repl["eval_batch_size"] = args.batch_size
-    if args.workers >= 0:
-        repl["num_workers"] = args.workers
-    if args.shards_root:
-        repl["shards_root"] = args.shards_root
-    if args.max_text_len:
-        repl["max_text_len"] = args.max_text_len
-    return dataclasses.replace(dcfg, **repl)
-
-
 def build_loader(args, dcfg, tokenizer, rank: int, world: int):
     """-> (loader, split name, data description)."""
     if args.json:
@@ -191,19 +164,6 @@ def format_table(report: dict) -> str:
         lines += format_attributes(report["attributes"])
     lines += [f"WARNING: {w}" for w in report["warnings"]]
     return "\n".join(lines)
-
-
-def load_model(args):
-    """Process group (torchrun) and the checkpoint's model: -> (rank, world, device, checkpoint ref, model,
-    SmaugConfig, run config, tokenizer path, step). Shared with tools/eval_mc.py."""
-    from smaug.checkpoint import model_from_checkpoint, read_client_state, resolve_checkpoint
-
-    kind = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    rank, world, device = init_distributed(kind)  # torchrun env; a plain run has no process group
-    ref = resolve_checkpoint(args.checkpoint)
-    model, cfg, run_config, tok_path = model_from_checkpoint(args.checkpoint, args.tokenizer)
-    step = read_client_state(ref).get("step") if ref.kind == "deepspeed" else None
-    return rank, world, device, ref, model, cfg, run_config, tok_path, step
 
 
 def run(args) -> dict:
@@ -264,27 +224,7 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        report = run(args)
-    except CheckpointError as e:
-        print(f"eval_retrieval: {e}", file=sys.stderr)
-        return 2
-    publish(report, format_table, args.out)
-    return 0
-
-
-def publish(report: dict, fmt, out) -> None:
-    """Rank 0 prints `fmt(report)` and writes the JSON report to `out` (if given); every rank then leaves
-    the process group. Shared with tools/eval_mc.py."""
-    if report.pop("rank") == 0:
-        print(fmt(report), flush=True)
-        if out:
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-            Path(out).write_text(json.dumps(report, indent=2) + "\n")
-            print(f"report: {out}", flush=True)
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    return run_tool("eval_retrieval", parse_args(argv), run, format_table)
 
 
 if __name__ == "__main__":

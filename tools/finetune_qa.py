@@ -32,11 +32,8 @@ try:
     import smaug  # noqa: F401
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tools"))
 
-from finetune_retrieval import _launcher, _run, init_config
-
-from smaug.checkpoint import CheckpointError
+from smaug.train.finetune import run_step, start, train_command
 
 FINETUNE_CONFIG = REPO / "smaug" / "configs" / "finetune_qa.yaml"
 
@@ -82,19 +79,8 @@ def train(args, base_cfg: Path, out: Path, blind: bool) -> dict:
         sets.append(f"qa.split={args.split}")
     if args.frames:
         sets.append(f"eval.num_frames={args.frames}")
-    configs = [str(base_cfg), str(FINETUNE_CONFIG), *args.config]
-    cmd = [
-        *_launcher(args.nproc),
-        "-m",
-        "smaug.train.qa",
-        *[a for c in configs for a in ("--config", c)],
-        "--out",
-        str(out),
-        f"model.init_from={Path(args.init).resolve()}",
-        *sets,
-        *args.overrides,
-    ]
-    _run(cmd, "blind (text-only) QA fine-tuning" if blind else "QA fine-tuning")
+    cmd = train_command(args, "smaug.train.qa", base_cfg, FINETUNE_CONFIG, out, sets)
+    run_step(cmd, "blind (text-only) QA fine-tuning" if blind else "QA fine-tuning")
     return json.loads((out / "qa_eval.json").read_text())
 
 
@@ -104,13 +90,10 @@ def _brief(rep: dict) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        base_cfg, _ = init_config(args.init, args.tokenizer, out)
-    except CheckpointError as e:
-        print(f"finetune_qa: {e}", file=sys.stderr)
+    started = start(args, "finetune_qa")
+    if started is None:
         return 2
+    out, base_cfg, _ = started
     main_rep = train(args, base_cfg, out, blind=False)
     blind_rep = None if args.no_blind else train(args, base_cfg, out / "blind", blind=True)
     maj = main_rep["baselines"]["majority"]

@@ -27,18 +27,14 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
-
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("smaug") is None:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
 
-from smaug.checkpoint import CheckpointError
+from smaug.train.finetune import launcher, run_step, start, train_command
 
 FINETUNE_CONFIG = REPO / "smaug" / "configs" / "finetune_retrieval.yaml"
 
@@ -71,26 +67,9 @@ def parse_args(argv=None):
     return args
 
 
-def _env() -> dict:
-    return dict(os.environ, PYTHONUNBUFFERED="1")
-
-
-def _launcher(nproc: int) -> list[str]:
-    if nproc <= 1:
-        return [sys.executable]
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
-
-
-def _run(cmd: list[str], what: str) -> None:
-    print(f"[finetune] {what}: {' '.join(cmd)}", flush=True)
-    r = subprocess.run(cmd, env=_env(), cwd=REPO)
-    if r.returncode != 0:
-        raise SystemExit(f"finetune_retrieval: {what} failed (exit {r.returncode})")
-
-
 def build_shards(json_path: str, video_root: str, out: Path, prefix: str, workers: int) -> str:
     """Shards of an MSRVTT-style JSON with tools/make_shards.py (resumes; finished shards are kept)."""
-    _run(
+    run_step(
         [
             sys.executable,
             str(REPO / "tools" / "make_shards.py"),
@@ -111,30 +90,9 @@ def build_shards(json_path: str, video_root: str, out: Path, prefix: str, worker
     return str(out.resolve())
 
 
-def init_config(init: str, tokenizer, out: Path) -> tuple[Path, str]:
-    """Write the checkpoint's run config as OUT/init_config.yaml (the base of the fine-tuning config)."""
-    from smaug.checkpoint import load_smaug_checkpoint
-
-    _, _, run_config, tok = load_smaug_checkpoint(init, tokenizer)
-    if not run_config.get("model"):
-        raise CheckpointError(f"checkpoint {init}: carries no run configuration to fine-tune with")
-    rc = {k: dict(v) for k, v in run_config.items() if isinstance(v, dict)}
-    rc.get("run", {}).pop("output_dir", None)
-    rc["model"].pop("init_from", None)
-    rc.get("ckpt", {}).pop("resume", None)
-    rc["model"]["tokenizer"] = str(Path(tok).resolve()) if Path(tok).is_dir() else tok
-    for key in ("train_shards", "eval_shards"):
-        rc.get("data", {}).pop(key, None)
-    path = out / "init_config.yaml"
-    with open(path, "w") as f:
-        f.write(f"# Run configuration of {init} (the fine-tuning base; written by tools/finetune_retrieval.py)\n")
-        yaml.safe_dump(rc, f, sort_keys=False)
-    return path, rc["model"]["tokenizer"]
-
-
 def evaluate(checkpoint: str, eval_shards: str, out_json: Path, args, tokenizer: str) -> dict:
     cmd = [
-        *_launcher(args.nproc),
+        *launcher(args.nproc),
         str(REPO / "tools" / "eval_retrieval.py"),
         "--checkpoint",
         checkpoint,
@@ -151,7 +109,7 @@ def evaluate(checkpoint: str, eval_shards: str, out_json: Path, args, tokenizer:
     ]
     if args.frames:
         cmd += ["--frames", str(args.frames)]
-    _run(cmd, f"retrieval eval of {checkpoint}")
+    run_step(cmd, f"retrieval eval of {checkpoint}")
     return json.loads(out_json.read_text())
 
 
@@ -165,13 +123,10 @@ def _r1(report: dict) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        base_cfg, tokenizer = init_config(args.init, args.tokenizer, out)
-    except CheckpointError as e:
-        print(f"finetune_retrieval: {e}", file=sys.stderr)
+    started = start(args, "finetune_retrieval")
+    if started is None:
         return 2
+    out, base_cfg, tokenizer = started
     train = args.train_shards or build_shards(
         args.train_json, args.video_root, out / "shards" / "train", "train", args.shard_workers
     )
@@ -186,20 +141,8 @@ def main(argv=None) -> int:
             if zs_path.is_file()
             else evaluate(args.init, evals, zs_path, args, tokenizer)
         )
-    configs = [str(base_cfg), str(FINETUNE_CONFIG), *args.config]
-    train_cmd = [
-        *_launcher(args.nproc),
-        "-m",
-        "smaug.train",
-        *[a for c in configs for a in ("--config", c)],
-        "--out",
-        str(out),
-        f"model.init_from={Path(args.init).resolve()}",
-        f"data.train_shards={train}",
-        f"data.eval_shards={evals}",
-        *args.overrides,
-    ]
-    _run(train_cmd, "fine-tuning")
+    sets = [f"data.train_shards={train}", f"data.eval_shards={evals}"]
+    run_step(train_command(args, "smaug.train", base_cfg, FINETUNE_CONFIG, out, sets), "fine-tuning")
     ft = evaluate(str(out), evals, out / "finetuned.json", args, tokenizer)
     summary = {
         "init": str(args.init),
