@@ -77,7 +77,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", required=True, help="folder with train/ and test/ synthetic shards")
     p.add_argument("--tokenizer", help="tokenizer dir (default: <shards>/../../data/synthetic/tokenizer)")
-    p.add_argument("--pooling", choices=("concat", "mean", "temporal_all"), default="concat")
+    p.add_argument("--pooling", choices=("concat", "mean", "temporal_all", "moments", "moments_xy"), default="concat")
+    p.add_argument("--mask-ratio", type=float, default=0.0, help="MAE masking of the training forwards")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
@@ -87,19 +88,27 @@ def main(argv=None) -> int:
     kw = dict(mask_ratio=0.0, sparsify_layers=(), select_frames=4, num_frames=4, vocab_size=len(tok))
     if args.pooling == "temporal_all":
         kw.update(temporal_layers=2, temporal_scope="all")
+    if args.pooling.startswith("moments"):
+        kw.update(temporal_moments=2, moments_xy=args.pooling == "moments_xy", embed_dim=4)
     model = SmaugModel(SmaugConfig.preset("tiny", **kw))
     cfg = model.config
     xtr, ytr = load(Path(args.shards) / "train", tok, cfg.image_size)
     xte, yte = load(Path(args.shards) / "test", tok, cfg.image_size)
     print(f"single-object clips: train {len(ytr)}, held-out {len(yte)}; pooling {args.pooling}", flush=True)
-    head = nn.Linear(cfg.vision_width * (4 if args.pooling == "concat" else 1), 4)
+    moments = args.pooling.startswith("moments")  # the head is the model's own vision_proj + temporal_moments
+    head = nn.Identity() if moments else nn.Linear(cfg.vision_width * (4 if args.pooling == "concat" else 1), 4)
     params = [*model.video_encoder.parameters(), *head.parameters()]
-    if model.temporal is not None:
-        params += list(model.temporal.parameters())
+    for m in (model.temporal, model.temporal_moments, model.vision_proj if moments else None):
+        if m is not None:
+            params += list(m.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.02)
 
-    def feats(x):  # x: [B, T, 3, H, W] uint8 -> [B, T * D] or [B, D]
-        cls = model.forward_video(model.normalize_video(x), mask_ratio=0.0)[1][:, :, 0]  # [B, T, D]
+    def feats(x):  # x: [B, T, 3, H, W] uint8 -> [B, T * D] or [B, D] (moments: [B, 4] logits)
+        mask = args.mask_ratio if model.training else 0.0
+        enc, tokens, _, _ = model.forward_video(model.normalize_video(x), mask_ratio=mask)
+        if moments:  # the unnormalised video embedding: vision_proj(mean) + temporal_moments
+            return model.video_embedding(enc, tokens)
+        cls = tokens[:, :, 0]  # [B, T, D]
         return cls.flatten(1) if args.pooling == "concat" else cls.mean(1)
 
     for step in range(1, args.steps + 1):

@@ -29,7 +29,7 @@ from .common import all_gather_no_grad, all_gather_with_grad, draw_seed, pad_tex
 from .frame_selection import FrameSelector
 from .losses import mlm_loss, mvm_loss, sample_negatives, vtc_loss, vtm_loss
 from .mae_decoder import MAEDecoder, patchify
-from .temporal import TemporalEncoder
+from .temporal import TemporalEncoder, TemporalMoments, spatial_moments
 from .text_encoder import TextEncoder, mask_tokens
 from .video_encoder import VideoEncoder
 from .vit_blocks import ACTIVATIONS, FAMILIES
@@ -53,6 +53,15 @@ class SmaugConfig:
     # none: the video feature is the mean of per-frame features, which combines frames additively
     temporal_scope: str = "cls"  # what those blocks attend over: "cls" (the T frame [CLS] tokens, Singularity-temporal)
     # or "all" (every token of every frame: joint space-time attention; sees where objects go)
+    temporal_moments: int = (
+        1  # temporal moments (orthogonal polynomials in time) pooled into the video embedding: 1 = the mean of frame
+    )
+    # features only (blind to frame order); 2 adds "late minus early" (the direction things move), 3 a curvature
+    moments_xy: bool = False  # temporal moments also of the patch tokens' spatial moments (where things are in each
+    # frame, `temporal.spatial_moments`), so the embedding reads where things go without the [CLS] learning positions
+    vtc_reversed: bool = False  # VTC: each text is also scored against its own clip played backwards, a negative (the
+    # arrow of time): teaches an order-aware readout the direction of motion, for one more video forward. Only where
+    # captions name directions (the synthetic corpus); needs temporal_moments > 1 or temporal_layers > 0
     # block family and options; set from the checkpoint by `pretrained.init_config` (model.vision_init)
     vision_family: str = "vit"  # "vit" (timm ViT: augreg, MAE), "clip" (timm CLIP: norm_pre, no patch bias), "beit"
     vision_act: str = "gelu"  # ViT MLP activation: "gelu" or "quick_gelu" (OpenAI CLIP's quickgelu architectures)
@@ -123,6 +132,12 @@ class SmaugConfig:
             ("num_frames", self.num_frames >= 1, ">= 1"),
             ("temporal_layers", self.temporal_layers >= 0, ">= 0"),
             ("temporal_scope", self.temporal_scope in ("cls", "all"), "'cls' or 'all'"),
+            ("temporal_moments", self.temporal_moments >= 1, ">= 1"),
+            (
+                "vtc_reversed",
+                not self.vtc_reversed or self.temporal_moments > 1 or self.temporal_layers > 0,
+                "only with an order-aware video embedding (temporal_moments > 1 or temporal_layers > 0)",
+            ),
             ("vision_width", self.vision_width % self.vision_heads == 0, "divisible by vision_heads"),
             ("text_width", self.text_width % self.text_heads == 0, "divisible by text_heads"),
             (
@@ -270,6 +285,11 @@ class SmaugModel(nn.Module):
             else None
         )
         self.vision_proj = nn.Linear(cfg.vision_width, cfg.embed_dim)
+        self.temporal_moments = (
+            TemporalMoments(cfg.vision_width, cfg.embed_dim, cfg.temporal_moments, cfg.moments_xy)
+            if cfg.temporal_moments > 1
+            else None
+        )
         self.text_proj = nn.Linear(cfg.text_width, cfg.embed_dim)
         # BERT cross-attention keys/values take hidden_size inputs: map video tokens to Dt if needed
         self.video_to_text = (
@@ -332,7 +352,23 @@ class SmaugModel(nn.Module):
         elif self.temporal is not None:
             tokens = torch.cat([self.temporal(tokens[:, :, :1]), tokens[:, :, 1:]], dim=2)
         feat = self.vision_proj(tokens[:, :, 0])  # [B, T, E]
-        return enc, tokens, F.normalize(feat.mean(1), dim=-1), F.normalize(feat, dim=-1)
+        video = self.video_embedding(enc, tokens, feat)
+        return enc, tokens, F.normalize(video, dim=-1), F.normalize(feat, dim=-1)
+
+    def video_embedding(self, enc, tokens: torch.Tensor, frame_feat: torch.Tensor | None = None) -> torch.Tensor:
+        """Unnormalised clip embedding [B, E]: the mean of the frames' projected [CLS] (moment 0), plus the
+        higher temporal moments when `temporal_moments` > 1. tokens: [B, T, 1 + n, Dv] after temporal blocks."""
+        if frame_feat is None:
+            frame_feat = self.vision_proj(tokens[:, :, 0])  # [B, T, E]
+        video = frame_feat.mean(1)
+        if self.temporal_moments is not None:
+            xy = None
+            if self.config.moments_xy:
+                B, T = tokens.shape[:2]
+                ids = enc.ids.view(B, T, -1)
+                xy = spatial_moments(tokens[:, :, 1:], ids, self.config.image_size // self.config.patch_size)
+            video = video + self.temporal_moments(tokens[:, :, 0], xy)
+        return video
 
     def encode_video(self, video: torch.Tensor):
         """-> frame_tokens [B, T, 1 + n, Dv], video_feat [B, E], frame_feat [B, T, E] (normalised)."""
@@ -455,7 +491,12 @@ class SmaugModel(nn.Module):
             sid = all_gather_no_grad(batch["sample_id"])
             same_sample = sid[:, None] == sid[None, :]
 
-        vtc, sim = vtc_loss(video_feat, text_feat, self.temp, same_sample)
+        reversed_feat = None
+        if cfg.vtc_reversed and video.shape[1] > 1:  # the clip played backwards, encoded as any other clip
+            reversed_feat = self.forward_video(video.flip(1))[2]
+            with torch.no_grad():  # text prefers its clip over the clip reversed
+                metrics["rev_acc"] = ((text_feat * (video_feat - reversed_feat)).sum(-1) > 0).float().mean()
+        vtc, sim = vtc_loss(video_feat, text_feat, self.temp, same_sample, reversed_feat)
         losses["vtc"] = vtc
         if cfg.w_vtm > 0:
             losses["vtm"], metrics["vtm_acc"] = self.forward_vtm(

@@ -1,0 +1,113 @@
+"""Order-aware video embedding: temporal moments of the frame features (smaug/models/temporal.py),
+the patch tokens' spatial moments, and the reversed-clip VTC negative (issue 11: motion)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from smaug.models import SmaugConfig, SmaugModel
+from smaug.models.losses import vtc_loss
+from smaug.models.temporal import moment_weights, spatial_moments
+
+from model_helpers import make_batch
+
+
+@pytest.mark.parametrize("T", [1, 2, 3, 4, 8, 16])
+def test_moment_weights_are_orthogonal_polynomials_in_time(T):
+    K = 3
+    w = moment_weights(T, K).double()
+    k = min(K, T)
+    torch.testing.assert_close(w[0], torch.full((T,), 1.0 / T, dtype=torch.float64))  # moment 0 = the mean
+    torch.testing.assert_close(w[:k] @ w[:k].T * T, torch.eye(k, dtype=torch.float64), atol=1e-6, rtol=0)
+    assert (w[k:] == 0).all()  # more moments than frames: zero rows (an image has no motion)
+    if T > 1:
+        torch.testing.assert_close(w[1:k].sum(1), torch.zeros(k - 1, dtype=torch.float64), atol=1e-7, rtol=0)
+        assert (w[1].diff() > 0).all()  # moment 1 rises with time: late frames minus early ones
+        torch.testing.assert_close(w[1].flip(0), -w[1])  # ...so reversing a clip negates it
+        if k > 2:
+            torch.testing.assert_close(w[2].flip(0), w[2])  # and keeps the even ones
+
+
+def test_spatial_moments_read_where_an_object_is_and_skip_fused_tokens():
+    grid, D = 7, 3
+    ids = torch.arange(grid * grid).expand(1, 4, -1).clone()  # [B, T, n]
+    patches = torch.zeros(1, 4, grid * grid, D)
+    for t in range(4):  # one "object" token moving right along row 3, feature e0; background 0
+        patches[0, t, 3 * grid + 1 + t, 0] = 1.0
+    s = spatial_moments(patches, ids, grid)  # [B, T, 2, D]
+    x, y = s[0, :, 0, 0], s[0, :, 1, 0]
+    assert (x.diff() > 0).all() and torch.allclose(y, torch.zeros(4), atol=1e-6)  # moves in x, row 3 = centre in y
+    assert torch.allclose(s[..., 1:], torch.zeros(()), atol=1e-7)  # features the object lacks: nothing
+    m1 = moment_weights(4, 2)[1] @ x
+    assert m1 > 0  # moment 1 of the x position: moving right
+    # an EViT fused token (id -1) has no position: whatever it holds is left out
+    fused = torch.cat([patches, torch.full((1, 4, 1, D), 9.0)], dim=2)
+    fused_ids = torch.cat([ids, torch.full((1, 4, 1), -1)], dim=2)
+    torch.testing.assert_close(spatial_moments(fused, fused_ids, grid), s)
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    return SmaugModel(SmaugConfig.preset("tiny", vocab_size=6000, **kw)).eval()
+
+
+@pytest.mark.parametrize("xy", [False, True])
+def test_moments_make_the_embedding_see_frame_order_and_vanish_on_a_static_clip(xy):
+    plain, m = _model(), _model(temporal_moments=2, moments_xy=xy)
+    missing, unexpected = m.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing == ["temporal_moments.proj.weight", "temporal_moments.proj.bias"]
+    video = torch.randint(0, 256, (2, 4, 3, 112, 112), dtype=torch.uint8)
+    static = video[:, :1].expand(-1, 4, -1, -1, -1).contiguous()
+    with torch.no_grad():
+        # the encoder's temporal embedding starts at 0: identical frames -> identical features -> zero moments
+        torch.testing.assert_close(m.get_video_features(static), plain.get_video_features(static))
+        f, r = m.get_video_features(video), m.get_video_features(video.flip(1))
+        p, pr = plain.get_video_features(video), plain.get_video_features(video.flip(1))
+        torch.testing.assert_close(p, pr)  # the mean of frames is blind to their order...
+        assert (F.cosine_similarity(f, r) < 0.999).all()  # ...the moments are not
+        for T in (1, 2, 6):  # any frame count, an image included
+            batch = make_batch(m.config, batch_size=2, num_frames=T)
+            tokens, feat, _ = m.encode_video(batch["video"])
+            assert feat.shape == (2, 128) and torch.isfinite(feat).all()
+        one = make_batch(m.config, batch_size=2, num_frames=1)["video"]
+        torch.testing.assert_close(m.get_video_features(one), plain.get_video_features(one))
+
+
+def test_reversed_clip_adds_a_two_way_arrow_of_time_term():
+    torch.manual_seed(0)
+    v, t, rev = (F.normalize(torch.randn(5, 16), dim=-1) for _ in range(3))
+    temp = torch.tensor(0.1)
+    loss, sim = vtc_loss(v, t, temp, reversed_feat=rev)
+    plain, plain_sim = vtc_loss(v, t, temp)
+    pair = torch.stack([(t * v).sum(-1), (t * rev).sum(-1)], dim=1) / temp  # [texts, {its clip, reversed}]
+    torch.testing.assert_close(loss, plain + F.cross_entropy(pair, torch.zeros(5, dtype=torch.long)))
+    torch.testing.assert_close(sim, plain_sim)  # mining sees the plain [Bg, Bg] similarities
+    # a clip that reads the same both ways (no motion) costs log 2 and nothing can lower it
+    same, _ = vtc_loss(v, t, temp, reversed_feat=v)
+    torch.testing.assert_close(same, plain + torch.log(torch.tensor(2.0)))
+
+
+def test_vtc_reversed_trains_through_a_second_forward_and_reports_rev_acc():
+    m = _model(temporal_moments=2, vtc_reversed=True).train()
+    batch = make_batch(m.config, batch_size=4)
+    out = m(batch)
+    assert 0.0 <= out.metrics["rev_acc"].item() <= 1.0
+    out.loss.backward()
+    assert m.temporal_moments.proj.weight.grad.abs().sum() > 0
+    image = make_batch(m.config, batch_size=4, num_frames=1)  # an image batch has no reversal: no metric, no error
+    assert "rev_acc" not in m(image).metrics
+
+
+def test_reversed_negative_needs_an_order_aware_embedding():
+    with pytest.raises(ValueError, match="vtc_reversed"):
+        SmaugConfig.preset("tiny", vtc_reversed=True)
+    SmaugConfig.preset("tiny", vtc_reversed=True, temporal_layers=1)
+    with pytest.raises(ValueError, match="temporal_moments"):
+        SmaugConfig.preset("tiny", temporal_moments=0)
+
+
+def test_export_refuses_moments_it_cannot_represent():
+    from smaug.hf.convert import ExportError, check_exportable
+
+    with pytest.raises(ExportError, match="temporal_moments=2"):
+        check_exportable(SmaugConfig.preset("tiny", temporal_moments=2))
