@@ -57,6 +57,7 @@ class SmaugConfig:
         1  # temporal moments (orthogonal polynomials in time) pooled into the video embedding: 1 = the mean of frame
     )
     # features only (blind to frame order); 2 adds "late minus early" (the direction things move), 3 a curvature
+    moments_weight: float = 0.5  # the moments' share of the video embedding: unit(mean) + at most weight * unit
     moments_xy: bool = False  # temporal moments also of the patch tokens' spatial moments (where things are in each
     # frame, `temporal.spatial_moments`), so the embedding reads where things go without the [CLS] learning positions
     vtc_reversed: bool = False  # VTC: each text is also scored against its own clip played backwards, a negative (the
@@ -367,7 +368,11 @@ class SmaugModel(nn.Module):
                 B, T = tokens.shape[:2]
                 ids = enc.ids.view(B, T, -1)
                 xy = spatial_moments(tokens[:, :, 1:], ids, self.config.image_size // self.config.patch_size)
-            video = video + self.temporal_moments(tokens[:, :, 0], xy)
+            # the mean on the unit sphere, the moments at most moments_weight long (eps=1: x / max(|x|, 1), so
+            # a static clip's ~0 moments stay ~0): appearance keeps most of the embedding (added raw, the
+            # reversal term grew the moments until colour fell to chance in the quickstart)
+            motion = self.temporal_moments(tokens[:, :, 0], xy)
+            video = F.normalize(video, dim=-1) + self.config.moments_weight * F.normalize(motion, dim=-1, eps=1.0)
         return video
 
     def encode_video(self, video: torch.Tensor):

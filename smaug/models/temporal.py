@@ -105,7 +105,7 @@ class TemporalMoments(nn.Module):
     """The order-aware part of the video embedding: moments 1..K-1 of the frame features over time.
 
         m_k = sum_t w_k[t] * x_t   (x: [B, T, Dv] frame [CLS] tokens, w = moment_weights(T, K))
-        out = proj([m_1, ..., m_{K-1}])  [B, E], added to the mean-pooled embedding (moment 0)
+        out = proj([LN(m_1), ..., LN(m_{K-1})])  [B, E], added to the mean-pooled embedding (moment 0)
 
     The mean of frame features is the same for a motion and its reverse (same frames, other order),
     so a mean-pooled embedding is blind to direction unless every frame encodes its position times
@@ -128,4 +128,7 @@ class TemporalMoments(nn.Module):
         x = cls[:, :, None] if xy is None else torch.cat([cls[:, :, None], xy], dim=2)  # [B, T, S, Dv]
         w = moment_weights(x.shape[1], self.moments)[1:].to(device=x.device, dtype=x.dtype)  # [K-1, T]
         m = torch.einsum("kt,btsd->bksd", w, x)  # [B, K-1, S, Dv]
-        return self.proj(m.flatten(1))
+        # each moment on the scale of the features it came from: frame-to-frame changes are a small part of
+        # a [CLS] and an object a small part of a frame's tokens (~1/n), so raw moments start 10-50x below
+        # the mean and the arrow-of-time signal with them. No affine: -m still maps to -LN(m), 0 to 0
+        return self.proj(F.layer_norm(m, m.shape[-1:]).flatten(1))
