@@ -18,6 +18,10 @@ Measured on the 2-core CPU box, batch 16, lr 1e-3, seed 0 (session 5), held-out 
   temporal_all  28 / 18 / 24 / 20%   (chance: the temporal blocks do not learn order in this budget)
 So the tower learns where the object is, given an order-aware readout, and the two readouts the
 retrieval feature can use today (mean, temporal blocks + mean) do not.
+  moments       the model's own embedding with temporal_moments=2 (mean + moment 1 of the frame [CLS])
+  moments_xy    ... and moment 1 of the patch tokens' spatial moments (moments_xy), the head = the model's
+                projections to 4 logits. With --mask-ratio 0.75 (session 6), held-out accuracy at steps
+                50 / 100 / 150 / 200: 28 / 53 / 96 / 56% (learned within ~150 steps, even masked)
 """
 
 from __future__ import annotations
