@@ -60,9 +60,7 @@ class ModelSection:
     sparsify_mode: Optional[Literal["fuse", "drop"]] = None  # EViT: dropped tokens fused into one, or discarded
     select_frames: Optional[int] = None  # frame selection: frames per clip that reach fusion (= num_frames: off)
     temporal_layers: Optional[int] = None  # transformer blocks across frames on top of the frame encoder
-    temporal_moments: Optional[int] = (
-        None  # temporal moments (orthogonal polynomials in time) in the video embedding; 1 = mean of frames
-    )
+    temporal_moments: Optional[int] = None  # moments over time in the video embedding; 1 = mean of frames
     vtm_negatives: Optional[Literal["auto", "hard", "uniform"]] = None  # VTM negatives: mined, uniform, or auto-switch
     w_vtc: Optional[float] = None  # loss weight: video-text contrastive
     w_vtm: Optional[float] = None  # loss weight: video-text matching

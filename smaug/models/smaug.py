@@ -53,10 +53,8 @@ class SmaugConfig:
     # none: the video feature is the mean of per-frame features, which combines frames additively
     temporal_scope: str = "cls"  # what those blocks attend over: "cls" (the T frame [CLS] tokens, Singularity-temporal)
     # or "all" (every token of every frame: joint space-time attention; sees where objects go)
-    temporal_moments: int = (
-        1  # temporal moments (orthogonal polynomials in time) pooled into the video embedding: 1 = the mean of frame
-    )
-    # features only (blind to frame order); 2 adds "late minus early" (the direction things move), 3 a curvature
+    temporal_moments: int = 1  # moments over time (orthogonal polynomials) in the video embedding: 1 = the mean of
+    # frame features only (blind to frame order); 2 adds "late minus early" (the direction things move), 3 a curvature
     moments_weight: float = 0.5  # the moments' share of the video embedding: unit(mean) + at most weight * unit
     moments_xy: bool = False  # temporal moments also of the patch tokens' spatial moments (where things are in each
     # frame, `temporal.spatial_moments`), so the embedding reads where things go without the [CLS] learning positions
