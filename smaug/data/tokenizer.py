@@ -1,9 +1,16 @@
 """Offline tokenizer: build a BERT-style WordPiece tokenizer from captions, and load tokenizers.
 
-`build_wordpiece_tokenizer(captions, out_dir)` trains WordPiece with the `tokenizers` library
-(BERT normaliser with lowercasing, BERT pre-tokeniser, special tokens [PAD]=0, [UNK], [CLS],
-[SEP], [MASK], post-processor `[CLS] $A [SEP]`) and saves it as a `BertTokenizerFast`, so
-`transformers.AutoTokenizer.from_pretrained(out_dir)` loads it with no network.
+`build_wordpiece_tokenizer(captions, out_dir)` builds a WordPiece vocabulary with the `tokenizers`
+library's BERT pieces (BERT normaliser with lowercasing, BERT pre-tokeniser, special tokens
+[PAD]=0, [UNK], [CLS], [SEP], [MASK], post-processor `[CLS] $A [SEP]`) and saves it as a
+`BertTokenizerFast`, so `transformers.AutoTokenizer.from_pretrained(out_dir)` loads it with no
+network.
+
+The vocabulary is a function of the captions alone: the special tokens, every character alone and
+as a `##` continuation (so any word is covered), then whole words by frequency, ties by spelling,
+up to `vocab_size`. Not `tokenizers.trainers.WordPieceTrainer`: its merges break ties in hash-map
+order, so three builds from the same captions gave three different vocabularies (and ids), and
+every run trained on them differed.
 """
 
 from __future__ import annotations
@@ -22,17 +29,28 @@ def build_wordpiece_tokenizer(
     min_frequency: int = 1,
     model_max_length: int = 512,
 ):
-    """Train WordPiece on `captions`, save to `out_dir`, and return the fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """Build the WordPiece vocabulary of `captions` (see the module docstring), save to `out_dir`, and
+    return the fast tokenizer. Words seen fewer than `min_frequency` times are left to the characters."""
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import BertTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS
-    )
-    tok.train_from_iterator((c for c in captions), trainer=trainer)
+    normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words: Counter = Counter()
+    for c in captions:
+        words.update(w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(c)))
+    chars = sorted({ch for w in words for ch in w})
+    vocab = [*SPECIAL_TOKENS, *chars, *(f"##{ch}" for ch in chars)]
+    known = set(vocab)
+    for w, n in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(vocab) >= vocab_size or n < min_frequency:
+            break
+        if w not in known:
+            vocab.append(w)
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
