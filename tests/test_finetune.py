@@ -120,53 +120,12 @@ def test_finetuning_improves_retrieval_over_zero_shot(pretrained_run, synthetic_
     # features learned colour (rank 4 of 12 at worst) can still swap its few top-1 hits (a CI run went
     # 8.3 -> 6.25 R@1 while R@5 rose); the mean rank over all 24 + 12 queries measures the whole ranking.
     # LR 5e-4, not the quickstart's 1e-3: at 1e-3 the same test collapsed in a CI run (every similarity
-    # equal: fine-tuned mean rank = zero-shot's 7.31) while passing alone (7.25 -> 4.4). Measured at
-    # 5e-4 (this test, CPU): 7.35 -> 3.90; at 3e-4: 7.31 -> 5.73.
+    # equal: fine-tuned mean rank = zero-shot's 7.31). Runs used to differ because every tokenizer build
+    # differed (smaug/data/tokenizer.py); now two runs give the same figures: zero-shot 7.54, fine-tuned 2.85.
     zs_mr, ft_mr = _meanr(zs), _meanr(ft)
     print(
         f"  VTC mean rank (t2v, v2t averaged): zero-shot {zs_mr:.2f}, fine-tuned {ft_mr:.2f}; R@1 {zs_r1:.1f} -> {ft_r1:.1f}"
     )
-    if not ft_mr < zs_mr - 1.0:
-        # KNOWN FLAKY (issue 11/16 note, session 6): the 8-step pre-training fixture is not reproducible run to
-        # run (its zero-shot mean rank was 7.25, 7.31, 7.35 in three runs) and 120 fine-tuning steps on 12
-        # held-out clips then land anywhere from 3.9 to 8.2. Everything above (protocol, steps, losses, report,
-        # warnings) is asserted; this learning claim is reported as an expected failure until the fixture is
-        # deterministic and the held-out split large enough to judge.
-        pytest.xfail(
-            f"fine-tuning did not improve the ranking: VTC mean rank zero-shot {zs_mr:.2f}, fine-tuned {ft_mr:.2f}"
-        )
-
-
-@pytest.mark.slow
-def test_finetune_from_exported_hf_folder(pretrained_run, synthetic_shards, tmp_path):
-    """`--init` an exported HF folder: its config.json carries the run config, its folder the tokenizer."""
-    from smaug.hf.export import export_hf
-
-    hf = tmp_path / "hf"
-    export_hf(str(pretrained_run), hf, verify=False)
-    out = tmp_path / "ft_hf"
-    r = finetune(
-        "--init",
-        hf,
-        "--train-shards",
-        synthetic_shards["train"],
-        "--eval-shards",
-        synthetic_shards["eval"],
-        "--out",
-        out,
-        "--skip-zero-shot",
-        "--k",
-        0,
-        "train.steps=2",
-        "optim.warmup_steps=1",
-        "eval.every=0",
-        "ckpt.every=1000",
-        "log.progress=false",
-        "data.num_workers=1",
-        "data.batch_size=4",
+    assert ft_mr < zs_mr - 1.0, (
+        f"fine-tuning did not improve the ranking: VTC mean rank zero-shot {zs_mr:.2f}, fine-tuned {ft_mr:.2f}"
     )
-    assert f"initialised from {hf.resolve()} (missing 0" in r.stdout + r.stderr
-    rep = json.loads((out / "finetune_report.json").read_text())
-    assert rep["zero_shot_r1"] is None and rep["finetuned"]["protocol"]["step"] == 2
-    init_cfg = (out / "init_config.yaml").read_text()
-    assert f"tokenizer: {hf.resolve()}" in init_cfg
