@@ -61,6 +61,8 @@ class ModelSection:
     select_frames: Optional[int] = None  # frame selection: frames per clip that reach fusion (= num_frames: off)
     temporal_layers: Optional[int] = None  # transformer blocks across frames on top of the frame encoder
     temporal_moments: Optional[int] = None  # moments over time in the video embedding; 1 = mean of frames
+    moments_xy: Optional[bool] = None  # the moments also of where things are in each frame (patch tokens)
+    vtc_reversed: Optional[float] = None  # weight of VTC's arrow-of-time term (the clip played backwards, a negative)
     vtm_negatives: Optional[Literal["auto", "hard", "uniform"]] = None  # VTM negatives: mined, uniform, or auto-switch
     w_vtc: Optional[float] = None  # loss weight: video-text contrastive
     w_vtm: Optional[float] = None  # loss weight: video-text matching
@@ -78,6 +80,8 @@ MODEL_KNOBS = (
     "select_frames",
     "temporal_layers",
     "temporal_moments",
+    "moments_xy",
+    "vtc_reversed",
     "vtm_negatives",
     "w_vtc",
     "w_vtm",

@@ -87,21 +87,47 @@ def test_reversed_clip_adds_a_two_way_arrow_of_time_term():
     torch.testing.assert_close(same, plain + torch.log(torch.tensor(2.0)))
 
 
-def test_vtc_reversed_trains_through_a_second_forward_and_reports_rev_acc():
-    m = _model(temporal_moments=2, vtc_reversed=True).train()
+def test_vtc_reversed_trains_the_readout_and_reports_rev_acc():
+    m = _model(temporal_moments=2, moments_xy=True, vtc_reversed=0.1).train()
     batch = make_batch(m.config, batch_size=4)
     out = m(batch)
     assert 0.0 <= out.metrics["rev_acc"].item() <= 1.0
     out.loss.backward()
     assert m.temporal_moments.proj.weight.grad.abs().sum() > 0
+    m.zero_grad(set_to_none=True)
+    # the reversed clip goes through the encoder without gradient (the moments read its tokens detached): only
+    # the readout learns from it
+    m.forward_reversed(m.normalize_video(batch["video"])).sum().backward()
+    assert all(p.grad is None for p in m.video_encoder.parameters())
+    assert m.temporal_moments.proj.weight.grad.abs().sum() > 0 and m.vision_proj.weight.grad.abs().sum() > 0
     image = make_batch(m.config, batch_size=4, num_frames=1)  # an image batch has no reversal: no metric, no error
     assert "rev_acc" not in m(image).metrics
 
 
+def test_order_blind_part_gets_its_own_vtc_term():
+    batch = None
+    vtc = {}
+    for w in (0.0, 1.0):
+        m = _model(temporal_moments=2, vtc_static=w, w_vtm=0.0, w_mlm=0.0, w_mvm=0.0)
+        batch = batch or make_batch(m.config, batch_size=4)
+        out = m(batch)  # eval mode: no masking, the same forward for both weights
+        vtc[w] = out.losses["vtc"]
+        assert ("vtc_static" in out.metrics) == (w > 0)
+    frame_tokens, video_feat, _ = m.encode_video(batch["video"])
+    text_feat = m.get_text_features(batch["input_ids"], batch["attention_mask"])
+    static = F.normalize(m.vision_proj(frame_tokens[:, :, 0]).mean(1), dim=-1)
+    assert not torch.allclose(static, video_feat)  # the moments are part of the retrieval embedding...
+    # ...and the order-blind part alone is scored against the captions as well
+    torch.testing.assert_close(vtc[1.0] - vtc[0.0], vtc_loss(static, text_feat, m.temp)[0])
+    assert _model(vtc_static=1.0).config.temporal_moments == 1  # without moments there is nothing to add
+
+
 def test_reversed_negative_needs_an_order_aware_embedding():
     with pytest.raises(ValueError, match="vtc_reversed"):
-        SmaugConfig.preset("tiny", vtc_reversed=True)
-    SmaugConfig.preset("tiny", vtc_reversed=True, temporal_layers=1)
+        SmaugConfig.preset("tiny", vtc_reversed=0.1)
+    with pytest.raises(ValueError, match="vtc_reversed"):
+        SmaugConfig.preset("tiny", vtc_reversed=-0.1, temporal_moments=2)
+    SmaugConfig.preset("tiny", vtc_reversed=0.1, temporal_layers=1)
     with pytest.raises(ValueError, match="temporal_moments"):
         SmaugConfig.preset("tiny", temporal_moments=0)
 

@@ -22,6 +22,7 @@ def vtc_loss(
     temp: torch.Tensor,
     positives: torch.Tensor | None = None,
     reversed_feat: torch.Tensor | None = None,
+    reversed_weight: float = 1.0,
 ):
     """Symmetric InfoNCE. video_feat, text_feat: [b, E] L2-normalised, this rank's rows.
 
@@ -31,7 +32,7 @@ def vtc_loss(
     set) marks further positive pairs, e.g. two rows of the same clip with different captions:
     the target of each row is then uniform over its positives (ALBEF's retrieval fine-tuning),
     which equals plain InfoNCE when only the diagonal is set. `reversed_feat` [b, E]: each row's own
-    clip played backwards; adds the 2-way cross-entropy of each text choosing its clip over the clip
+    clip played backwards; adds `reversed_weight` x the 2-way cross-entropy of each text choosing its clip over the clip
     reversed (a separate term: as one more InfoNCE column among Bg it got ~1/Bg of the gradient, and
     the tiny quickstart's reversal accuracy stayed at chance for 300 steps).
     Returns (loss, sim) with sim the detached [Bg, Bg] video-to-text logits (row = video, column =
@@ -49,7 +50,8 @@ def vtc_loss(
     if reversed_feat is not None:  # arrow of time: each text against its clip and the clip reversed, 2-way
         r = all_gather_with_grad(reversed_feat).float()
         margin = ((t * v).sum(-1) - (t * r).sum(-1)) / temp.float()
-        loss = loss + F.softplus(-margin).mean()  # = cross-entropy of "forward" among {forward, reversed}
+        # reversed_weight x the cross-entropy of "forward" among {forward, reversed}
+        loss = loss + reversed_weight * F.softplus(-margin).mean()
     return loss, sim.detach()
 
 
