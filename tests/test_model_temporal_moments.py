@@ -119,7 +119,14 @@ def test_order_blind_part_gets_its_own_vtc_term():
     assert not torch.allclose(static, video_feat)  # the moments are part of the retrieval embedding...
     # ...and the order-blind part alone is scored against the captions as well
     torch.testing.assert_close(vtc[1.0] - vtc[0.0], vtc_loss(static, text_feat, m.temp)[0])
-    assert _model(vtc_static=1.0).config.temporal_moments == 1  # without moments there is nothing to add
+    plain = _model(vtc_static=1.0, w_vtm=0.0, w_mlm=0.0, w_mvm=0.0)  # without moments there is nothing to add
+    out = plain(batch)
+    assert "vtc_static" not in out.metrics
+    v, t = (
+        plain.get_video_features(batch["video"]),
+        plain.get_text_features(batch["input_ids"], batch["attention_mask"]),
+    )
+    torch.testing.assert_close(out.losses["vtc"], vtc_loss(v, t, plain.temp)[0])
 
 
 def test_reversed_negative_needs_an_order_aware_embedding():

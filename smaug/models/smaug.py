@@ -348,9 +348,9 @@ class SmaugModel(nn.Module):
         [CLS], or every token with temporal_scope "all"; what fusion sees); `enc.tokens` stays per frame
         (what the MAE decoder sees).
         mask_ratio None = train_mask_ratio (config.mask_ratio) in training, 0 in eval."""
-        if mask_ratio is None:
-            mask_ratio = self.train_mask_ratio if self.training else 0.0
-        enc = self.video_encoder(self.normalize_video(video), mask_ratio)
+        enc = self.video_encoder(
+            self.normalize_video(video), self.mask_ratio_now() if mask_ratio is None else mask_ratio
+        )
         tokens = self.temporal_tokens(enc.tokens)
         feat = self.vision_proj(tokens[:, :, 0])  # [B, T, E]
         video = self.video_embedding(enc, tokens, feat)
@@ -362,9 +362,13 @@ class SmaugModel(nn.Module):
         arrow-of-time term teaches the order-aware readout (temporal blocks, moments) and the text, not the
         per-frame encoder."""
         with torch.no_grad():
-            enc = self.video_encoder(video.flip(1), self.train_mask_ratio if self.training else 0.0)
+            enc = self.video_encoder(video.flip(1), self.mask_ratio_now())
         tokens = self.temporal_tokens(enc.tokens)
         return F.normalize(self.video_embedding(enc, tokens), dim=-1)
+
+    def mask_ratio_now(self) -> float:
+        """The MAE mask ratio of a forward now: train_mask_ratio in training (0 in the unmasked tail), 0 in eval."""
+        return self.train_mask_ratio if self.training else 0.0
 
     def temporal_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: [B, T, 1 + n, Dv] per-frame encoder tokens -> the same after the temporal blocks (if any)."""
@@ -518,7 +522,7 @@ class SmaugModel(nn.Module):
             same_sample = sid[:, None] == sid[None, :]
 
         reversed_feat = None
-        if cfg.vtc_reversed > 0 and video.shape[1] > 1:  # the clip played backwards, encoded as any other clip
+        if cfg.vtc_reversed > 0 and video.shape[1] > 1:  # the clip played backwards (encoder without gradient)
             reversed_feat = self.forward_reversed(video)
             with torch.no_grad():  # text prefers its clip over the clip reversed
                 metrics["rev_acc"] = ((text_feat * (video_feat - reversed_feat)).sum(-1) > 0).float().mean()
