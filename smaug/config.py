@@ -62,6 +62,7 @@ class ModelSection:
     temporal_layers: Optional[int] = None  # transformer blocks across frames on top of the frame encoder
     temporal_moments: Optional[int] = None  # moments over time in the video embedding; 1 = mean of frames
     moments_xy: Optional[bool] = None  # the moments also of where things are in each frame (patch tokens)
+    moments_centroid: Optional[bool] = None  # the moments also of where the salient part of each frame is (velocity)
     vtc_reversed: Optional[float] = None  # weight of VTC's arrow-of-time term (the clip played backwards, a negative)
     vtm_negatives: Optional[Literal["auto", "hard", "uniform"]] = None  # VTM negatives: mined, uniform, or auto-switch
     w_vtc: Optional[float] = None  # loss weight: video-text contrastive
@@ -81,6 +82,7 @@ MODEL_KNOBS = (
     "temporal_layers",
     "temporal_moments",
     "moments_xy",
+    "moments_centroid",
     "vtc_reversed",
     "vtm_negatives",
     "w_vtc",
@@ -112,6 +114,9 @@ class TrainSection:
     unmasked_tail_steps: int = (
         0  # the last N steps train without MAE masking (FLIP's unmasked tuning; MVM is off there)
     )
+    unmasked_tail_lr: float = 0.0  # > 0: the tail is a schedule of its own (FLIP): the main cosine ends where the
+    # tail starts, which warms up over a tenth of its steps to this peak LR and decays to optim.min_lr; 0 = the main
+    # cosine runs on through the tail (whose LR is then a small fraction of the peak)
 
 
 @dataclass
@@ -390,6 +395,11 @@ def validate(cfg: RunConfig) -> None:
     if not 0 <= t.unmasked_tail_steps <= t.steps:
         raise ConfigError(
             f"train.unmasked_tail_steps: must be in [0, train.steps={t.steps}], got {t.unmasked_tail_steps}"
+        )
+    if t.unmasked_tail_lr < 0 or (t.unmasked_tail_lr > 0 and not t.unmasked_tail_steps):
+        raise ConfigError(
+            f"train.unmasked_tail_lr: must be >= 0, and > 0 only with train.unmasked_tail_steps > 0, "
+            f"got {t.unmasked_tail_lr} (tail {t.unmasked_tail_steps} steps)"
         )
     for key, v in (("eval.every", cfg.eval.every), ("eval.rerank_k", cfg.eval.rerank_k)):
         if v < 0:

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from smaug.models import SmaugConfig, SmaugModel
 from smaug.models.losses import vtc_loss
-from smaug.models.temporal import moment_weights, spatial_moments
+from smaug.models.temporal import moment_weights, saliency_centroid, spatial_moments
 
 from model_helpers import make_batch
 
@@ -46,14 +46,39 @@ def test_spatial_moments_read_where_an_object_is_and_skip_fused_tokens():
     torch.testing.assert_close(spatial_moments(fused, fused_ids, grid), s)
 
 
+def test_saliency_centroid_follows_the_object_whatever_it_looks_like():
+    """The centroid is where the tokens far from the frame's mean token are: the same path gives the same
+    centroid for two objects that share no feature, on any background; fused tokens have no position."""
+    grid, D, T = 7, 4, 4
+    ids = torch.arange(grid * grid).expand(1, T, -1).clone()
+    background = torch.randn(D)
+    paths = []
+    for feature in (torch.tensor([1.0, 0, 0, 0]), torch.tensor([0, 0, -3.0, 2.0])):  # two looks, no shared feature
+        patches = background.expand(1, T, grid * grid, D).clone()
+        for t in range(T):  # a 2-token object moving right along rows 1-2 (above the centre)
+            for row in (1, 2):
+                patches[0, t, row * grid + 1 + t] = background + feature
+        paths.append(saliency_centroid(patches, ids, grid)[0])  # [T, 2]
+    torch.testing.assert_close(paths[0], paths[1])
+    x, y = paths[0].unbind(-1)
+    # the background (near the mean token, but not at it) pulls the centroid toward the frame centre, by a factor
+    # set by the object's share of the frame, not by its look: constant velocity in, constant velocity out
+    torch.testing.assert_close(x.diff(), x.diff()[:1].expand(T - 1))
+    assert x.diff()[0] > 0 and (y < 0).all() and torch.allclose(y, y[:1].expand(T))  # right, above the centre
+    assert moment_weights(T, 2)[1] @ x > 0 and abs(moment_weights(T, 2)[1] @ y) < 1e-6  # moment 1: moving right
+    fused = torch.cat([patches, torch.full((1, T, 1, D), 9.0)], dim=2)
+    fused_ids = torch.cat([ids, torch.full((1, T, 1), -1)], dim=2)
+    torch.testing.assert_close(saliency_centroid(fused, fused_ids, grid)[0], paths[1])
+
+
 def _model(**kw):
     torch.manual_seed(0)
     return SmaugModel(SmaugConfig.preset("tiny", vocab_size=6000, **kw)).eval()
 
 
-@pytest.mark.parametrize("xy", [False, True])
-def test_moments_make_the_embedding_see_frame_order_and_vanish_on_a_static_clip(xy):
-    plain, m = _model(), _model(temporal_moments=2, moments_xy=xy)
+@pytest.mark.parametrize("xy, centroid", [(False, False), (True, False), (True, True)])
+def test_moments_make_the_embedding_see_frame_order_and_vanish_on_a_static_clip(xy, centroid):
+    plain, m = _model(), _model(temporal_moments=2, moments_xy=xy, moments_centroid=centroid)
     missing, unexpected = m.load_state_dict(plain.state_dict(), strict=False)
     assert not unexpected and missing == ["temporal_moments.proj.weight", "temporal_moments.proj.bias"]
     video = torch.randint(0, 256, (2, 4, 3, 112, 112), dtype=torch.uint8)
@@ -88,7 +113,7 @@ def test_reversed_clip_adds_a_two_way_arrow_of_time_term():
 
 
 def test_vtc_reversed_trains_the_readout_and_reports_rev_acc():
-    m = _model(temporal_moments=2, moments_xy=True, vtc_reversed=0.1).train()
+    m = _model(temporal_moments=2, moments_xy=True, moments_centroid=True, vtc_reversed=0.1).train()
     batch = make_batch(m.config, batch_size=4)
     out = m(batch)
     assert 0.0 <= out.metrics["rev_acc"].item() <= 1.0
@@ -137,6 +162,9 @@ def test_reversed_negative_needs_an_order_aware_embedding():
     SmaugConfig.preset("tiny", vtc_reversed=0.1, temporal_layers=1)
     with pytest.raises(ValueError, match="temporal_moments"):
         SmaugConfig.preset("tiny", temporal_moments=0)
+    for knob in ("moments_xy", "moments_centroid"):  # readouts of moments that would not exist
+        with pytest.raises(ValueError, match=knob):
+            SmaugConfig.preset("tiny", **{knob: True})
 
 
 def test_export_refuses_moments_it_cannot_represent():

@@ -51,3 +51,22 @@ def test_zero2_bf16_buffer_keeps_parameters_aligned(single_process_env):
         assert all(size < ALIGN for size in misaligned.values()), misaligned
     finally:
         engine.destroy()
+
+
+def test_lr_schedule_unmasked_tail_restarts_as_its_own_phase():
+    """`train.unmasked_tail_lr` > 0: the main cosine reaches its floor where the tail starts, the tail warms up
+    over a tenth of its steps to its own peak and decays to the same floor; 0 leaves the one cosine unchanged."""
+    import math
+
+    from smaug.train.optim import lr_factor
+
+    warm, total, tail, floor = 50, 400, 150, 1e-3
+    old = [lr_factor(s, warm, total, floor) for s in range(total)]
+    assert old == [lr_factor(s, warm, total, floor, tail, 0.0) for s in range(total)]
+    assert old[250] > 0.3  # without a phase of its own the tail starts at a third of the peak and decays from there
+    new = [lr_factor(s, warm, total, floor, tail, 0.5) for s in range(total + 1)]
+    assert new[:warm] == old[:warm] and max(new[:250]) == 1.0
+    assert floor < new[249] < floor + 1e-4  # the main phase ends at the floor ...
+    assert new[250] == 0.5 / 15 and max(new[250:]) == new[264] == 0.5  # ... the tail warms up over 15 steps
+    assert all(a > b for a, b in zip(new[265:400], new[266:401]))  # then a cosine down
+    assert math.isclose(new[400], floor)

@@ -37,6 +37,7 @@ def write_checkpoint(out: str, tokenizer: str, overrides: list[str], steps: int 
             # test_model_temporal_moments.py); the quickstart's motion knobs are trained in the other tests
             "model.temporal_moments=1",
             "model.moments_xy=false",
+            "model.moments_centroid=false",
             "model.vtc_reversed=0",
             *overrides,
         ],

@@ -101,6 +101,23 @@ def spatial_moments(patches: torch.Tensor, ids: torch.Tensor, grid: int) -> torc
     return torch.stack([(c * centred).sum(2) / n[:, :, 0] for c in xy], dim=2)
 
 
+def saliency_centroid(patches: torch.Tensor, ids: torch.Tensor, grid: int) -> torch.Tensor:
+    """Where the salient part of each frame is, free of what it looks like: patches [B, T, n, D], ids [B, T, n]
+    as in `spatial_moments` -> [B, T, 2], the patch centres (x, y) in [-1, 1] weighted by each token's distance
+    from the frame's mean token. An object far from the background weighs most; the background, near the mean
+    but not at it, pulls the centroid toward the frame centre by a factor set by the object's share of the
+    frame, not by its look. Moment 1 over time is then the object's velocity alone (scaled), where the spatial
+    moments give (velocity) x (object features), which a readout trained on some colour-shape pairs need not
+    read apart for unseen ones."""
+    valid = (ids >= 0).to(patches.dtype)[..., None]  # [B, T, n, 1]
+    n = valid.sum(2, keepdim=True).clamp_min(1.0)
+    w = ((patches - (patches * valid).sum(2, keepdim=True) / n) * valid).norm(dim=-1)  # [B, T, n]
+    w = w / w.sum(2, keepdim=True).clamp_min(1e-6)
+    idx = ids.clamp_min(0)
+    xy = [(2 * i + 1).to(patches.dtype) / grid - 1 for i in (idx % grid, idx // grid)]  # [B, T, n]
+    return torch.stack([(c * w).sum(2) for c in xy], dim=2)
+
+
 class TemporalMoments(nn.Module):
     """The order-aware part of the video embedding: moments 1..K-1 of the frame features over time.
 
@@ -115,15 +132,16 @@ class TemporalMoments(nn.Module):
     selection, fusion) untouched.
     """
 
-    def __init__(self, width: int, embed_dim: int, moments: int, spatial: bool = False):
+    def __init__(self, width: int, embed_dim: int, moments: int, spatial: bool = False, centroid: bool = False):
         super().__init__()
         self.moments = moments
         self.spatial = spatial  # also the moments of `spatial_moments` (where things go, read from the patch tokens)
-        self.proj = nn.Linear((moments - 1) * width * (3 if spatial else 1), embed_dim)
+        self.centroid = centroid  # also the moments of `saliency_centroid` (where the salient part goes)
+        self.proj = nn.Linear((moments - 1) * (width * (3 if spatial else 1) + (2 if centroid else 0)), embed_dim)
         nn.init.trunc_normal_(self.proj.weight, std=0.02)  # as vision_proj, the moment-0 projection
         nn.init.zeros_(self.proj.bias)
 
-    def forward(self, cls: torch.Tensor, xy: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, cls: torch.Tensor, xy: torch.Tensor | None = None, centre: torch.Tensor | None = None):
         """cls: [B, T, Dv] frame [CLS] tokens, xy: [B, T, 2, Dv] spatial moments (when `spatial`) -> [B, E]."""
         x = cls[:, :, None] if xy is None else torch.cat([cls[:, :, None], xy], dim=2)  # [B, T, S, Dv]
         w = moment_weights(x.shape[1], self.moments)[1:].to(device=x.device, dtype=x.dtype)  # [K-1, T]
@@ -131,4 +149,7 @@ class TemporalMoments(nn.Module):
         # each moment on the scale of the features it came from: frame-to-frame changes are a small part of
         # a [CLS] and an object a small part of a frame's tokens (~1/n), so raw moments start 10-50x below
         # the mean and the arrow-of-time signal with them. No affine: -m still maps to -LN(m), 0 to 0
-        return self.proj(F.layer_norm(m, m.shape[-1:]).flatten(1))
+        m = F.layer_norm(m, m.shape[-1:]).flatten(1)
+        if centre is not None:  # [B, T, 2]: x4, a motion across half the frame moves moment 1 by ~1
+            m = torch.cat([m, 4.0 * torch.einsum("kt,btc->bkc", w, centre).flatten(1)], dim=1)
+        return self.proj(m)

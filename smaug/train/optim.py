@@ -44,8 +44,19 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """Multiplier of the peak LR after `step` optimizer steps: linear warmup, then cosine to `min_ratio`."""
+def lr_factor(
+    step: int, warmup_steps: int, total_steps: int, min_ratio: float, tail_steps: int = 0, tail_ratio: float = 0.0
+) -> float:
+    """Multiplier of the peak LR after `step` optimizer steps: linear warmup, then cosine to `min_ratio`.
+
+    With `tail_ratio` > 0 the last `tail_steps` (the unmasked tail) are a schedule of their own, as FLIP runs
+    unmasked tuning: the main cosine ends at step total - tail, then the tail warms up over its first tenth to
+    `tail_ratio` and decays by cosine to `min_ratio` again."""
+    if tail_ratio > 0 and tail_steps > 0:
+        start = total_steps - tail_steps
+        if step >= start:
+            return lr_factor(step - start, max(1, tail_steps // 10), tail_steps, min_ratio / tail_ratio) * tail_ratio
+        total_steps = start
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     span = max(1, total_steps - warmup_steps)
@@ -53,15 +64,20 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) 
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def make_scheduler(warmup_steps: int, total_steps: int, lr: float, min_lr: float):
+def make_scheduler(
+    warmup_steps: int, total_steps: int, lr: float, min_lr: float, tail_steps: int = 0, tail_lr: float = 0.0
+):
     """A callable DeepSpeed accepts as `lr_scheduler`: optimizer -> LambdaLR.
 
     DeepSpeed steps it once per optimizer step (at gradient-accumulation boundaries) and
-    saves/restores its state with the checkpoint.
+    saves/restores its state with the checkpoint. `tail_lr` > 0: the last `tail_steps` restart at that
+    peak (`lr_factor`).
     """
-    ratio = min_lr / lr
+    ratio, tail_ratio = min_lr / lr, tail_lr / lr
 
     def build(optimizer):
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup_steps, total_steps, ratio))
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s, warmup_steps, total_steps, ratio, tail_steps, tail_ratio)
+        )
 
     return build

@@ -143,7 +143,14 @@ class Trainer:
             model=model,
             model_parameters=param_groups(model, cfg.optim.weight_decay),
             config=ds_cfg,
-            lr_scheduler=make_scheduler(cfg.optim.warmup_steps, cfg.train.steps, cfg.optim.lr, cfg.optim.min_lr),
+            lr_scheduler=make_scheduler(
+                cfg.optim.warmup_steps,
+                cfg.train.steps,
+                cfg.optim.lr,
+                cfg.optim.min_lr,
+                cfg.train.unmasked_tail_steps,
+                cfg.train.unmasked_tail_lr,
+            ),
         )
         self.model = self.engine.module
 
