@@ -80,22 +80,27 @@ def training_model(run_dir: Path):
 CAPTIONS = ["a red circle moves to the left", "blue square", "the green triangle goes down"]
 FRESH = f"CAPTIONS = {CAPTIONS!r}\n" + textwrap.dedent("""
     import sys
+    sys.modules["smaug"] = None  # any import of smaug raises ImportError, as where it is not installed
     import torch
     from safetensors.torch import load_file, save_file
     from transformers import AutoModel, AutoTokenizer
     folder, inputs, out = sys.argv[1:4]
     x = load_file(inputs)
     model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
-    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
-    ids = tok(CAPTIONS, padding=True, return_tensors="pt")["input_ids"]
+    tok = AutoTokenizer.from_pretrained(folder)  # plain: no custom code to trust, no prompt
+    enc = tok(CAPTIONS, padding=True, return_tensors="pt")
+    ids = enc["input_ids"]
     with torch.no_grad():
         o = model(input_ids=x["input_ids"], attention_mask=x["attention_mask"], pixel_values=x["video"])
         vtm = model.get_vtm_logits(x["video"], x["input_ids"], x["attention_mask"])
-    loaded = sorted(m for m in sys.modules if m == "smaug" or m.startswith("smaug."))
+        idiom = model.get_text_features(**enc)  # what every model card does (token_type_ids included)
+        both = model(**enc, pixel_values=x["video"])
+    loaded = sorted(m for m in sys.modules if m.startswith("smaug."))
     assert not loaded, f"smaug was imported: {loaded}"
     save_file({"video": o.video_embeds.contiguous(), "text": o.text_embeds.contiguous(),
                "logits_per_text": o.logits_per_text.contiguous(), "logits_per_video": o.logits_per_video.contiguous(),
-               "vtm": vtm.contiguous(), "temp": model.temp.detach().reshape(1), "ids": ids.contiguous()}, out)
+               "vtm": vtm.contiguous(), "temp": model.temp.detach().reshape(1), "ids": ids.contiguous(),
+               "idiom": idiom.contiguous(), "both": both.logits_per_text.contiguous()}, out)
     print(type(model).__module__, type(model).__name__)
 """)
 
@@ -148,6 +153,23 @@ def test_export_fidelity_in_fresh_process_without_smaug(ckpt_w1, exported, token
     assert temp == pytest.approx(float(model.temp.detach()))
     assert torch.allclose(got["logits_per_text"], got["text"] @ got["video"].t() / temp, atol=1e-5)
     assert torch.equal(got["logits_per_video"], got["logits_per_text"].t())
+    # the **tokenizer(...) idiom: the same tokenizer output, token_type_ids and all, gives the same embeddings
+    assert (got["idiom"] - ref_t).abs().max().item() <= 1e-5
+    torch.testing.assert_close(got["both"], got["logits_per_text"], atol=1e-5, rtol=0)
+
+
+def test_model_card_example_runs_as_written_without_smaug(exported, tmp_path):
+    """The card's Use block, with PATH set to the folder, in a fresh process where smaug cannot be imported."""
+    card = (exported / "README.md").read_text()
+    code = card.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "**text" in code and "trust_remote_code" not in code.split("tok =")[1].split("\n")[0]
+    # sys.modules["smaug"] = None: any import of smaug raises ImportError, as where it is not installed
+    script = f"import sys\nsys.modules['smaug'] = None\nPATH = {str(exported)!r}\n" + code
+    env = subprocess_env()
+    env.pop("PYTHONPATH", None)
+    env["HF_MODULES_CACHE"] = str(tmp_path / "hf_modules")
+    r = run([sys.executable, "-c", script], cwd=tmp_path, env=env)
+    assert "torch.Size([2, " in r.stdout and "torch.Size([2])" in r.stdout
 
 
 @pytest.mark.slow
@@ -171,6 +193,7 @@ def test_exported_folder_has_no_pickle(exported):
         "model.safetensors",
         "configuration_smaug.py",
         "modeling_smaug.py",
+        "moments.py",
         "tokenizer.json",
         "tokenizer_config.json",
         "README.md",
@@ -187,9 +210,10 @@ def test_exported_folder_has_no_pickle(exported):
     assert set(cfg["preprocessing"]) >= {"num_frames", "image_size", "mean", "std"}
     card = (exported / "README.md").read_text()
     assert "## Training configuration" in card and "preset: tiny" in card and "max |diff|" in card
-    # the exported code files are byte copies of the single source in smaug/hf/
-    for f in ("configuration_smaug.py", "modeling_smaug.py"):
-        assert (exported / f).read_bytes() == (REPO / "smaug" / "hf" / f).read_bytes()
+    # the exported code files are byte copies of the single source in smaug/hf/ and smaug/models/
+    for f in ("hf/configuration_smaug.py", "hf/modeling_smaug.py", "models/moments.py"):
+        assert (exported / Path(f).name).read_bytes() == (REPO / "smaug" / f).read_bytes()
+    assert cfg["vision_config"]["temporal_moments"] == 2 and cfg["vision_config"]["moments_centroid"]
 
 
 def test_auto_classes_registered_with_smaug_installed(exported):
@@ -215,6 +239,52 @@ def test_hf_folder_loads_back_into_smaug(exported, ckpt_w1):
     assert missing == [] and unexpected == []
 
 
+@pytest.mark.parametrize(
+    "variant, frames",
+    [
+        ({}, 4),
+        ({"sparsify_mode": "drop"}, 4),
+        ({"dense": True}, 4),
+        ({}, 6),  # a frame count other than training's: the temporal embedding is interpolated
+        ({"temporal_moments": 1, "moments_xy": False, "moments_centroid": False}, 4),
+        ({"temporal_moments": 3, "moments_centroid": False}, 5),
+    ],
+)
+def test_hf_model_computes_what_smaug_computes(variant, frames):
+    """In-process parity of the exported modeling code with SmaugModel, for what the fresh-process test
+    above does not cover: EViT drop mode, the dense baseline, other frame counts, with and without the
+    temporal moments (spatial moments, saliency centroid, a third moment)."""
+    from smaug.hf import SmaugHFModel
+    from smaug.hf.convert import hf_config_from_smaug
+    from smaug.models import SmaugConfig, SmaugModel
+
+    kw = {"temporal_moments": 2, "moments_xy": True, "moments_centroid": True, **variant}
+    dense = kw.pop("dense", False)
+    cfg = SmaugConfig.preset("tiny", dense=dense, vocab_size=300, **kw)
+    torch.manual_seed(0)
+    model = SmaugModel(cfg).eval()
+    with torch.no_grad():  # a trained-looking readout: the moments' share of the embedding is not ~0
+        if model.temporal_moments is not None:
+            model.temporal_moments.proj.weight.normal_(0, 0.5)
+    hf = SmaugHFModel(hf_config_from_smaug(cfg)).eval()
+    missing, unexpected = hf.load_state_dict(model.state_dict(), strict=False)
+    assert missing == [] and all(k.startswith(("mae_decoder.", "text_encoder.mlm_head.")) for k in unexpected)
+    g = torch.Generator().manual_seed(1)
+    video = torch.randint(0, 256, (3, frames, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8, generator=g)
+    ids = torch.randint(5, 300, (3, 9), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    with torch.no_grad():
+        ft, fv, ff = model.encode_video(video)
+        th, tf = model.encode_text(ids, mask)
+        ref_vtm = model.vtm_logits(ft, ff, th, tf, mask)
+        torch.testing.assert_close(hf.get_video_features(video), fv, atol=1e-5, rtol=0)
+        torch.testing.assert_close(hf.get_text_features(ids, mask), tf, atol=1e-5, rtol=0)
+        torch.testing.assert_close(hf.get_vtm_logits(video, ids, mask), ref_vtm, atol=1e-4, rtol=0)
+        if model.temporal_moments is not None:  # the moments are really in it: reversing the clip moves it
+            assert (hf.get_video_features(video.flip(1)) - fv).abs().max() > 1e-3
+
+
 def test_config_roundtrip_all_presets():
     from smaug.hf import SmaugHFConfig
     from smaug.hf.convert import hf_config_from_smaug, smaug_config_from_hf
@@ -225,6 +295,7 @@ def test_config_roundtrip_all_presets():
         SmaugConfig.preset("base"),
         SmaugConfig.preset("tiny", dense=True),
         SmaugConfig.preset("base", num_frames=8, select_frames=3, keep_ratio=0.5, w_mlm=0.0),
+        SmaugConfig.preset("tiny", temporal_moments=3, moments_xy=True, moments_centroid=True, moments_weight=0.3),
     ):
         hf = hf_config_from_smaug(cfg)
         assert smaug_config_from_hf(hf) == cfg

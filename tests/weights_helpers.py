@@ -33,12 +33,6 @@ def write_checkpoint(out: str, tokenizer: str, overrides: list[str], steps: int 
             "data.batch_size=2",
             "train.precision=fp32",
             f"model.tokenizer={tokenizer}",
-            # the order-blind embedding the HF export represents (it refuses temporal moments: see
-            # test_model_temporal_moments.py); the quickstart's motion knobs are trained in the other tests
-            "model.temporal_moments=1",
-            "model.moments_xy=false",
-            "model.moments_centroid=false",
-            "model.vtc_reversed=0",
             *overrides,
         ],
         out,

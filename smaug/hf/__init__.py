@@ -5,7 +5,8 @@
     model = AutoModel.from_pretrained("exported_dir", trust_remote_code=True)  # without smaug
 
 `configuration_smaug.py` and `modeling_smaug.py` are the single source of the exported modeling
-code: `tools/export_hf.py` copies them into the folder and points `auto_map` at them.
+code, with `smaug/models/moments.py` (the library's own temporal moments, plain torch):
+`tools/export_hf.py` copies the three into the folder and points `auto_map` at the first two.
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ from transformers import AutoConfig, AutoModel
 from .configuration_smaug import SmaugHFConfig, SmaugTextConfig, SmaugVisionConfig
 from .modeling_smaug import SmaugHFModel, SmaugRetrievalOutput
 
-CODE_FILES = (Path(__file__).with_name("configuration_smaug.py"), Path(__file__).with_name("modeling_smaug.py"))
+CODE_FILES = (
+    Path(__file__).with_name("configuration_smaug.py"),
+    Path(__file__).with_name("modeling_smaug.py"),
+    Path(__file__).parents[1] / "models" / "moments.py",  # the video embedding's moments, shared byte for byte
+)
 AUTO_MAP = {"AutoConfig": "configuration_smaug.SmaugHFConfig", "AutoModel": "modeling_smaug.SmaugHFModel"}
 
 AutoConfig.register(SmaugHFConfig.model_type, SmaugHFConfig, exist_ok=True)

@@ -41,6 +41,10 @@ class SmaugVisionConfig(PretrainedConfig):
         keep_ratio=0.7,
         sparsify_mode="fuse",
         drop_path_rate=0.0,
+        temporal_moments=1,
+        moments_weight=0.5,
+        moments_xy=False,
+        moments_centroid=False,
         **kwargs,
     ):
         self.image_size = int(image_size)
@@ -56,6 +60,12 @@ class SmaugVisionConfig(PretrainedConfig):
         self.keep_ratio = float(keep_ratio)  # tokens kept at each sparsify block: ceil(keep_ratio * n)
         self.sparsify_mode = str(sparsify_mode)  # "fuse" (EViT: the rest -> one token) or "drop"
         self.drop_path_rate = float(drop_path_rate)
+        # the order-aware video embedding (moments.py, copied from smaug/models/moments.py): moments over time
+        # (1 = the mean of frames only), their share, and whether they also read where things are / go
+        self.temporal_moments = int(temporal_moments)
+        self.moments_weight = float(moments_weight)
+        self.moments_xy = bool(moments_xy)
+        self.moments_centroid = bool(moments_centroid)
         super().__init__(**kwargs)
 
 

@@ -34,6 +34,10 @@ VISION_FIELDS = {
     "keep_ratio": "keep_ratio",
     "sparsify_mode": "sparsify_mode",
     "drop_path_rate": "drop_path_rate",
+    "temporal_moments": "temporal_moments",
+    "moments_weight": "moments_weight",
+    "moments_xy": "moments_xy",
+    "moments_centroid": "moments_centroid",
 }
 # SmaugConfig field -> SmaugTextConfig attribute
 TEXT_FIELDS = {
@@ -68,8 +72,8 @@ class ExportError(ValueError):
 def check_exportable(cfg) -> None:
     """The export's hand-written video tower (modeling_smaug.py) and the timm ViT export are the plain
     timm ViT block (GELU, LayerNorm eps 1e-6, no layer scale, absolute position embedding) without
-    temporal blocks. A CLIP or BEiT tower (model.vision_init), temporal blocks (temporal_layers) or
-    temporal moments (temporal_moments > 1) are refused rather than exported wrong."""
+    temporal blocks. A CLIP or BEiT tower (model.vision_init) or temporal blocks (temporal_layers) are
+    refused rather than exported wrong. Temporal moments export (moments.py is copied verbatim)."""
     plain = dict(
         vision_family="vit",
         vision_act="gelu",
@@ -77,14 +81,12 @@ def check_exportable(cfg) -> None:
         vision_layer_scale=0.0,
         vision_abs_pos=True,
         temporal_layers=0,
-        temporal_moments=1,
     )
     bad = {k: getattr(cfg, k) for k, v in plain.items() if getattr(cfg, k) != v}
     if bad:
         raise ExportError(
             f"export: this model's video tower ({', '.join(f'{k}={v!r}' for k, v in bad.items())}) cannot "
-            f"be exported yet: the exported code only has the plain timm ViT block and the mean of frames, "
-            f"no temporal blocks or moments "
+            f"be exported yet: the exported code only has the plain timm ViT block, no temporal blocks "
             f"({', '.join(f'{k}={v!r}' for k, v in plain.items())})"
         )
 

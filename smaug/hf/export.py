@@ -5,7 +5,8 @@ Full export (`export_hf`):
                          `run_config`), with `auto_map` pointing at the two code files below
   model.safetensors      the SmaugModel state dict, fp32 (MAE decoder and MLM head included, so
                          pre-training can continue from it; the HF model ignores them)
-  configuration_smaug.py, modeling_smaug.py   copies of `smaug/hf/` (plain torch + transformers)
+  configuration_smaug.py, modeling_smaug.py   copies of `smaug/hf/` (plain torch + transformers), and
+  moments.py             a copy of `smaug/models/moments.py` (plain torch: the temporal moments)
   tokenizer files        `AutoTokenizer.save_pretrained` of the run's tokenizer
   README.md              model card: usage, preprocessing, eval numbers, the training config
 
@@ -111,15 +112,16 @@ def model_card(
         "```python",
         "import torch",
         "from transformers import AutoModel, AutoTokenizer",
-        "model = AutoModel.from_pretrained(PATH, trust_remote_code=True).eval()   # or `import smaug.hf` first",
-        "tok = AutoTokenizer.from_pretrained(PATH, trust_remote_code=True)  # reads config.json, hence the flag",
-        f"video = torch.zeros(1, {cfg.num_frames}, 3, {cfg.image_size}, {cfg.image_size}, dtype=torch.uint8)  # RGB frames",
-        'text = tok(["a red circle moves left"], return_tensors="pt", padding=True)',
-        "v = model.get_video_features(video)                          # [B, E], L2-normalised",
-        "t = model.get_text_features(text.input_ids, text.attention_mask)",
-        "out = model(input_ids=text.input_ids, attention_mask=text.attention_mask, pixel_values=video)",
-        "out.logits_per_text, out.logits_per_video                   # cosine / temperature",
-        "model.get_vtm_logits(video, text.input_ids, text.attention_mask)  # video-text matching (rerank)",
+        "model = AutoModel.from_pretrained(PATH, trust_remote_code=True).eval()  # or `import smaug.hf` first",
+        "tok = AutoTokenizer.from_pretrained(PATH)",
+        f"video = torch.zeros(2, {cfg.num_frames}, 3, {cfg.image_size}, {cfg.image_size}, dtype=torch.uint8)"
+        "  # RGB frames [B, T, 3, H, W]",
+        'text = tok(["a red circle moves left", "a blue square goes up"], return_tensors="pt", padding=True)',
+        "with torch.no_grad():",
+        "    out = model(**text, pixel_values=video)",
+        "    match = model.get_vtm_logits(video, **text)  # video-text matching of row-aligned pairs (rerank)",
+        "print(out.logits_per_text.softmax(dim=-1))  # [texts, videos]: cosine / temperature",
+        "print(out.text_embeds.shape, out.video_embeds.shape, match.shape)  # L2-normalised [B, E]; [B]",
         "```",
         "",
         "## Preprocessing",

@@ -12,12 +12,15 @@ Copied as it is into every exported folder, so that
   text_encoder    transformers BERT: `bert` = embeddings + text-only layers, `fusion` = the
                   cross-attention layers used by VTM
   vision_proj / text_proj   VTC projections; frame [CLS] features are averaged over time
+  temporal_moments  (temporal_moments > 1) the order-aware part of the video embedding: moments.py,
+                  a byte copy of smaug/models/moments.py (plain torch), so it cannot drift
   frame_selector, video_to_text, vtm_head   text-guided frame selection + VTM head
   vtc_log_temp    learned log temperature; the temperature is exp of it, clamped to [temp_min, temp_max]
 
 Interface (named as transformers' CLIP):
   get_video_features(pixel_values) -> [B, E] L2-normalised
-  get_text_features(input_ids, attention_mask) -> [B, E] L2-normalised
+  get_text_features(input_ids, attention_mask, token_type_ids) -> [B, E] L2-normalised (takes
+      `**tokenizer(texts, return_tensors="pt", padding=True)` as it comes)
   forward(input_ids, attention_mask, pixel_values) -> SmaugRetrievalOutput with
       logits_per_text [Bt, Bv] and logits_per_video [Bv, Bt] (cosine / temperature)
   get_vtm_logits(pixel_values, input_ids, attention_mask) -> [B] match logits of row-aligned pairs
@@ -42,6 +45,11 @@ from transformers.models.bert.modeling_bert import BertLayer
 from transformers.utils import ModelOutput
 
 from .configuration_smaug import SmaugHFConfig
+
+try:  # an exported folder: moments.py, a byte copy of smaug/models/moments.py, lies next to this file
+    from .moments import TemporalMoments
+except ImportError:  # inside the smaug package (smaug/hf/ holds no copy)
+    from smaug.models.moments import TemporalMoments
 
 
 # ---------------------------------------------------------------------------- video tower
@@ -103,20 +111,23 @@ def num_kept(n: int, keep_ratio: float) -> int:
     return max(1, math.ceil(round(keep_ratio * n, 6)))
 
 
-def sparsify_tokens(x: torch.Tensor, cls_attn: torch.Tensor, keep: int, mode: str) -> torch.Tensor:
-    """EViT: keep the top-`keep` patch tokens by [CLS] attention (input order), fuse or drop the rest."""
+def sparsify_tokens(x: torch.Tensor, cls_attn: torch.Tensor, ids: torch.Tensor, keep: int, mode: str):
+    """EViT: keep the top-`keep` patch tokens by [CLS] attention (input order), fuse or drop the rest.
+    ids [M, n]: each token's patch index (-1 = a fused token), kept in step -> (x, ids)."""
     cls, patches = x[:, :1], x[:, 1:]
     M, n, D = patches.shape
     if keep >= n:
-        return x
+        return x, ids
     top = cls_attn.topk(keep, dim=1).indices.sort(dim=1).values
     kept = patches.gather(1, top[..., None].expand(-1, -1, D))
+    kept_ids = ids.gather(1, top)
     if mode == "drop":
-        return torch.cat([cls, kept], dim=1)
+        return torch.cat([cls, kept], dim=1), kept_ids
     dropped = torch.ones_like(cls_attn, dtype=torch.bool).scatter(1, top, False)
     a = cls_attn * dropped
     fused = (a[..., None] * patches.float()).sum(1, keepdim=True) / a.sum(1).clamp_min(1e-12)[:, None, None]
-    return torch.cat([cls, kept, fused.to(x.dtype)], dim=1)
+    fused_ids = torch.full((M, 1), -1, dtype=ids.dtype, device=ids.device)
+    return torch.cat([cls, kept, fused.to(x.dtype)], dim=1), torch.cat([kept_ids, fused_ids], dim=1)
 
 
 class SmaugVideoTower(nn.Module):
@@ -145,22 +156,25 @@ class SmaugVideoTower(nn.Module):
             return te
         return F.interpolate(te[0, :, 0].T[None], size=T, mode="linear", align_corners=False)[0].T[None, :, None]
 
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        """video: [B, T, 3, H, W] normalised -> tokens [B, T, 1 + n_out, D] (token 0 = frame [CLS])."""
+    def forward(self, video: torch.Tensor):
+        """video: [B, T, 3, H, W] normalised -> tokens [B, T, 1 + n_out, D] (token 0 = frame [CLS]), ids
+        [B, T, n_out] the patch index of each output patch token (-1 = an EViT fused token)."""
         B, T = video.shape[:2]
         x = self.patch_embed(video.flatten(0, 1)) + self.pos_embed[:, 1:]
         te = self.temporal(T)
         x = (x.unflatten(0, (B, T)) + te).flatten(0, 1)
         cls = (self.cls_token + self.pos_embed[:, :1] + te).expand(B, -1, -1, -1).flatten(0, 1)
         x = torch.cat([cls, x], dim=1)
+        ids = torch.arange(x.shape[1] - 1, device=x.device).expand(x.shape[0], -1)
         sparsify = set(self.vc.sparsify_layers)
         for i, blk in enumerate(self.blocks):
             out, cls_attn = blk.attn(blk.norm1(x), cls_row=i in sparsify)
             x = x + out
             if i in sparsify:
-                x = sparsify_tokens(x, cls_attn, num_kept(x.shape[1] - 1, self.vc.keep_ratio), self.vc.sparsify_mode)
+                keep = num_kept(x.shape[1] - 1, self.vc.keep_ratio)
+                x, ids = sparsify_tokens(x, cls_attn, ids, keep, self.vc.sparsify_mode)
             x = x + blk.mlp(blk.norm2(x))
-        return self.norm(x).unflatten(0, (B, T))
+        return self.norm(x).unflatten(0, (B, T)), ids.unflatten(0, (B, T))
 
 
 # ---------------------------------------------------------------------------- text tower
@@ -196,8 +210,10 @@ class SmaugTextTower(nn.Module):
     def extended_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
 
-    def forward_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        h = self.bert.embeddings(input_ids=input_ids)
+    def forward_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        h = self.bert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # None = all 0, as in training
         ext = self.extended_mask(attention_mask, h.dtype)
         for layer in self.bert.encoder.layer:
             h = layer(h, ext)
@@ -255,6 +271,13 @@ class SmaugHFModel(PreTrainedModel):
             FrameSelector(E, config.select_frames, config.select_temp) if config.select_frames < vc.num_frames else None
         )
         self.vision_proj = nn.Linear(vc.hidden_size, E)
+        self.temporal_moments = (
+            TemporalMoments(
+                vc.hidden_size, E, vc.temporal_moments, vc.moments_xy, vc.moments_centroid, vc.moments_weight
+            )
+            if vc.temporal_moments > 1
+            else None
+        )
         self.text_proj = nn.Linear(tc.hidden_size, E)
         self.video_to_text = (
             nn.Linear(vc.hidden_size, tc.hidden_size) if vc.hidden_size != tc.hidden_size else nn.Identity()
@@ -290,31 +313,52 @@ class SmaugHFModel(PreTrainedModel):
 
     def encode_video(self, pixel_values: torch.Tensor):
         """-> frame_tokens [B, T, 1 + n, Dv], video_embeds [B, E], frame_embeds [B, T, E] (normalised)."""
-        tokens = self.video_encoder(self.normalize_video(pixel_values))
+        tokens, ids = self.video_encoder(self.normalize_video(pixel_values))
         cls = self.vision_proj(tokens[:, :, 0])
-        return tokens, F.normalize(cls.mean(1), dim=-1), F.normalize(cls, dim=-1)
+        if self.temporal_moments is None:
+            video = cls.mean(1)
+        else:  # the mean of frames + their moments over time (moments.py)
+            video = self.temporal_moments.embed(
+                cls, tokens, ids, self.config.vision_config.image_size // self.config.vision_config.patch_size
+            )
+        return tokens, F.normalize(video, dim=-1), F.normalize(cls, dim=-1)
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None):
-        """-> text_hidden [B, L, Dt], text_embeds [B, E] (normalised)."""
+    def encode_text(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
+    ):
+        """-> text_hidden [B, L, Dt], text_embeds [B, E] (normalised). Takes what the tokenizer returns."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        hidden = self.text_encoder.forward_text(input_ids, attention_mask)
+        hidden = self.text_encoder.forward_text(input_ids, attention_mask, token_type_ids)
         return hidden, F.normalize(self.text_proj(hidden[:, 0]), dim=-1)
 
     def get_video_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.encode_video(pixel_values)[1]
 
-    def get_text_features(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.encode_text(input_ids, attention_mask)[1]
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """`model.get_text_features(**tokenizer(texts, return_tensors="pt", padding=True))` -> [B, E]."""
+        return self.encode_text(input_ids, attention_mask, token_type_ids)[1]
 
     def get_vtm_logits(
-        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Video-text matching logits of row-aligned pairs (higher = match)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         tokens, _, frame_embeds = self.encode_video(pixel_values)
-        hidden, text_embeds = self.encode_text(input_ids, attention_mask)
+        hidden, text_embeds = self.encode_text(input_ids, attention_mask, token_type_ids)
         if self.frame_selector is None or tokens.shape[1] <= self.frame_selector.k:
             video = tokens.flatten(1, 2)
         else:
@@ -327,11 +371,14 @@ class SmaugHFModel(PreTrainedModel):
         input_ids: Optional[torch.Tensor] = None,
         pixel_values: Optional[torch.Tensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
         return_loss: bool = False,
         **kwargs,
     ) -> SmaugRetrievalOutput:
         video_embeds = self.get_video_features(pixel_values) if pixel_values is not None else None
-        text_embeds = self.get_text_features(input_ids, attention_mask) if input_ids is not None else None
+        text_embeds = (
+            self.get_text_features(input_ids, attention_mask, token_type_ids) if input_ids is not None else None
+        )
         out = SmaugRetrievalOutput(text_embeds=text_embeds, video_embeds=video_embeds)
         if video_embeds is not None and text_embeds is not None:
             out.logits_per_text = text_embeds @ video_embeds.t() / self.temp

@@ -29,7 +29,8 @@ from .common import all_gather_no_grad, all_gather_with_grad, draw_seed, pad_tex
 from .frame_selection import FrameSelector
 from .losses import mlm_loss, mvm_loss, sample_negatives, vtc_loss, vtm_loss
 from .mae_decoder import MAEDecoder, patchify
-from .temporal import TemporalEncoder, TemporalMoments, saliency_centroid, spatial_moments
+from .moments import TemporalMoments
+from .temporal import TemporalEncoder
 from .text_encoder import TextEncoder, mask_tokens
 from .video_encoder import VideoEncoder
 from .vit_blocks import ACTIVATIONS, FAMILIES
@@ -392,24 +393,11 @@ class SmaugModel(nn.Module):
         higher temporal moments when `temporal_moments` > 1. tokens: [B, T, 1 + n, Dv] after temporal blocks."""
         if frame_feat is None:
             frame_feat = self.vision_proj(tokens[:, :, 0])  # [B, T, E]
-        video = frame_feat.mean(1)
-        if self.temporal_moments is not None:
-            xy = centre = None
-            B, T = tokens.shape[:2]
-            ids, grid = enc.ids.view(B, T, -1), self.config.image_size // self.config.patch_size
-            if self.config.moments_xy:
-                xy = spatial_moments(tokens[:, :, 1:], ids, grid).detach()
-            if self.config.moments_centroid:
-                centre = saliency_centroid(tokens[:, :, 1:].detach(), ids, grid)
-            # the mean on the unit sphere, the moments at most moments_weight long (eps=1: x / max(|x|, 1), so
-            # a static clip's ~0 moments stay ~0): appearance keeps most of the embedding (added raw, the
-            # reversal term grew the moments until colour fell to chance in the quickstart). The moments read the
-            # encoder's tokens without gradient: a linear readout of what the frames hold. With gradient, the
-            # arrow-of-time term reshaped the per-frame features and colour fell to chance (quickstart, 300
-            # steps: motion 76.5%, colour 32%; detached: motion 99.5%)
-            motion = self.temporal_moments(tokens[:, :, 0].detach(), xy, centre)
-            video = F.normalize(video, dim=-1) + self.config.moments_weight * F.normalize(motion, dim=-1, eps=1.0)
-        return video
+        if self.temporal_moments is None:
+            return frame_feat.mean(1)
+        B, T = tokens.shape[:2]
+        grid = self.config.image_size // self.config.patch_size
+        return self.temporal_moments.embed(frame_feat, tokens, enc.ids.view(B, T, -1), grid)
 
     def encode_video(self, video: torch.Tensor):
         """-> frame_tokens [B, T, 1 + n, Dv], video_feat [B, E], frame_feat [B, T, E] (normalised)."""
