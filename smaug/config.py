@@ -116,7 +116,7 @@ class TrainSection:
     )
     unmasked_tail_lr: float = 0.0  # > 0: the tail is a schedule of its own (FLIP): the main cosine ends where the
     # tail starts, which warms up over a tenth of its steps to this peak LR and decays to optim.min_lr; 0 = the main
-    # cosine runs on through the tail (whose LR is then a small fraction of the peak)
+    # cosine runs on through the tail (whose LR is then a small fraction of the peak). Acts only with a tail
 
 
 @dataclass
@@ -396,11 +396,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(
             f"train.unmasked_tail_steps: must be in [0, train.steps={t.steps}], got {t.unmasked_tail_steps}"
         )
-    if t.unmasked_tail_lr < 0 or (t.unmasked_tail_lr > 0 and not t.unmasked_tail_steps):
-        raise ConfigError(
-            f"train.unmasked_tail_lr: must be >= 0, and > 0 only with train.unmasked_tail_steps > 0, "
-            f"got {t.unmasked_tail_lr} (tail {t.unmasked_tail_steps} steps)"
-        )
+    if t.unmasked_tail_lr < 0:
+        raise ConfigError(f"train.unmasked_tail_lr: must be >= 0, got {t.unmasked_tail_lr}")
     for key, v in (("eval.every", cfg.eval.every), ("eval.rerank_k", cfg.eval.rerank_k)):
         if v < 0:
             raise ConfigError(f"{key}: must be >= 0, got {v}")

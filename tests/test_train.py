@@ -326,6 +326,9 @@ def test_vtm_curriculum_and_unmasked_tail_switch_on_time_and_resume_exactly(trai
     # unmasked tail: steps 10-12 see all 4 x 49 patches and skip MVM
     assert [x["visible_tokens"] for x in ra] == [48.0] * 4 + [122.0, 196.0]  # windows of 2 steps: (9, 10) is half
     assert ra[-1]["mvm"] == 0.0 and ra[0]["mvm"] > 0
+    # the quickstart's train.unmasked_tail_lr: the main cosine ends at step 9, the tail restarts at the peak
+    lrs = {x["step"]: x["lr"] for x in ra}
+    assert lrs[8] < 0.2 * lrs[2] and lrs[10] > 2 * lrs[8]
     # resume from each checkpoint (steps 5 and 10, mid-window) -> the same weights at step 12
     ref = module_state(tmp_path / "auto", 12)
     for start in (5, 10):
