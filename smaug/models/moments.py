@@ -72,7 +72,9 @@ class TemporalMoments(nn.Module):
     """The order-aware part of the video embedding: moments 1..K-1 of the frame features over time.
 
         m_k = sum_t w_k[t] * x_t   (x: [B, T, Dv] frame [CLS] tokens, w = moment_weights(T, K))
-        out = proj([LN(m_1), ..., LN(m_{K-1})])  [B, E], added to the mean-pooled embedding (moment 0)
+        out = proj([LN(m_1), ..., LN(m_{K-1}), 4 c_1, ..., 4 c_{K-1}])  [B, E], added to the mean-pooled
+              embedding (moment 0); with `spatial` each m_k also holds the spatial moments' moment k, with
+              `centroid` the c_k (moment k of the saliency centroid, 2 numbers) are there
 
     The mean of frame features is the same for a motion and its reverse (same frames, other order),
     so a mean-pooled embedding is blind to direction unless every frame encodes its position times
@@ -101,7 +103,8 @@ class TemporalMoments(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, cls: torch.Tensor, xy: torch.Tensor | None = None, centre: torch.Tensor | None = None):
-        """cls: [B, T, Dv] frame [CLS] tokens, xy: [B, T, 2, Dv] spatial moments (when `spatial`) -> [B, E]."""
+        """cls: [B, T, Dv] frame [CLS] tokens, xy: [B, T, 2, Dv] spatial moments (when `spatial`), centre:
+        [B, T, 2] saliency centroids (when `centroid`) -> [B, E]."""
         x = cls[:, :, None] if xy is None else torch.cat([cls[:, :, None], xy], dim=2)  # [B, T, S, Dv]
         w = moment_weights(x.shape[1], self.moments)[1:].to(device=x.device, dtype=x.dtype)  # [K-1, T]
         m = torch.einsum("kt,btsd->bksd", w, x)  # [B, K-1, S, Dv]
