@@ -33,6 +33,17 @@ def moment_weights(T: int, K: int) -> torch.Tensor:
     return w.float()
 
 
+def centred_tokens(patches: torch.Tensor, ids: torch.Tensor, grid: int):
+    """patches [B, T, n, D], ids [B, T, n] (patch index on the grid x grid layout, -1 = an EViT fused token)
+    -> each token minus its frame's mean token [B, T, n, D] (0 for fused tokens, left out of the mean too),
+    the count of positioned tokens [B, T, 1, 1], and the patch centres (x, y), each [B, T, n] in [-1, 1]."""
+    valid = (ids >= 0).to(patches.dtype)[..., None]  # [B, T, n, 1]
+    n = valid.sum(2, keepdim=True).clamp_min(1.0)
+    centred = (patches - (patches * valid).sum(2, keepdim=True) / n) * valid
+    idx = ids.clamp_min(0)
+    return centred, n, [(2 * i + 1).to(patches.dtype) / grid - 1 for i in (idx % grid, idx // grid)]
+
+
 def spatial_moments(patches: torch.Tensor, ids: torch.Tensor, grid: int) -> torch.Tensor:
     """Where things are in each frame, linearly: patches [B, T, n, D] (output tokens), ids [B, T, n] their
     patch index on the grid x grid layout (-1 = an EViT fused token, left out) -> [B, T, 2, D]
@@ -43,12 +54,8 @@ def spatial_moments(patches: torch.Tensor, ids: torch.Tensor, grid: int) -> torc
     background, near the mean token, adds ~0. Moment 1 over time of s is then (velocity) x
     (object features): a direction a linear projection can read, without the frame [CLS] having
     to learn where the object is first."""
-    valid = (ids >= 0).to(patches.dtype)[..., None]  # [B, T, n, 1]
-    n = valid.sum(2, keepdim=True).clamp_min(1.0)
-    centred = (patches - (patches * valid).sum(2, keepdim=True) / n) * valid
-    idx = ids.clamp_min(0)
-    xy = [((2 * i + 1).to(patches.dtype) / grid - 1)[..., None] for i in (idx % grid, idx // grid)]  # [B, T, n, 1]
-    return torch.stack([(c * centred).sum(2) / n[:, :, 0] for c in xy], dim=2)
+    centred, n, xy = centred_tokens(patches, ids, grid)
+    return torch.stack([(c[..., None] * centred).sum(2) / n[:, :, 0] for c in xy], dim=2)
 
 
 def saliency_centroid(patches: torch.Tensor, ids: torch.Tensor, grid: int) -> torch.Tensor:
@@ -59,12 +66,9 @@ def saliency_centroid(patches: torch.Tensor, ids: torch.Tensor, grid: int) -> to
     frame, not by its look. Moment 1 over time is then the object's velocity alone (scaled), where the spatial
     moments give (velocity) x (object features), which a readout trained on some colour-shape pairs need not
     read apart for unseen ones."""
-    valid = (ids >= 0).to(patches.dtype)[..., None]  # [B, T, n, 1]
-    n = valid.sum(2, keepdim=True).clamp_min(1.0)
-    w = ((patches - (patches * valid).sum(2, keepdim=True) / n) * valid).norm(dim=-1)  # [B, T, n]
+    centred, _, xy = centred_tokens(patches, ids, grid)
+    w = centred.norm(dim=-1)  # [B, T, n]
     w = w / w.sum(2, keepdim=True).clamp_min(1e-6)
-    idx = ids.clamp_min(0)
-    xy = [(2 * i + 1).to(patches.dtype) / grid - 1 for i in (idx % grid, idx // grid)]  # [B, T, n]
     return torch.stack([(c * w).sum(2) for c in xy], dim=2)
 
 
