@@ -13,12 +13,10 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 from timm.models.vision_transformer import Block
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from smaug.models.video_encoder import attention_with_cls_row
 
 

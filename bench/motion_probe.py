@@ -34,11 +34,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 from smaug.data import DataConfig, build_eval_loader, load_tokenizer
 from smaug.models import SmaugConfig, SmaugModel
+
+REPO = Path(__file__).resolve().parents[1]
 
 MOTIONS = {"left": 0, "right": 1, "up": 2, "down": 3}
 WORDS = {

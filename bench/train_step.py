@@ -41,11 +41,10 @@ from pathlib import Path
 import torch
 from torch.profiler import record_function
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 from smaug.train.monitor import measure_matmul_tflops
 from smaug.train.trainer import setup_distributed, step_flags
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def sync(device):

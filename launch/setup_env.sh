@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates (or reuses) the project virtualenv and installs smaug with its requirements.
-# Idempotent: a stamp keyed on requirements.txt + pyproject.toml skips work already done.
+# Idempotent: a stamp keyed on requirements.txt + constraints.txt + pyproject.toml skips work already done.
+# Versions: the ranges of requirements.txt under constraints.txt (what the suite last passed with).
 #   SMAUG_VENV   where the venv lives (default: <repo>/.venv)
 #   PYTHON       interpreter used to create it (default: python3)
 # Source it (`. launch/setup_env.sh`) to get the venv activated in your shell.
@@ -13,7 +14,7 @@ if [ ! -x "$SMAUG_VENV/bin/python" ]; then
   "$_py" -m venv "$SMAUG_VENV"
 fi
 _stamp="$SMAUG_VENV/.smaug-installed"
-_want="$(cat "$_root/requirements.txt" "$_root/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+_want="$(cat "$_root/requirements.txt" "$_root/constraints.txt" "$_root/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$_stamp" ] || [ "$(cat "$_stamp")" != "$_want" ]; then
   # pip -q still warns about this machine's local index mirrors; keep the log readable.
   _pipq() { "$SMAUG_VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" 2>&1 \
@@ -22,9 +23,9 @@ if [ ! -f "$_stamp" ] || [ "$(cat "$_stamp")" != "$_want" ]; then
   echo "[setup] installing torch (first time: ~1 min)"
   "${_pip[@]}" --upgrade pip setuptools wheel
   # torch first: DeepSpeed's sdist imports torch at build time.
-  "${_pip[@]}" $(grep -E '^(torch|torchvision)[<>=! ]' "$_root/requirements.txt" | tr -d ' ')
+  "${_pip[@]}" -c "$_root/constraints.txt" $(grep -E '^(torch|torchvision)[<>=! ]' "$_root/requirements.txt" | tr -d ' ')
   echo "[setup] installing requirements"
-  "${_pip[@]}" --no-build-isolation -r "$_root/requirements.txt"
+  "${_pip[@]}" --no-build-isolation -r "$_root/requirements.txt" -c "$_root/constraints.txt"
   "${_pip[@]}" --no-build-isolation --no-deps -e "$_root"
   echo "$_want" > "$_stamp"
 fi

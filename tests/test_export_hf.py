@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -159,17 +160,23 @@ def test_export_fidelity_in_fresh_process_without_smaug(ckpt_w1, exported, token
 
 
 def test_model_card_example_runs_as_written_without_smaug(exported, tmp_path):
-    """The card's Use block, with PATH set to the folder, in a fresh process where smaug cannot be imported."""
+    """The card's Use block, with PATH set to the folder and its two clips in the working directory, in a
+    fresh process where smaug cannot be imported: AutoProcessor and AutoModel from the folder's code."""
     card = (exported / "README.md").read_text()
     code = card.split("```python\n", 1)[1].split("```", 1)[0]
-    assert "**text" in code and "trust_remote_code" not in code.split("tok =")[1].split("\n")[0]
+    assert "AutoProcessor" in code and "model(**inputs)" in code and len(code.strip().splitlines()) <= 12
+    rows = _write_clips(tmp_path)
+    for (name, _), dst in zip(rows, ("clip1.mp4", "clip2.mp4")):
+        shutil.copyfile(tmp_path / name, tmp_path / dst)
     # sys.modules["smaug"] = None: any import of smaug raises ImportError, as where it is not installed
     script = f"import sys\nsys.modules['smaug'] = None\nPATH = {str(exported)!r}\n" + code
+    script += "print(type(processor).__module__, type(processor).__name__)\n"
     env = subprocess_env()
     env.pop("PYTHONPATH", None)
     env["HF_MODULES_CACHE"] = str(tmp_path / "hf_modules")
     r = run([sys.executable, "-c", script], cwd=tmp_path, env=env)
     assert "torch.Size([2, " in r.stdout and "torch.Size([2])" in r.stdout
+    assert "processing_smaug SmaugProcessor" in r.stdout
 
 
 @pytest.mark.slow
@@ -211,9 +218,25 @@ def test_exported_folder_has_no_pickle(exported):
     card = (exported / "README.md").read_text()
     assert "## Training configuration" in card and "preset: tiny" in card and "max |diff|" in card
     # the exported code files are byte copies of the single source in smaug/hf/ and smaug/models/
-    for f in ("hf/configuration_smaug.py", "hf/modeling_smaug.py", "models/moments.py"):
-        assert (exported / Path(f).name).read_bytes() == (REPO / "smaug" / f).read_bytes()
+    from smaug.hf import CODE_FILES
+
+    assert {f.name for f in CODE_FILES} >= {"frame_tokens.py", "frame_selection.py", "moments.py"}
+    for f in CODE_FILES:
+        assert (exported / f.name).read_bytes() == f.read_bytes(), f.name
     assert cfg["vision_config"]["temporal_moments"] == 2 and cfg["vision_config"]["moments_centroid"]
+
+
+def test_shared_library_modules_import_only_torch_and_the_standard_library():
+    """The library modules copied byte for byte into every HF export (frame_tokens, frame_selection,
+    moments) must run without smaug, timm or numpy: only torch and the standard library."""
+    from transformers.dynamic_module_utils import get_imports
+
+    from smaug.hf import CODE_FILES
+
+    shared = [f for f in CODE_FILES if f.parent.name == "models"]
+    assert len(shared) == 3
+    for f in shared:
+        assert set(get_imports(str(f))) <= {"torch", "__future__", *sys.stdlib_module_names}, f.name
 
 
 def test_auto_classes_registered_with_smaug_installed(exported):
@@ -428,3 +451,74 @@ def test_export_cli_reports_bad_checkpoint(tmp_path, capsys):
         sys.path.remove(str(REPO / "tools"))
     assert tool.main(["--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- the processor
+def _write_clips(folder: Path) -> list[tuple[str, str]]:
+    """Two H.264 clips (160x96 and 64x48, 17 and 7 frames; decord cannot decode some odd sizes such as 48x40) + eval.json rows."""
+    from smaug.data.transcode import encode_h264
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for name, (n, w, h) in {"wide.mp4": (17, 160, 96), "small.mp4": (7, 64, 48)}.items():
+        # a blocky textured background (not per-pixel noise: x264 then codes every frame as an I-frame, and
+        # decord's random access returns wrong frames on such streams) and a square that moves, so a wrong
+        # frame choice shows
+        bg = rng.integers(20, 200, (h // 8, w // 8, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
+        frames = [bg.copy() for _ in range(n)]
+        for i, f in enumerate(frames):
+            f[h // 3 : h // 3 + 12, 4 * i : 4 * i + 12] = (230, 40 + 10 * i, 60)
+        encode_h264(frames, 8, str(folder / name))
+        rows.append((name, f"a clip named {name}"))
+    (folder / "eval.json").write_text(json.dumps([{"video": v, "caption": c} for v, c in rows]))
+    return rows
+
+
+def test_processor_prepares_clips_and_captions_exactly_as_evaluation(exported, tmp_path):
+    """Paths, bytes and decoded frames through `SmaugProcessor` give evaluation's clips bit for bit (the
+    `--json` eval loader: decode scaled to the short side, segment centres, centre crop, antialiased resize),
+    and evaluation's token ids; `do_normalize` is the model's own normalisation."""
+    from smaug.data.json_clips import JsonClips
+    from smaug.data.sources import read_rows
+    from smaug.hf import SmaugHFModel, SmaugProcessor
+
+    rows = _write_clips(tmp_path)
+    proc = SmaugProcessor.from_pretrained(exported)
+    cfg = json.loads((exported / "processor_config.json").read_text())
+    assert cfg["auto_map"]["AutoProcessor"] == "processing_smaug.SmaugProcessor"
+    T, S = proc.num_frames, proc.image_size
+    for short_side in (proc.short_side, 64, 0):  # the export's (= image size), a scaled decode, full size
+        p = SmaugProcessor.from_pretrained(exported, short_side=short_side)
+        ref = JsonClips(read_rows("json", str(tmp_path / "eval.json")), str(tmp_path), T, S, short_side)
+        want = torch.stack([ref[i].video.contiguous() for i in range(len(rows))])
+        got = p(videos=[str(tmp_path / v) for v, _ in rows])["pixel_values"]
+        assert got.dtype == torch.uint8 and got.shape == (2, T, 3, S, S)
+        assert torch.equal(got, want), short_side
+        assert torch.equal(p(videos=(tmp_path / rows[1][0]).read_bytes())["pixel_values"][0], want[1])
+    # decoded frames: the same segment rule and crop, no decoder scaling (= the full-size decode above)
+    import decord
+
+    frames = decord.VideoReader(str(tmp_path / rows[0][0])).get_batch(list(range(17))).asnumpy()
+    full = SmaugProcessor.from_pretrained(exported, short_side=0)
+    assert torch.equal(full(videos=frames)["pixel_values"], full(videos=str(tmp_path / rows[0][0]))["pixel_values"])
+    assert torch.equal(full(videos=[torch.from_numpy(frames)])["pixel_values"], full(videos=frames)["pixel_values"])
+    with pytest.raises(ValueError, match=r"uint8 \[N, H, W, 3\]"):
+        proc(videos=frames.astype(np.float32))
+    # captions: evaluation's tokenisation (padded to the longest, truncated at max_text_len)
+    from smaug.data import load_tokenizer
+    from smaug.data.collate import tokenize
+
+    caps = [c for _, c in rows] + ["word " * 100]
+    enc = proc(text=caps)
+    want_t = tokenize(load_tokenizer(str(exported)), caps, proc.max_text_len)
+    assert torch.equal(enc["input_ids"], want_t["input_ids"]) and enc["input_ids"].shape[1] == proc.max_text_len
+    assert torch.equal(enc["attention_mask"], want_t["attention_mask"])
+    # normalised here == normalised in the model
+    model = SmaugHFModel.from_pretrained(str(exported)).eval()
+    px = proc(videos=[str(tmp_path / v) for v, _ in rows])["pixel_values"]
+    norm = proc(videos=[str(tmp_path / v) for v, _ in rows], do_normalize=True)["pixel_values"]
+    assert torch.equal(model.normalize_video(px), norm)
+    # save / load round trip
+    proc.save_pretrained(tmp_path / "saved")
+    back = SmaugProcessor.from_pretrained(tmp_path / "saved")
+    assert back.to_dict() == proc.to_dict() and (tmp_path / "saved" / "frames.py").is_file()

@@ -175,14 +175,3 @@ def test_export_takes_moments_and_refuses_temporal_blocks():
     check_exportable(SmaugConfig.preset("tiny", temporal_moments=2, moments_xy=True, moments_centroid=True))
     with pytest.raises(ExportError, match="temporal_layers=1"):
         check_exportable(SmaugConfig.preset("tiny", temporal_layers=1))
-
-
-def test_moments_module_imports_only_torch_and_the_standard_library():
-    """It is copied byte for byte into every HF export, which must run without smaug (or timm)."""
-    import sys
-
-    from transformers.dynamic_module_utils import get_imports
-
-    import smaug.models.moments as moments
-
-    assert set(get_imports(moments.__file__)) <= {"torch", "__future__", *sys.stdlib_module_names}

@@ -359,13 +359,18 @@ def test_qa_kill_and_resume_equals_uninterrupted(pretrained_run, synthetic_shard
 
 @pytest.mark.slow
 def test_finetune_qa_tool_reports_model_majority_and_blind(pretrained_run, synthetic_shards, tmp_path):
+    """QA fine-tuning as a downstream user runs it: from the Hugging Face export of the pre-trained run."""
+    from smaug.hf.export import export_hf
+
+    hf = tmp_path / "hf"
+    export_hf(str(pretrained_run), hf, verify=False)
     c = Path(synthetic_shards["corpus"])
     out = tmp_path / "qa"
     cmd = [
         sys.executable,
         str(REPO / "tools" / "finetune_qa.py"),
         "--init",
-        str(pretrained_run),
+        str(hf),
         "--out",
         str(out),
         "--train-json",
@@ -397,6 +402,7 @@ def test_finetune_qa_tool_reports_model_majority_and_blind(pretrained_run, synth
     assert {"accuracy", "majority_accuracy", "blind_accuracy"} <= rep.keys()
     assert set(rep["per_type"]) == {"colour", "shape", "motion"}
     assert "majority" in r.stdout and "blind" in r.stdout
+    assert f"initialised from {hf} (missing 0 besides the answer decoder" in r.stdout + r.stderr  # all weights
 
 
 def test_clips_from_shards_equal_clips_from_the_folder(synthetic_shards):

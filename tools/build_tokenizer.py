@@ -14,14 +14,10 @@ other file as one caption per line. The result loads with
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-
-if importlib.util.find_spec("smaug") is None:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from smaug.data.config import default_shards_root
 from smaug.data.sources import read_rows

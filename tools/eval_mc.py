@@ -19,12 +19,6 @@ import argparse
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-try:
-    import smaug  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(REPO))
-
 from smaug.eval.cli import data_config, load_model, run_tool
 
 

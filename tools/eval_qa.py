@@ -16,13 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-try:
-    import smaug  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(REPO))
 
 from smaug.checkpoint import CheckpointError
 from smaug.eval.cli import checkpoint_step, data_config, open_checkpoint, run_tool

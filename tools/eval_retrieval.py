@@ -43,13 +43,9 @@ of the trainer's eval.json too.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import time
 from pathlib import Path
-
-if importlib.util.find_spec("smaug") is None:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 

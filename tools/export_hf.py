@@ -14,13 +14,8 @@ state dict instead. See smaug/hf/export.py for the folder layout.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
-from pathlib import Path
-
-if importlib.util.find_spec("smaug") is None:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from smaug.checkpoint import CheckpointError
 

@@ -27,15 +27,10 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-try:
-    import smaug  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(REPO))
-
+from smaug.config import CONFIG_DIR
 from smaug.train.finetune import run_step, start, train_command
 
-FINETUNE_CONFIG = REPO / "smaug" / "configs" / "finetune_qa.yaml"
+FINETUNE_CONFIG = CONFIG_DIR / "finetune_qa.yaml"
 
 
 def parse_args(argv=None):

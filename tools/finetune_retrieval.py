@@ -25,18 +25,14 @@ Steps (each one resumable: rerunning the same command continues where it stopped
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if importlib.util.find_spec("smaug") is None:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(REPO))
-
+from smaug.config import CONFIG_DIR
 from smaug.train.finetune import launcher, run_step, start, train_command
 
-FINETUNE_CONFIG = REPO / "smaug" / "configs" / "finetune_retrieval.yaml"
+FINETUNE_CONFIG = CONFIG_DIR / "finetune_retrieval.yaml"
 
 
 def parse_args(argv=None):
@@ -72,7 +68,8 @@ def build_shards(json_path: str, video_root: str, out: Path, prefix: str, worker
     run_step(
         [
             sys.executable,
-            str(REPO / "tools" / "make_shards.py"),
+            "-m",
+            "smaug_tools.make_shards",
             "--json",
             json_path,
             "--video-root",
@@ -93,7 +90,8 @@ def build_shards(json_path: str, video_root: str, out: Path, prefix: str, worker
 def evaluate(checkpoint: str, eval_shards: str, out_json: Path, args, tokenizer: str) -> dict:
     cmd = [
         *launcher(args.nproc),
-        str(REPO / "tools" / "eval_retrieval.py"),
+        "-m",
+        "smaug_tools.eval_retrieval",
         "--checkpoint",
         checkpoint,
         "--shards",

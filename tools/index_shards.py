@@ -26,12 +26,6 @@ import glob
 import os
 import sys
 import time
-from pathlib import Path
-
-try:
-    import smaug  # noqa: F401  (installed: nothing to do)
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def expand(specs: list[str]) -> list[str]:

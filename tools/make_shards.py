@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import itertools
 import logging
 import multiprocessing as mp
@@ -40,9 +39,6 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-
-if importlib.util.find_spec("smaug") is None:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from smaug.data.shardwriter import build_reports, compact_stats, is_done, plan_jobs, preload_codecs, write_shard
 from smaug.data.sources import count_records, iter_rows

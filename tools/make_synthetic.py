@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 import multiprocessing as mp
 import os
@@ -49,8 +48,6 @@ from pathlib import Path
 
 import numpy as np
 
-if importlib.util.find_spec("smaug") is None:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from smaug.data.transcode import encode_h264
 
 COLOURS = {

@@ -15,8 +15,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def default_shards_root() -> str:
-    """`$SMAUG_SHARDS` when set, else `<repo>/shards` (where the corpus YAML files live)."""
-    return os.environ.get("SMAUG_SHARDS") or str(REPO_ROOT / "shards")
+    """`$SMAUG_SHARDS` when set, else `<repo>/shards` in a checkout (where the corpus YAML files live), else
+    `./shards` (smaug installed with `pip install .`: no repository around it)."""
+    if os.environ.get("SMAUG_SHARDS"):
+        return os.environ["SMAUG_SHARDS"]
+    return str(REPO_ROOT / "shards") if (REPO_ROOT / "pyproject.toml").is_file() else os.path.abspath("shards")
 
 
 # A shard spec: a brace pattern, a directory, a manifest.json, `corpus:NAME`, or for mixing a

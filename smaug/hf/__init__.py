@@ -5,8 +5,10 @@
     model = AutoModel.from_pretrained("exported_dir", trust_remote_code=True)  # without smaug
 
 `configuration_smaug.py` and `modeling_smaug.py` are the single source of the exported modeling
-code, with `smaug/models/moments.py` (the library's own temporal moments, plain torch):
-`tools/export_hf.py` copies the three into the folder and points `auto_map` at the first two.
+code, with the library's own plain-torch modules `smaug/models/frame_tokens.py` (temporal embedding,
+EViT), `frame_selection.py` and `moments.py`: `tools/export_hf.py` copies them all into the folder
+(CODE_FILES) and points `auto_map` at the first two; `processing_smaug.py` (with the library's
+`smaug/data/frames.py`) is the AutoProcessor, named in the folder's `processor_config.json`.
 """
 
 from __future__ import annotations
@@ -17,11 +19,15 @@ from transformers import AutoConfig, AutoModel
 
 from .configuration_smaug import SmaugHFConfig, SmaugTextConfig, SmaugVisionConfig
 from .modeling_smaug import SmaugHFModel, SmaugRetrievalOutput
+from .processing_smaug import SmaugProcessor
 
 CODE_FILES = (
     Path(__file__).with_name("configuration_smaug.py"),
     Path(__file__).with_name("modeling_smaug.py"),
-    Path(__file__).parents[1] / "models" / "moments.py",  # the video embedding's moments, shared byte for byte
+    Path(__file__).with_name("processing_smaug.py"),
+    Path(__file__).parents[1] / "data" / "frames.py",  # the processor's frame sampling / crop, as evaluation's
+    # the library's plain-torch modules the exported model runs, shared byte for byte (PLAIN_TORCH_FILES)
+    *(Path(__file__).parents[1] / "models" / f for f in ("frame_tokens.py", "frame_selection.py", "moments.py")),
 )
 AUTO_MAP = {"AutoConfig": "configuration_smaug.SmaugHFConfig", "AutoModel": "modeling_smaug.SmaugHFModel"}
 
@@ -31,6 +37,7 @@ AutoModel.register(SmaugHFConfig, SmaugHFModel, exist_ok=True)
 __all__ = [
     "SmaugHFConfig",
     "SmaugHFModel",
+    "SmaugProcessor",
     "SmaugRetrievalOutput",
     "SmaugTextConfig",
     "SmaugVisionConfig",

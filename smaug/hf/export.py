@@ -5,8 +5,10 @@ Full export (`export_hf`):
                          `run_config`), with `auto_map` pointing at the two code files below
   model.safetensors      the SmaugModel state dict, fp32 (MAE decoder and MLM head included, so
                          pre-training can continue from it; the HF model ignores them)
-  configuration_smaug.py, modeling_smaug.py   copies of `smaug/hf/` (plain torch + transformers), and
-  moments.py             a copy of `smaug/models/moments.py` (plain torch: the temporal moments)
+  configuration_smaug.py, modeling_smaug.py, processing_smaug.py   copies of `smaug/hf/` (plain torch
+                         + transformers), and byte copies of the library's plain-torch modules they run:
+                         `smaug/models/{frame_tokens,frame_selection,moments}.py`, `smaug/data/frames.py`
+  processor_config.json  the AutoProcessor (`SmaugProcessor`): frames, size, decode size, mean/std
   tokenizer files        `AutoTokenizer.save_pretrained` of the run's tokenizer
   README.md              model card: usage, preprocessing, eval numbers, the training config
 
@@ -111,22 +113,25 @@ def model_card(
         "## Use",
         "```python",
         "import torch",
-        "from transformers import AutoModel, AutoTokenizer",
+        "from transformers import AutoModel, AutoProcessor",
         "model = AutoModel.from_pretrained(PATH, trust_remote_code=True).eval()  # or `import smaug.hf` first",
-        "tok = AutoTokenizer.from_pretrained(PATH)",
-        f"video = torch.zeros(2, {cfg.num_frames}, 3, {cfg.image_size}, {cfg.image_size}, dtype=torch.uint8)"
-        "  # RGB frames [B, T, 3, H, W]",
-        'text = tok(["a red circle moves left", "a blue square goes up"], return_tensors="pt", padding=True)',
+        "processor = AutoProcessor.from_pretrained(PATH, trust_remote_code=True)  # tokenizer + evaluation's frames",
+        'texts = ["a red circle moves left", "a blue square goes up"]',
+        'inputs = processor(text=texts, videos=["clip1.mp4", "clip2.mp4"])  # paths, bytes or uint8 [N, H, W, 3]',
         "with torch.no_grad():",
-        "    out = model(**text, pixel_values=video)",
-        "    match = model.get_vtm_logits(video, **text)  # video-text matching of row-aligned pairs (rerank)",
+        "    out = model(**inputs)",
+        "    match = model.get_vtm_logits(**inputs)  # video-text matching of row-aligned pairs (rerank)",
         "print(out.logits_per_text.softmax(dim=-1))  # [texts, videos]: cosine / temperature",
         "print(out.text_embeds.shape, out.video_embeds.shape, match.shape)  # L2-normalised [B, E]; [B]",
         "```",
+        "Without the processor: `AutoTokenizer.from_pretrained(PATH)` (no remote code) and `pixel_values` "
+        f"uint8 RGB `[B, {cfg.num_frames}, 3, {cfg.image_size}, {cfg.image_size}]`: "
+        '`model(**tok(texts, return_tensors="pt", padding=True), pixel_values=video)`.',
         "",
         "## Preprocessing",
         f"{pre}. Frames: the clip is cut into T equal segments and the centre frame of each is taken; "
-        "the short side is resized to the frame size, then centre-cropped. Pass uint8 RGB "
+        "the short side is resized to the frame size, then centre-cropped (the processor does exactly this, "
+        "with the toolkit's own code: `frames.py`; decoding files needs `decord`). Pass uint8 RGB "
         "`[B, T, 3, H, W]` (normalised inside the model) or already-normalised floats. "
         "Token sparsification (EViT) runs at inference too, as in training.",
         "",
@@ -144,6 +149,23 @@ def model_card(
         ]
     lines += ["## Training configuration", "```yaml", yaml.safe_dump(run_config, sort_keys=False).rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+def processor_for(cfg, run_config: dict, tokenizer):
+    """The `SmaugProcessor` of a model: its frames, size and mean/std, the run's decode size and caption
+    length (`data.decode_short_side`, null = the frame size; `data.max_text_len`)."""
+    from smaug.hf import SmaugProcessor
+
+    data = (run_config or {}).get("data") or {}
+    return SmaugProcessor(
+        tokenizer,
+        num_frames=cfg.num_frames,
+        image_size=cfg.image_size,
+        short_side=data.get("decode_short_side"),
+        mean=list(cfg.mean),
+        std=list(cfg.std),
+        max_text_len=int(data.get("max_text_len") or 32),
+    )
 
 
 def export_hf(
@@ -172,7 +194,7 @@ def export_hf(
     _save_safetensors(model.state_dict(), out / "model.safetensors", {"format": "pt", "source": ref.path})
     for f in CODE_FILES:
         shutil.copyfile(f, out / f.name)
-    AutoTokenizer.from_pretrained(tok_path).save_pretrained(str(out))
+    processor_for(cfg, run_config, AutoTokenizer.from_pretrained(tok_path)).save_pretrained(out)  # + tokenizer
     reports = []
     if eval_report:
         reports.append(("Zero-shot retrieval (tools/eval_retrieval.py)", json.loads(Path(eval_report).read_text())))

@@ -12,9 +12,14 @@ Copied as it is into every exported folder, so that
   text_encoder    transformers BERT: `bert` = embeddings + text-only layers, `fusion` = the
                   cross-attention layers used by VTM
   vision_proj / text_proj   VTC projections; frame [CLS] features are averaged over time
-  temporal_moments  (temporal_moments > 1) the order-aware part of the video embedding: moments.py,
-                  a byte copy of smaug/models/moments.py (plain torch), so it cannot drift
-  frame_selector, video_to_text, vtm_head   text-guided frame selection + VTM head
+  temporal_moments  (temporal_moments > 1) the order-aware part of the video embedding (moments.py)
+  frame_selector, video_to_text, vtm_head   text-guided frame selection (frame_selection.py) + VTM head
+
+The library's own plain-torch modules lie next to this file as byte copies, so the smaug-specific steps
+run the library's code and cannot drift: frame_tokens.py (temporal embedding at any frame count, the
+[CLS] attention row, EViT sparsification), frame_selection.py, moments.py. What is written here is the
+timm layout of the ViT blocks (timm cannot be a dependency of the export; parity tests hold it to
+timm's forward) and the BERT wiring of the text tower.
   vtc_log_temp    learned log temperature; the temperature is exp of it, clamped to [temp_min, temp_max]
 
 Interface (named as transformers' CLIP):
@@ -46,9 +51,13 @@ from transformers.utils import ModelOutput
 
 from .configuration_smaug import SmaugHFConfig
 
-try:  # an exported folder: moments.py, a byte copy of smaug/models/moments.py, lies next to this file
+try:  # an exported folder: byte copies of the library's plain-torch modules lie next to this file
+    from .frame_selection import FrameSelector
+    from .frame_tokens import cls_attention_row, num_kept, resize_time, sparsify_tokens
     from .moments import TemporalMoments
-except ImportError:  # inside the smaug package (smaug/hf/ holds no copy)
+except ImportError:  # inside the smaug package (smaug/hf/ holds no copies)
+    from smaug.models.frame_selection import FrameSelector
+    from smaug.models.frame_tokens import cls_attention_row, num_kept, resize_time, sparsify_tokens
     from smaug.models.moments import TemporalMoments
 
 
@@ -79,10 +88,7 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).reshape(M, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v)
         out = self.proj(out.transpose(1, 2).reshape(M, n, D))
-        if not cls_row:
-            return out, None
-        row = ((q[:, :, :1] * self.scale) @ k.transpose(-2, -1)).float().softmax(dim=-1)  # [M, H, 1, n]
-        return out, row.mean(dim=1).squeeze(1)[:, 1:]
+        return out, (cls_attention_row(q, k, self.scale) if cls_row else None)
 
 
 class Mlp(nn.Module):
@@ -107,29 +113,6 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
 
-def num_kept(n: int, keep_ratio: float) -> int:
-    return max(1, math.ceil(round(keep_ratio * n, 6)))
-
-
-def sparsify_tokens(x: torch.Tensor, cls_attn: torch.Tensor, ids: torch.Tensor, keep: int, mode: str):
-    """EViT: keep the top-`keep` patch tokens by [CLS] attention (input order), fuse or drop the rest.
-    ids [M, n]: each token's patch index (-1 = a fused token), kept in step -> (x, ids)."""
-    cls, patches = x[:, :1], x[:, 1:]
-    M, n, D = patches.shape
-    if keep >= n:
-        return x, ids
-    top = cls_attn.topk(keep, dim=1).indices.sort(dim=1).values
-    kept = patches.gather(1, top[..., None].expand(-1, -1, D))
-    kept_ids = ids.gather(1, top)
-    if mode == "drop":
-        return torch.cat([cls, kept], dim=1), kept_ids
-    dropped = torch.ones_like(cls_attn, dtype=torch.bool).scatter(1, top, False)
-    a = cls_attn * dropped
-    fused = (a[..., None] * patches.float()).sum(1, keepdim=True) / a.sum(1).clamp_min(1e-12)[:, None, None]
-    fused_ids = torch.full((M, 1), -1, dtype=ids.dtype, device=ids.device)
-    return torch.cat([cls, kept, fused.to(x.dtype)], dim=1), torch.cat([kept_ids, fused_ids], dim=1)
-
-
 class SmaugVideoTower(nn.Module):
     """Frames are encoded independently; time enters through the temporal embeddings."""
 
@@ -151,10 +134,7 @@ class SmaugVideoTower(nn.Module):
         self.norm = nn.LayerNorm(D, eps=vc.layer_norm_eps)
 
     def temporal(self, T: int) -> torch.Tensor:
-        te = self.temporal_embed
-        if T == te.shape[1]:
-            return te
-        return F.interpolate(te[0, :, 0].T[None], size=T, mode="linear", align_corners=False)[0].T[None, :, None]
+        return resize_time(self.temporal_embed, T)
 
     def forward(self, video: torch.Tensor):
         """video: [B, T, 3, H, W] normalised -> tokens [B, T, 1 + n_out, D] (token 0 = frame [CLS]), ids
@@ -226,24 +206,6 @@ class SmaugTextTower(nn.Module):
         return hidden
 
 
-class FrameSelector(nn.Module):
-    """Eval-time text-guided frame selection: the top-k frames by cos(Pv f_t, Pt g), in temporal order."""
-
-    def __init__(self, dim: int, k: int, temp: float):
-        super().__init__()
-        self.k, self.temp = k, temp
-        self.video_proj = nn.Linear(dim, dim)
-        self.text_proj = nn.Linear(dim, dim)
-
-    def forward(self, frame_tokens: torch.Tensor, frame_feat: torch.Tensor, text_feat: torch.Tensor) -> torch.Tensor:
-        P, T, N, D = frame_tokens.shape
-        v = F.normalize(self.video_proj(frame_feat).float(), dim=-1)
-        t = F.normalize(self.text_proj(text_feat).float(), dim=-1)
-        s = (v @ t[:, :, None]).squeeze(-1) / self.temp
-        idx = s.topk(min(self.k, T), dim=1).indices.sort(dim=1).values
-        return frame_tokens.gather(1, idx[:, :, None, None].expand(-1, -1, N, D)).flatten(1, 2)
-
-
 # ---------------------------------------------------------------------------- model
 @dataclass
 class SmaugRetrievalOutput(ModelOutput):
@@ -268,7 +230,9 @@ class SmaugHFModel(PreTrainedModel):
         self.text_encoder = SmaugTextTower(tc)
         E = config.projection_dim
         self.frame_selector = (
-            FrameSelector(E, config.select_frames, config.select_temp) if config.select_frames < vc.num_frames else None
+            FrameSelector(E, config.select_frames, config.select_temp, gumbel=False)
+            if config.select_frames < vc.num_frames
+            else None
         )
         self.vision_proj = nn.Linear(vc.hidden_size, E)
         self.temporal_moments = (
@@ -283,7 +247,8 @@ class SmaugHFModel(PreTrainedModel):
             nn.Linear(vc.hidden_size, tc.hidden_size) if vc.hidden_size != tc.hidden_size else nn.Identity()
         )
         self.vtm_head = nn.Linear(tc.hidden_size, 1)
-        self.vtc_log_temp = nn.Parameter(torch.full((1,), math.log(0.07)))  # shape [1], as in SmaugModel
+        init = float((config.pretraining or {}).get("temp_init", 0.07))  # SmaugConfig.temp_init
+        self.vtc_log_temp = nn.Parameter(torch.full((1,), math.log(init)))  # shape [1], as in SmaugModel
         self.post_init()
 
     def _init_weights(self, module):
@@ -362,7 +327,7 @@ class SmaugHFModel(PreTrainedModel):
         if self.frame_selector is None or tokens.shape[1] <= self.frame_selector.k:
             video = tokens.flatten(1, 2)
         else:
-            video = self.frame_selector(tokens, frame_embeds, text_embeds)
+            video = self.frame_selector(tokens, frame_embeds, text_embeds)[0]  # eval: top-k, temporal order
         fused = self.text_encoder.forward_fusion(hidden, attention_mask, self.video_to_text(video))
         return self.vtm_head(fused[:, 0]).squeeze(-1)
 

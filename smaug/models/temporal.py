@@ -30,18 +30,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.models.vision_transformer import Block, init_weights_vit_timm
 
-
-def resize_time(embed: torch.Tensor, T: int) -> torch.Tensor:
-    """embed: [1, T0, ..., D] learned per-frame embedding -> [1, T, ..., D], linearly interpolated over time."""
-    if embed.shape[1] == T:
-        return embed
-    rest = embed.shape[2:]
-    x = embed.reshape(embed.shape[1], -1).T[None]  # [1, prod(rest), T0]
-    x = F.interpolate(x, size=T, mode="linear", align_corners=False)[0].T  # [T, prod(rest)]
-    return x.reshape(1, T, *rest)
+from .frame_tokens import resize_time
 
 
 class TemporalEncoder(nn.Module):

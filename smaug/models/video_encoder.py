@@ -28,7 +28,6 @@ Pretrained weights load through `smaug.models.pretrained` (timm key names, stric
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -37,18 +36,13 @@ from timm.layers import LayerNorm, PatchEmbed, trunc_normal_
 from timm.models.vision_transformer import init_weights_vit_timm
 
 from .common import maybe_checkpoint, sincos_pos_embed_2d
-from .temporal import resize_time
+from .frame_tokens import num_kept, resize_time, sparsify_tokens
 from .vit_blocks import attention, bias_index, gathered_bias, layer_scale, make_block
 
 
 def num_visible(num_patches: int, mask_ratio: float) -> int:
     """Patches per frame the encoder sees after MAE masking: int(N * (1 - mask_ratio)), >= 1."""
     return max(1, int(round(num_patches * (1.0 - mask_ratio), 6)))
-
-
-def num_kept(n: int, keep_ratio: float) -> int:
-    """Top-k tokens kept out of n candidates at a sparsify layer: ceil(keep_ratio * n) (EViT), >= 1."""
-    return max(1, math.ceil(round(keep_ratio * n, 6)))
 
 
 def token_schedule(n_visible: int, depth: int, sparsify_layers, keep_ratio: float, mode: str):
@@ -87,30 +81,6 @@ def attention_with_cls_row(attn: nn.Module, x: torch.Tensor, bias: torch.Tensor 
     x: [M, n, D] (token 0 = [CLS]), bias: BEiT's gathered bias or None -> out [M, n, D], cls_attn [M, n - 1].
     """
     return attention(attn, x, bias, cls_row=True)
-
-
-def sparsify_tokens(x: torch.Tensor, cls_attn: torch.Tensor, ids: torch.Tensor, keep: int, mode: str = "fuse"):
-    """EViT token reorganisation: keep the top-`keep` tokens by [CLS] attention, fuse the rest.
-
-    x: [M, 1 + n, D] (token 0 = [CLS], kept), cls_attn: [M, n], ids: [M, n] original patch
-    index of each token (-1 = a fused token). Returns x [M, 1 + keep (+1), D], ids [M, keep (+1)].
-    mode "fuse": the dropped tokens become one token sum(a_i x_i) / sum(a_i), a = cls_attn;
-    mode "drop": they are discarded. Kept tokens stay in their input order.
-    """
-    cls, patches = x[:, :1], x[:, 1:]
-    M, n, D = patches.shape
-    if keep >= n:
-        return x, ids
-    top = cls_attn.topk(keep, dim=1).indices.sort(dim=1).values
-    kept = patches.gather(1, top[..., None].expand(-1, -1, D))
-    kept_ids = ids.gather(1, top)
-    if mode == "drop":
-        return torch.cat([cls, kept], dim=1), kept_ids
-    dropped = torch.ones_like(cls_attn, dtype=torch.bool).scatter(1, top, False)
-    a = cls_attn * dropped  # [M, n], zero on kept tokens
-    fused = (a[..., None] * patches.float()).sum(1, keepdim=True) / a.sum(1).clamp_min(1e-12)[:, None, None]
-    fused_ids = torch.full((M, 1), -1, dtype=ids.dtype, device=ids.device)
-    return torch.cat([cls, kept, fused.to(x.dtype)], dim=1), torch.cat([kept_ids, fused_ids], dim=1)
 
 
 @dataclass

@@ -32,6 +32,8 @@ from timm.layers import LayerNorm, get_act_layer
 from timm.models.beit import Block as BeitBlock
 from timm.models.vision_transformer import Block
 
+from .frame_tokens import cls_attention_row
+
 FAMILIES = ("vit", "clip", "beit")
 ACTIVATIONS = ("gelu", "quick_gelu")
 
@@ -94,10 +96,7 @@ def attention(attn: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=attn.attn_drop.p if attn.training else 0.0)
     cls_attn = None
     if cls_row:
-        logits = (q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)  # [M, H, 1, n]
-        if bias is not None:
-            logits = logits + bias[:, :, :1].to(logits.dtype)
-        cls_attn = logits.float().softmax(dim=-1).mean(dim=1).squeeze(1)[:, 1:]
+        cls_attn = cls_attention_row(q, k, attn.scale, bias)
     out = out.transpose(1, 2).reshape(M, n, -1)
     norm = getattr(attn, "norm", None)  # timm ViT's optional attention-output norm (Identity by default)
     out = attn.proj_drop(attn.proj(norm(out) if norm is not None else out))

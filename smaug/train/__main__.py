@@ -1,7 +1,5 @@
 import sys
 
-from .trainer import main, teardown_distributed
+from .trainer import cli
 
-rc = main()
-teardown_distributed()  # a CLI run ends here; in-process callers of main() keep the process group
-sys.exit(rc)
+sys.exit(cli())

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from smaug.config import ConfigError, RunConfig
 
-DS_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
+DS_DIR = Path(__file__).resolve().parents[1] / "ds_configs"  # package data (ds_configs/ at the top is a link)
 
 # ds key path -> (run-config key, getter)
 _DERIVED = {

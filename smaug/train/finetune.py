@@ -20,8 +20,6 @@ import yaml
 
 from smaug.checkpoint import CheckpointError
 
-REPO = Path(__file__).resolve().parents[2]  # smaug/train/finetune.py -> the repository: the steps' working dir
-
 
 def launcher(nproc: int) -> list[str]:
     """The interpreter, or torchrun (`python -m torch.distributed.run`) with `nproc` processes."""
@@ -31,9 +29,9 @@ def launcher(nproc: int) -> list[str]:
 
 
 def run_step(cmd: list[str], what: str) -> None:
-    """Print and run one step (unbuffered output, from the repository root); a failure ends the tool."""
+    """Print and run one step (unbuffered output, in this working directory); a failure ends the tool."""
     print(f"[finetune] {what}: {' '.join(cmd)}", flush=True)
-    r = subprocess.run(cmd, env=dict(os.environ, PYTHONUNBUFFERED="1"), cwd=REPO)
+    r = subprocess.run(cmd, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     if r.returncode != 0:
         raise SystemExit(f"finetune_retrieval: {what} failed (exit {r.returncode})")
 

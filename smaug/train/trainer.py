@@ -504,3 +504,11 @@ def main(argv=None, trainer_cls=None, config_cls=RunConfig) -> int:
         return 4
     finally:
         trainer.close()
+
+
+def cli() -> int:
+    """`python -m smaug.train` and the `smaug-train` console entry point: `main(sys.argv[1:])`, then the process
+    group ends (in-process callers of `main` keep it for their next run)."""
+    rc = main()
+    teardown_distributed()
+    return rc
