@@ -1,4 +1,4 @@
-"""Packaging: `pip install .` (a wheel, not editable) gives a smaug that trains without the repository, with
+"""Packaging: `pip install .` (not editable) gives a smaug that trains without the repository, with
 its run configs and DeepSpeed JSON as package data and the tools as console entry points; the package list
 in pyproject.toml covers the tree; constraints.txt pins what this suite runs with."""
 
@@ -7,11 +7,15 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import tomllib
 from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 from conftest import REPO, run, subprocess_env
 
@@ -66,18 +70,18 @@ def _tree_copy(dst: Path) -> Path:
 
 @pytest.mark.slow
 def test_wheel_install_trains_from_another_directory(synthetic_shards, tmp_path):
-    """Build the wheel, install it (no deps, not editable) into a new venv, and from an unrelated directory train
+    """`pip install .` (no deps, not editable) into a new venv, and from an unrelated directory train
     the quickstart config (`--config quickstart`, found in the package) for a few steps with `smaug-train`."""
     src = _tree_copy(tmp_path / "src")
-    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", tmp_path / "whl", src])
-    (wheel,) = (tmp_path / "whl").glob("smaug-*.whl")
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", "--without-pip", venv])
     py = venv / "bin" / "python"
     # the new venv takes its dependencies (torch, deepspeed, ...) from this one, read-only, through PYTHONPATH;
     # smaug itself is installed editable there, which takes effect only through that venv's own .pth files
     env = subprocess_env(PYTHONPATH=sysconfig.get_paths()["purelib"])
-    run([sys.executable, "-m", "pip", "--python", py, "install", "-q", "--no-deps", "--no-index", wheel], env=env)
+    # `pip install .` (not editable) of a fresh clone's files, with this venv's setuptools as the build backend
+    pip = [sys.executable, "-m", "pip", "--python", py, "install", "-q", "--no-deps", "--no-index"]
+    run([*pip, "--no-build-isolation", "."], cwd=src, env=env)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     probe = "import smaug, smaug_tools, smaug.train.ds_config as d; print(smaug.__file__); print(d.DS_DIR)"
