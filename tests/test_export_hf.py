@@ -271,6 +271,7 @@ def test_hf_folder_loads_back_into_smaug(exported, ckpt_w1):
         ({}, 6),  # a frame count other than training's: the temporal embedding is interpolated
         ({"temporal_moments": 1, "moments_xy": False, "moments_centroid": False}, 4),
         ({"temporal_moments": 3, "moments_centroid": False}, 5),
+        ({"moments_weight": 1.0}, 4),  # the moments' share: the config's, in both models
     ],
 )
 def test_hf_model_computes_what_smaug_computes(variant, frames):

@@ -175,3 +175,15 @@ def test_export_takes_moments_and_refuses_temporal_blocks():
     check_exportable(SmaugConfig.preset("tiny", temporal_moments=2, moments_xy=True, moments_centroid=True))
     with pytest.raises(ExportError, match="temporal_layers=1"):
         check_exportable(SmaugConfig.preset("tiny", temporal_layers=1))
+
+
+def test_moments_take_the_configs_weight_and_grid():
+    """`moments_weight` and the patch grid reach the module from the config (the weight used to stay at its
+    default 0.5 in training while the HF export read the config's)."""
+    from smaug.models import SmaugModel
+
+    cfg = SmaugConfig.preset("tiny", temporal_moments=2, moments_centroid=True, moments_weight=0.25)
+    tm = SmaugModel(cfg).temporal_moments
+    assert tm.weight == 0.25 and tm.grid == cfg.image_size // cfg.patch_size
+    with pytest.raises(ValueError, match="grid"):
+        type(tm)(8, 8, 2, centroid=True)

@@ -237,7 +237,13 @@ class SmaugHFModel(PreTrainedModel):
         self.vision_proj = nn.Linear(vc.hidden_size, E)
         self.temporal_moments = (
             TemporalMoments(
-                vc.hidden_size, E, vc.temporal_moments, vc.moments_xy, vc.moments_centroid, vc.moments_weight
+                vc.hidden_size,
+                E,
+                vc.temporal_moments,
+                vc.moments_xy,
+                vc.moments_centroid,
+                vc.moments_weight,
+                vc.image_size // vc.patch_size,
             )
             if vc.temporal_moments > 1
             else None
@@ -283,9 +289,7 @@ class SmaugHFModel(PreTrainedModel):
         if self.temporal_moments is None:
             video = cls.mean(1)
         else:  # the mean of frames + their moments over time (moments.py)
-            video = self.temporal_moments.embed(
-                cls, tokens, ids, self.config.vision_config.image_size // self.config.vision_config.patch_size
-            )
+            video = self.temporal_moments.embed(cls, tokens, ids)
         return tokens, F.normalize(video, dim=-1), F.normalize(cls, dim=-1)
 
     def encode_text(

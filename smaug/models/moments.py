@@ -96,9 +96,15 @@ class TemporalMoments(nn.Module):
         spatial: bool = False,
         centroid: bool = False,
         weight: float = 0.5,
+        grid: int = 0,
     ):
         super().__init__()
+        if (spatial or centroid) and grid < 1:
+            raise ValueError(
+                "TemporalMoments: spatial moments and the saliency centroid need `grid` (patches per side)"
+            )
         self.moments = moments
+        self.grid = grid  # patches per side of a frame (image_size // patch_size): where each patch token sits
         self.weight = weight  # the moments' share of the embedding: unit(mean) + at most weight * unit(moments)
         self.spatial = spatial  # also the moments of `spatial_moments` (where things go, read from the patch tokens)
         self.centroid = centroid  # also the moments of `saliency_centroid` (where the salient part goes)
@@ -120,10 +126,10 @@ class TemporalMoments(nn.Module):
             m = torch.cat([m, 4.0 * torch.einsum("kt,btc->bkc", w, centre).flatten(1)], dim=1)
         return self.proj(m)
 
-    def embed(self, frame_feat: torch.Tensor, tokens: torch.Tensor, ids: torch.Tensor, grid: int) -> torch.Tensor:
+    def embed(self, frame_feat: torch.Tensor, tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """The unnormalised clip embedding [B, E]: frame_feat [B, T, E] the projected frame [CLS], tokens
-        [B, T, 1 + n, Dv] the encoder's output tokens, ids [B, T, n] their patch index (-1 = fused), grid the
-        patches per side.
+        [B, T, 1 + n, Dv] the encoder's output tokens, ids [B, T, n] their patch index (-1 = fused) on the
+        `grid` x `grid` patch layout.
 
         The mean on the unit sphere, the moments at most `weight` long (eps=1: x / max(|x|, 1), so a static
         clip's ~0 moments stay ~0): appearance keeps most of the embedding (added raw, the reversal term grew
@@ -132,7 +138,7 @@ class TemporalMoments(nn.Module):
         reshaped the per-frame features and colour fell to chance: quickstart, 300 steps, motion 76.5%,
         colour 32%; detached: motion 99.5%)."""
         patches = tokens[:, :, 1:].detach()
-        xy = spatial_moments(patches, ids, grid) if self.spatial else None
-        centre = saliency_centroid(patches, ids, grid) if self.centroid else None
+        xy = spatial_moments(patches, ids, self.grid) if self.spatial else None
+        centre = saliency_centroid(patches, ids, self.grid) if self.centroid else None
         motion = self(tokens[:, :, 0].detach(), xy, centre)
         return F.normalize(frame_feat.mean(1), dim=-1) + self.weight * F.normalize(motion, dim=-1, eps=1.0)

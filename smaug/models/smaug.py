@@ -301,7 +301,15 @@ class SmaugModel(nn.Module):
         )
         self.vision_proj = nn.Linear(cfg.vision_width, cfg.embed_dim)
         self.temporal_moments = (
-            TemporalMoments(cfg.vision_width, cfg.embed_dim, cfg.temporal_moments, cfg.moments_xy, cfg.moments_centroid)
+            TemporalMoments(
+                cfg.vision_width,
+                cfg.embed_dim,
+                cfg.temporal_moments,
+                cfg.moments_xy,
+                cfg.moments_centroid,
+                cfg.moments_weight,
+                cfg.image_size // cfg.patch_size,
+            )
             if cfg.temporal_moments > 1
             else None
         )
@@ -396,8 +404,7 @@ class SmaugModel(nn.Module):
         if self.temporal_moments is None:
             return frame_feat.mean(1)
         B, T = tokens.shape[:2]
-        grid = self.config.image_size // self.config.patch_size
-        return self.temporal_moments.embed(frame_feat, tokens, enc.ids.view(B, T, -1), grid)
+        return self.temporal_moments.embed(frame_feat, tokens, enc.ids.view(B, T, -1))
 
     def encode_video(self, video: torch.Tensor):
         """-> frame_tokens [B, T, 1 + n, Dv], video_feat [B, E], frame_feat [B, T, E] (normalised)."""
