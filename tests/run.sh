@@ -3,6 +3,8 @@
 # ruff format --check, config in pyproject.toml), then pytest; prints the suite's wall time.
 #   bash tests/run.sh [pytest args]        e.g. bash tests/run.sh -k loader -x
 #   SMAUG_SKIP_LINT=1 bash tests/run.sh    pytest only
+#   SMAUG_TEST_WORKERS=N                   pytest-xdist workers (default 2, one per core of the CI machine;
+#                                          0 = one process). Each worker builds the session fixtures once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . launch/setup_env.sh
@@ -14,6 +16,6 @@ if [ -z "${SMAUG_SKIP_LINT:-}" ]; then
 fi
 start=$SECONDS
 rc=0
-python -m pytest -q tests --durations=10 "$@" || rc=$?
+python -m pytest -q tests -n "${SMAUG_TEST_WORKERS:-2}" --durations=10 "$@" || rc=$?
 echo "[ci] pytest wall time: $((SECONDS - start)) s (exit $rc)"
 exit $rc

@@ -519,6 +519,13 @@ def test_processor_prepares_clips_and_captions_exactly_as_evaluation(exported, t
     px = proc(videos=[str(tmp_path / v) for v, _ in rows])["pixel_values"]
     norm = proc(videos=[str(tmp_path / v) for v, _ in rows], do_normalize=True)["pixel_values"]
     assert torch.equal(model.normalize_video(px), norm)
+    # each half of the processor's output goes straight into the CLIP-style feature methods
+    with torch.no_grad():
+        out = model(**proc(text=caps[:2], videos=[str(tmp_path / v) for v, _ in rows]))
+        v = model.get_video_features(**proc(videos=[str(tmp_path / v) for v, _ in rows], do_normalize=True))
+        t = model.get_text_features(**proc(text=caps[:2]))
+    torch.testing.assert_close(v, out.video_embeds, atol=1e-6, rtol=0)
+    torch.testing.assert_close(t, out.text_embeds, atol=1e-6, rtol=0)
     # save / load round trip
     proc.save_pretrained(tmp_path / "saved")
     back = SmaugProcessor.from_pretrained(tmp_path / "saved")
