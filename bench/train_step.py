@@ -20,7 +20,9 @@ the same batch. `--skeleton` keeps every parameter tensor of the preset but shri
 frames until FLOPs vanish: the step is then host time, so engine minus bare is DeepSpeed's
 per-parameter host cost (measurable on a CPU). `--interleave N` builds the SMAUG engine, bare
 and the variants first and steps them round-robin N rounds (medians): the only fair comparison
-on a host whose speed drifts, such as a shared VM. Results of H100 runs: bench/results/.
+on a host whose speed drifts, such as a shared VM. `--count-ops` counts the ops the DeepSpeed engine itself
+dispatches per step, with DeepSpeed's own per-tensor methods and with smaug.train.engine_ops (what the
+trainer installs). Results of H100 runs: bench/results/.
 `--json FILE` writes every number.
 """
 
@@ -152,9 +154,10 @@ def merged(base: dict, patch: dict) -> dict:
     return out
 
 
-def engine_step(cfg, device, batch_size, ds_patch: dict | None = None):
+def engine_step(cfg, device, batch_size, ds_patch: dict | None = None, multi_tensor: bool = True):
     import deepspeed
 
+    from smaug.train import engine_ops
     from smaug.train.ds_config import build_ds_config
     from smaug.train.optim import param_groups
 
@@ -162,6 +165,11 @@ def engine_step(cfg, device, batch_size, ds_patch: dict | None = None):
     mcfg, model = build_model(cfg, device)
     ds = build_ds_config(cfg, world_size=1, device=device.type)
     ds = merged(ds, ds_patch or {})
+    # as the trainer: the multi-tensor grad norm and bucket copy (multi_tensor=False: DeepSpeed's own methods)
+    if multi_tensor:
+        engine_ops.install()
+    else:
+        engine_ops.uninstall()
     engine, *_ = deepspeed.initialize(
         model=model, model_parameters=param_groups(model, cfg.optim.weight_decay), config=ds
     )
@@ -312,6 +320,73 @@ def built(kind: str, cfg, device, batch_size: int, ds_patch: dict | None = None)
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+VIEW_OPS = {
+    "view",
+    "t",
+    "transpose",
+    "expand",
+    "detach",
+    "as_strided",
+    "_unsafe_view",
+    "alias",
+    "slice",
+    "select",
+    "unsqueeze",
+    "squeeze",
+    "permute",
+    "reshape",
+}  # metadata only: no kernel, not counted
+
+
+def count_engine_ops(cfg, device, batch_size: int, ds_patch: dict | None = None, multi_tensor: bool = True) -> dict:
+    """The ops DeepSpeed itself dispatches in one training step (after a warm-up step): every non-view aten op
+    whose innermost smaug / bench / DeepSpeed stack frame is DeepSpeed's, except engine.backward running
+    autograd (the model's own backward). -> {"ops", "tensors", "per_tensor", "by_site": {"file:function:op": n}}."""
+    from collections import Counter
+
+    import deepspeed
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import smaug
+
+    def prefix(module) -> str:  # a package's folder by path, not a substring (a clone may be named smaug)
+        return os.path.dirname(os.path.realpath(module.__file__)) + os.sep
+
+    own, ds = (prefix(smaug), os.path.dirname(os.path.realpath(__file__)) + os.sep), prefix(deepspeed)
+    real = functools.lru_cache(maxsize=None)(os.path.realpath)
+
+    class EngineOps(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.count = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            op = str(func.overloadpacket).removeprefix("aten.")
+            if op not in VIEW_OPS:
+                for f in reversed(traceback.extract_stack()[:-2]):
+                    path = real(f.filename)
+                    if path.startswith(own):
+                        break  # the model's forward, or its backward run by autograd
+                    if path.startswith(ds):
+                        if not f.filename.endswith(("engine.py", "nvtx.py")):  # engine.backward: autograd
+                            self.count[f"{os.path.basename(f.filename)}:{f.name}:{op}"] += 1
+                        break
+            return func(*args, **(kwargs or {}))
+
+    _, engine, step = engine_step(cfg, device, batch_size, ds_patch, multi_tensor)
+    try:
+        step()
+        mode = EngineOps()
+        with mode:
+            step()
+        tensors = sum(1 for p in engine.module.parameters() if p.requires_grad)
+        ops = sum(mode.count.values())
+        return {"ops": ops, "tensors": tensors, "per_tensor": ops / tensors, "by_site": dict(mode.count.most_common())}
+    finally:
+        del engine, step
+        gc.collect()
 
 
 def measure(kind, cfg, device, batch_size, args, ds_patch: dict | None = None) -> dict:
@@ -496,6 +571,12 @@ def main(argv=None) -> int:
         action="store_true",
         help="also time the SMAUG engine with other DeepSpeed settings at --batch (ENGINE_VARIANTS)",
     )
+    p.add_argument(
+        "--count-ops",
+        action="store_true",
+        help="only: ops the DeepSpeed engine dispatches per step, SMAUG and dense, with DeepSpeed's own "
+        "per-tensor methods and with smaug.train.engine_ops (CPU is enough: use --skeleton)",
+    )
     p.add_argument("--json", default=None, help="write all numbers here")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -508,6 +589,23 @@ def main(argv=None) -> int:
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.mem_limit_gib * 2**30 / total))
     peak = measure_matmul_tflops(device, n=8192 if cuda else 512, iters=20 if cuda else 3, warmup=3)
     print(f"device: {name}; measured {'bf16' if device.type == 'cuda' else 'fp32'} matmul {peak:.1f} TFLOP/s")
+    if args.count_ops:
+        counts = {}
+        for cfg_name, dense in (("smaug", False), ("dense", True)):
+            for variant in ("deepspeed", "engine_ops"):
+                c = count_engine_ops(run_config(args, dense), device, args.batch, multi_tensor=variant == "engine_ops")
+                counts[f"{cfg_name}/{variant}"] = c
+                print(
+                    f"engine ops per step, {cfg_name:5} {variant:10}: {c['ops']:6d} "
+                    f"({c['per_tensor']:.2f} per parameter tensor, {c['tensors']} tensors)",
+                    flush=True,
+                )
+        for cfg_name in ("smaug", "dense"):
+            a, b = counts[f"{cfg_name}/deepspeed"]["ops"], counts[f"{cfg_name}/engine_ops"]["ops"]
+            print(f"{cfg_name}: {a / b:.1f}x fewer engine ops per step with smaug.train.engine_ops", flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"device": name, "engine_ops": counts}, indent=2) + "\n")
+        return 0
     if args.interleave:
         med = interleaved(args, device, args.interleave)
         if args.json:

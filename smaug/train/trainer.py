@@ -26,6 +26,7 @@ from smaug import checkpoint as ckpt
 from smaug.config import ConfigError, RunConfig, load_config, model_config, save_resolved
 from smaug.dist import init_distributed, world
 
+from . import engine_ops
 from .ds_config import build_ds_config, save_ds_config
 from .monitor import LOG, Monitor, device_peak_tflops, setup_logging
 from .optim import make_scheduler, param_groups
@@ -139,6 +140,7 @@ class Trainer:
         found = ckpt.find_resume(self.out, cfg.ckpt.resume)
         model = self.build_model(found)
         model.set_grad_checkpointing(cfg.model.grad_checkpointing)
+        engine_ops.install()  # multi-tensor gradient-clipping norm (smaug/train/engine_ops.py)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model,
             model_parameters=param_groups(model, cfg.optim.weight_decay),
