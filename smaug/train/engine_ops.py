@@ -3,13 +3,13 @@ bench before `deepspeed.initialize` (`install()`; `ds_configs/README.md` documen
 
 ZeRO-1/2's gradient-clipping norm (`DeepSpeedZeroOptimizer.get_grad_norm_direct`) casts every gradient to
 the norm dtype (fp64) and takes its norm, one tensor at a time: two dispatched ops per parameter tensor every
-step (422 of the 735 ops the engine adds to a tiny-preset step, 898 for the 449 tensors of SMAUG base), each a
-kernel launch on a GPU. `grad_norm_direct` below computes the same per-tensor norms in the same dtype with one
+step (424 of the 735 ops the engine adds to a tiny-preset step of 211 tensors), each a kernel launch on a GPU. `grad_norm_direct` below computes the same per-tensor norms in the same dtype with one
 `torch._foreach_norm(..., dtype=)`, then the same reduction; everything else of DeepSpeed's method is kept
 (the L2 case only: other norm types go to DeepSpeed's own code). The reduced gradient bucket is copied back
 into the gradients one tensor at a time (`allreduce_and_copy`: one more op per tensor, 211 of the remaining
-303); `allreduce_and_copy` below does it with one `torch._foreach_copy_`. Together: 735 -> ~90 ops the engine
-adds to a tiny-preset step, a number that no longer grows with the parameter count. Upstream-style patches
+303); `allreduce_and_copy` below does it with one `torch._foreach_copy_`. Together: 735 -> 92 ops the engine
+adds to a tiny-preset step and 1,449 -> 92 for SMAUG base (449 tensors): no longer growing with the parameter
+count (`python bench/train_step.py --device cpu --preset base --skeleton --precision bf16 --count-ops`). Upstream-style patches
 of two methods, checked against the DeepSpeed version they were written for: another version keeps
 DeepSpeed's methods and says so.
 """
@@ -21,7 +21,7 @@ import logging
 import torch
 
 LOG = logging.getLogger("smaug")
-WRITTEN_FOR = ("0.19.",)  # DeepSpeed releases whose get_grad_norm_direct this replaces line for line
+WRITTEN_FOR = ("0.19.",)  # DeepSpeed releases whose two methods these replace line for line
 
 
 def grad_norm_direct(self, gradients, params, norm_type=2):
