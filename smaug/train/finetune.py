@@ -5,8 +5,9 @@
 
 `args` is the tool's argparse namespace; the names read are the options both tools have (--init, --out,
 --tokenizer, --nproc, --config, the trailing key=value overrides). Every step runs in its own process (the
-trainer under torchrun with --nproc > 1, from the repository root); importing this module loads neither the
-trainer nor DeepSpeed.
+trainer under torchrun with --nproc > 1, the other tools as `python -m smaug_tools.<tool>`), in the caller's
+working directory, so relative paths mean what they meant to the caller; importing this module loads neither
+the trainer nor DeepSpeed.
 """
 
 from __future__ import annotations
