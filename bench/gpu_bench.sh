@@ -49,7 +49,7 @@ else
   # 64 clips both configs (engine + bare), each config's largest micro-batch within 80 GiB (the
   # issue's card size, also on an H200), the SMAUG engine under other ZeRO settings, then profiles
   # of all of them (last: a profiler session slows what is timed after it)
-  ARGS=(--device cuda --preset base --batch 64 --steps 20 --warmup 5 --max-batch --mem-limit-gib 80)
+  ARGS=(--device cuda --preset base --batch 64 --steps 20 --warmup 5 --max-batch --mem-limit-gib 80 --dense-1f)
 fi
 # one profiles.txt, not a file per path: a device call brings back only a few files
 timeout 360 "$PY" bench/train_step.py "${ARGS[@]}" --profile "$OUT" --engine-variants \

@@ -22,7 +22,8 @@ per-parameter host cost (measurable on a CPU). `--interleave N` builds the SMAUG
 and the variants first and steps them round-robin N rounds (medians): the only fair comparison
 on a host whose speed drifts, such as a shared VM. `--count-ops` counts the ops the DeepSpeed engine itself
 dispatches per step, with DeepSpeed's own per-tensor methods and with smaug.train.engine_ops (what the
-trainer installs). Results of H100 runs: bench/results/.
+trainer installs). `--dense-1f` adds the dense model on one frame per clip (Singularity pre-trains on one
+frame) and prints SMAUG's ratios against it too. Results of H100 runs: bench/results/.
 `--json FILE` writes every number.
 """
 
@@ -75,7 +76,20 @@ def precision(args) -> str:
     return p if p != "auto" else ("bf16" if args.device == "cuda" else "fp32")
 
 
-def run_config(args, dense: bool):
+CONFIGS = {  # name -> (dense, frames; None = --frames)
+    "smaug": (False, None),
+    "dense": (True, None),
+    "dense_1f": (True, 1),  # --dense-1f: the dense model on one frame per clip, as Singularity pre-trains
+}
+
+
+def named_config(args, name: str):
+    """`run_config` of a CONFIGS entry."""
+    dense, frames = CONFIGS[name]
+    return run_config(args, dense, frames)
+
+
+def run_config(args, dense: bool, frames: int | None = None):
     """The trainer's own RunConfig, so the engine here is configured exactly as in training."""
     from smaug.config import load_config
 
@@ -83,7 +97,7 @@ def run_config(args, dense: bool):
         f"model.preset={args.preset}",
         f"model.dense={str(dense).lower()}",
         f"model.grad_checkpointing={str(args.grad_ckpt).lower()}",
-        f"data.num_frames={args.frames}",
+        f"data.num_frames={frames or args.frames}",
         f"data.batch_size={args.batch}",
         "data.train_shards=unused",
         # throughput of random weights (the step costs the same); the vocabulary is BERT-base's, never loaded
@@ -577,6 +591,12 @@ def main(argv=None) -> int:
         help="only: ops the DeepSpeed engine dispatches per step, SMAUG and dense, with DeepSpeed's own "
         "per-tensor methods and with smaug.train.engine_ops (CPU is enough: use --skeleton)",
     )
+    p.add_argument(
+        "--dense-1f",
+        action="store_true",
+        help="also the dense model on ONE frame per clip (Singularity pre-trains on one frame): timed at "
+        "--batch (and at its largest batch with --max-batch), SMAUG/dense_1f ratios printed",
+    )
     p.add_argument("--json", default=None, help="write all numbers here")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -617,9 +637,9 @@ def main(argv=None) -> int:
         "preset": args.preset,
         "frames": args.frames,
         "mem_limit_gib": args.mem_limit_gib if cuda else None,
-        "runs": {"smaug": {}, "dense": {}},
+        "runs": {"smaug": {}, "dense": {}, **({"dense_1f": {}} if args.dense_1f else {})},
     }
-    configs = (("smaug", False), ("dense", True))
+    configs = [c for c in CONFIGS if c in res["runs"]]
     print(
         f"\n{'config':8} {'path':28} {'batch':>5} {'ms/step':>9} {'clips/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>9}",
         flush=True,
@@ -658,30 +678,32 @@ def main(argv=None) -> int:
 
     # most important first: the same-batch ratio, then engine vs bare, the best-batch ratio, variants
     paths = [tuple(x.split(":")) for x in args.paths.split(",") if x]
+    if args.dense_1f and ("dense_1f", "engine") not in paths:
+        paths.append(("dense_1f", "engine"))
     for cfg_name, path in paths:
-        if path not in ("engine", "bare") or cfg_name not in ("smaug", "dense"):
-            p.error(f"--paths: {cfg_name}:{path} is not config:path with config smaug|dense, path engine|bare")
+        if path not in ("engine", "bare") or cfg_name not in configs:
+            p.error(f"--paths: {cfg_name}:{path} is not config:path with config {'|'.join(configs)}, path engine|bare")
     paths = [(c, k) for c, k in paths if not (k == "bare" and args.no_bare)]
     for cfg_name, path in paths:
-        attempt(cfg_name, path, lambda: measure(path, run_config(args, cfg_name == "dense"), device, args.batch, args))
+        attempt(cfg_name, path, lambda: measure(path, named_config(args, cfg_name), device, args.batch, args))
     if args.max_batch and device.type == "cuda":
-        for cfg_name, dense in configs:
+        for cfg_name in configs:
 
             def best():
                 same = res["runs"][cfg_name].get("engine")
                 est = estimate_max_batch(same, args.mem_limit_gib) if same else 0
                 print(f"  {cfg_name}: memory model estimate {est} clips within {args.mem_limit_gib:g} GiB", flush=True)
                 mb = (
-                    largest_batch(run_config(args, dense), device, est, args, grow=1.15)
+                    largest_batch(named_config(args, cfg_name), device, est, args, grow=1.15)
                     if est >= 8
-                    else largest_batch(run_config(args, dense), device, args.batch, args)
+                    else largest_batch(named_config(args, cfg_name), device, args.batch, args)
                 )
                 print(f"  {cfg_name}: largest micro-batch within {args.mem_limit_gib:g} GiB: {mb}", flush=True)
                 for _ in range(3):  # a longer timed run can still outgrow the probe: back off by ~3%
                     if mb < 8:
                         raise RuntimeError(f"not even 8 clips fit in {args.mem_limit_gib:g} GiB")
                     try:
-                        return measure("engine", run_config(args, dense), device, mb, args)
+                        return measure("engine", named_config(args, cfg_name), device, mb, args)
                     except torch.cuda.OutOfMemoryError:  # the next measure() frees this one's memory
                         mb -= max(8, mb // 32 // 8 * 8)
                         print(f"  {cfg_name}: the timed run did not fit; retrying at {mb}", flush=True)
@@ -706,7 +728,7 @@ def main(argv=None) -> int:
                 f"{cfg_name}/{path}/profile",
                 lambda: profile_path(
                     path.removesuffix("_max"),
-                    run_config(args, cfg_name == "dense"),
+                    named_config(args, cfg_name),
                     device,
                     batch,
                     args,
@@ -717,10 +739,11 @@ def main(argv=None) -> int:
                 res["runs"][cfg_name][path]["profile"] = pr
         save()
     rs, rd = res["runs"]["smaug"], res["runs"]["dense"]
-    if "engine" in rs and "engine" in rd:
-        res["ratio_same_batch"] = rs["engine"]["clips_per_s"] / rd["engine"]["clips_per_s"]
-    if "engine_max" in rs and "engine_max" in rd:
-        res["ratio_best_batch"] = rs["engine_max"]["clips_per_s"] / rd["engine_max"]["clips_per_s"]
+    for suffix, ref in (("", rd), ("_1f", res["runs"].get("dense_1f", {}))):  # against dense at --frames / 1 frame
+        if "engine" in rs and "engine" in ref:
+            res[f"ratio_same_batch{suffix}"] = rs["engine"]["clips_per_s"] / ref["engine"]["clips_per_s"]
+        if "engine_max" in rs and "engine_max" in ref:
+            res[f"ratio_best_batch{suffix}"] = rs["engine_max"]["clips_per_s"] / ref["engine_max"]["clips_per_s"]
     if args.profile:
         print(
             f"\nprofile at batch {args.batch}, engine_max at the largest batch (ms per step; tables in "
@@ -759,6 +782,17 @@ def main(argv=None) -> int:
         print(
             f"SMAUG/dense clips/s, best batch each ({rs['engine_max']['batch']} vs {rd['engine_max']['batch']}): "
             f"{res['ratio_best_batch']:.2f}x"
+        )
+    if "ratio_same_batch_1f" in res:
+        print(
+            f"SMAUG ({args.frames} frames)/dense (1 frame) clips/s, same batch {args.batch}: "
+            f"{res['ratio_same_batch_1f']:.2f}x"
+        )
+    if "ratio_best_batch_1f" in res:
+        r1 = res["runs"]["dense_1f"]["engine_max"]["batch"]
+        print(
+            f"SMAUG ({args.frames} frames)/dense (1 frame) clips/s, best batch each ({rs['engine_max']['batch']} "
+            f"vs {r1}): {res['ratio_best_batch_1f']:.2f}x"
         )
     if not args.no_bare:
         for cfg_name, r in res["runs"].items():

@@ -110,6 +110,18 @@ def test_memory_model_estimate_is_close_and_conservative():
     assert train_step.estimate_max_batch({**run, "peak_gib": 4.0}, 80.0) == 0  # no per-clip memory seen: no estimate
 
 
+def test_dense_single_frame_reference(tmp_path):
+    """--dense-1f: the dense model on one frame per clip (Singularity's pre-training), timed at the same batch,
+    with SMAUG's ratio against it next to the ratio against dense at --frames."""
+    out = tmp_path / "d1.json"
+    args = "--preset tiny --batch 2 --steps 1 --warmup 1 --dense-1f".split()
+    r = train_step_bench(*args, "--paths", "smaug:engine,dense:engine", "--json", out)
+    res = json.loads(out.read_text())
+    assert set(res["runs"]) == {"smaug", "dense", "dense_1f"} and res["runs"]["dense_1f"]["engine"]["batch"] == 2
+    assert res["ratio_same_batch"] > 0 and res["ratio_same_batch_1f"] > 0
+    assert "dense (1 frame) clips/s, same batch 2" in r.stdout
+
+
 def test_train_step_bench_skeleton_cpu(tmp_path):
     """--skeleton: the base preset's parameter tensors at negligible FLOPs, bf16, on CPU (host cost)."""
     out = tmp_path / "skel.json"
