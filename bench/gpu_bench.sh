@@ -4,6 +4,9 @@
 #   optionally shards/synthetic + data/synthetic/tokenizer (from launch/quickstart.sh) for a short
 #   run of the real trainer on the GPU (~41 MiB in all, under the 64 MiB carry limit)
 #   command: bash bench/gpu_bench.sh        (writes $OUT/*.json, logs and profile tables)
+#            bash bench/gpu_bench.sh compiled   (a second call: eager and train.compile=$COMPILE_MODE, default
+#            "default", SMAUG and dense, engine and bare, at --batch and at each config's largest batch, side by
+#            side; no profiles, no trainer run: compiling the base model's six regions takes ~1 min a config)
 # Builds nothing but DeepSpeed's FusedAdam JIT op (~40 s). Order: our bench first (the targets),
 # then the bare peer rendition at the same batch in the same call, so ratios share the machine,
 # then the trainer. Timeouts (360 + 60 + 90 s) keep the call under the device's 600 s limit;
@@ -12,6 +15,8 @@
 #       the same script on CPU in an env that has everything (tiny preset, a few steps): checks
 #       every phase before spending GPU time (not the cp312 wheels themselves)
 set -uo pipefail
+PHASE="${1:-eager}"
+case "$PHASE" in eager|compiled) ;; *) echo "usage: bash bench/gpu_bench.sh [eager|compiled]"; exit 2 ;; esac
 OUT="${OUT:-/tmp/smaug-gpu}"; mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
 SITE="${SITE:-/tmp/site}"
@@ -50,6 +55,17 @@ else
   # issue's card size, also on an H200), the SMAUG engine under other ZeRO settings, then profiles
   # of all of them (last: a profiler session slows what is timed after it)
   ARGS=(--device cuda --preset base --batch 64 --steps 20 --warmup 5 --max-batch --mem-limit-gib 80 --dense-1f)
+fi
+if [ "$PHASE" = compiled ]; then
+  # eager first (the reference), then the largest batches, then the same compiled: each number is saved as it
+  # is measured, so a call cut short by the 600 s limit still reports what it reached
+  if [ "${GPU_BENCH_DRYRUN:-0}" = 1 ]; then C=(--paths smaug:engine,dense:engine --compile-backend aot_eager)
+  else C=(--paths smaug:engine,dense:engine,smaug:bare,dense:bare --steps 10 --warmup 3); fi
+  A=(); for a in "${ARGS[@]}"; do [ "$a" = --dense-1f ] || A+=("$a"); done  # 1 frame: the first call's
+  timeout 540 "$PY" bench/train_step.py "${A[@]}" "${C[@]}" --compile "${COMPILE_MODE:-default}" \
+    --json "$OUT/train_step_compiled.json" 2>&1 | grep -v '^\[20' | tee "$OUT/train_step_compiled.log"
+  echo "train_step (compiled) exit ${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"
+  exit 0
 fi
 # one profiles.txt, not a file per path: a device call brings back only a few files
 timeout 360 "$PY" bench/train_step.py "${ARGS[@]}" --profile "$OUT" --engine-variants \

@@ -45,7 +45,7 @@ import torch
 from torch.profiler import record_function
 
 from smaug.train.monitor import measure_matmul_tflops
-from smaug.train.trainer import setup_distributed, step_flags
+from smaug.train.trainer import compile_model, setup_distributed, step_flags
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,14 +83,15 @@ CONFIGS = {  # name -> (dense, frames; None = --frames)
 }
 
 
-def named_config(args, name: str):
+def named_config(args, name: str, compiled: bool = False):
     """`run_config` of a CONFIGS entry."""
     dense, frames = CONFIGS[name]
-    return run_config(args, dense, frames)
+    return run_config(args, dense, frames, compiled)
 
 
-def run_config(args, dense: bool, frames: int | None = None):
-    """The trainer's own RunConfig, so the engine here is configured exactly as in training."""
+def run_config(args, dense: bool, frames: int | None = None, compiled: bool = False):
+    """The trainer's own RunConfig, so the engine here is configured exactly as in training; `compiled`: with
+    train.compile = --compile (else none)."""
     from smaug.config import load_config
 
     ov = [
@@ -105,6 +106,7 @@ def run_config(args, dense: bool, frames: int | None = None):
         "model.tokenizer=bert-base-uncased",
         f"train.precision={precision(args)}",
         f"train.device={args.device}",
+        f"train.compile={args.compile if compiled else 'none'}",
     ]
     if args.preset == "tiny":
         ov.append("data.image_size=112")
@@ -168,7 +170,9 @@ def merged(base: dict, patch: dict) -> dict:
     return out
 
 
-def engine_step(cfg, device, batch_size, ds_patch: dict | None = None, multi_tensor: bool = True):
+def engine_step(
+    cfg, device, batch_size, ds_patch: dict | None = None, multi_tensor: bool = True, backend: str = "inductor"
+):
     import deepspeed
 
     from smaug.train import engine_ops
@@ -187,6 +191,7 @@ def engine_step(cfg, device, batch_size, ds_patch: dict | None = None, multi_ten
     engine, *_ = deepspeed.initialize(
         model=model, model_parameters=param_groups(model, cfg.optim.weight_decay), config=ds
     )
+    compile_model(engine.module, cfg, backend)  # as the trainer: after the engine's bf16 cast (train.compile)
     batch = make_batch(mcfg, batch_size, 32, device)
 
     def step():  # as Trainer.train_step: forward, the non-finite/preemption flags (one sync), backward, step
@@ -201,7 +206,7 @@ def engine_step(cfg, device, batch_size, ds_patch: dict | None = None, multi_ten
     return mcfg, engine, step
 
 
-def bare_step(cfg, device, batch_size):
+def bare_step(cfg, device, batch_size, backend: str = "inductor"):
     cfg.data.batch_size = batch_size
     mcfg, model = build_model(cfg, device)
     model.to(device)
@@ -213,6 +218,7 @@ def bare_step(cfg, device, batch_size):
         betas=tuple(cfg.optim.betas),
         fused=device.type == "cuda",
     )
+    compile_model(model, cfg, backend)
     batch = make_batch(mcfg, batch_size, 32, device)
     use_amp = cfg.train.precision == "bf16"  # the engine holds bf16 weights; bare autocasts fp32 weights
 
@@ -318,15 +324,15 @@ def profile_step(step, device, steps: int, out_dir: Path, name: str) -> dict:
 
 
 @contextlib.contextmanager
-def built(kind: str, cfg, device, batch_size: int, ds_patch: dict | None = None):
+def built(kind: str, cfg, device, batch_size: int, ds_patch: dict | None = None, backend: str = "inductor"):
     """(model or engine, step) of one path; freed on exit, also after an OOM, so the next
-    measurement starts from an empty device."""
+    measurement starts from an empty device. backend: torch.compile's, when cfg.train.compile is set."""
     holder = step = None
     try:
         if kind == "engine":
-            _, holder, step = engine_step(cfg, device, batch_size, ds_patch)
+            _, holder, step = engine_step(cfg, device, batch_size, ds_patch, backend=backend)
         else:
-            _, holder, step = bare_step(cfg, device, batch_size)
+            _, holder, step = bare_step(cfg, device, batch_size, backend)
         yield holder, step
     finally:
         release(holder)
@@ -411,7 +417,7 @@ def measure(kind, cfg, device, batch_size, args, ds_patch: dict | None = None) -
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated() / 2**30 if cuda else float("nan")  # a leak between runs shows here
-    with built(kind, cfg, device, batch_size, ds_patch) as (holder, step):
+    with built(kind, cfg, device, batch_size, ds_patch, args.compile_backend) as (holder, step):
         static = torch.cuda.memory_allocated() / 2**30 if cuda else float("nan")  # before any activation
         sec = timed(step, device, args.warmup, args.steps)
         model = holder.module if kind == "engine" else holder
@@ -433,7 +439,7 @@ def profile_path(kind, cfg, device, batch_size, args, name: str) -> dict:
     """Profile a freshly built path after every timing is done: a torch.profiler session (with
     record_shapes) leaves per-op overhead behind in this process, which would slow whatever is
     timed after it (the first H100 runs timed bare PyTorch after profiling the engines)."""
-    with built(kind, cfg, device, batch_size) as (_, step):
+    with built(kind, cfg, device, batch_size, backend=args.compile_backend) as (_, step):
         for _ in range(2):
             step()
         return profile_step(step, device, args.profile_steps, Path(args.profile), name)
@@ -597,6 +603,18 @@ def main(argv=None) -> int:
         help="also the dense model on ONE frame per clip (Singularity pre-trains on one frame): timed at "
         "--batch (and at its largest batch with --max-batch), SMAUG/dense_1f ratios printed",
     )
+    p.add_argument(
+        "--compile",
+        default="none",
+        choices=["none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        help="also time every --paths path (and each config at its eager largest batch with --max-batch) with "
+        "train.compile=MODE, next to the eager ones: paths <path>_compiled, ratios *_compiled",
+    )
+    p.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend of the compiled paths (aot_eager / eager: the same graphs, no kernels; tests)",
+    )
     p.add_argument("--json", default=None, help="write all numbers here")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -710,6 +728,21 @@ def main(argv=None) -> int:
                 raise RuntimeError(f"{cfg_name}: no timed run fitted near the searched batch")
 
             attempt(cfg_name, "engine_max", best)
+    if args.compile != "none":  # the same paths compiled; the first (warm-up) step compiles
+        for cfg_name, path in paths:
+            attempt(
+                cfg_name,
+                f"{path}_compiled",
+                lambda: measure(path, named_config(args, cfg_name, compiled=True), device, args.batch, args),
+            )
+        for cfg_name in configs:
+            if "engine_max" in res["runs"][cfg_name]:  # at the eager largest batch (compiled holds fewer activations)
+                mb = res["runs"][cfg_name]["engine_max"]["batch"]
+                attempt(
+                    cfg_name,
+                    "engine_max_compiled",
+                    lambda: measure("engine", named_config(args, cfg_name, compiled=True), device, mb, args),
+                )
     if args.engine_variants:
         for vname, patch in ENGINE_VARIANTS.items():
             attempt(
@@ -740,10 +773,17 @@ def main(argv=None) -> int:
         save()
     rs, rd = res["runs"]["smaug"], res["runs"]["dense"]
     for suffix, ref in (("", rd), ("_1f", res["runs"].get("dense_1f", {}))):  # against dense at --frames / 1 frame
-        if "engine" in rs and "engine" in ref:
-            res[f"ratio_same_batch{suffix}"] = rs["engine"]["clips_per_s"] / ref["engine"]["clips_per_s"]
-        if "engine_max" in rs and "engine_max" in ref:
-            res[f"ratio_best_batch{suffix}"] = rs["engine_max"]["clips_per_s"] / ref["engine_max"]["clips_per_s"]
+        for tag in ("", "_compiled"):  # eager against eager, compiled against compiled
+            same, best = f"engine{tag}", f"engine_max{tag}"
+            if same in rs and same in ref:
+                res[f"ratio_same_batch{suffix}{tag}"] = rs[same]["clips_per_s"] / ref[same]["clips_per_s"]
+            if best in rs and best in ref:
+                res[f"ratio_best_batch{suffix}{tag}"] = rs[best]["clips_per_s"] / ref[best]["clips_per_s"]
+    for cfg_name, r in res["runs"].items():  # what compiling buys each path
+        for path in ("engine", "bare", "engine_max"):
+            if path in r and f"{path}_compiled" in r:
+                speedup = r[f"{path}_compiled"]["clips_per_s"] / r[path]["clips_per_s"]
+                res.setdefault("compile_speedup", {})[f"{cfg_name}/{path}"] = speedup
     if args.profile:
         print(
             f"\nprofile at batch {args.batch}, engine_max at the largest batch (ms per step; tables in "
@@ -794,13 +834,22 @@ def main(argv=None) -> int:
             f"SMAUG ({args.frames} frames)/dense (1 frame) clips/s, best batch each ({rs['engine_max']['batch']} "
             f"vs {r1}): {res['ratio_best_batch_1f']:.2f}x"
         )
+    for key in ("ratio_same_batch_compiled", "ratio_best_batch_compiled", "ratio_same_batch_1f_compiled"):
+        if key in res:
+            print(
+                f"SMAUG/dense{' (1 frame)' if '_1f' in key else ''} clips/s, both compiled "
+                f"({'same batch' if 'same' in key else 'best batch each'}): {res[key]:.2f}x"
+            )
+    for what, x in res.get("compile_speedup", {}).items():
+        print(f"compiled/eager clips/s ({what}): {x:.2f}x")
     if not args.no_bare:
         for cfg_name, r in res["runs"].items():
-            if "engine" not in r or "bare" not in r:
-                continue
-            ov = r["engine"]["ms_per_step"] / r["bare"]["ms_per_step"] - 1
-            res[f"engine_overhead_{cfg_name}"] = ov
-            print(f"engine overhead over bare PyTorch ({cfg_name}): {ov:+.1%}")
+            for tag in ("", "_compiled"):
+                if f"engine{tag}" not in r or f"bare{tag}" not in r:
+                    continue
+                ov = r[f"engine{tag}"]["ms_per_step"] / r[f"bare{tag}"]["ms_per_step"] - 1
+                res[f"engine_overhead_{cfg_name}{tag}"] = ov
+                print(f"engine overhead over bare PyTorch ({cfg_name}{', compiled' if tag else ''}): {ov:+.1%}")
     for what, err in res.get("errors", {}).items():
         print(f"FAILED {what}: {err}")
     save()

@@ -117,6 +117,11 @@ class TrainSection:
     unmasked_tail_lr: float = 0.0  # > 0: the tail is a schedule of its own (FLIP): the main cosine ends where the
     # tail starts, which warms up over a tenth of its steps to this peak LR and decays to optim.min_lr; 0 = the main
     # cosine runs on through the tail (whose LR is then a small fraction of the peak). Acts only with a tail
+    compile: Literal["none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "none"
+    # torch.compile of the training forward (`SmaugModel.compile_step`: six full-graph regions, static shapes, captions
+    # padded to data.max_text_len); the value is torch.compile's mode ("reduce-overhead" = CUDA graphs), "none" = eager.
+    # Default none: the first step then costs minutes of compilation (tiny model, 2-core CPU: ~3 min), no GPU gain is
+    # measured yet
 
 
 @dataclass

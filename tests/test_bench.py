@@ -122,6 +122,24 @@ def test_dense_single_frame_reference(tmp_path):
     assert "dense (1 frame) clips/s, same batch 2" in r.stdout
 
 
+def test_bench_times_compiled_paths_next_to_eager(tmp_path):
+    """--compile: every --paths path again with train.compile, ratios compiled against compiled and what compiling
+    buys each path, in the same run. aot_eager traces the regions as inductor would (full graphs, AOT autograd
+    through the DeepSpeed engine's hooks) without generating kernels: the inductor step itself is checked in
+    tests/test_compile.py."""
+    out = tmp_path / "c.json"
+    args = "--preset tiny --batch 2 --steps 1 --warmup 1 --compile default --compile-backend aot_eager".split()
+    r = train_step_bench(*args, "--paths", "smaug:engine,dense:engine,smaug:bare", "--json", out)
+    res = json.loads(out.read_text())
+    assert "errors" not in res, res.get("errors")
+    for name, path in (("smaug", "engine"), ("dense", "engine"), ("smaug", "bare")):
+        assert res["runs"][name][f"{path}_compiled"]["clips_per_s"] > 0
+        assert res["compile_speedup"][f"{name}/{path}"] > 0
+    assert res["ratio_same_batch_compiled"] > 0 and "engine_overhead_smaug_compiled" in res
+    assert "SMAUG/dense clips/s, both compiled (same batch)" in r.stdout
+    assert "compiled/eager clips/s (smaug/engine)" in r.stdout
+
+
 def test_train_step_bench_skeleton_cpu(tmp_path):
     """--skeleton: the base preset's parameter tensors at negligible FLOPs, bf16, on CPU (host cost)."""
     out = tmp_path / "skel.json"

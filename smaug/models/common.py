@@ -52,15 +52,23 @@ def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(out, dim=0)
 
 
-def pad_text_to_global_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_id: int):
+def pad_text_to_global_length(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_id: int, length: int | None = None
+):
     """Right-pad `[b, L]` text to the longest L over all ranks (the loader pads per batch), so
-    text tensors can be all-gathered. Padding is masked out, so outputs do not change."""
-    _, ws = world()
-    if ws == 1:
-        return input_ids, attention_mask
-    length = torch.tensor([input_ids.shape[1]], device=input_ids.device)
-    dist.all_reduce(length, op=dist.ReduceOp.MAX)
-    extra = int(length.item()) - input_ids.shape[1]
+    text tensors can be all-gathered; or to `length` when given (static shapes for a compiled step:
+    no collective, no host sync). Padding is masked out, so outputs do not change."""
+    if length is not None:
+        if input_ids.shape[1] > length:
+            raise ValueError(f"captions of {input_ids.shape[1]} tokens exceed the static text length {length}")
+        extra = length - input_ids.shape[1]
+    else:
+        _, ws = world()
+        if ws == 1:
+            return input_ids, attention_mask
+        n = torch.tensor([input_ids.shape[1]], device=input_ids.device)
+        dist.all_reduce(n, op=dist.ReduceOp.MAX)
+        extra = int(n.item()) - input_ids.shape[1]
     if extra > 0:
         input_ids = F.pad(input_ids, (0, extra), value=pad_id)
         attention_mask = F.pad(attention_mask, (0, extra), value=0)

@@ -244,6 +244,10 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# The regions of a training forward that `SmaugModel.compile_step` compiles, each a full graph.
+COMPILED_REGIONS = ("forward_video", "forward_reversed", "encode_text", "vtm_logits", "forward_mlm", "forward_mvm")
+
+
 @dataclass
 class SmaugOutput:
     loss: torch.Tensor  # weighted sum of the losses
@@ -330,6 +334,8 @@ class SmaugModel(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
         self._pixel_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # see pixel_stats()
+        self._compiled: dict = {}  # compile_step(): region name -> its torch.compile'd method (training forwards)
+        self.static_text_len: int | None = None  # compile_step(): captions padded to this length (static shapes)
 
     # ------------------------------------------------------------------ encoders
     @property
@@ -474,7 +480,7 @@ class SmaugModel(nn.Module):
         ft, ff, th, tf, am_neg = (
             x.index_select(0, i) for x, i in ((ft, nv), (ff, nv), (th, nt), (tf, nt), (am_all, nt))
         )
-        logits = self.vtm_logits(
+        logits = self.region("vtm_logits")(
             torch.cat([frame_tokens, ft, frame_tokens]),
             torch.cat([frame_feat, ff, frame_feat]),
             torch.cat([text_hidden, text_hidden, th]),
@@ -487,9 +493,11 @@ class SmaugModel(nn.Module):
         acc = ((logits.detach() > 0).float() == labels).float().mean()
         return vtm_loss(logits, labels), acc
 
-    def forward_mlm(self, input_ids, attention_mask, fusion_video: torch.Tensor) -> torch.Tensor:
-        """Masked captions through the text layers, then fused with the positive pair's frames."""
+    def forward_mlm(self, input_ids, attention_mask, frame_tokens, frame_feat, text_feat) -> torch.Tensor:
+        """Masked captions through the text layers, then fused with the positive pair's selected frames
+        (frame_tokens [B, T, N, Dv], frame_feat [B, T, E], text_feat [B, E] of the unmasked caption)."""
         cfg = self.config
+        fusion_video = self.select_frames(frame_tokens, frame_feat, text_feat)  # [B, k * N, Dt]
         masked, labels = mask_tokens(
             input_ids,
             attention_mask,
@@ -500,7 +508,9 @@ class SmaugModel(nn.Module):
         )
         hidden = self.text_encoder.forward_text(masked, attention_mask)
         hidden = self.text_encoder.forward_fusion(hidden, attention_mask, fusion_video)
-        sel = labels != -100
+        if torch.compiler.is_compiling():  # static shapes: every position through the head, the -100s ignored
+            return mlm_loss(self.text_encoder.mlm_logits(hidden.flatten(0, 1)), labels.flatten())
+        sel = labels != -100  # eager: only the masked positions (a host sync, ~1/3 of the head's work)
         return mlm_loss(self.text_encoder.mlm_logits(hidden[sel]), labels[sel])
 
     def forward_mvm(self, video: torch.Tensor, enc) -> torch.Tensor:
@@ -516,9 +526,11 @@ class SmaugModel(nn.Module):
         # first draw of the step: ranks seeded alike draw the same negatives as one process would
         seed = draw_seed()
         video = self.normalize_video(batch["video"])  # once; float input passes through
-        ids, am = pad_text_to_global_length(batch["input_ids"], batch["attention_mask"], cfg.pad_token_id)
-        enc, frame_tokens, video_feat, frame_feat = self.forward_video(video)
-        text_hidden, text_feat = self.encode_text(ids, am)
+        ids, am = pad_text_to_global_length(
+            batch["input_ids"], batch["attention_mask"], cfg.pad_token_id, self.static_text_len
+        )
+        enc, frame_tokens, video_feat, frame_feat = self.region("forward_video")(video)
+        text_hidden, text_feat = self.region("encode_text")(ids, am)
         zero = video_feat.new_zeros((), dtype=torch.float32)
         losses = dict(vtc=zero, vtm=zero, mlm=zero, mvm=zero)
         metrics: dict[str, torch.Tensor] = {}
@@ -529,7 +541,7 @@ class SmaugModel(nn.Module):
 
         reversed_feat = None
         if cfg.vtc_reversed > 0 and video.shape[1] > 1:  # the clip played backwards (encoder without gradient)
-            reversed_feat = self.forward_reversed(video)
+            reversed_feat = self.region("forward_reversed")(video)
             with torch.no_grad():  # text prefers its clip over the clip reversed
                 metrics["rev_acc"] = ((text_feat * (video_feat - reversed_feat)).sum(-1) > 0).float().mean()
         vtc, sim = vtc_loss(video_feat, text_feat, self.temp, same_sample, reversed_feat, cfg.vtc_reversed)
@@ -545,10 +557,9 @@ class SmaugModel(nn.Module):
                 frame_tokens, frame_feat, text_hidden, text_feat, ids, am, sim, seed, same_sample
             )
         if cfg.w_mlm > 0:
-            fusion_video = self.select_frames(frame_tokens, frame_feat, text_feat)
-            losses["mlm"] = self.forward_mlm(ids, am, fusion_video)
+            losses["mlm"] = self.region("forward_mlm")(ids, am, frame_tokens, frame_feat, text_feat)
         if self.mae_decoder is not None and enc.mask is not None:
-            losses["mvm"] = self.forward_mvm(video, enc)
+            losses["mvm"] = self.region("forward_mvm")(video, enc)
         loss = sum(getattr(cfg, f"w_{k}") * v for k, v in losses.items())
 
         T, n_out = enc.tokens.shape[1], enc.tokens.shape[2] - 1
@@ -560,6 +571,29 @@ class SmaugModel(nn.Module):
             fusion_tokens=float(k * (n_out + 1)),
         )  # host numbers: no GPU sync
         return SmaugOutput(loss, losses, stats, metrics)
+
+    # ------------------------------------------------------------------ compiled step
+    def compile_step(self, mode: str = "default", text_len: int | None = None, backend: str = "inductor") -> None:
+        """torch.compile the training forward, region by region (`COMPILED_REGIONS`): each region is one
+        graph with no graph break (fullgraph=True) and static shapes (dynamic=False), forward and backward.
+        Shapes are fixed per config: visible patches int(N * (1 - mask_ratio)), kept tokens after each
+        sparsify block (`video_encoder.token_schedule`), `select_frames` frames to fusion, captions padded
+        to `text_len` (the loader's max_text_len). Between the regions, eager: the all-gathers and the VTC
+        loss over the global batch, VTM negative sampling (a seeded generator) and the weighted sum.
+        mode: torch.compile's ("default", "reduce-overhead" = CUDA graphs, "max-autotune", ...); backend: torch.compile's
+        ("inductor"; "aot_eager" / "eager" trace the same graphs without generating kernels, to bisect a failure).
+        Evaluation (`model.eval()`) keeps running eager: its shapes (no masking, any batch) differ.
+        Random draws inside a region (MAE noise, Gumbel, MLM masking, dropout) come from inductor's
+        generator unless torch._inductor.config.fallback_random is set (the agreement test sets it)."""
+        kw = dict(fullgraph=True, dynamic=False, backend=backend)
+        if backend == "inductor":  # the other backends take no mode
+            kw["mode"] = None if mode == "default" else mode
+        self._compiled = {name: torch.compile(getattr(self, name), **kw) for name in COMPILED_REGIONS}
+        self.static_text_len = text_len
+
+    def region(self, name: str):
+        """The method `name` as a training forward runs it: compiled after `compile_step`, else eager."""
+        return self._compiled.get(name, getattr(self, name)) if self.training else getattr(self, name)
 
     # ------------------------------------------------------------------ trainer hooks
     def set_grad_checkpointing(self, enable: bool = True) -> None:

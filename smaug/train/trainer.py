@@ -110,6 +110,20 @@ def _keep_rng(device):
         yield
 
 
+def compile_model(model, cfg: RunConfig, backend: str = "inductor") -> None:
+    """`train.compile` != none: the training forward compiled (`SmaugModel.compile_step`) in torch.compile's mode,
+    captions padded to data.max_text_len. Refused for a model whose forward runs no compiled region (QA)."""
+    if cfg.train.compile == "none":
+        return
+    from smaug.models import SmaugModel
+
+    if type(model).forward is not SmaugModel.forward:
+        raise ConfigError(
+            f"train.compile={cfg.train.compile}: only pre-training compiles its step; set train.compile=none"
+        )
+    model.compile_step(cfg.train.compile, cfg.data.max_text_len, backend)
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig):
         import deepspeed
@@ -155,6 +169,7 @@ class Trainer:
             ),
         )
         self.model = self.engine.module
+        compile_model(self.model, cfg)
 
         # Per-rank stream for masking/dropout/sampling (the engine broadcast rank 0's weights);
         # measured before a resume restores the RNG, so the matmul probe cannot shift it.

@@ -1,0 +1,132 @@
+"""The compiled training step (`train.compile`, `SmaugModel.compile_step`; issue 17).
+
+- Every region the step compiles is one graph with no graph break (torch._dynamo.explain), for SMAUG with the
+  quickstart's order-aware embedding and for the dense baseline, with and without gradient checkpointing.
+- Through the real DeepSpeed engine (CPU, gloo), a compiled run (torch.compile's inductor CPU backend) gives the
+  losses, gradient norms and weights of the eager run, step by step.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch._dynamo
+from test_train import train_args
+
+from smaug.models import SmaugConfig, SmaugModel
+from smaug.models.smaug import COMPILED_REGIONS
+
+from conftest import QS
+from model_helpers import make_batch
+
+QUICKSTART_MODEL = dict(temporal_moments=2, moments_xy=True, moments_centroid=True, vtc_reversed=0.1)
+
+
+def region_inputs(model: SmaugModel, batch: dict) -> dict:
+    """The arguments a training forward passes to each compiled region (eager, from the same batch)."""
+    video = model.normalize_video(batch["video"])
+    ids, am = batch["input_ids"], batch["attention_mask"]
+    enc, ft, _, ff = model.forward_video(video)
+    th, tf = model.encode_text(ids, am)
+    rows = lambda x: torch.cat([x, x.roll(1, 0), x])
+    return {
+        "forward_video": (video,),
+        "forward_reversed": (video,),
+        "encode_text": (ids, am),
+        "vtm_logits": (rows(ft), rows(ff), rows(th), rows(tf), rows(am)),
+        "forward_mlm": (ids, am, ft, ff, tf),
+        "forward_mvm": (video, enc),
+    }
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["smaug", "dense"])
+@pytest.mark.parametrize("ckpt", [False, True], ids=["eager-acts", "grad-ckpt"])
+def test_every_compiled_region_is_one_graph_without_breaks(dense, ckpt):
+    extra = {} if dense else QUICKSTART_MODEL
+    torch.manual_seed(0)
+    model = SmaugModel(SmaugConfig.preset("tiny", dense=dense, num_frames=4, **extra)).train()
+    model.set_grad_checkpointing(ckpt)
+    args = region_inputs(model, make_batch(model.config, batch_size=4, text_len=12))
+    for name in COMPILED_REGIONS:
+        if name == "forward_mvm" and (dense or model.mae_decoder is None):
+            continue  # no MAE decoder: the region never runs
+        torch._dynamo.reset()
+        ex = torch._dynamo.explain(getattr(model, name))(*args[name])
+        assert (ex.graph_count, ex.graph_break_count) == (1, 0), (name, ex.break_reasons)
+
+
+def test_static_text_length_pads_without_changing_the_text_features():
+    torch.manual_seed(0)
+    model = SmaugModel(SmaugConfig.preset("tiny", num_frames=2)).eval()
+    batch = make_batch(model.config, batch_size=3, text_len=10)
+    from smaug.models.common import pad_text_to_global_length
+
+    ids, am = pad_text_to_global_length(batch["input_ids"], batch["attention_mask"], 0, 16)
+    assert ids.shape == am.shape == (3, 16) and int(am[:, 10:].sum()) == 0
+    with torch.no_grad():
+        ref = model.get_text_features(batch["input_ids"], batch["attention_mask"])
+        torch.testing.assert_close(model.get_text_features(ids, am), ref, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="exceed the static text length 8"):
+        pad_text_to_global_length(batch["input_ids"], batch["attention_mask"], 0, 8)
+
+
+def records(out: Path) -> list[dict]:
+    return [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def test_compiled_step_matches_eager_through_deepspeed(synthetic_shards, tmp_path, capfd, monkeypatch):
+    """3 steps of a 2-block model, eager vs `train.compile=default` (inductor CPU). Both pad captions to
+    data.max_text_len (the eager run by a Trainer subclass), so MLM masks the same positions. Random draws inside
+    the compiled regions fall back to eager's generator (inductor's `fallback_random`), so both runs draw the same
+    MAE masks, Gumbel frames and MLM masks; the kernels are scalar (`cpp.simdlen = 1`: the cold compile of ~40
+    kernels takes ~2.5 min on 2 cores instead of ~3.5). fp32: agreement to float rounding, not bf16's."""
+    import torch._inductor.config as inductor_config
+
+    from smaug.train.trainer import Trainer, main
+
+    monkeypatch.setattr(inductor_config, "fallback_random", True)
+    monkeypatch.setattr(inductor_config.cpp, "simdlen", 1)
+
+    class StaticTextTrainer(Trainer):  # the eager reference, with the compiled run's text shapes
+        def __init__(self, cfg):
+            super().__init__(cfg)
+            self.model.static_text_len = cfg.data.max_text_len
+
+    small = ["model.overrides={vision_depth: 2, text_layers: 3, fusion_layer: 2}", "model.sparsify_layers=[1]"]
+    common = [*small, "train.steps=3", "ckpt.every=100", "eval.every=0", "train.precision=fp32"]
+    runs = {}
+    for mode, cls in (("none", StaticTextTrainer), ("default", Trainer)):
+        out = tmp_path / mode
+        rc = main([*train_args(synthetic_shards, out, *common, f"train.compile={mode}"), "train.device=cpu"], cls)
+        text = "".join(capfd.readouterr())
+        assert rc == 0, text[-4000:]
+        runs[mode] = out
+    eager, compiled = records(runs["none"]), records(runs["default"])
+    assert [r["step"] for r in eager] == [r["step"] for r in compiled] == [1, 2, 3]
+    for e, c in zip(eager, compiled):
+        for key in ("loss", "vtc", "vtm", "mlm", "mvm", "grad_norm", "vtm_acc"):
+            assert c[key] == pytest.approx(e[key], rel=1e-4, abs=1e-5), (e["step"], key, e[key], c[key])
+    state = {
+        mode: torch.load(out / "checkpoints" / "step_00000003" / "mp_rank_00_model_states.pt", weights_only=False)
+        for mode, out in runs.items()
+    }
+    a, b = state["none"]["module"], state["default"]["module"]
+    assert a.keys() == b.keys()  # compiling keeps the state dict's names (no `_orig_mod.`)
+    # an Adam step moves a weight by up to lr = 3e-4, and Adam turns rounding-sized differences of near-zero gradients
+    # (a key bias's is 0 in exact arithmetic) into parts of a step: measured max 1.4e-5 (mae_decoder.pred), mean 2e-9
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-4, msg=k)
+    diff = torch.cat([(b[k] - a[k]).abs().flatten() for k in a if a[k].is_floating_point()])
+    assert diff.mean() < 1e-7, diff.mean()
+
+
+def test_compile_is_refused_for_qa_fine_tuning():
+    from smaug.config import ConfigError, load_config
+    from smaug.models.answer_decoder import QAModel
+    from smaug.train.trainer import compile_model
+
+    cfg = load_config([QS], ["train.compile=default"], output_dir="/tmp/unused")
+    model = QAModel(SmaugConfig.preset("tiny", num_frames=2), 1, False)
+    with pytest.raises(ConfigError, match="only pre-training compiles its step"):
+        compile_model(model, cfg)
