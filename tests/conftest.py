@@ -13,6 +13,7 @@ Threads: this process and every child run with the same OpenMP/torch thread coun
 default 1), so a run resumed in-process continues a run killed in a child bit for bit.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -115,10 +116,33 @@ def shard_eval_json(corpus: Path, out: Path, *args):
 SYNTH_VIDEOS, SYNTH_EVAL_FRACTION, SYNTH_IMAGES = 48, 0.25, 12
 
 
+def built_once(tmp_path_factory, worker_id: str, name: str, build):
+    """`build(folder) -> value` (JSON-able) once per test session: under pytest-xdist the first worker that asks
+    builds it in the session's shared temporary folder while the others wait on a file lock, then all reuse it
+    (a session fixture is otherwise built by every worker: the corpus, its shards and the pre-trained run ~2 min
+    each time). Users treat the result as read-only, as every session fixture. `-n 0`: built in this process."""
+    if worker_id == "master":
+        return build(tmp_path_factory.mktemp(name))
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent  # one per session, above each worker's own folder
+    done = root / f"{name}.json"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.is_file():
+            folder = root / name
+            folder.mkdir()
+            done.write_text(json.dumps(build(folder)), encoding="utf-8")
+        return json.loads(done.read_text(encoding="utf-8"))
+
+
 @pytest.fixture(scope="session")
-def synthetic_corpus(tmp_path_factory) -> Path:
+def synthetic_corpus(tmp_path_factory, worker_id) -> Path:
     """Directory written by tools/make_synthetic.py (WebVid layout + eval.json + images.tsv)."""
-    out = tmp_path_factory.mktemp("synthetic") / "corpus"
+    return Path(built_once(tmp_path_factory, worker_id, "synthetic", _make_synthetic_corpus))
+
+
+def _make_synthetic_corpus(folder: Path) -> str:
+    out = folder / "corpus"
     run_tool(
         "make_synthetic.py",
         "--out",
@@ -134,16 +158,18 @@ def synthetic_corpus(tmp_path_factory) -> Path:
         "--workers",
         2,
     )
-    return out
+    return str(out)
 
 
 @pytest.fixture(scope="session")
-def synthetic_shards(synthetic_corpus, tmp_path_factory) -> dict:
+def synthetic_shards(synthetic_corpus, tmp_path_factory, worker_id) -> dict:
     """Shards of the synthetic corpus: {"shards_root", "train", "eval", "images", "tokenizer",
     "corpus"} (str paths). The root also holds corpus YAMLs `synthetic`, `synthetic_test`,
     `synthetic_images`, so `corpus:NAME` specs resolve with `shards_root`."""
-    root = tmp_path_factory.mktemp("shards")
-    c = synthetic_corpus
+    return built_once(tmp_path_factory, worker_id, "shards", lambda root: _make_shards(synthetic_corpus, root))
+
+
+def _make_shards(c: Path, root: Path) -> dict:
     run_tool(
         "make_shards.py",
         "--webvid-csv",
@@ -208,12 +234,15 @@ def synthetic_shards(synthetic_corpus, tmp_path_factory) -> dict:
 
 # --- retrieval / export fixtures (tools/eval_retrieval.py, export_hf.py, finetune_retrieval.py)
 @pytest.fixture(scope="session")
-def pretrained_run(synthetic_shards, tmp_path_factory) -> Path:
+def pretrained_run(synthetic_shards, tmp_path_factory, worker_id) -> Path:
     """A short tiny pre-training run (the real trainer, `main(argv)` in this process) on the synthetic
     shards, with its periodic and final zero-shot eval on the held-out split: run dir with checkpoints/
     and eval.json. LR 1e-4: at the quickstart's 1e-3 the tiny model's VTC features collapse in a few steps."""
-    out = tmp_path_factory.mktemp("pretrained") / "run"
-    d = synthetic_shards
+    return Path(built_once(tmp_path_factory, worker_id, "pretrained", lambda f: _pretrain(synthetic_shards, f)))
+
+
+def _pretrain(d: dict, folder: Path) -> str:
+    out = folder / "run"
     rc = train_in_process(
         "--config",
         QS,
@@ -237,4 +266,4 @@ def pretrained_run(synthetic_shards, tmp_path_factory) -> Path:
         "optim.warmup_steps=2",
     )
     assert rc == 0, f"pre-training exited {rc}"
-    return out
+    return str(out)

@@ -4,7 +4,8 @@
 #   bash tests/run.sh [pytest args]        e.g. bash tests/run.sh -k loader -x
 #   SMAUG_SKIP_LINT=1 bash tests/run.sh    pytest only
 #   SMAUG_TEST_WORKERS=N                   pytest-xdist workers (default 2, one per core of the CI machine;
-#                                          0 = one process). Each worker builds the session fixtures once.
+#                                          0 = one process). The session fixtures (corpus, shards, pre-trained
+#                                          run) are built once and shared by the workers (conftest.built_once)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . launch/setup_env.sh
