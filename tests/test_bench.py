@@ -235,6 +235,8 @@ def test_measure_frees_each_engine(monkeypatch, single_process_env):
         warmup=1,
         steps=1,
         profile=None,
+        compile="none",
+        compile_backend="inductor",
     )
     built = []
     real = train_step.engine_step
