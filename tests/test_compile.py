@@ -79,8 +79,8 @@ def test_compiled_step_matches_eager_through_deepspeed(synthetic_shards, tmp_pat
     """3 steps of a 2-block model, eager vs `train.compile=default` (inductor CPU). Both pad captions to
     data.max_text_len (the eager run by a Trainer subclass), so MLM masks the same positions. Random draws inside
     the compiled regions fall back to eager's generator (inductor's `fallback_random`), so both runs draw the same
-    MAE masks, Gumbel frames and MLM masks; the kernels are scalar (`cpp.simdlen = 1`: the cold compile of ~40
-    kernels takes ~2.5 min on 2 cores instead of ~3.5). fp32: agreement to float rounding, not bf16's."""
+    MAE masks, Gumbel frames and MLM masks; the kernels are scalar (`cpp.simdlen = 1`: the same regions' cold
+    compile, ~100 kernels, took 152 s instead of 206 s in a script alone on 2 cores; this test took 130 s in CI). fp32: agreement to float rounding, not bf16's."""
     import torch._inductor.config as inductor_config
 
     from smaug.train.trainer import Trainer, main
