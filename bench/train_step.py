@@ -83,6 +83,15 @@ CONFIGS = {  # name -> (dense, frames; None = --frames)
 }
 
 
+def compile_modes() -> tuple[str, ...]:
+    """train.compile's values, read from the run config's own type (one source)."""
+    import typing
+
+    from smaug.config import TrainSection
+
+    return typing.get_args(typing.get_type_hints(TrainSection)["compile"])
+
+
 def named_config(args, name: str, compiled: bool = False):
     """`run_config` of a CONFIGS entry."""
     dense, frames = CONFIGS[name]
@@ -606,7 +615,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--compile",
         default="none",
-        choices=["none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        choices=compile_modes(),
         help="also time every --paths path (and each config at its eager largest batch with --max-batch) with "
         "train.compile=MODE, next to the eager ones: paths <path>_compiled, ratios *_compiled",
     )
