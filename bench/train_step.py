@@ -197,10 +197,10 @@ def engine_step(
         engine_ops.install()
     else:
         engine_ops.uninstall()
+    compile_model(model, cfg, backend)  # as the trainer (train.compile; traced at the first step)
     engine, *_ = deepspeed.initialize(
         model=model, model_parameters=param_groups(model, cfg.optim.weight_decay), config=ds
     )
-    compile_model(engine.module, cfg, backend)  # as the trainer: after the engine's bf16 cast (train.compile)
     batch = make_batch(mcfg, batch_size, 32, device)
 
     def step():  # as Trainer.train_step: forward, the non-finite/preemption flags (one sync), backward, step
@@ -638,9 +638,10 @@ def main(argv=None) -> int:
     print(f"device: {name}; measured {'bf16' if device.type == 'cuda' else 'fp32'} matmul {peak:.1f} TFLOP/s")
     if args.count_ops:
         counts = {}
-        for cfg_name, dense in (("smaug", False), ("dense", True)):
+        for cfg_name in ("smaug", "dense"):
             for variant in ("deepspeed", "engine_ops"):
-                c = count_engine_ops(run_config(args, dense), device, args.batch, multi_tensor=variant == "engine_ops")
+                cfg = named_config(args, cfg_name)
+                c = count_engine_ops(cfg, device, args.batch, multi_tensor=variant == "engine_ops")
                 counts[f"{cfg_name}/{variant}"] = c
                 print(
                     f"engine ops per step, {cfg_name:5} {variant:10}: {c['ops']:6d} "

@@ -112,7 +112,8 @@ def _keep_rng(device):
 
 def compile_model(model, cfg: RunConfig, backend: str = "inductor") -> None:
     """`train.compile` != none: the training forward compiled (`SmaugModel.compile_step`) in torch.compile's mode,
-    captions padded to data.max_text_len. Refused for a model whose forward runs no compiled region (QA)."""
+    captions padded to data.max_text_len. Refused for a model whose forward runs no compiled region (QA). Called
+    before `deepspeed.initialize`: torch.compile traces at the first training forward, after the engine's casts."""
     if cfg.train.compile == "none":
         return
     from smaug.models import SmaugModel
@@ -154,6 +155,7 @@ class Trainer:
         found = ckpt.find_resume(self.out, cfg.ckpt.resume)
         model = self.build_model(found)
         model.set_grad_checkpointing(cfg.model.grad_checkpointing)
+        compile_model(model, cfg)  # before the engine: a refused config costs no engine build (compiling is lazy)
         engine_ops.install()  # multi-tensor gradient-clipping norm (smaug/train/engine_ops.py)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model,
@@ -169,7 +171,6 @@ class Trainer:
             ),
         )
         self.model = self.engine.module
-        compile_model(self.model, cfg)
 
         # Per-rank stream for masking/dropout/sampling (the engine broadcast rank 0's weights);
         # measured before a resume restores the RNG, so the matmul probe cannot shift it.
