@@ -78,14 +78,58 @@ def run(cmd, *, check: bool = True, timeout: float = 600, cwd=REPO, env=None) ->
     return r
 
 
-def run_tool(tool: str, *args, nproc: int = 1, cwd=REPO, check: bool = True, timeout: float = 600, env=None):
+def run_tool(
+    tool: str, *args, nproc: int = 1, cwd=REPO, check: bool = True, timeout: float = 600, env=None, in_process=False
+):
     """Run `tools/<tool>` (or another repo script path) with this interpreter, under torchrun when
-    `nproc` > 1; return the result."""
+    `nproc` > 1; return the result. `in_process`: a 1-process run of a tool as `smaug_tools.<tool>.main(argv)`
+    in this process (`tool_in_process`), for tools whose process boundary is not what the test checks."""
+    if in_process and nproc == 1:
+        assert cwd == REPO and env is None, "an in-process tool runs in this process's directory and environment"
+        return tool_in_process(tool, *args, check=check)
     script = REPO / tool if "/" in tool else REPO / "tools" / tool
     launcher = [sys.executable]
     if nproc > 1:
         launcher += ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={_free_port()}"]
     return run([*launcher, script, *args], check=check, timeout=timeout, cwd=cwd, env=env)
+
+
+def tool_in_process(tool: str, *args, check: bool = True) -> subprocess.CompletedProcess:
+    """`python tools/<tool> ARGS` as `smaug_tools.<tool>.main(argv)` in this process (a child would spend ~10 s
+    importing torch, timm, transformers): its exit code and what it printed, at the file-descriptor level as a
+    child's (so the output of C++ code and of forked data workers is in it), as a CompletedProcess."""
+    import importlib
+    import tempfile
+
+    main = importlib.import_module(f"smaug_tools.{Path(tool).stem}").main
+    argv = [str(a) for a in args]
+    saved_fds, saved_streams = (os.dup(1), os.dup(2)), (sys.stdout, sys.stderr)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        for s in saved_streams:
+            s.flush()
+        os.dup2(out.fileno(), 1)
+        os.dup2(err.fileno(), 2)
+        sys.stdout = open(1, "w", closefd=False, errors="replace", buffering=1)
+        sys.stderr = open(2, "w", closefd=False, errors="replace", buffering=1)
+        try:
+            rc = main(argv)
+        except SystemExit as e:  # argparse errors, sys.exit(...)
+            rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        finally:
+            sys.stdout.close()
+            sys.stderr.close()
+            sys.stdout, sys.stderr = saved_streams
+            for fd, saved in zip((1, 2), saved_fds):
+                os.dup2(saved, fd)
+                os.close(saved)
+        out.seek(0)
+        err.seek(0)
+        r = subprocess.CompletedProcess(
+            [tool, *argv], rc or 0, out.read().decode(errors="replace"), err.read().decode(errors="replace")
+        )
+    if check and r.returncode != 0:
+        raise AssertionError(f"{tool} exited {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
+    return r
 
 
 def train_in_process(*argv) -> int:

@@ -1,7 +1,8 @@
 """tools/eval_retrieval.py and smaug.eval.retrieval: metrics, VTM reranking, agreement with the trainer.
 
-The end-to-end tests run the tool as a user would (a subprocess, torchrun for 2 ranks) on the
-`pretrained_run` fixture (a short real training run whose trainer wrote eval.json).
+The end-to-end tests run the tool on the `pretrained_run` fixture (a short real training run whose
+trainer wrote eval.json): as `main(argv)` in this process (its output captured at the descriptor level, as a
+child's), and under torchrun for 2 ranks, where the processes are the point.
 """
 
 import itertools
@@ -23,7 +24,7 @@ METRIC_KEYS = [f"{d}_{m}" for d in ("t2v", "v2t") for m in ("r1", "r5", "r10", "
 
 
 def eval_tool(*args, nproc=1, check=True):
-    return run_tool(TOOL, *args, nproc=nproc, check=check)
+    return run_tool(TOOL, *args, nproc=nproc, check=check, in_process=True)
 
 
 # ---------------------------------------------------------------------------- metric units

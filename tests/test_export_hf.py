@@ -2,7 +2,8 @@
 shards from 2 ranks, no pickle, timm vision export, registration, and clear errors on bad checkpoints.
 
 Checkpoints are real DeepSpeed ZeRO-2 checkpoints in the trainer's layout, written by
-`tests/weights_helpers.py` (a few optimizer steps of a tiny SmaugModel on random batches).
+`tests/weights_helpers.py` (a few optimizer steps of a tiny SmaugModel on random batches), in this process
+for world size 1 and under torchrun for the 2-rank shards.
 """
 
 import json
@@ -20,6 +21,7 @@ from smaug.checkpoint import CheckpointError, load_smaug_checkpoint, load_weight
 from smaug.hf.export import export_hf, find_pickles
 
 from conftest import REPO, run, run_tool, subprocess_env
+from weights_helpers import write_checkpoint
 
 HELPER = "tests/weights_helpers.py"
 
@@ -44,7 +46,7 @@ def tokenizer_dir(tmp_path_factory):
 def ckpt_w1(tokenizer_dir, tmp_path_factory):
     """Run dir of a world-size-1 ZeRO-2 checkpoint (one optimizer step)."""
     out = tmp_path_factory.mktemp("ckpt") / "w1"
-    run_tool(HELPER, out, tokenizer_dir, "run.seed=3")
+    write_checkpoint(str(out), tokenizer_dir, ["run.seed=3"])  # in this process, as the trainer's in-process runs
     return out
 
 
@@ -355,7 +357,7 @@ def test_vision_only_cli_writes_a_strict_timm_state_dict(ckpt_w1, tmp_path):
     import timm
 
     out = tmp_path / "vit"
-    r = run_tool("export_hf.py", "--checkpoint", ckpt_w1, "--out", out, "--vision-only")
+    r = run_tool("export_hf.py", "--checkpoint", ckpt_w1, "--out", out, "--vision-only", in_process=True)
     info = json.loads(r.stdout[r.stdout.index("{") :])
     vit = timm.create_model("vit_base_patch16_224", pretrained=False, **info["timm_kwargs"])
     vit.load_state_dict(load_file(str(out / "model.safetensors")), strict=True)

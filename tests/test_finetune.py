@@ -31,7 +31,7 @@ FAST = [
 
 
 def finetune(*args):
-    return run_tool("finetune_retrieval.py", *args, timeout=900)
+    return run_tool("finetune_retrieval.py", *args, in_process=True)  # its steps run in their own processes
 
 
 def train_json(corpus: Path, out: Path) -> Path:

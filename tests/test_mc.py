@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_qa import WORDS, FakeTokenizer, fake_clip
 
-from conftest import REPO, subprocess_env
+from conftest import REPO, subprocess_env, tool_in_process
 from model_helpers import tiny_config
 
 
@@ -110,15 +110,7 @@ def test_two_process_mc_eval_scores_every_row_once(pretrained_run, synthetic_sha
         "--workers",
         "0",
     ]
-    one = subprocess.run(
-        [sys.executable, *args, "--out", str(tmp_path / "one.json")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=subprocess_env(OMP_NUM_THREADS="1"),
-        cwd=REPO,
-    )
-    assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-5000:]
+    one = tool_in_process("eval_mc.py", *args[1:], "--out", tmp_path / "one.json")  # 1 process: this one
     two = subprocess.run(
         [
             sys.executable,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import QS, REPO, subprocess_env
+from conftest import QS, REPO, subprocess_env, tool_in_process
 from model_helpers import tiny_config
 
 QA_CONFIG = str(REPO / "smaug" / "configs" / "finetune_qa.yaml")
@@ -320,33 +320,28 @@ def qa_cmd(shards: dict, init, out, *extra):
     ]
 
 
+def qa_in_process(capfd, cmd: list[str]) -> str:
+    """The run of `qa_cmd` as `smaug.train.qa.main(argv)` in this process (as test_train's in-process runs):
+    asserts exit 0, returns what it printed."""
+    from smaug.train.qa import main
+
+    rc = main([*cmd[cmd.index("smaug.train.qa") + 1 :], "train.device=cpu"])
+    text = "".join(capfd.readouterr())
+    assert rc == 0, f"exit {rc}\n{text[-6000:]}"
+    return text
+
+
 @pytest.mark.slow
-def test_qa_kill_and_resume_equals_uninterrupted(pretrained_run, synthetic_shards, tmp_path):
+def test_qa_kill_and_resume_equals_uninterrupted(pretrained_run, synthetic_shards, tmp_path, capfd):
+    """The reference and the resumed run in this process; the killed one a subprocess (SIGKILL is the point)."""
     from test_train import _kill_after_checkpoint, module_state
 
     extra = ("train.steps=6", "ckpt.every=3")
     ref = tmp_path / "ref"
-    r = subprocess.run(
-        qa_cmd(synthetic_shards, pretrained_run, ref, *extra),
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=subprocess_env(OMP_NUM_THREADS="1"),
-        cwd=REPO,
-    )
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    qa_in_process(capfd, qa_cmd(synthetic_shards, pretrained_run, ref, *extra))
     out = tmp_path / "killed"
     _kill_after_checkpoint(qa_cmd(synthetic_shards, pretrained_run, out, *extra), out / "checkpoints" / "step_00000003")
-    r2 = subprocess.run(
-        qa_cmd(synthetic_shards, pretrained_run, out, *extra),
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=subprocess_env(OMP_NUM_THREADS="1"),
-        cwd=REPO,
-    )
-    assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-5000:]
-    assert "resumed from" in r2.stdout + r2.stderr
+    assert "resumed from" in qa_in_process(capfd, qa_cmd(synthetic_shards, pretrained_run, out, *extra))
     a, b = module_state(ref, 6), module_state(out, 6)
     assert a.keys() == b.keys() and any(k.startswith("answer_decoder.") for k in a)
     for k in a:
@@ -366,9 +361,7 @@ def test_finetune_qa_tool_reports_model_majority_and_blind(pretrained_run, synth
     export_hf(str(pretrained_run), hf, verify=False)
     c = Path(synthetic_shards["corpus"])
     out = tmp_path / "qa"
-    cmd = [
-        sys.executable,
-        str(REPO / "tools" / "finetune_qa.py"),
+    args = [
         "--init",
         str(hf),
         "--out",
@@ -389,10 +382,7 @@ def test_finetune_qa_tool_reports_model_majority_and_blind(pretrained_run, synth
         "data.batch_size=4",
         "data.num_workers=1",
     ]
-    r = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=900, env=subprocess_env(OMP_NUM_THREADS="1"), cwd=REPO
-    )
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    r = tool_in_process("finetune_qa.py", *args)  # the tool in this process; its steps in their own, as a user's
     rep = json.loads((out / "qa_report.json").read_text())
     pr = rep["protocol"]
     test = json.loads((c / "qa_test.json").read_text())
@@ -441,15 +431,7 @@ def test_two_rank_qa_training_and_eval_answer_every_question_once(
     assert w2["protocol"]["world_size"] == 2 and w2["protocol"]["step"] == 2
     assert [p["index"] for p in w2["predictions"]] == list(range(len(test)))
     one = tmp_path / "one.json"
-    r = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "eval_qa.py"), "--checkpoint", str(out), "--out", str(one)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=subprocess_env(OMP_NUM_THREADS="1"),
-        cwd=REPO,
-    )
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    r = tool_in_process("eval_qa.py", "--checkpoint", out, "--out", one)  # 1 rank: this process
     w1 = json.loads(one.read_text())
     assert w1["protocol"]["world_size"] == 1 and w1["predictions"] == w2["predictions"]
     assert "QA accuracy" in r.stdout

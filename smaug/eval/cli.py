@@ -75,25 +75,29 @@ def data_config(run_config: dict, cfg, args):
 
 
 def publish(report: dict, fmt, out) -> None:
-    """Rank 0 prints `fmt(report)` and writes the JSON report to `out` (if given); every rank then leaves
-    the process group."""
+    """Rank 0 prints `fmt(report)` and writes the JSON report to `out` (if given)."""
     if report.pop("rank") == 0:
         print(fmt(report), flush=True)
         if out:
             Path(out).parent.mkdir(parents=True, exist_ok=True)
             Path(out).write_text(json.dumps(report, indent=2) + "\n")
             print(f"report: {out}", flush=True)
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def run_tool(name: str, args, run, fmt) -> int:
     """A tool's main(): `run(args)` -> its report (with "rank"), then `publish(report, fmt, args.out)`; 0, or 2
-    with "NAME: error" on stderr when the checkpoint cannot be used."""
+    with "NAME: error" on stderr when the checkpoint cannot be used. Every rank then leaves the process group
+    if this call made it (torchrun); a group the caller made (a notebook, an in-process training run that
+    evaluates next: DeepSpeed caches its groups) is left as it was."""
+    caller_group = dist.is_available() and dist.is_initialized()
     try:
-        report = run(args)
-    except CheckpointError as e:
-        print(f"{name}: {e}", file=sys.stderr)
-        return 2
-    publish(report, fmt, args.out)
-    return 0
+        try:
+            report = run(args)
+        except CheckpointError as e:
+            print(f"{name}: {e}", file=sys.stderr)
+            return 2
+        publish(report, fmt, args.out)
+        return 0
+    finally:
+        if not caller_group and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
