@@ -97,12 +97,17 @@ def run_tool(
 def tool_in_process(tool: str, *args, check: bool = True) -> subprocess.CompletedProcess:
     """`python tools/<tool> ARGS` as `smaug_tools.<tool>.main(argv)` in this process (a child would spend ~10 s
     importing torch, timm, transformers): its exit code and what it printed, at the file-descriptor level as a
-    child's (so the output of C++ code and of forked data workers is in it), as a CompletedProcess."""
+    child's (so the output of C++ code and of forked data workers is in it), as a CompletedProcess. It runs in a
+    child's environment (`subprocess_env`: no torchrun variables left by an in-process training run, which the
+    tool's own children would inherit), restored afterwards."""
     import importlib
     import tempfile
 
     main = importlib.import_module(f"smaug_tools.{Path(tool).stem}").main
     argv = [str(a) for a in args]
+    saved_env, child_env = dict(os.environ), subprocess_env()
+    os.environ.clear()
+    os.environ.update(child_env)
     saved_fds, saved_streams = (os.dup(1), os.dup(2)), (sys.stdout, sys.stderr)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         for s in saved_streams:
@@ -122,6 +127,8 @@ def tool_in_process(tool: str, *args, check: bool = True) -> subprocess.Complete
             for fd, saved in zip((1, 2), saved_fds):
                 os.dup2(saved, fd)
                 os.close(saved)
+            os.environ.clear()
+            os.environ.update(saved_env)
         out.seek(0)
         err.seek(0)
         r = subprocess.CompletedProcess(
