@@ -63,7 +63,7 @@ def _cfg(shards, **kw):
         max_text_len=16,
         decoder="faulty_reader:Faulty",
         isolate_decode=True,
-        decode_timeout=8,
+        decode_timeout=4,  # each hang costs this wait (5 hangs in the resume test); a 32 px decode takes ~0.1 s
         error_budget=0.5,
         error_window=10,
         **kw,
