@@ -62,17 +62,26 @@ def subprocess_env(**extra) -> dict:
     return env
 
 
-def run(cmd, *, check: bool = True, timeout: float = 600, cwd=REPO, env=None) -> subprocess.CompletedProcess:
-    """Run `cmd` (list) to completion; with `check`, a non-zero exit fails showing the output's tails."""
-    r = subprocess.run(
-        [str(c) for c in cmd],
-        capture_output=True,
-        text=True,
-        errors="replace",
-        timeout=timeout,
-        env=env or subprocess_env(),
-        cwd=cwd,
-    )
+def run(
+    cmd, *, check: bool = True, timeout: float = 600, cwd=REPO, env=None, forked=False
+) -> subprocess.CompletedProcess:
+    """Run `cmd` (list) to completion; with `check`, a non-zero exit fails showing the output's tails.
+    `forked`: a `python ...` command started from the preloaded fork server (tests/prefork.py: a new process
+    without ~10 s of imports), for children whose imports are not what the test checks."""
+    if forked:
+        import prefork
+
+        r = prefork.run(cmd, env=env or subprocess_env(), cwd=cwd, timeout=timeout)
+    else:
+        r = subprocess.run(
+            [str(c) for c in cmd],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            env=env or subprocess_env(),
+            cwd=cwd,
+        )
     if check and r.returncode != 0:
         raise AssertionError(f"{cmd[1:3]} exited {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
     return r

@@ -6,6 +6,8 @@
 #   SMAUG_TEST_WORKERS=N                   pytest-xdist workers (default 2, one per core of the CI machine;
 #                                          0 = one process). The session fixtures (corpus, shards, pre-trained
 #                                          run) are built once and shared by the workers (conftest.built_once)
+#   SMAUG_TEST_PREFORK=0                   children that tests/prefork.py forks from a preloaded server (bench,
+#                                          SIGKILL/SIGTERM runs) start as plain interpreters instead
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . launch/setup_env.sh

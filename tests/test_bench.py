@@ -10,8 +10,9 @@ from conftest import REPO, run
 
 
 def train_step_bench(*args):
-    """bench/train_step.py on the CPU, in a new process (it builds its own engines and process group)."""
-    return run([sys.executable, REPO / "bench" / "train_step.py", "--device", "cpu", *args])
+    """bench/train_step.py on the CPU, in a new process (it builds its own engines and process group), forked
+    from the preloaded server (tests/prefork.py)."""
+    return run([sys.executable, REPO / "bench" / "train_step.py", "--device", "cpu", *args], forked=True)
 
 
 def test_train_step_bench_cpu_smoke(tmp_path):

@@ -35,7 +35,7 @@ SCRIPT = textwrap.dedent(r"""
 
 def test_kill_during_save_keeps_latest_valid(tmp_path, free_port):
     out = tmp_path / "run"
-    r = run([sys.executable, "-c", SCRIPT, out, free_port], check=False, timeout=300)
+    r = run([sys.executable, "-c", SCRIPT, out, free_port], check=False, timeout=300, forked=True)
     assert r.returncode == -9, r.stderr[-3000:]
     root = ckpt.ckpt_root(out)
     assert (root / "step_00000002").is_dir() and not ckpt.is_complete(root / "step_00000002")

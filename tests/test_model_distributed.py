@@ -1,7 +1,6 @@
 """Global batch over 2 gloo processes, and the model under a real DeepSpeed ZeRO-2 engine."""
 
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -12,6 +11,7 @@ import torch.multiprocessing as mp
 from smaug.models import SmaugConfig, SmaugModel
 from smaug.models.losses import sample_negatives, vtc_loss
 
+import prefork
 from conftest import REPO
 from model_helpers import global_batch_worker, make_batch
 
@@ -97,6 +97,6 @@ def test_deepspeed_zero2_step_with_checkpointing_and_tied_head(tmp_path, free_po
         TORCH_EXTENSIONS_DIR=str(REPO / ".cache" / "torch_extensions"),
         PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO), os.environ.get("PYTHONPATH", "")]),
     )
-    res = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    res = prefork.run([sys.executable, script], env=env, cwd=REPO, timeout=600)  # forked: a fresh process, no imports
     assert res.returncode == 0 and "ZERO2_OK" in res.stdout, res.stdout[-3000:] + res.stderr[-5000:]
     assert "computed twice" not in res.stderr

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 
 from smaug.dist import free_port
 
+import prefork
 from conftest import QS, REPO, run, subprocess_env, train_in_process
 
 
@@ -153,13 +153,13 @@ def test_train_world2_torchrun(train_data, tmp_path):
 
 
 def _kill_after_checkpoint(cmd, ckpt_dir: Path, timeout=600):
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=REPO, start_new_session=True
-    )
+    """`cmd` in a new process (forked from the preloaded server, tests/prefork.py) and session, SIGKILLed with
+    its data workers once `ckpt_dir` is complete -> its exit code."""
+    proc = prefork.popen(cmd, env=subprocess_env(), cwd=REPO, start_new_session=True)
     t0 = time.time()
     while not (ckpt_dir / "COMPLETE").exists():
         if proc.poll() is not None:
-            raise AssertionError(f"run ended before the checkpoint: {proc.stdout.read()[-4000:]}")
+            raise AssertionError(f"run ended before the checkpoint: {prefork.output(proc)[1][-4000:]}")
         assert time.time() - t0 < timeout
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -200,22 +200,18 @@ def test_resume_after_sigkill_matches_uninterrupted(train_data, tmp_path, capfd,
 def test_sigterm_saves_and_exits_zero(train_data, tmp_path):
     """A subprocess: the signal goes to the training process, as a scheduler's preemption does."""
     out = tmp_path / "pre"
-    proc = subprocess.Popen(
-        train_cmd(train_data, out, "train.steps=10000", "ckpt.every=10000"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=subprocess_env(),
-        cwd=REPO,
-        text=True,
+    proc = prefork.popen(
+        train_cmd(train_data, out, "train.steps=10000", "ckpt.every=10000"), env=subprocess_env(), cwd=REPO
     )
     log = out / "log.jsonl"
     t0 = time.time()
     while not (log.exists() and len(log.read_text().splitlines()) >= 2):
-        assert proc.poll() is None, proc.stdout.read()[-4000:]
+        assert proc.poll() is None, prefork.output(proc)[1][-4000:]
         assert time.time() - t0 < 600
         time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
-    stdout, _ = proc.communicate(timeout=300)
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=300)
+    stdout = "".join(prefork.output(proc))
     assert proc.returncode == 0, stdout[-4000:]
     tag = (out / "checkpoints" / "latest").read_text().strip()
     step = int(tag.split("_")[1])
