@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+# The default caption length in tokens ([CLS] and [SEP] included): DataConfig.max_text_len and the
+# default of every evaluation entry point that tokenizes captions without a DataConfig.
+MAX_TEXT_LEN = 32
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -66,7 +70,7 @@ class DataConfig:
     # buffer, so resuming replays at most one round of tar reading (no decoding).
     round_batches: int = 100
     # Captions are truncated to this many tokens ([CLS] and [SEP] included).
-    max_text_len: int = 32
+    max_text_len: int = MAX_TEXT_LEN
     # Area fraction range of random-resized-crop (train).
     crop_scale: tuple = (0.5, 1.0)
     # Aspect ratio range of random-resized-crop (train).

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 
 from torch.utils.data import DataLoader, Dataset
 
+from .config import MAX_TEXT_LEN
+
 
 class JsonClips(Dataset):
     def __init__(self, rows, video_root: str, num_frames: int, image_size: int, short_side: int):
@@ -66,7 +68,7 @@ class JsonEvalLoader:
         short_side: int,
         batch_size: int,
         num_workers: int = 0,
-        max_text_len: int = 32,
+        max_text_len: int = MAX_TEXT_LEN,
         rank: int = 0,
         world_size: int = 1,
     ):

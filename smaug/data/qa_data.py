@@ -29,6 +29,8 @@ from typing import Optional
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .config import MAX_TEXT_LEN
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -245,7 +247,7 @@ def eval_batches(
     tokenizer,
     batch_size: int,
     num_workers: int = 0,
-    max_text_len: int = 32,
+    max_text_len: int = MAX_TEXT_LEN,
     text_key: Optional[str] = "question",
     skipped: Optional[Counter] = None,
 ) -> Iterator[dict]:
@@ -299,7 +301,7 @@ class QATrainLoader:
         seed: int = 0,
         state: Optional[dict] = None,
         num_workers: int = 0,
-        max_text_len: int = 32,
+        max_text_len: int = MAX_TEXT_LEN,
         max_answer_len: int = 8,
         skipped_rows: Optional[Counter] = None,
     ):

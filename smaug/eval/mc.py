@@ -23,6 +23,7 @@ from collections import Counter, defaultdict
 import torch
 import torch.nn.functional as F
 
+from smaug.data.config import MAX_TEXT_LEN
 from smaug.eval.qa import gather_by_index, gather_counts
 
 METHODS = ("vtc", "vtm", "combined")
@@ -62,7 +63,7 @@ def evaluate_mc(
     device,
     batch_size: int = 16,
     num_workers: int = 0,
-    max_text_len: int = 32,
+    max_text_len: int = MAX_TEXT_LEN,
     rank: int = 0,
     world: int = 1,
 ) -> dict:

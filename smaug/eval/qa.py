@@ -29,6 +29,7 @@ from typing import Optional
 import torch
 
 from smaug.config import ConfigError, RunConfig
+from smaug.data.config import MAX_TEXT_LEN
 from smaug.dist import gather_object
 
 
@@ -110,7 +111,7 @@ def evaluate_qa(
     k: int = 128,
     batch_size: int = 16,
     num_workers: int = 0,
-    max_text_len: int = 32,
+    max_text_len: int = MAX_TEXT_LEN,
     max_answer_len: int = 8,
     rank: int = 0,
     world: int = 1,

@@ -44,6 +44,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from smaug.data.config import MAX_TEXT_LEN
 from smaug.dist import gather_object
 
 
@@ -87,7 +88,7 @@ def extract_features(
     tokenizer,
     device,
     max_samples: int = 0,
-    max_text_len: int = 32,
+    max_text_len: int = MAX_TEXT_LEN,
     autocast_dtype=None,
     keep_tokens: bool = False,
     offload: str = "none",
@@ -423,7 +424,7 @@ def evaluate(
     tokenizer,
     device,
     k: int = 128,
-    max_text_len: int = 32,
+    max_text_len: int = MAX_TEXT_LEN,
     max_samples: int = 0,
     autocast_dtype=None,
     offload: str = "none",
