@@ -28,9 +28,10 @@ ENABLED = os.environ.get("SMAUG_TEST_PREFORK", "1") != "0"
 _ctx = None
 
 
-def _context(env: dict):
+def server_context(env: dict):
     """The forkserver context; its server is started on first use, in `env` (a child's environment, so nothing
-    a preloaded module reads at import time comes from this pytest process's own variables)."""
+    a preloaded module reads at import time comes from this pytest process's own variables). Also for
+    torch.multiprocessing.start_processes(..., start_method="forkserver")."""
     global _ctx
     if _ctx is None:
         from multiprocessing import forkserver
@@ -115,7 +116,7 @@ class Forked:
         self._out, self._err = (os.path.join(self._dir.name, n) for n in ("stdout", "stderr"))
         for p in (self._out, self._err):  # readable (empty) before the child has opened them
             open(p, "w").close()
-        self._proc = _context(env).Process(
+        self._proc = server_context(env).Process(
             target=_child, args=(self.args, env, str(cwd), self._out, self._err, start_new_session), daemon=False
         )
         self._proc.start()

@@ -12,7 +12,7 @@ from smaug.models import SmaugConfig, SmaugModel
 from smaug.models.losses import sample_negatives, vtc_loss
 
 import prefork
-from conftest import REPO
+from conftest import REPO, subprocess_env
 from model_helpers import global_batch_worker, make_batch
 
 # deterministic selection (no Gumbel), no random MAE mask, no random MLM masking: the only
@@ -32,11 +32,14 @@ def test_two_gloo_ranks_match_one_process_over_the_concatenated_batch(tmp_path, 
     (ref.losses["vtc"] + ref.losses["vtm"]).backward()
     ref_negs = model._last_negatives
 
-    mp.spawn(
+    if prefork.ENABLED:  # the 2 ranks fork from the preloaded server (tests/prefork.py)
+        prefork.server_context(subprocess_env())
+    mp.start_processes(
         global_batch_worker,
         args=(2, free_port, CFG, str(tmp_path / "state.pt"), str(tmp_path / "out.pt")),
         nprocs=2,
         join=True,
+        start_method="forkserver" if prefork.ENABLED else "spawn",
     )
     got = torch.load(tmp_path / "out.pt", weights_only=True)
 
