@@ -43,7 +43,11 @@ def test_package_list_covers_every_package_and_tool():
     from setuptools import find_packages
 
     listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
-    assert set(find_packages(str(REPO), include=["smaug", "smaug.*"])) | {"smaug_tools"} == listed
+    data = {"smaug.configs", "smaug.ds_configs"}  # folders of YAML / JSON, listed so setuptools ships them
+    assert set(find_packages(str(REPO), include=["smaug", "smaug.*"])) | data | {"smaug_tools"} == listed
+    for d in data:
+        files = {p.suffix for p in (REPO / d.replace(".", "/")).iterdir()}
+        assert files and ".py" not in files and set(PYPROJECT["tool"]["setuptools"]["package-data"][d]), d
     assert PYPROJECT["tool"]["setuptools"]["package-dir"] == {"smaug_tools": "tools"}
     scripts = PYPROJECT["project"]["scripts"]
     tools = {p.stem for p in (REPO / "tools").glob("*.py") if p.stem != "__init__"}
