@@ -4,7 +4,8 @@ Helpers (test files import them: `from conftest import REPO, QS, run, run_tool, 
     REPO, CONFIGS, QS                 the checkout, its run configs, the quickstart config
     subprocess_env(**extra)           os.environ for a child process: CPU only, no torchrun variables
     run(cmd)                          subprocess.run that asserts exit 0 and shows the output's tail otherwise
-    run_tool(tool, *args, nproc=1)    `tools/<tool>` (or a repo script path) with this interpreter / torchrun
+    run_tool(tool, *args, nproc=1)    `tools/<tool>` (or a repo script path) with this interpreter / as N ranks
+    run_ranks(cmd, nproc)             a command as N ranks of a one-node job, as torchrun starts them
     train_in_process(*argv)           the trainer's `main(argv)` in this process (CPU) -> exit code
 Fixtures: `free_port` (a free TCP port, `smaug.dist.free_port`), `single_process_env` (torchrun's
 variables for a 1-process group in this process).
@@ -90,17 +91,30 @@ def run(
 def run_tool(
     tool: str, *args, nproc: int = 1, cwd=REPO, check: bool = True, timeout: float = 600, env=None, in_process=False
 ):
-    """Run `tools/<tool>` (or another repo script path) with this interpreter, under torchrun when
-    `nproc` > 1; return the result. `in_process`: a 1-process run of a tool as `smaug_tools.<tool>.main(argv)`
-    in this process (`tool_in_process`), for tools whose process boundary is not what the test checks."""
+    """Run `tools/<tool>` (or another repo script path) with this interpreter; return the result. `nproc` > 1:
+    as under torchrun, its ranks forked from the preloaded server (`prefork.run_ranks`: torchrun's variables,
+    without its ~30 s of interpreter start-ups; tests of torchrun itself call it). `in_process`: a 1-process run of
+    a tool as `smaug_tools.<tool>.main(argv)` in this process (`tool_in_process`), for tools whose process boundary
+    is not what the test checks."""
     if in_process and nproc == 1:
         assert cwd == REPO and env is None, "an in-process tool runs in this process's directory and environment"
         return tool_in_process(tool, *args, check=check)
     script = REPO / tool if "/" in tool else REPO / "tools" / tool
-    launcher = [sys.executable]
     if nproc > 1:
-        launcher += ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={_free_port()}"]
-    return run([*launcher, script, *args], check=check, timeout=timeout, cwd=cwd, env=env)
+        return run_ranks([sys.executable, script, *args], nproc, check=check, timeout=timeout, cwd=cwd, env=env)
+    return run([sys.executable, script, *args], check=check, timeout=timeout, cwd=cwd, env=env)
+
+
+def run_ranks(cmd, nproc: int, *, check: bool = True, timeout: float = 600, cwd=REPO, env=None):
+    """`cmd` (`[sys.executable, ...]`) as NPROC ranks of a one-node job, as torchrun would start them
+    (`prefork.run_ranks`); with `check`, a non-zero exit fails showing the output's tails."""
+    import prefork
+
+    env = env or subprocess_env()
+    r = prefork.run_ranks(cmd, nproc, env=env, cwd=cwd, timeout=timeout, master_port=_free_port())
+    if check and r.returncode != 0:
+        raise AssertionError(f"{cmd[1:3]} x{nproc} exited {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
+    return r
 
 
 def tool_in_process(tool: str, *args, check: bool = True) -> subprocess.CompletedProcess:

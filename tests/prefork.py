@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 # what a model-building child imports first (the order a trainer imports them in)
 PRELOAD = ["torch", "deepspeed", "timm", "transformers", "webdataset", "smaug.models", "smaug.train.trainer"]
@@ -186,3 +187,42 @@ def run(cmd, *, env: dict, cwd, timeout: float) -> subprocess.CompletedProcess:
         proc.wait()
         raise
     return subprocess.CompletedProcess(proc.args, proc.returncode, *proc.output())
+
+
+def run_ranks(cmd, nproc: int, *, env: dict, cwd, timeout: float, master_port: int) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node=NPROC cmd...` without torchrun's three interpreters: NPROC forked ranks, each with
+    the variables torchrun gives a rank of a one-node job (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE,
+    GROUP_RANK, MASTER_ADDR, MASTER_PORT; OMP_NUM_THREADS=1 unless set), rank 0 hosting the rendezvous store. As
+    torchrun does, a rank that fails stops the others, and the exit code is the first failing rank's; the output
+    is the ranks' outputs in rank order. With SMAUG_TEST_PREFORK=0 it is torchrun itself."""
+    cmd = [str(c) for c in cmd]
+    env = {"OMP_NUM_THREADS": "1", **env}
+    if not ENABLED:
+        run_cmd = [cmd[0], "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={master_port}"]
+        return subprocess.run(
+            [*run_cmd, *cmd[1:]], capture_output=True, text=True, errors="replace", timeout=timeout, env=env, cwd=cwd
+        )
+    common = dict(
+        WORLD_SIZE=nproc, LOCAL_WORLD_SIZE=nproc, GROUP_RANK=0, MASTER_ADDR="127.0.0.1", MASTER_PORT=master_port
+    )
+    procs = [
+        popen(cmd, env={**env, **{k: str(v) for k, v in dict(common, RANK=r, LOCAL_RANK=r).items()}}, cwd=cwd)
+        for r in range(nproc)
+    ]
+    deadline, code = time.monotonic() + timeout, 0
+    try:
+        while any(p.poll() is None for p in procs):
+            code = next((p.returncode for p in procs if p.poll() not in (None, 0)), 0)
+            if code:
+                break  # one rank failed: the others would wait for it at their next collective
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(cmd, timeout)
+            time.sleep(0.1)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    code = code or next((p.returncode for p in procs if p.returncode != 0), 0)
+    outs = [p.output() for p in procs]
+    return subprocess.CompletedProcess(cmd, code, "".join(o[0] for o in outs), "".join(o[1] for o in outs))

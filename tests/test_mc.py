@@ -2,7 +2,6 @@
 real 2-process run that scores every row exactly once."""
 
 import json
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -11,7 +10,7 @@ import pytest
 import torch
 from test_qa import WORDS, FakeTokenizer, fake_clip
 
-from conftest import REPO, subprocess_env, tool_in_process
+from conftest import REPO, run_ranks, subprocess_env, tool_in_process
 from model_helpers import tiny_config
 
 
@@ -91,7 +90,7 @@ def test_scores_are_the_models_vtc_vtm_and_their_combination():
 
 
 @pytest.mark.slow
-def test_two_process_mc_eval_scores_every_row_once(pretrained_run, synthetic_shards, tmp_path, free_port):
+def test_two_process_mc_eval_scores_every_row_once(pretrained_run, synthetic_shards, tmp_path):
     c = Path(synthetic_shards["corpus"])
     rows = json.loads((c / "mc_test.json").read_text())
     rows.insert(3, {"video": "eval/none.mp4", "caption": ["a", "b"], "answer": 0})  # missing video: skipped
@@ -111,24 +110,7 @@ def test_two_process_mc_eval_scores_every_row_once(pretrained_run, synthetic_sha
         "0",
     ]
     one = tool_in_process("eval_mc.py", *args[1:], "--out", tmp_path / "one.json")  # 1 process: this one
-    two = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            f"--master_port={free_port}",
-            *args,
-            "--out",
-            str(tmp_path / "two.json"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=subprocess_env(OMP_NUM_THREADS="1"),
-        cwd=REPO,
-    )
-    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-5000:]
+    run_ranks([sys.executable, *args, "--out", tmp_path / "two.json"], 2, env=subprocess_env(OMP_NUM_THREADS="1"))
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
     assert b["protocol"]["world_size"] == 2 and a["protocol"]["world_size"] == 1
     n = len(rows) - 2

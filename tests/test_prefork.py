@@ -59,3 +59,47 @@ def test_forked_child_takes_signals_and_its_own_session(tmp_path):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     assert proc.wait(60) == -signal.SIGKILL and prefork.output(proc)[0] == "True\n"
+
+
+RANKS = """
+import os, sys, time
+import torch
+import torch.distributed as dist
+names = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "OMP_NUM_THREADS")
+print(" ".join(f"{k}={os.environ.get(k)}" for k in names), flush=True)
+dist.init_process_group("gloo")
+if sys.argv[1] == "fail":  # rank 1 fails; rank 0 would go on for 10 minutes
+    sys.exit(3) if dist.get_rank() == 1 else time.sleep(600)
+x = torch.tensor([dist.get_rank() + 1.0])
+dist.all_reduce(x)
+print(f"sum={x.item():g}", flush=True)
+"""
+
+
+def test_forked_ranks_see_what_torchrun_gives_them_and_a_failed_rank_stops_the_job(free_port, tmp_path):
+    """prefork.run_ranks against torchrun on the same command: each rank's variables, one gloo group, the exit code;
+    when rank 1 fails, rank 0 is stopped and the job fails with rank 1's code."""
+    env = subprocess_env()
+    env.pop("OMP_NUM_THREADS", None)
+    script = tmp_path / "ranks.py"
+    script.write_text(RANKS)
+    runs = {}
+    for name, real in (("torchrun", True), ("forked", False)):
+        cmd = [sys.executable, script, "ok"]
+        if real:
+            cmd[1:1] = ["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port}"]
+            runs[name] = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+        else:
+            runs[name] = prefork.run_ranks(cmd, 2, env=env, cwd=REPO, timeout=300, master_port=free_port)
+        assert runs[name].returncode == 0, runs[name].stderr[-3000:]
+    for r in runs.values():
+        lines = r.stdout.splitlines()
+        for rank in (0, 1):
+            want = f"RANK={rank} LOCAL_RANK={rank} WORLD_SIZE=2 LOCAL_WORLD_SIZE=2 GROUP_RANK=0 MASTER_ADDR=127.0.0.1 "
+            assert want + "OMP_NUM_THREADS=1" in lines, (want, r.stdout)
+        assert lines.count("sum=3") == 2, r.stdout
+    t0 = time.time()
+    failed = prefork.run_ranks(
+        [sys.executable, script, "fail"], 2, env=env, cwd=REPO, timeout=300, master_port=free_port
+    )
+    assert failed.returncode == 3 and "sum=" not in failed.stdout and time.time() - t0 < 120

@@ -2,7 +2,6 @@
 fine-tuning on the pre-training trainer and evaluation (smaug.eval.qa, tools/finetune_qa.py)."""
 
 import json
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import QS, REPO, subprocess_env, tool_in_process
+from conftest import QS, REPO, run_ranks, subprocess_env, tool_in_process
 from model_helpers import tiny_config
 
 QA_CONFIG = str(REPO / "smaug" / "configs" / "finetune_qa.yaml")
@@ -413,19 +412,12 @@ def test_clips_from_shards_equal_clips_from_the_folder(synthetic_shards):
 
 
 @pytest.mark.slow
-def test_two_rank_qa_training_and_eval_answer_every_question_once(
-    pretrained_run, synthetic_shards, tmp_path, free_port
-):
+def test_two_rank_qa_training_and_eval_answer_every_question_once(pretrained_run, synthetic_shards, tmp_path):
     """QA fine-tuning on 2 ranks (gloo), its in-process 2-rank evaluation, and tools/eval_qa.py on 1 rank
     over the same checkpoint: the same answer for every test question, each answered exactly once."""
     out = tmp_path / "w2"
     cmd = qa_cmd(synthetic_shards, pretrained_run, out, "train.steps=2", "ckpt.every=2", "data.batch_size=2")
-    i = cmd.index("-m")
-    cmd = [*cmd[:i], "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port}", *cmd[i:]]
-    r = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=900, env=subprocess_env(OMP_NUM_THREADS="1"), cwd=REPO
-    )
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    run_ranks(cmd, 2, timeout=900, env=subprocess_env(OMP_NUM_THREADS="1"))
     w2 = json.loads((out / "qa_eval.json").read_text())
     test = json.loads((Path(synthetic_shards["corpus"]) / "qa_test.json").read_text())
     assert w2["protocol"]["world_size"] == 2 and w2["protocol"]["step"] == 2
