@@ -15,7 +15,9 @@ if [ ! -x "$SMAUG_VENV/bin/python" ]; then
 fi
 _stamp="$SMAUG_VENV/.smaug-installed"
 _want="$(cat "$_root/requirements.txt" "$_root/constraints.txt" "$_root/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+_installed=0
 if [ ! -f "$_stamp" ] || [ "$(cat "$_stamp")" != "$_want" ]; then
+  _installed=1
   # pip -q still warns about this machine's local index mirrors; keep the log readable.
   _pipq() { "$SMAUG_VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" 2>&1 \
       | { grep -v 'is ignored: it is neither a file nor a directory' || true; }; return "${PIPESTATUS[0]}"; }
@@ -50,6 +52,18 @@ export PATH="$SMAUG_VENV/bin:$PATH"
 export VIRTUAL_ENV="$SMAUG_VENV"
 # DeepSpeed JIT-compiles small ops on first use; keep them between runs.
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$_root/.cache/torch_extensions}"
+# On a CPU-only machine every process that starts DeepSpeed's comm layer loads its shared-memory op, which the
+# first one compiles (~50 s on 2 cores, while the others wait for its lock): the quickstart's first run and a
+# fresh clone's test suite would pay it mid-run. Built here instead, after each install (new torch headers make
+# it stale) or when it is missing; on a GPU machine the CUDA accelerator has no such op and this does nothing.
+_shm="$TORCH_EXTENSIONS_DIR/deepspeed_shm_comm/deepspeed_shm_comm.so"
+_opstamp="$SMAUG_VENV/.smaug-ds-op"  # "built" or "none" (no such op on this machine's accelerator)
+if [ "$_installed" = 1 ] || [ ! -f "$_opstamp" ] || { [ "$(cat "$_opstamp")" = built ] && [ ! -f "$_shm" ]; }; then
+  echo "[setup] building DeepSpeed's CPU comm op where it has one (once, ~1 min)"
+  "$SMAUG_VENV/bin/python" -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null 2>&1 \
+    || echo "[setup] note: DeepSpeed's CPU comm op did not build here; the first CPU run will try again"
+  if [ -f "$_shm" ]; then echo built > "$_opstamp"; else echo none > "$_opstamp"; fi
+fi
 # Offline by default: no hub, wandb off unless asked for.
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 export WANDB_MODE="${WANDB_MODE:-disabled}"
