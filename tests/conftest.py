@@ -162,6 +162,29 @@ def tool_in_process(tool: str, *args, check: bool = True) -> subprocess.Complete
     return r
 
 
+@pytest.fixture
+def forked_steps(monkeypatch):
+    """The steps a fine-tuning tool runs as `python ...` children (`smaug.train.finetune.run_step`: shards,
+    evaluation, training) forked from the preloaded server instead (tests/prefork.py: the same command, argv,
+    environment and working directory, without ~10 s of imports each); their output goes to this process's
+    descriptors when they end, where `tool_in_process` captures it. torchrun commands stay real children."""
+    import types
+
+    from smaug.train import finetune
+
+    import prefork
+
+    def run(cmd, env=None, **kw):
+        if not prefork.ENABLED or kw or str(cmd[0]) != sys.executable or "torch.distributed.run" in cmd:
+            return subprocess.run(cmd, env=env, **kw)
+        r = prefork.run(cmd, env=dict(env or os.environ), cwd=os.getcwd(), timeout=3600)
+        for fd, text in ((1, r.stdout), (2, r.stderr)):
+            os.write(fd, text.encode())
+        return r
+
+    monkeypatch.setattr(finetune, "subprocess", types.SimpleNamespace(run=run))
+
+
 def train_in_process(*argv) -> int:
     """`python -m smaug.train ARGV` as `smaug.train.trainer.main(argv)` in this process, on the CPU (the
     process group and DeepSpeed's groups are made once and reused by later runs). -> exit code."""

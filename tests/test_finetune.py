@@ -31,7 +31,7 @@ FAST = [
 
 
 def finetune(*args):
-    return run_tool("finetune_retrieval.py", *args, in_process=True)  # its steps run in their own processes
+    return run_tool("finetune_retrieval.py", *args, in_process=True)  # its steps in their own processes (forked_steps)
 
 
 def train_json(corpus: Path, out: Path) -> Path:
@@ -65,7 +65,7 @@ def _meanr(report: dict) -> float:
 
 
 @pytest.mark.slow
-def test_finetuning_improves_retrieval_over_zero_shot(pretrained_run, synthetic_shards, tmp_path):
+def test_finetuning_improves_retrieval_over_zero_shot(pretrained_run, synthetic_shards, tmp_path, forked_steps):
     corpus = Path(synthetic_shards["corpus"])
     out = tmp_path / "ft"
     r = finetune(

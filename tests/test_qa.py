@@ -352,7 +352,7 @@ def test_qa_kill_and_resume_equals_uninterrupted(pretrained_run, synthetic_shard
 
 
 @pytest.mark.slow
-def test_finetune_qa_tool_reports_model_majority_and_blind(pretrained_run, synthetic_shards, tmp_path):
+def test_finetune_qa_tool_reports_model_majority_and_blind(pretrained_run, synthetic_shards, tmp_path, forked_steps):
     """QA fine-tuning as a downstream user runs it: from the Hugging Face export of the pre-trained run."""
     from smaug.hf.export import export_hf
 
@@ -381,7 +381,7 @@ def test_finetune_qa_tool_reports_model_majority_and_blind(pretrained_run, synth
         "data.batch_size=4",
         "data.num_workers=1",
     ]
-    r = tool_in_process("finetune_qa.py", *args)  # the tool in this process; its steps in their own, as a user's
+    r = tool_in_process("finetune_qa.py", *args)  # the tool in this process; its steps in their own (forked_steps)
     rep = json.loads((out / "qa_report.json").read_text())
     pr = rep["protocol"]
     test = json.loads((c / "qa_test.json").read_text())
