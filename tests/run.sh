@@ -7,7 +7,8 @@
 #                                          0 = one process). The session fixtures (corpus, shards, pre-trained
 #                                          run) are built once and shared by the workers (conftest.built_once)
 #   SMAUG_TEST_PREFORK=0                   children that tests/prefork.py forks from a preloaded server (bench,
-#                                          SIGKILL/SIGTERM runs) start as plain interpreters instead
+#                                          SIGKILL/SIGTERM runs, fine-tuning tool steps) start as plain
+#                                          interpreters instead, and 2-rank tool runs under torchrun
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . launch/setup_env.sh
