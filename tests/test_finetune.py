@@ -18,7 +18,7 @@ FT_CONFIG = str(CONFIGS / "finetune_retrieval.yaml")
 # of 6 clips learn colour, which on the held-out split (3 colour-shape pairs x 4 motions) lowers the mean rank (1e-3,
 # the quickstart's LR, collapsed the features in one CI run: see the last assertion). Schedules measured on the
 # fixture's checkpoint (VTC mean rank, zero-shot 6.19): 120 steps x 12 clips -> 4.88 (98 s alone); 120 x 8 -> 3.75
-# (93 s); 90 x 6 -> 4.00 (60 s; 4.15 with this test's eval.every); 60 x 6 -> 4.75; 90 x 4 -> 6.35 (no learning: too few in-batch negatives)
+# (93 s); 90 x 6 -> 4.00 (60 s; 4.15 with this test's eval.every); 60 x 6 -> 4.75; 90 x 4 -> 6.35 (none learnt).
 FAST = [
     "train.steps=90",
     "optim.lr=5e-4",
