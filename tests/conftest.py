@@ -63,6 +63,13 @@ def subprocess_env(**extra) -> dict:
     return env
 
 
+def checked(r: subprocess.CompletedProcess, what, check: bool = True) -> subprocess.CompletedProcess:
+    """`r`, or (with `check`, on a non-zero exit) an AssertionError naming `what` with the output's tails."""
+    if check and r.returncode != 0:
+        raise AssertionError(f"{what} exited {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
+    return r
+
+
 def run(
     cmd, *, check: bool = True, timeout: float = 600, cwd=REPO, env=None, forked=False
 ) -> subprocess.CompletedProcess:
@@ -83,9 +90,7 @@ def run(
             env=env or subprocess_env(),
             cwd=cwd,
         )
-    if check and r.returncode != 0:
-        raise AssertionError(f"{cmd[1:3]} exited {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
-    return r
+    return checked(r, cmd[1:3], check)
 
 
 def run_tool(
@@ -112,9 +117,7 @@ def run_ranks(cmd, nproc: int, *, check: bool = True, timeout: float = 600, cwd=
 
     env = env or subprocess_env()
     r = prefork.run_ranks(cmd, nproc, env=env, cwd=cwd, timeout=timeout, master_port=_free_port())
-    if check and r.returncode != 0:
-        raise AssertionError(f"{cmd[1:3]} x{nproc} exited {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
-    return r
+    return checked(r, f"{cmd[1:3]} x{nproc}", check)
 
 
 def tool_in_process(tool: str, *args, check: bool = True) -> subprocess.CompletedProcess:
@@ -157,9 +160,7 @@ def tool_in_process(tool: str, *args, check: bool = True) -> subprocess.Complete
         r = subprocess.CompletedProcess(
             [tool, *argv], rc or 0, out.read().decode(errors="replace"), err.read().decode(errors="replace")
         )
-    if check and r.returncode != 0:
-        raise AssertionError(f"{tool} exited {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
-    return r
+    return checked(r, tool, check)
 
 
 @pytest.fixture
