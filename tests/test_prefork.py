@@ -66,13 +66,16 @@ import os, sys, time
 import torch
 import torch.distributed as dist
 names = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "OMP_NUM_THREADS")
-print(" ".join(f"{k}={os.environ.get(k)}" for k in names), flush=True)
+# one write per line: both ranks share the pipe, and print(flush=True) under PYTHONUNBUFFERED writes the text and
+# its newline apart, so two ranks' lines can interleave ("sum=3sum=3")
+say = lambda line: os.write(1, (line + "\\n").encode())
+say(" ".join(f"{k}={os.environ.get(k)}" for k in names))
 dist.init_process_group("gloo")
 if sys.argv[1] == "fail":  # rank 1 fails; rank 0 would go on for 10 minutes
     sys.exit(3) if dist.get_rank() == 1 else time.sleep(600)
 x = torch.tensor([dist.get_rank() + 1.0])
 dist.all_reduce(x)
-print(f"sum={x.item():g}", flush=True)
+say(f"sum={x.item():g}")
 """
 
 
