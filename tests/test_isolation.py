@@ -6,6 +6,7 @@ data.decoder = "module:Class"; it hangs or SIGKILLs its own process on marked by
 import hashlib
 import json
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +112,24 @@ def test_isolated_frames_equal_in_process_frames(synthetic_shards):
         for k, v in zip(b["key"], b["video"])
     }
     assert sorted(a) == sorted(b_) and all(a[k].equal(b_[k]) for k in a)
+
+
+def test_decode_process_answers_without_importing_torch(synthetic_shards):
+    """The decode process imports no torch (the worker resizes), so its start and every restart after a bad
+    sample cost the decoder's imports only: after a real decode, no libtorch is mapped into it."""
+    from smaug.data.decode import decode_sample
+    from smaug.data.isolation import DecodeServer
+
+    tar = sorted(Path(synthetic_shards["eval"]).glob("*.tar"))[0]
+    with tarfile.open(tar) as tf:
+        members = [m for m in tf.getmembers() if m.name.startswith(tf.getmembers()[0].name.split(".")[0] + ".")]
+        sample = {m.name.split(".", 1)[1]: tf.extractfile(m).read() for m in members}
+    sample["__key__"] = members[0].name.split(".")[0]
+    server = DecodeServer(timeout=60)
+    try:
+        got = server.decode(sample, 4, 32, 0, None)
+        maps = Path(f"/proc/{server.proc.pid}/maps").read_text()
+    finally:
+        server.close()
+    assert got.video.equal(decode_sample(sample, 4, 32, 0, None).video) and got.video.shape == (4, 3, 32, 32)
+    assert "libtorch" not in maps and "libdecord" in maps

@@ -106,12 +106,10 @@ def open_video(data: bytes, width: int = -1, height: int = -1, quiet: bool = Fal
 
 
 def _in_worker() -> bool:
-    """True inside a torch DataLoader worker process (single-threaded: safe to silence fd 2)."""
-    try:
-        from torch.utils.data import get_worker_info
-    except ImportError:
-        return False
-    return get_worker_info() is not None
+    """True inside a torch DataLoader worker process (single-threaded: safe to silence fd 2). A process
+    that has not imported torch's data package (an isolated decode process) is none, and stays torch-free."""
+    data = sys.modules.get("torch.utils.data")
+    return data is not None and data.get_worker_info() is not None
 
 
 def decode_video(
@@ -184,6 +182,18 @@ class Decoded:
     is_image: bool = False
 
 
+@dataclass
+class Cropped:
+    """A sample decoded and cropped but not yet resized: numpy only, so an isolated decode process
+    (`isolation.py`) makes it without importing torch and the loader worker resizes it."""
+
+    key: str
+    frames: np.ndarray  # uint8 [T, h, w, 3], the crop box's pixels (T = 1 for an image)
+    caption: str
+    captions: list[str]
+    is_image: bool
+
+
 def _caption(sample: dict, meta: dict) -> tuple[str, list[str]]:
     raw = sample.get("txt")
     if raw is None:
@@ -213,6 +223,28 @@ def decode_sample(
 
     Raises `CorruptSample` with a reason when the sample cannot be used.
     """
+    cropped = decode_crop(sample, num_frames, short_side, rng, crop_scale, crop_ratio, decoder)
+    return resize_crop(cropped, num_frames, image_size)
+
+
+def resize_crop(c: Cropped, num_frames: int, image_size: int) -> Decoded:
+    """The cropped frames resized to `[T, 3, image_size, image_size]` uint8 (an image repeated T times)."""
+    video = crop_resize(c.frames, (0, 0, *c.frames.shape[1:3]), image_size)
+    if c.is_image:  # one frame, repeated T times (a view; collation copies it)
+        video = video.expand(num_frames, -1, -1, -1)
+    return Decoded(key=c.key, video=video, caption=c.caption, captions=c.captions, is_image=c.is_image)
+
+
+def decode_crop(
+    sample: dict,
+    num_frames: int,
+    short_side: int,
+    rng: Optional[np.random.Generator],
+    crop_scale: tuple,
+    crop_ratio: tuple,
+    decoder: str,
+) -> Cropped:
+    """decode_sample up to the resize: member bytes -> frames -> the crop box's pixels; needs no torch."""
     key = str(sample.get("__key__"))
     meta: dict = {}
     if "json" in sample:
@@ -250,8 +282,8 @@ def decode_sample(
     if frames.ndim != 4 or min(frames.shape[1:3]) < 1:
         raise CorruptSample("decode_error", f"bad frame shape {frames.shape}")
     h, w = frames.shape[1:3]
-    box = random_resized_crop_box(h, w, crop_scale, crop_ratio, rng) if rng is not None else center_crop_box(h, w)
-    video = crop_resize(frames, box, image_size)
-    if is_image:  # one frame, repeated T times (a view; collation copies it)
-        video = video.expand(num_frames, -1, -1, -1)
-    return Decoded(key=key, video=video, caption=caption, captions=captions, is_image=is_image)
+    top, left, ch, cw = (
+        random_resized_crop_box(h, w, crop_scale, crop_ratio, rng) if rng is not None else center_crop_box(h, w)
+    )
+    crop = frames[:, top : top + ch, left : left + cw]
+    return Cropped(key=key, frames=crop, caption=caption, captions=captions, is_image=is_image)

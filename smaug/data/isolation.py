@@ -15,13 +15,17 @@ seconds per sample:
 
 The decode process is a fresh interpreter (`python -m smaug.data.isolation`), not a fork: DataLoader
 workers are daemonic (they cannot own multiprocessing children) and decoders that are not fork-safe
-(decord is reported to deadlock after fork) start clean. Its start-up (importing torch and the
-decoder, ~1-3 s) is not counted against a sample's time limit. Frames come back as raw uint8 bytes
-over a pipe (4 x 3 x 224 x 224 = 0.6 MB per clip).
+(decord is reported to deadlock after fork) start clean. It runs `decode.decode_crop` (bytes -> frames
+-> the crop box's pixels, numpy only) and never imports torch, so a start or a restart after a bad
+sample costs the decoder's imports (~0.5 s), not torch's (~2 s more); its start-up is not counted
+against a sample's time limit either way. The cropped frames come back over a pipe as a uint8 array
+(4 x 256 x 256 x 3 = 0.8 MB for a 256 px crop) and the worker resizes them (`decode.resize_crop`),
+so the result is decode_sample's, pixel for pixel.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import pickle
@@ -33,7 +37,7 @@ import time
 
 import numpy as np
 
-from .decode import CorruptSample, Decoded, decode_sample
+from .decode import CorruptSample, Cropped, Decoded, decode_crop, decode_sample, resize_crop
 
 LOG = logging.getLogger("smaug.data")
 _HDR = struct.Struct("<Q")
@@ -104,11 +108,15 @@ class DecodeServer:
         return proc.returncode
 
     def decode(self, sample: dict, *args, **kwargs) -> Decoded:
+        call = inspect.signature(decode_sample).bind(sample, *args, **kwargs)
+        call.apply_defaults()
+        crop_args = dict(call.arguments)
+        image_size = crop_args.pop("image_size")
         if self.proc is None:
             self._start()
         key = sample.get("__key__")
         try:
-            _write_frame(self.proc.stdin.fileno(), (sample, args, kwargs))
+            _write_frame(self.proc.stdin.fileno(), crop_args)
             ok, payload = _read_frame(self.proc.stdout.fileno(), time.monotonic() + self.timeout)
         except TimeoutError:
             self._kill()
@@ -124,10 +132,7 @@ class DecodeServer:
             raise CorruptSample("decoder_crash", detail) from None
         if not ok:
             raise CorruptSample(*payload)
-        import torch
-
-        payload["video"] = torch.from_numpy(payload["video"])
-        return Decoded(**payload)
+        return resize_crop(Cropped(**payload), crop_args["num_frames"], image_size)
 
     def close(self) -> None:
         self._kill()
@@ -148,29 +153,18 @@ def make_decoder(cfg):
 
 
 def serve() -> None:
-    """The decode process: frames in on stdin, results out on stdout, until stdin closes."""
-    import torch
-
-    torch.set_num_threads(1)
+    """The decode process: decode_crop's arguments in on stdin, its results out on stdout, until stdin
+    closes. Imports no torch (the decoder's own imports aside)."""
     rd, wr = sys.stdin.fileno(), sys.stdout.fileno()
     _write_frame(wr, READY)
     while True:
         try:
-            sample, args, kwargs = _read_frame(rd, None)
+            kwargs = _read_frame(rd, None)
         except EOFError:
             return
         try:
-            d = decode_sample(sample, *args, **kwargs)
-            out = (
-                True,
-                {
-                    "key": d.key,
-                    "video": np.ascontiguousarray(d.video.contiguous().numpy()),
-                    "caption": d.caption,
-                    "captions": d.captions,
-                    "is_image": d.is_image,
-                },
-            )
+            c = decode_crop(**kwargs)
+            out = (True, dict(vars(c), frames=np.ascontiguousarray(c.frames)))
         except CorruptSample as exn:
             out = (False, (exn.reason, exn.detail))
         _write_frame(wr, out)
