@@ -1,10 +1,12 @@
 """End-to-end pre-training on synthetic shards with the real DeepSpeed engine (CPU, gloo).
 
 Runs call `smaug.train.trainer.main(argv)` in this process (as a notebook or a sweep would; the
-process group and DeepSpeed's groups are made once and reused). Four stay subprocesses because
-the process boundary is what they test: the 2-rank run (torchrun), the killed run of the resume
-test (SIGKILL), the preemption test (SIGTERM to the process) and `python -m smaug.train`'s own
-exit path (test_train_config.py: the CLI refuses a bad key with exit 2).
+process group and DeepSpeed's groups are made once and reused). Others are new processes because
+the process boundary is what they test: the 2-rank run (two ranks with torchrun's variables, forked
+by `conftest.run_ranks`; test_prefork checks them against torchrun's, and test_launchers runs the
+real launchers), the killed run of the resume test (SIGKILL), the preemption test (SIGTERM to the
+process) and `python -m smaug.train`'s own exit path (test_train_config.py: the CLI refuses a bad
+key with exit 2).
 """
 
 import json
@@ -18,10 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from smaug.dist import free_port
-
 import prefork
-from conftest import QS, REPO, run, subprocess_env, train_in_process
+from conftest import QS, REPO, run_ranks, subprocess_env, train_in_process
 
 
 @pytest.fixture(scope="session")
@@ -54,20 +54,8 @@ def train_args(data, out, *extra) -> list[str]:
     ]
 
 
-def train_cmd(data, out, *extra, launcher=None) -> list[str]:
-    """The command line of a run in a new process (`python -m smaug.train`, or torchrun with 2 ranks)."""
-    if launcher == "torchrun":
-        return [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            "--master_port",
-            str(free_port()),
-            "-m",
-            "smaug.train",
-            *train_args(data, out, *extra),
-        ]
+def train_cmd(data, out, *extra) -> list[str]:
+    """The command line of a run in a new process (`python -m smaug.train`)."""
     return [sys.executable, "-m", "smaug.train", *train_args(data, out, *extra)]
 
 
@@ -140,9 +128,10 @@ def test_train_world1_loss_falls_and_logs(train_data, tmp_path, capfd):
 
 
 @pytest.mark.slow
-def test_train_world2_torchrun(train_data, tmp_path):
+def test_train_world2(train_data, tmp_path):
+    """Two ranks (as torchrun starts them, forked from the preloaded server): loss falls, ZeRO-2 partitions."""
     out = tmp_path / "w2"
-    run(train_cmd(train_data, out, "train.steps=16", "ckpt.every=8", "ckpt.keep=1", launcher="torchrun"))
+    run_ranks(train_cmd(train_data, out, "train.steps=16", "ckpt.every=8", "ckpt.keep=1"), 2)
     assert_loss_falls(out, k=4)
     ck = out / "checkpoints"
     assert sorted(p.name for p in ck.iterdir() if p.is_dir()) == ["step_00000016"]  # keep=1 pruned step 8
