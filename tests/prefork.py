@@ -23,8 +23,20 @@ import sys
 import tempfile
 import time
 
-# what a model-building child imports first (the order a trainer imports them in)
-PRELOAD = ["torch", "deepspeed", "timm", "transformers", "webdataset", "smaug.models", "smaug.train.trainer"]
+# what a model-building child imports first (the order a trainer imports them in), then what it imports later:
+# DeepSpeed's first engine imports its Muon optimizer, whose torch.compile decorator imports inductor and triton
+# (1.5 s on 2 cores), and the data workers import decord
+PRELOAD = [
+    "torch",
+    "deepspeed",
+    "timm",
+    "transformers",
+    "webdataset",
+    "smaug.models",
+    "smaug.train.trainer",
+    "deepspeed.runtime.zero.muon.muon_optimizer",
+    "decord",
+]
 ENABLED = os.environ.get("SMAUG_TEST_PREFORK", "1") != "0"
 _ctx = None
 
