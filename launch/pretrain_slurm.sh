@@ -7,9 +7,9 @@
 # Submit from the repository root (the job runs there: $SLURM_SUBMIT_DIR).
 # `--signal=USR1@300` asks Slurm to send SIGUSR1 to every task five minutes before the time limit
 # (Slurm may send it up to a minute earlier): smaug saves a checkpoint at the next step and exits 0;
-# resubmitting the same job resumes. A signal that comes while a task is still importing Python
-# modules is ignored (the trainer takes SIGUSR1/SIGTERM from the start of its set-up); the time
-# limit's SIGTERM then still saves, within Slurm's KillWait.
+# resubmitting the same job resumes. `python -m smaug.train` takes SIGUSR1/SIGTERM from its first
+# line (before importing torch); one that comes before that (~0.1 s of interpreter start) is ignored
+# (the `trap ""` below), and the time limit's SIGTERM then still saves, within Slurm's KillWait.
 # Try it on one machine: `bash launch/slurm_local_setup.sh` (root) sets up a local Slurm, then
 #   sbatch --ntasks=2 --time=10 --signal=USR1@120 launch/pretrain_slurm.sh key=value ...
 # Env knobs (defaults in brackets):

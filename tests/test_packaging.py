@@ -51,7 +51,7 @@ def test_package_list_covers_every_package_and_tool():
     assert PYPROJECT["tool"]["setuptools"]["package-dir"] == {"smaug_tools": "tools"}
     scripts = PYPROJECT["project"]["scripts"]
     tools = {p.stem for p in (REPO / "tools").glob("*.py") if p.stem != "__init__"}
-    assert {f"smaug_tools.{t}:main" for t in tools} | {"smaug.train.trainer:cli"} == set(scripts.values())
+    assert {f"smaug_tools.{t}:main" for t in tools} | {"smaug.train.__main__:main"} == set(scripts.values())
     for target in scripts.values():
         module, func = target.split(":")
         assert callable(getattr(importlib.import_module(module), func)), target

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import prefork
-from conftest import QS, REPO, run_ranks, subprocess_env, train_in_process
+from conftest import QS, REPO, run, run_ranks, subprocess_env, train_in_process
 
 
 @pytest.fixture(scope="session")
@@ -206,6 +206,34 @@ def test_sigterm_saves_and_exits_zero(train_data, tmp_path):
     step = int(tag.split("_")[1])
     assert step >= 2 and (out / "checkpoints" / tag / "COMPLETE").is_file()
     assert "SIGTERM received" in stdout
+
+
+EARLY_SIGNAL = """
+import os, runpy, signal, sys
+import smaug.train.preemption as preemption
+signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # as launch/pretrain_slurm.sh's `trap "" USR1`
+catch, mode = preemption.catch_early, sys.argv[1]
+def catch_then_signal():
+    catch()
+    if mode == "order":  # a real interpreter: nothing heavy imported yet
+        sys.exit(0 if not {"torch", "deepspeed", "smaug.train.trainer"} & set(sys.modules) else 3)
+    os.kill(os.getpid(), signal.SIGUSR1)  # arrives before the trainer module is even imported
+preemption.catch_early = catch_then_signal
+sys.argv = ["smaug.train", *sys.argv[2:]]
+runpy.run_module("smaug.train", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_a_signal_during_the_imports_is_kept_for_the_first_step(train_data, tmp_path):
+    """`python -m smaug.train` catches SIGUSR1/SIGTERM from its first line, before torch is imported (a real
+    interpreter checks the order); a SIGUSR1 then (forked: the rest of the run) saves at step 1, exit 0."""
+    r = run([sys.executable, "-c", EARLY_SIGNAL, "order"])
+    assert r.returncode == 0
+    out = tmp_path / "early"
+    args = train_args(train_data, out, "train.steps=3", "ckpt.every=1000")  # lost, the signal would not stop it
+    r = run([sys.executable, "-c", EARLY_SIGNAL, "signal", *args], forked=True)
+    assert "SIGUSR1 received: checkpoint saved at step 1, exiting" in r.stdout + r.stderr, r.stderr[-3000:]
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step_00000001"
 
 
 def test_nonfinite_losses_are_skipped_then_stop_the_run(train_data, tmp_path, capfd):

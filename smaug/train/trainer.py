@@ -13,7 +13,6 @@ import argparse
 import dataclasses
 import json
 import os
-import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ from . import engine_ops
 from .ds_config import build_ds_config, save_ds_config
 from .monitor import LOG, Monitor, device_peak_tflops, setup_logging
 from .optim import make_scheduler, param_groups
+from .preemption import Preemption
 from .prefetch import DevicePrefetcher
 
 LOSS_KEYS = ("vtc", "vtm", "mlm", "mvm")
@@ -68,26 +68,6 @@ def teardown_distributed() -> None:
     exit: DeepSpeed caches its process groups, so a later in-process `main()` could not run."""
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-class Preemption:
-    """SIGTERM / SIGUSR1 set a flag; the loop checkpoints at the next step boundary and exits 0."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-    def __init__(self):
-        self.requested = False
-        self.signal = None
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-
-    def restore(self) -> None:
-        """Put back the handlers that were there before (an in-process caller keeps its own)."""
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum, frame):
-        self.requested = True
-        self.signal = signal.Signals(signum).name
 
 
 def step_flags(loss: torch.Tensor, preempt: bool) -> tuple[float, float, float]:
@@ -132,7 +112,8 @@ class Trainer:
         from smaug.data import load_tokenizer, tokenizer_fields
 
         self.cfg = cfg
-        # First: a SIGTERM/SIGUSR1 during the set-up (Slurm's --signal may come early) is kept for the first step.
+        # First: a SIGTERM/SIGUSR1 during the set-up (Slurm's --signal may come early) is kept for the first step,
+        # as is one that came during the imports (`python -m smaug.train` catches them from its first line)
         self.preempt = Preemption()
         kind = cfg.train.device if cfg.train.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         ds_cfg = build_ds_config(cfg, int(os.environ.get("WORLD_SIZE", 1)), kind)  # mismatch = error, before compute
@@ -525,8 +506,8 @@ def main(argv=None, trainer_cls=None, config_cls=RunConfig) -> int:
 
 
 def cli() -> int:
-    """`python -m smaug.train` and the `smaug-train` console entry point: `main(sys.argv[1:])`, then the process
-    group ends (in-process callers of `main` keep it for their next run)."""
+    """What `python -m smaug.train` and `smaug-train` run (`__main__.main`, after it catches early signals):
+    `main(sys.argv[1:])`, then the process group ends (in-process callers of `main` keep it for their next run)."""
     rc = main()
     teardown_distributed()
     return rc
