@@ -266,6 +266,20 @@ def slurm():
         pytest.skip(f"NO SLURM TEST: {why}")
 
 
+# the job states that are final (`man squeue`); a running job can also be SIGNALING, STAGE_OUT, REQUEUED, ...
+ENDED = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+}
+
+
 def sbatch(env, out_file, *args, timeout=600):
     """Submit launch/pretrain_slurm.sh and wait for the job; return (job exit code, its output).
 
@@ -282,7 +296,7 @@ def sbatch(env, out_file, *args, timeout=600):
         info = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True, env=env)
         state = re.search(r"JobState=(\S+)", info.stdout)
         assert state, f"scontrol show job {job}: {info.stdout}{info.stderr}"
-        if state.group(1) not in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED"):
+        if state.group(1) in ENDED:
             code, sig = map(int, re.search(r" ExitCode=(\d+):(\d+)", info.stdout).groups())
             rc = code or (128 + sig if sig else 0) or int(state.group(1) != "COMPLETED")
     text = Path(out_file).read_text(errors="replace") if Path(out_file).exists() else ""
