@@ -7,6 +7,7 @@ Helpers (test files import them: `from conftest import REPO, QS, run, run_tool, 
     run_tool(tool, *args, nproc=1)    `tools/<tool>` (or a repo script path) with this interpreter / as N ranks
     run_ranks(cmd, nproc)             a command as N ranks of a one-node job, as torchrun starts them
     train_in_process(*argv)           the trainer's `main(argv)` in this process (CPU) -> exit code
+    run_overrides(shards, *extra)     key=value overrides of a short CPU run on the synthetic shards
 Fixtures: `free_port` (a free TCP port, `smaug.dist.free_port`), `single_process_env` (torchrun's
 variables for a 1-process group in this process).
 
@@ -33,6 +34,31 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "smaug" / "configs"
 QS = str(CONFIGS / "quickstart.yaml")
+
+
+def run_overrides(shards: dict, *extra) -> list[str]:
+    """key=value overrides of a short test run of the quickstart config on the session's synthetic shards (the
+    `synthetic_shards` fixture): batches of 4, one data worker, small shuffle rounds, a log line per step, no
+    periodic evaluation, a 2-step warm-up, no unmasked tail; `extra` comes last, so it wins."""
+    return [
+        f"data.shards_root={shards['shards_root']}",
+        f"data.train_shards={shards['train']}",
+        f"data.eval_shards={shards['eval']}",
+        f"model.tokenizer={shards['tokenizer']}",
+        "data.batch_size=4",
+        "data.num_workers=1",
+        "data.round_batches=4",
+        "data.shuffle_buffer=20",
+        "log.every=1",
+        "log.progress=false",
+        "eval.every=0",
+        "optim.lr=3e-4",
+        "optim.warmup_steps=2",
+        "train.unmasked_tail_steps=0",
+        *map(str, extra),
+    ]
+
+
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -346,22 +372,16 @@ def _pretrain(d: dict, folder: Path) -> str:
         QS,
         "--out",
         out,
-        f"data.shards_root={d['shards_root']}",
-        f"data.train_shards={d['train']}",
-        f"data.eval_shards={d['eval']}",
-        f"model.tokenizer={d['tokenizer']}",
-        "data.batch_size=8",
-        "data.num_workers=1",
-        "data.round_batches=4",
-        "data.shuffle_buffer=20",
-        "log.progress=false",
-        "train.steps=8",
-        "train.unmasked_tail_steps=2",
-        "eval.every=4",
-        "ckpt.every=4",
-        "optim.lr=1e-4",
-        "optim.min_lr=1e-5",
-        "optim.warmup_steps=2",
+        *run_overrides(
+            d,
+            "data.batch_size=8",
+            "train.steps=8",
+            "train.unmasked_tail_steps=2",
+            "eval.every=4",
+            "ckpt.every=4",
+            "optim.lr=1e-4",
+            "optim.min_lr=1e-5",
+        ),
     )
     assert rc == 0, f"pre-training exited {rc}"
     return str(out)

@@ -20,29 +20,15 @@ import torch
 
 from smaug.dist import free_port
 
-REPO = Path(__file__).resolve().parents[1]
-QS = "smaug/configs/quickstart.yaml"
+from conftest import QS, REPO, run_overrides
+
 pytestmark = pytest.mark.slow
 
 
 def overrides(d, *extra):
-    return [
-        f"data.shards_root={d['shards_root']}",
-        f"data.train_shards={d['train']}",
-        "data.eval_shards=null",
-        f"model.tokenizer={d['tokenizer']}",  # no eval: the launchers are under test
-        "data.batch_size=2",
-        "data.num_workers=1",
-        "data.round_batches=4",
-        "data.shuffle_buffer=20",
-        "log.every=1",
-        "log.progress=false",
-        "eval.every=0",
-        "optim.lr=3e-4",
-        "optim.warmup_steps=2",
-        "train.unmasked_tail_steps=0",
-        *extra,
-    ]
+    return run_overrides(
+        d, "data.eval_shards=null", "data.batch_size=2", *extra
+    )  # no eval: the launchers are under test
 
 
 def launcher_env(out, **kw):

@@ -17,7 +17,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from conftest import REPO, run, subprocess_env
+from conftest import REPO, run, run_overrides, subprocess_env
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 
@@ -101,21 +101,14 @@ def test_wheel_install_trains_from_another_directory(synthetic_shards, tmp_path)
             "quickstart",
             "--out",
             "run",
-            f"data.shards_root={d['shards_root']}",
-            f"data.train_shards={d['train']}",
-            f"data.eval_shards={d['eval']}",
-            f"model.tokenizer={d['tokenizer']}",
-            "data.batch_size=4",
-            "data.num_workers=1",
-            "log.progress=false",
-            "data.round_batches=4",
-            "data.shuffle_buffer=20",
-            "train.steps=3",
-            "train.unmasked_tail_steps=1",
-            "optim.warmup_steps=1",
-            "train.device=cpu",
-            "eval.every=0",
-            "ckpt.every=3",
+            *run_overrides(
+                d,
+                "train.steps=3",
+                "train.unmasked_tail_steps=1",
+                "optim.warmup_steps=1",
+                "train.device=cpu",
+                "ckpt.every=3",
+            ),
         ],
         cwd=elsewhere,
         env=env,

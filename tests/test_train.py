@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import prefork
-from conftest import QS, REPO, run, run_ranks, subprocess_env, train_in_process
+from conftest import QS, REPO, run, run_overrides, run_ranks, subprocess_env, train_in_process
 
 
 @pytest.fixture(scope="session")
@@ -30,28 +30,7 @@ def train_data(synthetic_shards):
 
 
 def train_args(data, out, *extra) -> list[str]:
-    return [
-        "--config",
-        QS,
-        "--out",
-        str(out),
-        f"data.shards_root={data['shards_root']}",
-        f"data.train_shards={data['train']}",
-        f"data.eval_shards={data['eval']}",
-        f"model.tokenizer={data['tokenizer']}",
-        "train.device=cpu",
-        "data.batch_size=4",
-        "data.num_workers=1",
-        "data.round_batches=4",
-        "data.shuffle_buffer=20",
-        "log.every=1",
-        "log.progress=false",
-        "eval.every=0",
-        "optim.lr=3e-4",
-        "optim.warmup_steps=2",
-        "train.unmasked_tail_steps=0",
-        *extra,
-    ]
+    return ["--config", QS, "--out", str(out), *run_overrides(data, "train.device=cpu", *extra)]
 
 
 def train_cmd(data, out, *extra) -> list[str]:

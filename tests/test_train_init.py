@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import QS, run, subprocess_env
+from conftest import QS, run, run_overrides, subprocess_env
 from pretrained_helpers import hub_repo, hub_snapshot, save_timm, timm_reference, tiny_bert_config
 
 
@@ -35,23 +35,18 @@ def test_trainer_loads_pretrained_towers_and_reports(synthetic_shards, tmp_path)
         QS,
         "--out",
         str(out),
-        f"data.shards_root={d['shards_root']}",
-        f"data.train_shards={d['train']}",
-        "data.eval_shards=null",
-        f"model.vision_init={name}",
-        f"model.text_init={tmp_path / 'bert'}",
-        "model.tokenizer=null",
-        "model.allow_random_init=false",
-        "train.steps=1",
-        "data.batch_size=2",
-        "data.num_workers=1",
-        "data.round_batches=4",
-        "data.shuffle_buffer=4",
-        "log.progress=false",
-        "eval.every=0",
-        "optim.warmup_steps=0",
-        "train.unmasked_tail_steps=0",
-        "log.every=1",
+        *run_overrides(
+            d,
+            "data.eval_shards=null",
+            f"model.vision_init={name}",
+            f"model.text_init={tmp_path / 'bert'}",
+            "model.tokenizer=null",
+            "model.allow_random_init=false",
+            "train.steps=1",
+            "data.batch_size=2",
+            "data.shuffle_buffer=4",
+            "optim.warmup_steps=0",
+        ),
     ]
     # a subprocess: huggingface_hub reads HF_HUB_CACHE when it is imported, and this process imported it long ago
     r = run(cmd, env=subprocess_env(HF_HUB_CACHE=cache, HF_HUB_OFFLINE=1))
