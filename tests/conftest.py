@@ -36,6 +36,12 @@ CONFIGS = REPO / "smaug" / "configs"
 QS = str(CONFIGS / "quickstart.yaml")
 
 
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
 def run_overrides(shards: dict, *extra) -> list[str]:
     """key=value overrides of a short test run of the quickstart config on the session's synthetic shards (the
     `synthetic_shards` fixture): batches of 4, one data worker, small shuffle rounds, a log line per step, no
@@ -57,12 +63,6 @@ def run_overrides(shards: dict, *extra) -> list[str]:
         "train.unmasked_tail_steps=0",
         *map(str, extra),
     ]
-
-
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "disabled")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture

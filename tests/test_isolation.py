@@ -119,12 +119,10 @@ def test_decode_process_answers_without_importing_torch(synthetic_shards):
     sample cost the decoder's imports only: after a real decode, no libtorch is mapped into it."""
     from smaug.data.decode import decode_sample
     from smaug.data.isolation import DecodeServer
+    from smaug.data.stream import ErrorBudget, iter_tar
 
     tar = sorted(Path(synthetic_shards["eval"]).glob("*.tar"))[0]
-    with tarfile.open(tar) as tf:
-        members = [m for m in tf.getmembers() if m.name.startswith(tf.getmembers()[0].name.split(".")[0] + ".")]
-        sample = {m.name.split(".", 1)[1]: tf.extractfile(m).read() for m in members}
-    sample["__key__"] = members[0].name.split(".")[0]
+    sample = next(iter_tar(str(tar), ErrorBudget(0.0, 1)))  # a raw sample, as the loader reads it
     server = DecodeServer(timeout=60)
     try:
         got = server.decode(sample, 4, 32, 0, None)

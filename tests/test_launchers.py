@@ -26,9 +26,8 @@ pytestmark = pytest.mark.slow
 
 
 def overrides(d, *extra):
-    return run_overrides(
-        d, "data.eval_shards=null", "data.batch_size=2", *extra
-    )  # no eval: the launchers are under test
+    """conftest.run_overrides with batches of 2 and no eval shards: the launchers are under test."""
+    return run_overrides(d, "data.eval_shards=null", "data.batch_size=2", *extra)
 
 
 def launcher_env(out, **kw):

@@ -40,6 +40,7 @@ import numpy as np
 from .decode import CorruptSample, Cropped, Decoded, decode_crop, decode_sample, resize_crop
 
 LOG = logging.getLogger("smaug.data")
+_DECODE_SAMPLE = inspect.signature(decode_sample)  # DecodeServer.decode takes its arguments
 _HDR = struct.Struct("<Q")
 READY = b"smaug-decode-ready"
 
@@ -108,7 +109,7 @@ class DecodeServer:
         return proc.returncode
 
     def decode(self, sample: dict, *args, **kwargs) -> Decoded:
-        call = inspect.signature(decode_sample).bind(sample, *args, **kwargs)
+        call = _DECODE_SAMPLE.bind(sample, *args, **kwargs)
         call.apply_defaults()
         crop_args = dict(call.arguments)
         image_size = crop_args.pop("image_size")
