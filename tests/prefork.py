@@ -76,6 +76,10 @@ def _child(cmd: list[str], env: dict, cwd: str, out: str, err: str, new_session:
         os.chdir(cwd)
         os.environ.clear()
         os.environ.update(env)
+        # multiprocessing made "forkserver" this process's default start method (spawn.prepare); a fresh interpreter
+        # has the platform's default (fork on Linux): without this, each data worker would start a server of its own
+        # that imports torch, transformers and the script again (~100 s of the suite's CPU time)
+        multiprocessing.set_start_method(None, force=True)
         for fd, path in ((1, out), (2, err)):
             f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
             os.dup2(f, fd)

@@ -1,5 +1,6 @@
 """tests/prefork.py: a child forked from the preloaded server behaves as a fresh interpreter running the same
-command (exit codes, argv, sys.path[0], working directory, environment, output, signals, sessions)."""
+command (exit codes, argv, sys.path[0], working directory, environment, output, signals, sessions, the start
+method of its own worker processes)."""
 
 import os
 import signal
@@ -15,9 +16,10 @@ from conftest import REPO, subprocess_env
 pytestmark = pytest.mark.skipif(not prefork.ENABLED, reason="SMAUG_TEST_PREFORK=0: every child is a real interpreter")
 
 PROBE = """
-import json, os, sys
+import json, multiprocessing, os, sys
 print(json.dumps({"argv": sys.argv, "path0": sys.path[0], "cwd": os.getcwd(), "env": os.environ.get("PROBE_VAR"),
-                  "name": __name__, "sid": os.getsid(0) == os.getpid()}))
+                  "name": __name__, "sid": os.getsid(0) == os.getpid(),
+                  "start_method": multiprocessing.get_start_method()}))  # how its data workers start
 print("to stderr", file=sys.stderr)
 sys.exit(int(sys.argv[1]))
 """
