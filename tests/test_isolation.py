@@ -64,7 +64,8 @@ def _cfg(shards, **kw):
         max_text_len=16,
         decoder="faulty_reader:Faulty",
         isolate_decode=True,
-        decode_timeout=4,  # each hang costs this wait (5 hangs in the resume test); a 32 px decode takes ~0.1 s
+        decode_timeout=2,  # each hang costs this wait (5 hangs in the resume test); a 32 px decode takes ~0.1 s (the
+        # decode process's start-up is not counted), ~0.3 s on 2 busy cores
         error_budget=0.5,
         error_window=10,
         **kw,
