@@ -99,14 +99,52 @@ def small_fs(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
-def test_pretrain_8gpu_two_cpu_ranks_disk_full_then_resume(synthetic_shards, small_fs, tmp_path):
+def multinode(out, tmp_path, *args) -> list[str]:
+    """launch/pretrain_multinode.sh on a 2-host hostfile (two names of this machine), one process per "node"
+    (NODE_RANK=0/1: DeepSpeed's --no_ssh mode), both ranks of one ZeRO-2 data-parallel job -> each node's output."""
+    hostfile = tmp_path / "hosts.txt"
+    hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
+    port = free_port()
+    procs = []
+    for node in (0, 1):
+        env = launcher_env(
+            out, HOSTFILE=hostfile, NODE_RANK=node, MASTER_PORT=port, DS_ENV_FILE=tmp_path / f".deepspeed_env{node}"
+        )
+        procs.append(
+            subprocess.Popen(
+                ["bash", "launch/pretrain_multinode.sh", *args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                errors="replace",
+                env=env,
+                cwd=REPO,
+            )
+        )
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=600)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for node, (p, log) in enumerate(zip(procs, logs)):
+        assert p.returncode == 0, f"node {node} exited {p.returncode}\n{log[-5000:]}"
+    return logs
+
+
+def test_pretrain_8gpu_disk_full_then_multinode_resume(synthetic_shards, small_fs, tmp_path):
     """launch/pretrain_8gpu.sh, NUM_GPUS=2: the deepspeed launcher starts 2 ranks (gloo) and checkpoints
     at step 2; on a small tmpfs the step-4 checkpoint fills the disk: the run stops non-zero naming the
-    cause, the directory and the intact `latest` (step 2). With space again, the same command resumes
-    from step 2 and reaches step 4. Without root (no tmpfs) the first run just ends at step 2."""
+    cause, the directory and the intact `latest` (step 2). Without root (no tmpfs) that run just ends at step 2.
+    With space again, launch/pretrain_multinode.sh resumes the run as two "nodes" of this machine (`multinode`)
+    from step 2 to step 4: one 2-rank ZeRO-2 job whose checkpoint holds both ranks' loader and RNG state.
+
+    One run of each launcher: the resume is the trainer's, whichever launcher starts it (the Slurm test resumes
+    with the same submission); a second 8-GPU launch for it cost ~20 s of the suite's 2 cores."""
     mnt, grow = small_fs
     out = (mnt or tmp_path) / "run"
-    env = launcher_env(out, NUM_GPUS=2)
     args = overrides(synthetic_shards, "train.steps=4", "ckpt.every=2")
     if mnt is not None:
         r = subprocess.run(
@@ -115,7 +153,7 @@ def test_pretrain_8gpu_two_cpu_ranks_disk_full_then_resume(synthetic_shards, sma
             text=True,
             errors="replace",
             timeout=600,
-            env=env,
+            env=launcher_env(out, NUM_GPUS=2),
             cwd=REPO,
         )
         log = r.stdout + r.stderr
@@ -130,12 +168,23 @@ def test_pretrain_8gpu_two_cpu_ranks_disk_full_then_resume(synthetic_shards, sma
         grow()
     else:
         print(f"NOTE: no disk-full check here ({grow}); it needs root for a tmpfs")
-        bash("pretrain_8gpu.sh", env, *overrides(synthetic_shards, "train.steps=2", "ckpt.every=2"))
-        assert latest(out) == "step_00000002" and loss_steps(out) == [1, 2]
-    log = bash("pretrain_8gpu.sh", env, *args)
-    assert "world=2" in log and re.search(r"resumed from \S+/step_00000002 at step 2", log), log[-3000:]
-    assert latest(out) == "step_00000004" and len(optim_shards(out, "step_00000004")) == 2  # ZeRO-2 over 2 ranks
-    assert loss_steps(out)[-2:] == [3, 4] and loss_steps(out)[:2] == [1, 2]  # the rerun logged steps 3-4
+        log = bash(
+            "pretrain_8gpu.sh",
+            launcher_env(out, NUM_GPUS=2),
+            *overrides(synthetic_shards, "train.steps=2", "ckpt.every=2"),
+        )
+        assert "world=2" in log and latest(out) == "step_00000002" and loss_steps(out) == [1, 2]
+    logs = multinode(out, tmp_path, *args)
+    assert "world=2" in logs[0] and re.search(r"resumed from \S+/step_00000002 at step 2", logs[0]), logs[0][-3000:]
+    assert latest(out) == "step_00000004" and loss_steps(out)[-2:] == [3, 4] and loss_steps(out)[:2] == [1, 2]
+    assert optim_shards(out, "step_00000004") == [  # ZeRO-2 over the 2 ranks
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    ]
+    ck = torch.load(
+        out / "checkpoints" / "step_00000004" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False
+    )
+    assert ck["world_size"] == 2 and len(ck["ranks"]) == 2  # both ranks' loader/RNG state in one checkpoint
     assert json.loads((out / "ds_config.json").read_text())["train_batch_size"] == 4  # 2 per rank x 2 ranks
 
 
@@ -177,52 +226,6 @@ def test_checkpoint_write_error_names_cause_and_keeps_latest(synthetic_shards, t
     assert "File too large" in r.stderr and "file-size limit (ulimit -f) 1048576 bytes" in r.stderr, r.stderr[-4000:]
     assert "`latest` still names step_00000002" in r.stderr and "Traceback" not in r.stderr, r.stderr[-4000:]
     assert latest(out) == "step_00000002" and not (ck / "step_00000004").exists()
-
-
-def test_pretrain_multinode_two_nodes_no_ssh(synthetic_shards, tmp_path):
-    """launch/pretrain_multinode.sh on a 2-host hostfile (two names of this machine), one process per
-    "node" (NODE_RANK=0/1: DeepSpeed's --no_ssh mode), both ranks of one ZeRO-2 data-parallel job."""
-    out = tmp_path / "run"
-    hostfile = tmp_path / "hosts.txt"
-    hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
-    port = free_port()
-    args = overrides(synthetic_shards, "train.steps=3", "ckpt.every=3")
-    procs = []
-    for node in (0, 1):
-        env = launcher_env(
-            out, HOSTFILE=hostfile, NODE_RANK=node, MASTER_PORT=port, DS_ENV_FILE=tmp_path / f".deepspeed_env{node}"
-        )
-        procs.append(
-            subprocess.Popen(
-                ["bash", "launch/pretrain_multinode.sh", *args],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                errors="replace",
-                env=env,
-                cwd=REPO,
-            )
-        )
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=600)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for node, (p, log) in enumerate(zip(procs, logs)):
-        assert p.returncode == 0, f"node {node} exited {p.returncode}\n{log[-5000:]}"
-    assert "world=2" in logs[0], logs[0][-3000:]  # rank 0 (node 0) logs
-    assert latest(out) == "step_00000003" and loss_steps(out) == [1, 2, 3]
-    assert optim_shards(out, "step_00000003") == [
-        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
-        "zero_pp_rank_1_mp_rank_00_optim_states.pt",
-    ]
-    ck = torch.load(
-        out / "checkpoints" / "step_00000003" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False
-    )
-    assert ck["world_size"] == 2 and len(ck["ranks"]) == 2  # both ranks' loader/RNG state in one checkpoint
 
 
 # ----------------------------------------------------------------------------------------------- Slurm
