@@ -65,6 +65,13 @@ def run_overrides(shards: dict, *extra) -> list[str]:
     ]
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """Tests marked `slow` (~5 s or more each) run first, in file order: with the suite's scheduling (tests/run.sh:
+    pytest-xdist hands each worker its next test as it finishes one) the last minute is short tests on both workers,
+    not one long test on one worker while the other has nothing left."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture
 def free_port() -> int:
     return _free_port()

@@ -20,6 +20,8 @@ if [ -z "${SMAUG_SKIP_LINT:-}" ]; then
 fi
 start=$SECONDS
 rc=0
-python -m pytest -q tests -n "${SMAUG_TEST_WORKERS:-2}" --durations=10 "$@" || rc=$?
+# --maxschedchunk 1: each worker is handed its next test as it ends one (with the `slow` tests first, tests/conftest.py),
+# instead of chunks of ~40 tests queued per worker, which left one worker on a long test while the other was done
+python -m pytest -q tests -n "${SMAUG_TEST_WORKERS:-2}" --maxschedchunk 1 --durations=10 "$@" || rc=$?
 echo "[ci] pytest wall time: $((SECONDS - start)) s (exit $rc)"
 exit $rc

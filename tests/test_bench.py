@@ -20,6 +20,7 @@ def train_step_bench(*args):
 SMOKE_PATHS = (("smaug", "engine"), ("dense", "engine"), ("smaug", "bare"))
 
 
+@pytest.mark.slow
 def test_train_step_bench_cpu_smoke(tmp_path):
     out = tmp_path / "bench.json"
     args = "--preset tiny --batch 4 --steps 1 --warmup 1 --profile-steps 1".split()
@@ -43,6 +44,7 @@ def test_train_step_bench_cpu_smoke(tmp_path):
         assert f"# {name}_{path}:" in (tmp_path / "prof" / "profiles.txt").read_text()
 
 
+@pytest.mark.slow
 def test_loader_bench_smoke(tmp_path):
     out = tmp_path / "loader.json"
     r = run(
@@ -109,6 +111,7 @@ def test_memory_model_estimate_is_close_and_conservative():
     assert train_step.estimate_max_batch({**run, "peak_gib": 4.0}, 80.0) == 0  # no per-clip memory seen: no estimate
 
 
+@pytest.mark.slow
 def test_dense_single_frame_reference_and_compiled_paths(tmp_path):
     """--dense-1f: the dense model on one frame per clip (Singularity's pre-training), timed at the same batch,
     with SMAUG's ratio against it next to the ratio against dense at --frames.
@@ -132,6 +135,7 @@ def test_dense_single_frame_reference_and_compiled_paths(tmp_path):
     assert "compiled/eager clips/s (smaug/engine)" in r.stdout
 
 
+@pytest.mark.slow
 def test_train_step_bench_skeleton_cpu(tmp_path):
     """--skeleton: the base preset's parameter tensors at negligible FLOPs, bf16, on CPU (host cost).
     --engine-variants are timed here, not in the tiny smoke run, where they cost ~25 s of compute."""
@@ -157,6 +161,7 @@ def test_train_step_bench_skeleton_cpu(tmp_path):
     assert all(v > 0 for v in med.values())
 
 
+@pytest.mark.slow
 def test_shipped_engine_dispatches_a_constant_number_of_ops_per_step(single_process_env):
     """Host cost of the engine: the ops DeepSpeed itself dispatches per step (beyond the model's forward and
     backward; `bench/train_step.count_engine_ops`). DeepSpeed's own ZeRO-2 methods take ~3.5 per parameter

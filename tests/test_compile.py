@@ -42,6 +42,7 @@ def region_inputs(model: SmaugModel, batch: dict) -> dict:
 
 @pytest.mark.parametrize("dense", [False, True], ids=["smaug", "dense"])
 @pytest.mark.parametrize("ckpt", [False, True], ids=["eager-acts", "grad-ckpt"])
+@pytest.mark.slow
 def test_every_compiled_region_is_one_graph_without_breaks(dense, ckpt):
     extra = {} if dense else QUICKSTART_MODEL
     torch.manual_seed(0)
@@ -75,6 +76,7 @@ def records(out: Path) -> list[dict]:
     return [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in r]
 
 
+@pytest.mark.slow
 def test_compiled_step_matches_eager_through_deepspeed(synthetic_shards, tmp_path, capfd, monkeypatch):
     """3 steps of a 2-block model, eager vs `train.compile=default` (inductor CPU). Both pad captions to
     data.max_text_len (the eager run by a Trainer subclass), so MLM masks the same positions. Random draws inside

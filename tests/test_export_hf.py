@@ -161,6 +161,7 @@ def test_export_fidelity_in_fresh_process_without_smaug(ckpt_w1, exported, token
     torch.testing.assert_close(got["both"], got["logits_per_text"], atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_model_card_example_runs_as_written_without_smaug(exported, tmp_path):
     """The card's Use block, with PATH set to the folder and its two clips in the working directory, in a
     fresh process where smaug cannot be imported: AutoProcessor and AutoModel from the folder's code."""

@@ -100,6 +100,7 @@ def faulty_decoder(monkeypatch):
     return "faulty"
 
 
+@pytest.mark.slow
 def test_index_foreign_shards_counts_and_isolates(synthetic_corpus, synthetic_shards, tmp_path, faulty_decoder):
     shards = tmp_path / "v2d"
     expect = write_v2d_shards(Path(synthetic_corpus), shards)
@@ -122,6 +123,7 @@ def test_index_foreign_shards_counts_and_isolates(synthetic_corpus, synthetic_sh
     assert not loader.skip_counts()
 
 
+@pytest.mark.slow
 def test_index_tool_rewrite_and_training_resume(synthetic_corpus, synthetic_shards, tmp_path):
     """The CLI: --caption-field json:caption needs --rewrite; the rewritten shards carry sizes, and
     a train loader over them resumes exactly."""

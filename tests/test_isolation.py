@@ -72,6 +72,7 @@ def _cfg(shards, **kw):
     )
 
 
+@pytest.mark.slow
 def test_hang_and_crash_are_counted_and_every_good_sample_is_seen(synthetic_shards, poisoned):
     shards, bad, good = poisoned
     tok = load_tokenizer(synthetic_shards["tokenizer"])
@@ -81,6 +82,7 @@ def test_hang_and_crash_are_counted_and_every_good_sample_is_seen(synthetic_shar
     assert loader.skip_counts() == {"decode_timeout": 1, "decoder_crash": 1}
 
 
+@pytest.mark.slow
 def test_isolated_train_stream_resumes_exactly(synthetic_shards, poisoned):
     shards, bad, good = poisoned
     tok = load_tokenizer(synthetic_shards["tokenizer"])

@@ -190,7 +190,7 @@ def test_pretrain_8gpu_disk_full_then_multinode_resume(synthetic_shards, small_f
 
 @pytest.mark.skipif(
     os.geteuid() == 0 and os.environ.get("SMAUG_TEST_FSIZE") != "1",
-    reason="root: the tmpfs disk-full of test_pretrain_8gpu_two_cpu_ranks_disk_full_then_resume "
+    reason="root: the tmpfs disk-full of test_pretrain_8gpu_disk_full_then_multinode_resume "
     "covers a failing checkpoint write (SMAUG_TEST_FSIZE=1 runs this one too)",
 )
 def test_checkpoint_write_error_names_cause_and_keeps_latest(synthetic_shards, tmp_path):

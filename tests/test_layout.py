@@ -53,6 +53,7 @@ def _forbidden_after_import(*modules) -> str:
     return r.stdout.rsplit("FORBIDDEN:", 1)[1].strip()
 
 
+@pytest.mark.slow
 def test_library_imports_neither_trainer_nor_deepspeed():
     """One fresh interpreter imports every library module; on a failure each is retried alone to name it."""
     bad = _forbidden_after_import(*LIBRARY)

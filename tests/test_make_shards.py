@@ -117,6 +117,7 @@ def _digest(d: Path) -> dict:
     return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_is_byte_identical(synthetic_corpus, tmp_path):
     c = Path(synthetic_corpus)
     lines = (c / "results_2M_train.csv").read_text(encoding="utf-8").splitlines(keepends=True)
@@ -461,6 +462,7 @@ def _load_tool(name):
     return mod
 
 
+@pytest.mark.slow
 def test_decoder_crash_or_hang_costs_only_that_row(synthetic_corpus, tmp_path, monkeypatch):
     """A row whose decoding kills or hangs the process is skipped as undecodable; the run goes on."""
     from smaug.data import shardwriter

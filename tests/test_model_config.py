@@ -71,6 +71,7 @@ def test_flops_dense_costs_more_and_scale_with_batch():
     assert 35e9 < per_frame < 60e9
 
 
+@pytest.mark.slow
 def test_models_import_without_deepspeed():
     code = (
         "import sys; sys.modules['deepspeed'] = None\n"

@@ -81,6 +81,7 @@ say(f"sum={x.item():g}")
 """
 
 
+@pytest.mark.slow
 def test_forked_ranks_see_what_torchrun_gives_them_and_a_failed_rank_stops_the_job(free_port, tmp_path):
     """prefork.run_ranks against torchrun on the same command: each rank's variables, one gloo group, the exit code;
     when rank 1 fails, rank 0 is stopped and the job fails with rank 1's code."""

@@ -65,6 +65,7 @@ def assert_loss_falls(out, k=5):
     assert last < first - 0.1, f"loss did not fall: first {first:.3f} last {last:.3f} ({losses})"
 
 
+@pytest.mark.slow
 def test_train_world1_loss_falls_and_logs(train_data, tmp_path, capfd):
     out = tmp_path / "w1"
     train(capfd, train_data, out, "train.steps=24", "ckpt.every=100", "eval.every=12", "eval.num_frames=6")
@@ -136,6 +137,7 @@ def _kill_after_checkpoint(cmd, ckpt_dir: Path, timeout=600):
 
 
 @pytest.mark.parametrize("precision, atol, n", [("fp32", 0.0, 4), ("bf16", 2e-2, 2)])
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted(train_data, tmp_path, capfd, precision, atol, n):
     """Killed (SIGKILL) after the step-N checkpoint and resumed, a run equals an uninterrupted one at 2N.
 
@@ -289,6 +291,7 @@ def test_gradient_accumulation_steps_once_per_accum_micro_batches(train_data, tm
     assert state["global_steps"] == 3 and state["global_samples"] == 24
 
 
+@pytest.mark.slow
 def test_main_runs_twice_in_one_process(train_data, tmp_path, capfd):
     """`main(argv)` is callable from Python (a notebook, a sweep): a second run in the same process
     reuses the process group (DeepSpeed caches its groups; only `python -m smaug.train` tears it down).
@@ -298,6 +301,7 @@ def test_main_runs_twice_in_one_process(train_data, tmp_path, capfd):
     assert all(train_losses(tmp_path / f"run{i}") for i in range(2))
 
 
+@pytest.mark.slow
 def test_vtm_curriculum_and_unmasked_tail_switch_on_time_and_resume_exactly(train_data, tmp_path, capfd):
     """ "auto" VTM negatives switch from uniform to hard at the first log window whose pair accuracy
     reaches `vtm_switch_acc`, and not before (the run equals the all-uniform one bit for bit up to

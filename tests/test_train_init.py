@@ -12,6 +12,7 @@ from conftest import QS, run, run_overrides, subprocess_env
 from pretrained_helpers import hub_repo, hub_snapshot, save_timm, timm_reference, tiny_bert_config
 
 
+@pytest.mark.slow
 def test_trainer_loads_pretrained_towers_and_reports(synthetic_shards, tmp_path):
     from transformers import BertForMaskedLM
 
