@@ -21,15 +21,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported (smaug.dist below)
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
 
 import pytest
-import torch
-
-from smaug.dist import DIST_ENV
-from smaug.dist import free_port as _free_port
-
-torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "smaug" / "configs"
@@ -65,6 +59,22 @@ def run_overrides(shards: dict, *extra) -> list[str]:
     ]
 
 
+def pytest_configure(config) -> None:
+    """Torch's thread count in each process that runs tests. The pytest-xdist controller, which only hands tests out,
+    does not import torch: its ~2 s would come before the workers start."""
+    if config.getoption("numprocesses", None) and not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def _free_port() -> int:
+    from smaug.dist import free_port
+
+    return free_port()
+
+
 def pytest_collection_modifyitems(items) -> None:
     """Tests marked `slow` (~5 s or more each) run first, in file order: with the suite's scheduling (tests/run.sh:
     pytest-xdist hands each worker its next test as it finishes one) the last minute is short tests on both workers,
@@ -89,6 +99,8 @@ def single_process_env(monkeypatch) -> None:
 def subprocess_env(**extra) -> dict:
     """The environment of a child process: unbuffered, CPU only, this process's thread count, and without
     the torchrun variables (an in-process training run leaves RANK, MASTER_PORT, ... in os.environ)."""
+    from smaug.dist import DIST_ENV
+
     env = dict(os.environ, PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")  # OMP_NUM_THREADS: this process's
     for k in DIST_ENV:
         env.pop(k, None)
