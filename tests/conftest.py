@@ -155,13 +155,15 @@ def run_tool(
     return run([sys.executable, script, *args], check=check, timeout=timeout, cwd=cwd, env=env)
 
 
-def run_ranks(cmd, nproc: int, *, check: bool = True, timeout: float = 600, cwd=REPO, env=None):
+def run_ranks(cmd, nproc: int, *, check: bool = True, timeout: float = 600, cwd=REPO, env=None, master_port=None):
     """`cmd` (`[sys.executable, ...]`) as NPROC ranks of a one-node job, as torchrun would start them
-    (`prefork.run_ranks`); with `check`, a non-zero exit fails showing the output's tails."""
+    (`prefork.run_ranks`; MASTER_PORT `master_port`, a free one by default); with `check`, a non-zero exit fails
+    showing the output's tails."""
     import prefork
 
     env = env or subprocess_env()
-    r = prefork.run_ranks(cmd, nproc, env=env, cwd=cwd, timeout=timeout, master_port=_free_port())
+    port = master_port or _free_port()
+    r = prefork.run_ranks(cmd, nproc, env=env, cwd=cwd, timeout=timeout, master_port=port)
     return checked(r, f"{cmd[1:3]} x{nproc}", check)
 
 

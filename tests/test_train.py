@@ -108,10 +108,15 @@ def test_train_world1_loss_falls_and_logs(train_data, tmp_path, capfd):
 
 
 @pytest.mark.slow
-def test_train_world2(train_data, tmp_path):
-    """Two ranks (as torchrun starts them, forked from the preloaded server): loss falls, ZeRO-2 partitions."""
+def test_train_world2(train_data, tmp_path, free_port):
+    """Two ranks (as torchrun starts them, forked from the preloaded server, with the LOCAL_SIZE that DeepSpeed's
+    launcher adds): loss falls, ZeRO-2 partitions; at exit no rank leaves DeepSpeed's shared-memory all-reduce
+    buffer in /dev/shm (`trainer.teardown_distributed`)."""
     out = tmp_path / "w2"
-    run_ranks(train_cmd(train_data, out, "train.steps=16", "ckpt.every=8", "ckpt.keep=1"), 2)
+    shm = [Path(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1_{free_port}_{r}") for r in (0, 1)]
+    cmd = train_cmd(train_data, out, "train.steps=16", "ckpt.every=8", "ckpt.keep=1")
+    run_ranks(cmd, 2, env=subprocess_env(LOCAL_SIZE=2), master_port=free_port)
+    assert not [p.name for p in shm if p.exists()]  # both remain without the unlink (checked)
     assert_loss_falls(out, k=4)
     ck = out / "checkpoints"
     assert sorted(p.name for p in ck.iterdir() if p.is_dir()) == ["step_00000016"]  # keep=1 pruned step 8

@@ -64,10 +64,19 @@ def setup_distributed(device_kind: str) -> tuple[int, int, int]:
 
 
 def teardown_distributed() -> None:
-    """Destroy the process group at process exit (NCCL warns, and may leak, without it). Only at
-    exit: DeepSpeed caches its process groups, so a later in-process `main()` could not run."""
+    """Destroy the process group at process exit (NCCL warns, and may leak, without it), and remove this rank's
+    DeepSpeed shared-memory all-reduce buffer. Only at exit: DeepSpeed caches its process groups, so a later in-process
+    `main()` could not run.
+
+    On CPU, when every rank is on one machine (LOCAL_SIZE, which DeepSpeed's launcher sets, equals the world size),
+    DeepSpeed's comm op creates /dev/shm/deepspeed_allreduce_buffer_<uid>_<MASTER_ADDR>_<MASTER_PORT>_<rank> (69 MB)
+    and never unlinks it (deepspeed/ops/csrc/cpu/comm/shm.cpp never calls its shared_close): each such run would
+    leave its ranks' buffers in memory until reboot. The other ranks' mappings outlive the name."""
     if dist.is_initialized():
+        rank = dist.get_rank()
         dist.destroy_process_group()
+        addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
+        Path(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank}").unlink(missing_ok=True)
 
 
 def step_flags(loss: torch.Tensor, preempt: bool) -> tuple[float, float, float]:
