@@ -268,36 +268,25 @@ ENDED = {
 }
 
 
-def lower_priority(job: str, done: set) -> None:
-    """Nice 19 for every process of Slurm job `job` (its SLURM_JOB_ID in /proc/PID/environ) not yet in `done`."""
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or d.name in done:
-            continue
-        try:
-            if f"SLURM_JOB_ID={job}".encode() in (d / "environ").read_bytes().split(b"\0"):
-                os.setpriority(os.PRIO_PROCESS, int(d.name), 19)
-                done.add(d.name)
-        except OSError:  # gone, or not ours to read
-            pass
-
-
-def sbatch(env, out_file, *args, timeout=600, nice=False):
+def sbatch(env, out_file, *args, timeout=600, signal_at: str | None = None):
     """Submit launch/pretrain_slurm.sh and wait for the job; return (job exit code, its output).
 
     The wait polls `scontrol show job` twice a second instead of using `sbatch --wait`, whose poll interval
-    grows (2, 8, then 32 s): a 13 s job returned after 42 s. `nice`: the job's processes run at nice 19 (each
-    found on a poll), for a job whose length is Slurm's clock, not its work: its ranks then train on what the
-    suite's other tests leave of the CPU, instead of slowing them."""
+    grows (2, 8, then 32 s): a 13 s job returned after 42 s. `signal_at`: once this text is in the job's
+    output, `scancel --signal=USR1` has Slurm send SIGUSR1 to the tasks of the job's steps, as `--signal=USR1@T`
+    does at T seconds before the time limit (without `B:`, not to the batch shell)."""
     cmd = ["sbatch", "--parsable", "--ntasks=2", "--cpus-per-task=1", "--nodes=1", f"--output={out_file}", *args]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
     assert r.returncode == 0, f"sbatch exited {r.returncode}: {r.stdout}{r.stderr}"
     job = r.stdout.strip().split(";")[0]
-    deadline, rc, niced = time.time() + timeout, None, set()
+    deadline, rc, signalled = time.time() + timeout, None, signal_at is None
     while rc is None:
         assert time.time() < deadline, f"job {job} still running after {timeout} s"
         time.sleep(0.5)
-        if nice:
-            lower_priority(job, niced)
+        if not signalled and Path(out_file).exists() and signal_at in Path(out_file).read_text(errors="replace"):
+            s = subprocess.run(["scancel", "--signal=USR1", job], capture_output=True, text=True, env=env)
+            assert s.returncode == 0, f"scancel --signal=USR1 {job}: {s.stdout}{s.stderr}"
+            signalled = True
         info = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True, env=env)
         state = re.search(r"JobState=(\S+)", info.stdout)
         assert state, f"scontrol show job {job}: {info.stdout}{info.stderr}"
@@ -305,16 +294,17 @@ def sbatch(env, out_file, *args, timeout=600, nice=False):
             code, sig = map(int, re.search(r" ExitCode=(\d+):(\d+)", info.stdout).groups())
             rc = code or (128 + sig if sig else 0) or int(state.group(1) != "COMPLETED")
     text = Path(out_file).read_text(errors="replace") if Path(out_file).exists() else ""
-    assert not nice or len(niced) >= 3, f"job {job}: only {len(niced)} processes found to lower (the script, 2 ranks)"
+    assert signalled, f"job {job} ended before {signal_at!r} was in its output:\n{text[-4000:]}"
     return rc, f"job {job}: {state.group(1)}\njob output:\n{text}"
 
 
 def test_pretrain_slurm_sigusr1_before_time_limit_saves_then_resubmission_resumes(slurm, synthetic_shards, tmp_path):
-    """sbatch, 2 tasks, --time=1 --signal=USR1@20: Slurm signals the tasks 10-40 s into the job (its
-    time-limit check runs every 30 s and signals early rather than late; a rank may still be importing or
-    setting up, and keeps the signal: smaug/train/preemption.py); the trainer checkpoints at the next step
-    and the job exits 0 before its 60 s limit; the same submission again resumes from that checkpoint and
-    finishes."""
+    """sbatch, 2 tasks, --time=1 --signal=USR1@20, as a user submits it; Slurm sends SIGUSR1 to both tasks
+    once they train (`sbatch(signal_at=...)`: `scancel --signal=USR1`, the delivery `--signal` uses; Slurm's own
+    time-limit check, every 30 s, would send it 10-40 s into the job, and the trainer's work is the same either
+    way). The trainer checkpoints at the next step and the job exits 0 before its 60 s limit; the same
+    submission again resumes from that checkpoint and finishes. A signal during a rank's imports or set-up is
+    kept for its first step: tests/test_train.py."""
     out = tmp_path / "run"
     env = launcher_env(out, SMAUG_VENV=Path(sys.executable).parent.parent)
     args = overrides(synthetic_shards, "ckpt.every=100000")
@@ -327,7 +317,7 @@ def test_pretrain_slurm_sigusr1_before_time_limit_saves_then_resubmission_resume
         "launch/pretrain_slurm.sh",
         *args,
         "train.steps=100000",
-        nice=True,  # it trains until Slurm's signal
+        signal_at="world=2",  # both ranks are past the process group's rendezvous
     )
     took = time.time() - t0
     assert rc == 0, text[-6000:]
