@@ -2,8 +2,10 @@
 
 Each library package is imported in a fresh interpreter (an import in this process would be
 hidden by modules other tests loaded), and `sys.modules` must then hold no `smaug.train*` and no
-`deepspeed*`. Reading a checkpoint, the run config and the evaluation are library code: a tool
-that only evaluates or exports never loads the trainer.
+`deepspeed*`. That also shows that they import where DeepSpeed is not installed: a module that
+fails without it executed an import of it, which loads it where it is installed. Reading a
+checkpoint, the run config and the evaluation are library code: a tool that only evaluates or
+exports never loads the trainer.
 """
 
 import ast
