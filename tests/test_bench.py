@@ -59,7 +59,8 @@ def test_loader_bench_smoke(tmp_path):
             "1",
             "--json",
             out,
-        ]
+        ],
+        forked=True,  # its loader workers and isolated decoders start as in a fresh interpreter (tests/prefork.py)
     )
     res = json.loads(out.read_text())
     assert set(res["kinds"]) == {"raw", "reencode", "frames", "frames224"}
