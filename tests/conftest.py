@@ -88,6 +88,26 @@ def free_port() -> int:
 
 
 @pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face hub cache for this test (HF_HUB_OFFLINE=1, set above), in this process:
+    huggingface_hub reads HF_HUB_CACHE when it is imported, and `hf_hub_download` uses its constant at each
+    call. The pretrained-tower describe caches start and end empty."""
+    from huggingface_hub import constants
+
+    from smaug.models import pretrained
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    assert constants.HF_HUB_OFFLINE
+    pretrained.describe_vision.cache_clear()
+    pretrained.describe_text.cache_clear()
+    yield cache
+    pretrained.describe_vision.cache_clear()
+    pretrained.describe_text.cache_clear()
+
+
+@pytest.fixture
 def single_process_env(monkeypatch) -> None:
     """torchrun's variables for a 1-process group in this process (restored after the test; a process
     group made under them stays, and later in-process runs reuse it)."""

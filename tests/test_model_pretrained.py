@@ -8,7 +8,6 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from huggingface_hub import constants
 from safetensors import safe_open
 
 from smaug.models import SmaugConfig, SmaugModel
@@ -17,20 +16,6 @@ from smaug.models.vit_blocks import attention, bias_index, gathered_bias
 
 from model_helpers import make_batch
 from pretrained_helpers import FAMILIES, hub_repo, hub_snapshot, perturb, save_timm, timm_reference, tiny_bert_config
-
-
-@pytest.fixture
-def hf_cache(tmp_path, monkeypatch):
-    """An empty hub cache for this test; the describe caches start empty."""
-    cache = tmp_path / "hub"
-    cache.mkdir()
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    assert constants.HF_HUB_OFFLINE
-    P.describe_vision.cache_clear()
-    P.describe_text.cache_clear()
-    yield cache
-    P.describe_vision.cache_clear()
-    P.describe_text.cache_clear()
 
 
 def build(vision_init=None, text_init=None, **overrides):

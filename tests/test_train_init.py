@@ -3,39 +3,35 @@ hub-layout HF cache (offline) and a tiny BERT folder holding its tokenizer. Chec
 the log's first lines, the mean/std in the resolved config, and the HF export refusing a BEiT tower."""
 
 import json
-import sys
 
 import pytest
 import yaml
 
-from conftest import QS, run, run_overrides, subprocess_env
+from conftest import QS, run_overrides, train_in_process
 from pretrained_helpers import hub_repo, hub_snapshot, save_timm, timm_reference, tiny_bert_config
 
 
 @pytest.mark.slow
-def test_trainer_loads_pretrained_towers_and_reports(synthetic_shards, tmp_path):
+def test_trainer_loads_pretrained_towers_and_reports(synthetic_shards, hf_cache, tmp_path, capfd):
     from transformers import BertForMaskedLM
 
     from smaug.data import load_tokenizer
     from smaug.hf.convert import ExportError
     from smaug.hf.export import export_hf
 
-    cache = tmp_path / "hub"
     name, ref, config = timm_reference("beit")
-    save_timm(hub_snapshot(cache, hub_repo(name)), ref, config)
+    save_timm(hub_snapshot(hf_cache, hub_repo(name)), ref, config)
     tok = load_tokenizer(synthetic_shards["tokenizer"])
     BertForMaskedLM(tiny_bert_config(len(tok))).save_pretrained(tmp_path / "bert")
     tok.save_pretrained(tmp_path / "bert")  # the tokenizer follows text_init when model.tokenizer is not set
     out = tmp_path / "run"
     d = synthetic_shards
-    cmd = [
-        sys.executable,
-        "-m",
-        "smaug.train",
+    capfd.readouterr()
+    rc = train_in_process(  # `python -m smaug.train ...` as main(argv), in this process
         "--config",
         QS,
         "--out",
-        str(out),
+        out,
         *run_overrides(
             d,
             "data.eval_shards=null",
@@ -48,9 +44,9 @@ def test_trainer_loads_pretrained_towers_and_reports(synthetic_shards, tmp_path)
             "data.shuffle_buffer=4",
             "optim.warmup_steps=0",
         ),
-    ]
-    # a subprocess: huggingface_hub reads HF_HUB_CACHE when it is imported, and this process imported it long ago
-    r = run(cmd, env=subprocess_env(HF_HUB_CACHE=cache, HF_HUB_OFFLINE=1))
+    )
+    stdout, stderr = capfd.readouterr()
+    assert rc == 0, stdout[-3000:] + stderr[-6000:]
 
     report = json.loads((out / "init_report.json").read_text())
     v, t = report["vision"], report["text"]
@@ -58,7 +54,7 @@ def test_trainer_loads_pretrained_towers_and_reports(synthetic_shards, tmp_path)
     assert report["mean"] == [0.5] * 3 and report["std"] == [0.5] * 3
     assert set(v["new"]) == {"temporal_embed", "norm.weight", "norm.bias"}
     assert t["new"] and all(".crossattention." in k for k in t["new"]) and t["source"] == str(tmp_path / "bert")
-    said = [line for line in r.stdout.splitlines() if line.startswith("[smaug]")]
+    said = [line for line in stdout.splitlines() if line.startswith("[smaug]")]
     assert said[0].startswith(f"[smaug] init vision: beit {name}") and said[1].startswith("[smaug] init text:")
     assert "mean [0.5, 0.5, 0.5]" in said[2]
     resolved = yaml.safe_load((out / "config.yaml").read_text())["model"]
