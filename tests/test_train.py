@@ -11,6 +11,7 @@ key with exit 2).
 
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -68,7 +69,11 @@ def assert_loss_falls(out, k=5):
 @pytest.mark.slow
 def test_train_world1_loss_falls_and_logs(train_data, tmp_path, capfd):
     out = tmp_path / "w1"
-    train(capfd, train_data, out, "train.steps=24", "ckpt.every=100", "eval.every=12", "eval.num_frames=6")
+    measured = "log.peak_tflops=0"  # run_overrides gives one
+    text = train(
+        capfd, train_data, out, "train.steps=24", "ckpt.every=100", "eval.every=12", "eval.num_frames=6", measured
+    )
+    assert re.search(r"peak=\d+\.\d TFLOP/s \(measured matmul on cpu\)", text), text[-3000:]  # the MFU denominator
     assert_loss_falls(out)
     rec = [r for r in records(out) if "loss" in r][-1]
     for key in (
