@@ -6,8 +6,8 @@ import json
 
 import pytest
 import yaml
+from test_train import train
 
-from conftest import QS, run_overrides, train_in_process
 from pretrained_helpers import hub_repo, hub_snapshot, save_timm, timm_reference, tiny_bert_config
 
 
@@ -25,28 +25,20 @@ def test_trainer_loads_pretrained_towers_and_reports(synthetic_shards, hf_cache,
     BertForMaskedLM(tiny_bert_config(len(tok))).save_pretrained(tmp_path / "bert")
     tok.save_pretrained(tmp_path / "bert")  # the tokenizer follows text_init when model.tokenizer is not set
     out = tmp_path / "run"
-    d = synthetic_shards
-    capfd.readouterr()
-    rc = train_in_process(  # `python -m smaug.train ...` as main(argv), in this process
-        "--config",
-        QS,
-        "--out",
+    text = train(  # `python -m smaug.train ...` as main(argv), in this process
+        capfd,
+        synthetic_shards,
         out,
-        *run_overrides(
-            d,
-            "data.eval_shards=null",
-            f"model.vision_init={name}",
-            f"model.text_init={tmp_path / 'bert'}",
-            "model.tokenizer=null",
-            "model.allow_random_init=false",
-            "train.steps=1",
-            "data.batch_size=2",
-            "data.shuffle_buffer=4",
-            "optim.warmup_steps=0",
-        ),
+        "data.eval_shards=null",
+        f"model.vision_init={name}",
+        f"model.text_init={tmp_path / 'bert'}",
+        "model.tokenizer=null",
+        "model.allow_random_init=false",
+        "train.steps=1",
+        "data.batch_size=2",
+        "data.shuffle_buffer=4",
+        "optim.warmup_steps=0",
     )
-    stdout, stderr = capfd.readouterr()
-    assert rc == 0, stdout[-3000:] + stderr[-6000:]
 
     report = json.loads((out / "init_report.json").read_text())
     v, t = report["vision"], report["text"]
@@ -54,7 +46,7 @@ def test_trainer_loads_pretrained_towers_and_reports(synthetic_shards, hf_cache,
     assert report["mean"] == [0.5] * 3 and report["std"] == [0.5] * 3
     assert set(v["new"]) == {"temporal_embed", "norm.weight", "norm.bias"}
     assert t["new"] and all(".crossattention." in k for k in t["new"]) and t["source"] == str(tmp_path / "bert")
-    said = [line for line in stdout.splitlines() if line.startswith("[smaug]")]
+    said = [line for line in text.splitlines() if line.startswith("[smaug]")]
     assert said[0].startswith(f"[smaug] init vision: beit {name}") and said[1].startswith("[smaug] init text:")
     assert "mean [0.5, 0.5, 0.5]" in said[2]
     resolved = yaml.safe_load((out / "config.yaml").read_text())["model"]
