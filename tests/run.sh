@@ -9,6 +9,9 @@
 #   SMAUG_TEST_PREFORK=0                   children that tests/prefork.py forks from a preloaded server (bench,
 #                                          SIGKILL/SIGTERM runs, fine-tuning tool steps) start as plain
 #                                          interpreters instead, and 2-rank tool runs under torchrun
+#   SMAUG_TEST_COMPILE_BACKEND=inductor    the compiled-step test (tests/test_compile.py) runs inductor's generated
+#                                          C++ kernels instead of its graph passes on aten's kernels (~2 min more
+#                                          on an empty inductor cache)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . launch/setup_env.sh

@@ -119,7 +119,7 @@ def test_dense_single_frame_reference_and_compiled_paths(tmp_path):
     --compile (in the same run, sharing its start-up): every path again with train.compile, ratios compiled against
     compiled and what compiling buys each path. The "eager" backend: dynamo captures each region's full graph and
     runs it as is (the bench's plumbing is under test here: 29 s alone against 73 s with aot_eager); AOT autograd
-    and inductor through the DeepSpeed engine are checked in tests/test_compile.py."""
+    and inductor's graph passes through the DeepSpeed engine are checked in tests/test_compile.py."""
     out = tmp_path / "d1.json"
     args = "--preset tiny --batch 2 --steps 1 --warmup 1 --dense-1f --compile default --compile-backend eager"
     r = train_step_bench(*args.split(), "--paths", "smaug:engine,dense:engine", "--json", out)
