@@ -24,9 +24,9 @@ from smaug.models.smaug import COMPILED_REGIONS
 from conftest import QS
 from model_helpers import make_batch
 
-# The tiny preset with fewer repeats of each block (its 4 ViT blocks, 4 text and 2 fusion layers): every code path
-# of a region is still traced (two consecutive sparsifying blocks and an unsparsified one, text, fusion), and
-# dynamo's trace, which inlines every block, is about half as long. SMAUG only: dense sets no sparsify layers.
+# The tiny preset with fewer repeats of each block (it has 4 ViT blocks, 4 text and 2 fusion layers): every code path
+# of a region is still traced (an unsparsified block, then the preset's two consecutive sparsifying ones under SMAUG;
+# text; fusion), and dynamo, which inlines every block, traces less: the four checks took 23 s alone instead of 32 s.
 SHALLOW = dict(vision_depth=3, text_layers=3, fusion_layer=2)
 QUICKSTART_MODEL = dict(temporal_moments=2, moments_xy=True, moments_centroid=True, vtc_reversed=0.1)
 
@@ -87,10 +87,10 @@ def records(out: Path) -> list[dict]:
 # The backend of the compiled run below. The default runs everything inductor does to the training step's graphs
 # before it generates code: dynamo's capture, AOT autograd's joint graph and functionalization, inductor's
 # decompositions and its min-cut partition of forward and backward, then runs the result with aten's kernels
-# (torch's own way to bisect an inductor failure). "inductor" adds the C++ kernels inductor writes for a CPU: ~110
-# g++ compiles, which on an empty inductor cache (a fresh CI machine) took 164 s alone against 54 s for the
-# default and ~120 of the suite's 2 x 300 CPU-s (issue 16). Those kernels are CPU code, not what a run on a GPU
-# executes (Triton's); bench/gpu_bench.sh compiled runs the inductor step there.
+# (torch's own way to bisect an inductor failure). "inductor" adds the C++ kernels inductor writes for a CPU: on an
+# empty inductor cache (a fresh CI machine) 118 g++ compiles, 137 s of them, and the test took 164 s alone against
+# 42-54 s for the default (issue 16). Those kernels are CPU code, not what a run on a GPU executes (Triton's);
+# bench/gpu_bench.sh compiled runs the inductor step there.
 COMPILE_BACKEND = os.environ.get("SMAUG_TEST_COMPILE_BACKEND", "aot_eager_decomp_partition")
 
 
