@@ -299,12 +299,15 @@ def sbatch(env, out_file, *args, timeout=600, signal_at: str | None = None):
 
 
 def test_pretrain_slurm_sigusr1_before_time_limit_saves_then_resubmission_resumes(slurm, synthetic_shards, tmp_path):
-    """sbatch, 2 tasks, --time=1 --signal=USR1@20, as a user submits it; Slurm sends SIGUSR1 to both tasks
+    """sbatch, 2 tasks, --time=2 --signal=USR1@20, as a user submits it; Slurm sends SIGUSR1 to both tasks
     once they train (`sbatch(signal_at=...)`: `scancel --signal=USR1`, the delivery `--signal` uses; Slurm's own
-    time-limit check, every 30 s, would send it 10-40 s into the job, and the trainer's work is the same either
-    way). The trainer checkpoints at the next step and the job exits 0 before its 60 s limit; the same
+    time-limit check, every 30 s, would send it 70-100 s into the job, and the trainer's work is the same either
+    way). The trainer checkpoints at the next step and the job exits 0 before its 2-minute limit; the same
     submission again resumes from that checkpoint and finishes. A signal during a rank's imports or set-up is
-    kept for its first step: tests/test_train.py."""
+    kept for its first step: tests/test_train.py.
+
+    The limit is 2 minutes, not Slurm's smallest (1): this first job took 37 s with the other core busy (as when
+    the other pytest worker runs a test), and on a CI machine half as fast it could reach a 60 s limit."""
     out = tmp_path / "run"
     env = launcher_env(out, SMAUG_VENV=Path(sys.executable).parent.parent)
     args = overrides(synthetic_shards, "ckpt.every=100000")
@@ -312,7 +315,7 @@ def test_pretrain_slurm_sigusr1_before_time_limit_saves_then_resubmission_resume
     rc, text = sbatch(
         env,
         tmp_path / "job1.out",
-        "--time=1",
+        "--time=2",
         "--signal=USR1@20",
         "launch/pretrain_slurm.sh",
         *args,
@@ -322,7 +325,7 @@ def test_pretrain_slurm_sigusr1_before_time_limit_saves_then_resubmission_resume
     took = time.time() - t0
     assert rc == 0, text[-6000:]
     assert "world=2" in text and "SIGUSR1 received: checkpoint saved at step" in text, text[-4000:]
-    assert took < 60, took  # before the time limit
+    assert took < 120, took  # before the time limit
     step = int(re.search(r"SIGUSR1 received: checkpoint saved at step (\d+)", text).group(1))
     assert latest(out) == f"step_{step:08d}" and len(optim_shards(out, latest(out))) == 2
     rc, text = sbatch(
