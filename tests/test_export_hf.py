@@ -224,6 +224,7 @@ def test_exported_folder_has_no_pickle(exported):
     from smaug.hf import CODE_FILES
 
     assert {f.name for f in CODE_FILES} >= {"frame_tokens.py", "frame_selection.py", "moments.py"}
+    assert {p.name for p in exported.glob("*.py")} == {f.name for f in CODE_FILES}  # no code file missing or extra
     for f in CODE_FILES:
         assert (exported / f.name).read_bytes() == f.read_bytes(), f.name
     assert cfg["vision_config"]["temporal_moments"] == 2 and cfg["vision_config"]["moments_centroid"]

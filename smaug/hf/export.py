@@ -179,7 +179,7 @@ def export_hf(
     from transformers import AutoTokenizer
 
     from smaug.checkpoint import model_from_checkpoint, resolve_checkpoint
-    from smaug.hf import AUTO_MAP, CODE_FILES
+    from smaug.hf import AUTO_MAP, MODEL_CODE_FILES
     from smaug.hf.convert import check_exportable, hf_config_from_smaug
 
     ref = resolve_checkpoint(checkpoint)
@@ -192,9 +192,10 @@ def export_hf(
     hf_cfg.architectures = ["SmaugHFModel"]
     hf_cfg.save_pretrained(str(out))
     _save_safetensors(model.state_dict(), out / "model.safetensors", {"format": "pt", "source": ref.path})
-    for f in CODE_FILES:
+    for f in MODEL_CODE_FILES:
         shutil.copyfile(f, out / f.name)
-    processor_for(cfg, run_config, AutoTokenizer.from_pretrained(tok_path)).save_pretrained(out)  # + tokenizer
+    # + the tokenizer, processor_config.json and the processor's code (PROCESSOR_CODE_FILES)
+    processor_for(cfg, run_config, AutoTokenizer.from_pretrained(tok_path)).save_pretrained(out)
     reports = []
     if eval_report:
         reports.append(("Zero-shot retrieval (tools/eval_retrieval.py)", json.loads(Path(eval_report).read_text())))
