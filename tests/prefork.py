@@ -71,8 +71,8 @@ def _child(cmd: list[str], env: dict, cwd: str, out: str, err: str, new_session:
     import traceback
 
     code = 1
-    # The server's preloaded objects (~450k) stay shared with it: without this, the first full collection here would
-    # visit each of them, and copy every page it touches. The bench's gc.collect() after each path (it frees the
+    # The server's preloaded objects (~450k) stay shared with it: without this, every full collection here would
+    # visit all of them, and the first would copy each page they sit on. The bench's gc.collect() after each path (it frees the
     # device) cost its children 14% of their CPU (83.5 -> 72.2 CPU-s for the suite's four bench runs).
     gc.freeze()
     try:
