@@ -8,6 +8,7 @@
     tools/eval_retrieval.py     smaug-eval-retrieval      zero-shot text-video retrieval (VTC, VTM rerank)
     tools/eval_mc.py            smaug-eval-mc             multiple-choice evaluation
     tools/eval_qa.py            smaug-eval-qa             VideoQA evaluation of a fine-tuned run
+    tools/eval_benchmarks.py    smaug-eval-benchmarks     the standard benchmarks from their own files: one table
     tools/finetune_retrieval.py smaug-finetune-retrieval  retrieval fine-tuning (VTC + VTM)
     tools/finetune_qa.py        smaug-finetune-qa         VideoQA fine-tuning
     tools/export_hf.py          smaug-export-hf           Hugging Face folder (or a timm ViT) from a checkpoint

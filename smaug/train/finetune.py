@@ -29,12 +29,13 @@ def launcher(nproc: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
 
 
-def run_step(cmd: list[str], what: str) -> None:
-    """Print and run one step (unbuffered output, in this working directory); a failure ends the tool."""
-    print(f"[finetune] {what}: {' '.join(cmd)}", flush=True)
+def run_step(cmd: list[str], what: str, tag: str = "finetune") -> None:
+    """Print and run one step (unbuffered output, in this working directory); a failure ends the tool (SystemExit
+    "TAG: WHAT failed (exit N)")."""
+    print(f"[{tag}] {what}: {' '.join(cmd)}", flush=True)
     r = subprocess.run(cmd, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     if r.returncode != 0:
-        raise SystemExit(f"finetune_retrieval: {what} failed (exit {r.returncode})")
+        raise SystemExit(f"{tag}: {what} failed (exit {r.returncode})")
 
 
 def init_config(init: str, tokenizer, out: Path) -> tuple[Path, str]:
