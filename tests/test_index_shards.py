@@ -45,14 +45,15 @@ def v2d_key(shard_id, i, oom_sample_per_shard=4, oom_shard_count=5):
     return f"{10**oom_sample_per_shard * shard_id + i:0{oom_sample_per_shard + oom_shard_count}d}"
 
 
-def write_v2d_shards(corpus: Path, out: Path) -> dict:
-    """Two shards of 6 samples in video2dataset's layout; returns {key: (caption or None, expected reason)}."""
+def write_v2d_shards(corpus: Path, out: Path, num_shards: int = 2) -> dict:
+    """`num_shards` shards of 6 samples in video2dataset's layout, the bad samples in the first two; returns
+    {key: (caption or None, expected reason)}."""
     import webdataset as wds
 
     vids = sorted((corpus / "videos").rglob("*.mp4"))
     expect, k = {}, 0
     out.mkdir(parents=True)
-    for shard_id in range(2):
+    for shard_id in range(num_shards):
         name = f"{shard_id:05d}"
         with open(out / f"{name}.tar", "wb") as fd:
             tw = wds.TarWriter(fd)

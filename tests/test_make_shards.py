@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, run_tool
+from conftest import REPO, run_tool, subprocess_env
 
 
 def read_tar(path):
@@ -141,14 +141,15 @@ def test_sigkill_then_rerun_is_byte_identical(synthetic_corpus, tmp_path):
     ]
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    run_tool("make_shards.py", *args, cwd=tmp_path / "a")
+    env = subprocess_env(SMAUG_SHARDS=".")  # out/ is in the shard root of both runs: the same corpus YAML
+    run_tool("make_shards.py", *args, cwd=tmp_path / "a", env=env)
     ref = _digest(tmp_path / "a" / "out")
     n_shards = len([k for k in ref if k.endswith(".tar")])
     assert n_shards == 10
 
     cmd = [sys.executable, str(REPO / "tools" / "make_shards.py"), *map(str, args)]
     proc = subprocess.Popen(
-        cmd, cwd=tmp_path / "b", start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        cmd, cwd=tmp_path / "b", env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     stats = tmp_path / "b" / "out" / "stats"
     deadline = time.time() + 120
@@ -163,7 +164,7 @@ def test_sigkill_then_rerun_is_byte_identical(synthetic_corpus, tmp_path):
     assert 0 < len(finished) < n_shards
     before = {n: (out_b / f"{n}.tar").stat() for n in finished}
 
-    r = run_tool("make_shards.py", *args, cwd=tmp_path / "b")
+    r = run_tool("make_shards.py", *args, cwd=tmp_path / "b", env=env)
     assert f"({len(finished)} already done, {n_shards - len(finished)} built)" in r.stderr
     for n, st in before.items():  # finished shards were not rewritten
         now = (out_b / f"{n}.tar").stat()

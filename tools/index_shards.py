@@ -4,6 +4,8 @@
 
     python tools/index_shards.py SHARDS [--out DIR] [--caption-field txt|json:NAME] [--rewrite]
                                  [--decoder decord|pyav|torchcodec] [--timeout S] [--workers N]
+                                 [--num-tasks N --task-index I]
+    python tools/index_shards.py --out DIR --merge [--num-tasks N]
 
 SHARDS: a directory of *.tar, a brace pattern (`dir/{00000..00099}.tar`) or a list of tars.
 Every sample is test-decoded as the loader decodes it, in a forked child with a time limit, so a
@@ -16,6 +18,13 @@ default) names them with their good-sample counts and lists the bad samples' key
 loader drops unread. With --rewrite, clean shards in smaug's layout go to --out (needed when the
 caption lives in the json: --caption-field json:caption).
 
+Each tar's result is kept in DIR/stats/NAME.json as soon as it is done: rerunning the same command
+after a kill indexes only the rest. Many machines: `--num-tasks N --task-index I` (default: Slurm's
+SLURM_ARRAY_TASK_COUNT and SLURM_ARRAY_TASK_ID) makes this run task I of N, which indexes the tars
+I, I+N, ... of the sorted list; the last task to finish writes manifest.json and summary.json for
+all (or `--merge`, which names the missing tasks while one is), the bytes one run writes.
+`TOOL=index_shards sbatch --array=0-(N-1) launch/make_shards_slurm.sh SHARDS ...` submits the tasks.
+
 Then: data.train_shards=DIR (or a corpus YAML naming DIR/manifest.json).
 """
 
@@ -26,6 +35,8 @@ import glob
 import os
 import sys
 import time
+
+from smaug.data.arraytask import Incomplete, TaskError, add_task_arguments, recorded_command, resolve_task
 
 
 def expand(specs: list[str]) -> list[str]:
@@ -46,8 +57,12 @@ def expand(specs: list[str]) -> list[str]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("shards", nargs="+", help="shard directory, brace pattern or tar files")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # no abbreviated options: the recorded command drops the run-only options by their full names
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    p.add_argument("shards", nargs="*", help="shard directory, brace pattern or tar files")
     p.add_argument("--out", help="where manifest.json/summary.json (and --rewrite shards) go [the shards' folder]")
     p.add_argument("--caption-field", default="txt", help="txt (the .txt member) or json:NAME [txt]")
     p.add_argument("--rewrite", action="store_true", help="write clean shards in smaug's layout to --out")
@@ -60,9 +75,29 @@ def main(argv=None) -> int:
     p.add_argument("--num-frames", type=int, default=4, help="frames the test decode reads per clip [4]")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds one sample may take to decode [60]")
     p.add_argument("--workers", type=int, default=1, help="shards indexed in parallel [1]")
+    add_task_arguments(p, "input tar")
     args = p.parse_args(argv)
+    from smaug.data.index import index_task, merge_index
+
+    if args.merge:
+        given = {k for k, v in vars(args).items() if v not in (p.get_default(k), [])}
+        extra = given - {"out", "merge", "num_tasks"}
+        if extra or not args.out:
+            p.error("--merge reads only --out DIR (the folder of manifest.json) and --num-tasks")
+        try:
+            man, summary = merge_index(args.out, args.num_tasks)
+        except TaskError as exn:
+            hint = f" nothing written. {exn.rerun('TOOL=index_shards ')}" if isinstance(exn, Incomplete) else ""
+            print(f"index_shards: cannot merge {args.out}: {exn};{hint}", file=sys.stderr)
+            return 2
+        return report(man, summary, args.out, None)
+    if not args.shards:
+        p.error("give the shards (a directory, a brace pattern or tar files), or --merge --out DIR")
+    try:
+        task = resolve_task(args.num_tasks, args.task_index, os.environ)
+    except TaskError as exn:
+        p.error(str(exn))
     from smaug.data.decoders import check_decoder
-    from smaug.data.index import index_shards
 
     tars = expand(args.shards)
     out = args.out or os.path.dirname(os.path.abspath(tars[0]))
@@ -76,7 +111,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"index_shards: {exn}") from None
     t0 = time.perf_counter()
     try:
-        man, summary = index_shards(
+        done = index_task(
             tars,
             out,
             args.caption_field,
@@ -85,16 +120,38 @@ def main(argv=None) -> int:
             args.timeout,
             args.rewrite,
             args.workers,
-            command=" ".join(["tools/index_shards.py", *sys.argv[1:]]),
+            command=recorded_command("tools/index_shards.py", argv),
+            task=task,
         )
-    except ValueError as exn:
+    except (ValueError, TaskError) as exn:
         raise SystemExit(f"index_shards: {exn}") from None
-    dt = time.perf_counter() - t0
+    if task.count > 1:
+        s = done["summary"]
+        print(
+            f"[index_shards] {task} (from {task.source}): {s['shards']} shards ({done['reused']} already indexed, "
+            f"{done['indexed']} indexed), {s['samples']} good samples, {sum(s['skipped'].values())} bad"
+        )
+    try:
+        man, summary = merge_index(out, task.count, done["plan"])
+    except Incomplete as exn:
+        print(
+            f"[index_shards] {task} done; not merged yet, {exn}. The last task to finish writes the reports "
+            f"(or: tools/index_shards.py --out {out} --merge --num-tasks {task.count})"
+        )
+        return 0
+    except TaskError as exn:
+        raise SystemExit(f"index_shards: cannot merge {out}: {exn}") from None
+    return report(man, summary, out, time.perf_counter() - t0)
+
+
+def report(man: dict, summary: dict, out: str, dt: float | None) -> int:
+    """Print the merged result -> exit code (2 when no sample is good)."""
     bad = {k: v for k, v in summary["skipped"].items() if v}
     total = man["num_samples"] + man["num_skipped"]
+    took = f" in {dt:.1f}s ({total / max(dt, 1e-9):.1f} samples/s)" if dt is not None else ""
     print(
-        f"[index_shards] {len(tars)} shards, {total} samples: {man['num_samples']} good, {man['num_skipped']} bad "
-        f"{bad or ''} in {dt:.1f}s ({total / max(dt, 1e-9):.1f} samples/s) -> {out}/manifest.json"
+        f"[index_shards] {man['num_shards']} shards, {total} samples: {man['num_samples']} good, "
+        f"{man['num_skipped']} bad {bad or ''}{took} -> {out}/manifest.json"
     )
     return 0 if man["num_samples"] else 2
 

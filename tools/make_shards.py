@@ -9,7 +9,8 @@ Inputs (one of):
 Output: DIR/{prefix}-000000.tar ... with members {key}.mp4 (or .jpg, or {key}.f000.jpg...),
 {key}.txt (caption) and {key}.json (id, duration, fps, num_frames, width, height, source, ...);
 DIR/manifest.json (shards, counts, command, version), DIR/summary.json (skips per reason, bad
-rows), DIR/stats/{prefix}-N.json (per-shard stats; also the resume markers).
+rows), DIR/{prefix}.yaml (corpus YAML), DIR/stats/{prefix}-N.json (per-shard stats; also the
+resume markers).
 
 Optional transforms: --resize-short-side S and/or --fps F re-encode to H.264 mp4;
 --frames K stores K JPEG frames (segment centres) instead of the video.
@@ -20,6 +21,17 @@ that process crashes or hangs (a decoder bug on some file), the shard is rebuilt
 in a child process, and the offending row is skipped as `undecodable`. Bad rows are skipped, counted and logged with
 their row and line numbers; a run in which every row fails exits with status 2.
 
+Many machines: `--num-tasks N --task-index I` (default: Slurm's SLURM_ARRAY_TASK_COUNT and
+SLURM_ARRAY_TASK_ID) makes this run task I of N: it writes the shards I, I+N, I+2N, ..., with the
+names and bytes one run writes, resumes after a kill as one run does, and records itself in
+stats/tasks/I-of-N.json. The task that finds all N records writes the reports (or `--merge --out
+DIR` does, refusing and naming the missing tasks while one is), so N tasks leave what one leaves:
+launch/make_shards_slurm.sh submits them as a Slurm array (smaug/data/arraytask.py).
+
+The reports record the command without the options that do not change the output (--workers,
+--no-progress, the task options). Next to manifest.json goes PREFIX.yaml, the corpus YAML
+(shards/README.md) to copy into the shard root.
+
 Example:
   python tools/make_shards.py --webvid-csv results_2M_train.csv --video-root videos \\
       --out shards/webvid2m --prefix webvid2m --workers 16
@@ -29,28 +41,57 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import itertools
 import logging
 import multiprocessing as mp
 import os
-import shlex
 import sys
 import threading
 import time
 from collections import deque
 from pathlib import Path
 
-from smaug.data.shardwriter import build_reports, compact_stats, is_done, plan_jobs, preload_codecs, write_shard
+from smaug.data.arraytask import (
+    Incomplete,
+    Task,
+    TaskError,
+    add_task_arguments,
+    finish_task,
+    gather,
+    merge_lock,
+    recorded_command,
+    remove_stale_temps,
+    resolve_task,
+    start_task,
+)
+from smaug.data.config import default_shards_root
+from smaug.data.shardwriter import (
+    build_reports,
+    check_layout,
+    compact_stats,
+    corpus_yaml,
+    done_stats,
+    is_done,
+    plan_jobs,
+    preload_codecs,
+    shard_index,
+    write_shard,
+)
 from smaug.data.sources import count_records, iter_rows
 from smaug.data.specs import write_json_atomic
 
 LOG = logging.getLogger("smaug.make_shards")
 POLL_S = 0.2
+MERGE_ARGS = ("out", "merge", "num_tasks", "no_progress")  # what --merge reads
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_mutually_exclusive_group(required=True)
+    # no abbreviated options: the recorded command drops the run-only options by their full names
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    src = p.add_mutually_exclusive_group()
     src.add_argument("--webvid-csv", help="WebVid results CSV (videoid,name,page_idx,page_dir,duration,contentUrl)")
     src.add_argument("--image-list", help="image-caption TSV: caption<TAB>path per line")
     src.add_argument("--json", help="eval JSON list of {video, caption}")
@@ -70,13 +111,27 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="seconds without progress before a shard is rebuilt with isolated rows (default 600)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_task_arguments(p, "output shard")
     args = p.parse_args(argv)
+    if args.merge:
+        extra = [k for k, v in vars(args).items() if k not in MERGE_ARGS and v != p.get_default(k)]
+        if extra:
+            drop = ", ".join("--" + k.replace("_", "-") for k in sorted(extra))
+            p.error(f"--merge reads only --out (and --num-tasks); drop {drop}")
+        return args
+    if not (args.webvid_csv or args.image_list or args.json):
+        p.error("one of --webvid-csv, --image-list, --json is required (or --merge)")
     if args.image_list and not args.image_root:
         p.error("--image-list needs --image-root")
     if (args.webvid_csv or args.json) and not args.video_root:
         p.error("--webvid-csv/--json need --video-root")
     if args.frames < 0 or args.resize_short_side < 0 or args.fps < 0 or args.workers < 1:
         p.error("--frames, --resize-short-side, --fps must be >= 0 and --workers >= 1")
+    try:
+        check_layout(args.prefix or Path(args.out).resolve().name, args.samples_per_shard)
+        args.task = resolve_task(args.num_tasks, args.task_index, os.environ)
+    except (ValueError, TaskError) as exn:
+        p.error(str(exn))
     return args
 
 
@@ -107,7 +162,7 @@ def build_all(jobs, workers: int, row_timeout: float, bar) -> tuple[list[dict], 
     dies (a decoder crash) or makes no progress for `row_timeout` seconds (a decoder hang) is
     rebuilt with every row in its own child process, so the bad row is skipped as
     `undecodable` and the run goes on. Jobs are pulled lazily: only running shards' rows are
-    in memory. Returns (compact stats in shard order, shards reused, shards built, rows built).
+    in memory. Returns ({shard index: compact stats}, shards reused, shards built, rows built).
     """
     ctx = mp.get_context("fork")
     preload_codecs()
@@ -178,30 +233,7 @@ def build_all(jobs, workers: int, row_timeout: float, bar) -> tuple[list[dict], 
                 raise RuntimeError(f"shard {job.name}: failed even with isolated rows (exit code {proc.exitcode})")
         live = sum(min(r[2].value, len(r[0].rows)) for r in running.values())
         bar.update(finished_rows + live - bar.n)
-    return [stats[i] for i in sorted(stats)], reused, built, built_rows
-
-
-def lock_output(out: Path):
-    """Hold an exclusive lock on OUT/stats/.lock for this run (forked workers share it, so a rerun
-    waits for no one but refuses while orphans of a killed run still write)."""
-    import fcntl
-
-    (out / "stats").mkdir(exist_ok=True)
-    f = open(out / "stats" / ".lock", "a+")
-    for _ in range(100):  # workers of a just-killed run need a moment to exit
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return f
-        except BlockingIOError:
-            time.sleep(0.1)
-    f.close()
-    raise SystemExit(f"error: another make_shards run is writing to {out}")
-
-
-def remove_stale_temps(out: Path) -> None:
-    """Delete `.NAME.PID.tmp` files left by a killed run (call with the output lock held)."""
-    for p in [*out.glob(".*.tmp"), *(out / "stats").glob(".*.tmp")]:
-        p.unlink(missing_ok=True)
+    return stats, reused, built, built_rows
 
 
 def _progress(total: int, disable: bool):
@@ -211,7 +243,25 @@ def _progress(total: int, disable: bool):
     return tqdm(total=total, unit="video", dynamic_ncols=True, disable=disable, smoothing=0.1)
 
 
+def _task_rows(total: int | None, per_shard: int, task: Task) -> int | None:
+    """Rows in this task's shards when the listing has `total` rows (for the progress bar)."""
+    if total is None:
+        return None
+    return sum(min(per_shard, total - n * per_shard) for n in task.share(-(-total // per_shard)))
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def run(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.merge:
+        return merge(Path(args.out), args.num_tasks, None, None)
+    task: Task = args.task
     if args.webvid_csv:
         kind_in, listing, root = "webvid", args.webvid_csv, args.video_root
     elif args.image_list:
@@ -232,9 +282,14 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    lock = lock_output(out)  # noqa: F841 - the lock is held while this name lives, until the process exits
-    remove_stale_temps(out)
     prefix = args.prefix or out.resolve().name
+    try:
+        # held while this name lives, until the process exits (forked shard processes share it)
+        locks = start_task(out / "stats", task, out)  # noqa: F841
+    except TaskError as exn:
+        print(f"error: {exn}", file=sys.stderr)
+        return 2
+    remove_stale_temps([out, out / "stats"], lambda name: (n := shard_index(name, prefix)) is not None and task.owns(n))
     options = {
         "frames": args.frames,
         "short_side": args.resize_short_side,
@@ -242,39 +297,124 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     }
     kind = "image" if kind_in == "images" else ("frames" if args.frames else "video")
     total = count_records(kind_in, listing)
+    label = f"{task} (from {task.source}): " if task.count > 1 else ""
     print(
-        f"[make_shards] {listing}: {total if total is not None else '?'} rows -> {out} "
+        f"[make_shards] {label}{listing}: {total if total is not None else '?'} rows -> {out} "
         f"({args.samples_per_shard} per shard, {args.workers} workers)",
         file=sys.stderr,
     )
-    jobs = plan_jobs(itertools.chain([first], rows), str(out), prefix, args.samples_per_shard, root, options)
+    num_rows = 0
+
+    def counted(rows):  # every task reads every row (the row checks, e.g. duplicate ids, span the listing)
+        nonlocal num_rows
+        for row in rows:
+            num_rows += 1
+            yield row
+
+    planned = plan_jobs(
+        counted(itertools.chain([first], rows)), str(out), prefix, args.samples_per_shard, root, options
+    )
     t0 = time.time()
-    bar = _progress(total, args.no_progress)
-    stats, reused, built, built_rows = build_all(jobs, args.workers, args.row_timeout, bar)
+    bar = _progress(_task_rows(total, args.samples_per_shard, task), args.no_progress)
+    stats, reused, built, built_rows = build_all(
+        (job for job in planned if task.owns(job.index)), args.workers, args.row_timeout, bar
+    )
     bar.close()
     elapsed = time.time() - t0
-    command = "tools/make_shards.py " + shlex.join(argv)
-    manifest, summary = build_reports(stats, kind, command, options, prefix, args.samples_per_shard)
+    from smaug import __version__
+
+    plan = {  # what decides the output: equal in every task of one job
+        "command": recorded_command("tools/make_shards.py", argv),
+        "listing": os.path.realpath(listing),
+        "listing_sha256": _sha256(listing),
+        "root": os.path.realpath(root),
+        "kind": kind,
+        "options": options,
+        "prefix": prefix,
+        "samples_per_shard": args.samples_per_shard,
+        "num_rows": num_rows,
+        "num_units": -(-num_rows // args.samples_per_shard),
+        "version": __version__,
+    }
+    ordered = [stats[n] for n in sorted(stats)]
+    units = [{"index": n, "name": stats[n]["shard"], "fingerprint": stats[n]["fingerprint"]} for n in sorted(stats)]
+    summary = build_reports(ordered, kind, plan["command"], options, prefix, args.samples_per_shard)[1]
+    finish_task(out / "stats", task, plan, units, summary)
+    rate = built_rows / elapsed if elapsed > 0 else 0.0
+    print(
+        f"[make_shards] {f'{task}: ' if task.count > 1 else ''}{len(stats)} shards ({reused} already done, "
+        f"{built} built); built {built_rows} rows in {elapsed:.1f}s ({rate:.1f} videos/s)",
+        file=sys.stderr,
+    )
+    return merge(out, task.count, plan, task)
+
+
+def merge(out: Path, num_tasks: int | None, plan: dict | None, task: Task | None) -> int:
+    """Write summary.json, manifest.json and PREFIX.yaml from every task's shards once all tasks are done.
+
+    `task`: the task that just finished (it leaves the merge to a later one while tasks are missing);
+    None: an explicit --merge (it refuses then, naming them, and writes nothing)."""
+    stats_dir = out / "stats"
+    try:
+        with merge_lock(stats_dir):
+            num_tasks, plan, units = gather(stats_dir, num_tasks, plan)
+            stats, changed = [], {}
+            for u in units:
+                s = done_stats(stats_dir / f"{u['name'][:-4]}.json", out / u["name"], u["fingerprint"])
+                if s is None:
+                    changed.setdefault(u["index"] % num_tasks, f"its shard {u['name']} changed since: rerun it")
+                else:
+                    stats.append(compact_stats(s))
+            if changed:
+                raise Incomplete(num_tasks, changed)
+            return write_reports(out, plan, stats)
+    except Incomplete as exn:
+        if task is not None:
+            print(
+                f"[make_shards] {task} done; not merged yet, {exn}. The last task to finish writes the reports "
+                f"(or: tools/make_shards.py --out {out} --merge --num-tasks {exn.num_tasks})",
+                file=sys.stderr,
+            )
+            return 0
+        print(f"error: cannot merge {out}: {exn}; nothing written. {exn.rerun()}", file=sys.stderr)
+        return 2
+    except TaskError as exn:
+        print(f"error: cannot merge {out}: {exn}", file=sys.stderr)
+        return 2
+
+
+def write_reports(out: Path, plan: dict, stats: list[dict]) -> int:
+    """summary.json, then (unless every row failed: exit 2) manifest.json and PREFIX.yaml; call under the merge
+    lock, with the compact stats of every shard in order."""
+    prefix = plan["prefix"]
+    reports = ("summary.json", "manifest.json", f"{prefix}.yaml")
+    remove_stale_temps([out], lambda name: name in reports)
+    manifest, summary = build_reports(
+        stats, plan["kind"], plan["command"], plan["options"], prefix, plan["samples_per_shard"]
+    )
     write_json_atomic(out / "summary.json", summary)
     n_rows = manifest["num_rows"]
-    rate = built_rows / elapsed if elapsed > 0 else 0.0
     skipped = {k: v for k, v in summary["skipped"].items() if v}
     print(
-        f"[make_shards] done: {manifest['num_samples']} of {n_rows} rows in {len(stats)} shards "
-        f"({reused} already done, {built} built), {sum(skipped.values())} skipped"
-        f"{' ' + str(skipped) if skipped else ''}; built {built_rows} rows in {elapsed:.1f}s ({rate:.1f} videos/s); "
+        f"[make_shards] done: {manifest['num_samples']} of {n_rows} rows in {len(stats)} shards, "
+        f"{sum(skipped.values())} skipped{' ' + str(skipped) if skipped else ''}; "
         f"total duration {manifest['total_duration'] / 3600:.2f} h",
         file=sys.stderr,
     )
     if manifest["num_samples"] == 0:
-        (out / "manifest.json").unlink(missing_ok=True)
+        for name in reports[1:]:
+            (out / name).unlink(missing_ok=True)
         print(
-            f"error: every one of the {n_rows} rows failed ({skipped}); nothing usable in {listing} "
-            f"with root {root}. See {out / 'summary.json'}.",
+            f"error: every one of the {n_rows} rows failed ({skipped}); nothing usable in {plan['listing']} "
+            f"with root {plan['root']}. See {out / 'summary.json'}.",
             file=sys.stderr,
         )
         return 2
     write_json_atomic(out / "manifest.json", manifest)
+    yml = out / f"{prefix}.yaml"
+    tmp = out / f".{yml.name}.{os.getpid()}.tmp"
+    tmp.write_text(corpus_yaml(manifest, out, default_shards_root()), encoding="utf-8")
+    os.replace(tmp, yml)
     return 0
 
 

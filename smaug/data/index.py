@@ -15,6 +15,11 @@ that sample (`decoder_crash` / `decode_timeout`), not the job. The manifest list
 with its count of good samples and, under `skip_keys`, the keys of the bad ones: the loader drops
 those before decoding, so a shard with a poisoned video trains without ever opening it again.
 
+Each tar's result goes to `stats/NAME.json` as soon as it is indexed, with a fingerprint of the tar and the
+options, so a rerun after a kill indexes only the rest; the reports are then written from those files. Task I of N
+(`smaug.data.arraytask`) indexes the tars I, I+N, ... of the list, and the last task to finish writes the reports
+from all of them, the same bytes one run writes.
+
 Captions: the `.txt` member by default; `caption_field="json:NAME"` reads `json[NAME]` instead,
 which the loader cannot do from the original tars, so it requires `rewrite` (clean shards in
 smaug's layout: `.txt` caption, `.json` with width/height/fps so the loader decodes at reduced size).
@@ -22,16 +27,18 @@ smaug's layout: `.txt` caption, `.json` with width/height/fps so the loader deco
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tarfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
+from .arraytask import Incomplete, Task, finish_task, gather, merge_lock, remove_stale_temps, start_task
 from .decode import IMAGE_EXTS, VIDEO_EXTS, CorruptSample, decode_sample
-from .shardwriter import SampleTarWriter, run_isolated
+from .shardwriter import SampleTarWriter, done_stats, run_isolated
 from .specs import MANIFEST_FORMAT, write_json_atomic
 from .transcode import BadSample, probe_video
 
@@ -154,7 +161,7 @@ def index_shard(
     skipped, bad, skip_keys, seen, good, kinds = Counter(), [], [], set(), 0, Counter()
     writer = fh = None
     if rewrite_to:
-        tmp = f"{rewrite_to}.{os.getpid()}.tmp"
+        tmp = os.path.join(os.path.dirname(rewrite_to), f".{os.path.basename(rewrite_to)}.{os.getpid()}.tmp")
         fh = open(tmp, "wb")
         writer = SampleTarWriter(fh)
     try:
@@ -192,7 +199,7 @@ def index_shard(
     out_path = rewrite_to or path
     return {
         "name": os.path.basename(out_path),
-        "path": str(path),
+        "path": os.path.abspath(path),
         "samples": good,
         "bytes": os.path.getsize(out_path),
         "skipped": dict(sorted(skipped.items())),
@@ -202,11 +209,61 @@ def index_shard(
     }
 
 
-def _index_job(job):
-    return index_shard(*job)
+def tar_fingerprint(
+    path: str, caption_field: str, decoder: str, num_frames: int, timeout: float, rewrite_to: Optional[str]
+) -> str:
+    """Hash of what decides one tar's stats: the tar (real path, size, modification time) and the options."""
+    from smaug import __version__
+
+    st = os.stat(path)
+    blob = json.dumps(
+        {
+            "tar": os.path.realpath(path),
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "caption_field": caption_field,
+            "decoder": decoder,
+            "num_frames": num_frames,
+            "timeout": timeout,
+            "rewrite_to": os.path.realpath(rewrite_to) if rewrite_to else None,
+            "version": __version__,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def index_shards(
+class TarJob(NamedTuple):
+    """One tar to index: where its rewritten copy (with `rewrite`) and its stats file go, and its fingerprint."""
+
+    tar: str
+    rewrite_to: Optional[str]
+    stats_path: Path
+    fingerprint: str
+    options: dict  # caption_field, decoder, num_frames, timeout, rewrite
+
+    @classmethod
+    def make(cls, tar: str, out: Path, options: dict) -> TarJob:
+        o = options
+        rewrite_to = str(out / os.path.basename(tar)) if o["rewrite"] else None
+        fp = tar_fingerprint(tar, o["caption_field"], o["decoder"], o["num_frames"], o["timeout"], rewrite_to)
+        return cls(tar, rewrite_to, out / "stats" / f"{os.path.basename(tar)}.json", fp, options)
+
+    def done(self) -> Optional[dict]:
+        """Its stats when they are current (same fingerprint, output tar of the recorded size), else None."""
+        return done_stats(self.stats_path, self.rewrite_to or self.tar, self.fingerprint)
+
+
+def _index_job(job: TarJob) -> dict:
+    """Index one tar in this (pool) process and write its stats file (the resume marker) -> its stats."""
+    o = job.options
+    stats = index_shard(job.tar, o["caption_field"], o["decoder"], o["num_frames"], o["timeout"], job.rewrite_to)
+    stats["fingerprint"] = job.fingerprint
+    write_json_atomic(job.stats_path, stats)
+    return stats
+
+
+def index_task(
     tars: list[str],
     out_dir: str,
     caption_field: str = "txt",
@@ -216,11 +273,11 @@ def index_shards(
     rewrite: bool = False,
     workers: int = 1,
     command: str = "",
-) -> tuple[dict, dict]:
-    """Index (or rewrite) `tars` -> (manifest, summary), both written into `out_dir`.
-
-    Without `rewrite` the manifest names the original tars relative to `out_dir` (which may be the
-    shard folder itself) and lists the bad samples' keys under `skip_keys`."""
+    task: Task = Task(),
+) -> dict:
+    """Index (or rewrite) this task's share of `tars` into `out_dir` (tars whose stats file is current are kept)
+    and write the task's record -> {"plan", "reused", "indexed", "summary", "locks"}: `plan` is what
+    `merge_index` takes, `locks` the task's lock files, to keep open until the merge is done."""
     if caption_field != "txt" and not caption_field.startswith("json:"):
         raise ValueError(f"caption field {caption_field!r}: use 'txt' or 'json:NAME'")
     if caption_field != "txt" and not rewrite:
@@ -230,18 +287,79 @@ def index_shards(
     names = [os.path.basename(t) for t in tars]
     if len(set(names)) != len(names):
         raise ValueError("two shards share a file name")
-    jobs = [
-        (t, caption_field, decoder, num_frames, timeout, str(out / os.path.basename(t)) if rewrite else None)
-        for t in tars
-    ]
-    if workers > 1:  # not multiprocessing.Pool: its daemonic workers cannot fork the per-sample children
+    locks = start_task(out / "stats", task, out)
+    mine = task.share(len(tars))
+    owned = {names[i] for i in mine}
+    remove_stale_temps([out, out / "stats"], lambda name: name in owned or name.removesuffix(".json") in owned)
+    options = {
+        "caption_field": caption_field,
+        "decoder": decoder,
+        "num_frames": num_frames,
+        "timeout": timeout,
+        "rewrite": rewrite,
+    }
+    jobs = {i: TarJob.make(tars[i], out, options) for i in mine}
+    stats = {i: done for i, job in jobs.items() if (done := job.done()) is not None}
+    todo = [i for i in mine if i not in stats]
+    if workers > 1 and len(todo) > 1:
+        preload(decoder)  # once here, not once per pool worker (~3 s of imports each)
+        # not multiprocessing.Pool: its daemonic workers cannot fork the per-sample children
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-            stats = list(pool.map(_index_job, jobs))
+            stats.update(zip(todo, pool.map(_index_job, [jobs[i] for i in todo])))
     else:
-        stats = [_index_job(j) for j in jobs]
+        stats.update((i, _index_job(jobs[i])) for i in todo)
+    from smaug import __version__
+
+    plan = {  # what decides the output: equal in every task of one job
+        "command": command,
+        "tars_sha256": hashlib.sha256(json.dumps([os.path.abspath(t) for t in tars]).encode()).hexdigest(),
+        "num_units": len(tars),
+        "options": options,
+        "version": __version__,
+    }
+    units = [{"index": i, "tar": os.path.abspath(tars[i]), "fingerprint": stats[i]["fingerprint"]} for i in mine]
+    summary = index_reports([stats[i] for i in mine], out, options, command)[1]
+    finish_task(out / "stats", task, plan, units, summary)
+    return {"plan": plan, "reused": len(mine) - len(todo), "indexed": len(todo), "summary": summary, "locks": locks}
+
+
+def merge_index(out_dir: str, num_tasks: Optional[int] = None, plan: Optional[dict] = None) -> tuple[dict, dict]:
+    """manifest.json and summary.json of every task's tars, written into `out_dir` once all tasks are done ->
+    (manifest, summary). `arraytask.Incomplete`, naming the tasks, while one is missing, or when a tar or its
+    stats changed since its task finished (nothing written then); `plan`/`num_tasks` None: the newest record's."""
+    out = Path(out_dir)
+    stats_dir = out / "stats"
+    with merge_lock(stats_dir):
+        num_tasks, plan, units = gather(stats_dir, num_tasks, plan)
+        options = plan["options"]
+        stats, changed = [], {}
+        for u in units:
+            try:
+                done = TarJob.make(u["tar"], out, options).done()
+            except OSError as exn:
+                changed.setdefault(u["index"] % num_tasks, f"tar {u['tar']}: {exn.strerror}")
+                continue
+            if done is None:
+                changed.setdefault(u["index"] % num_tasks, f"{u['tar']} or its stats changed since: rerun it")
+            else:
+                stats.append(done)
+        if changed:
+            raise Incomplete(num_tasks, changed)
+        manifest, summary = index_reports(stats, out, options, plan["command"])
+        remove_stale_temps([out], lambda name: name in ("manifest.json", "summary.json"))
+        write_json_atomic(out / "manifest.json", manifest)
+        write_json_atomic(out / "summary.json", summary)
+    return manifest, summary
+
+
+def index_reports(stats: list[dict], out: Path, options: dict, command: str) -> tuple[dict, dict]:
+    """(manifest, summary) of indexed tars, from their stats in list order. Without `rewrite` the manifest names
+    the original tars relative to `out` (which may be the shard folder itself) and lists the bad samples' keys
+    under `skip_keys`."""
+    rewrite = options["rewrite"]
     skipped, kinds = Counter(), Counter()
     for s in stats:
         skipped.update(s["skipped"])
@@ -260,7 +378,12 @@ def index_shards(
         "num_samples": sum(s["samples"] for s in stats),
         "num_skipped": sum(skipped.values()),
         "skip_keys": {sh["name"]: s["skip_keys"] for sh, s in zip(shards, stats) if s["skip_keys"]},
-        "options": {"caption_field": caption_field, "decoder": decoder, "rewrite": rewrite, "source": "index_shards"},
+        "options": {
+            "caption_field": options["caption_field"],
+            "decoder": options["decoder"],
+            "rewrite": rewrite,
+            "source": "index_shards",
+        },
         "command": command,
     }
     summary = {
@@ -269,6 +392,15 @@ def index_shards(
         "bad_samples": [dict(b, shard=s["name"]) for s in stats for b in s["bad"]][:1000],
         "shards": len(shards),
     }
-    write_json_atomic(out / "manifest.json", manifest)
-    write_json_atomic(out / "summary.json", summary)
     return manifest, summary
+
+
+def index_shards(tars: list[str], out_dir: str, **options) -> tuple[dict, dict]:
+    """Index (or rewrite) `tars` in one task (`options`: those of `index_task`) -> (manifest, summary), both
+    written into `out_dir`."""
+    done = index_task(tars, out_dir, **options)
+    try:
+        return merge_index(out_dir, 1, done["plan"])
+    finally:
+        for f in done["locks"]:
+            f.close()

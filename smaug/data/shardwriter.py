@@ -22,7 +22,7 @@ import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Optional
 
 from .sources import REASONS, Row
@@ -70,14 +70,25 @@ class ShardJob:
         return hashlib.sha256(blob.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def plan_jobs(
-    rows: Iterable[Row], out_dir: str, prefix: str, per_shard: int, root: str, options: dict
-) -> Iterator[ShardJob]:
-    """Group a stream of rows (consecutive indices from 0) into shard jobs by row index."""
+def check_layout(prefix: str, per_shard: int) -> None:
+    """ValueError unless the shard names and size are usable."""
     if per_shard < 1:
         raise ValueError("--samples-per-shard must be >= 1")
     if not re.fullmatch(r"[A-Za-z0-9_-]+", prefix):
         raise ValueError(f"--prefix {prefix!r}: use letters, digits, '_' or '-'")
+
+
+def shard_index(name: str, prefix: str) -> Optional[int]:
+    """The shard number in a shard or stats file name (`{prefix}-000012.tar` / `.json`), else None."""
+    m = re.fullmatch(rf"{re.escape(prefix)}-(\d{{6,}})\.(?:tar|json)", name)
+    return int(m[1]) if m else None
+
+
+def plan_jobs(
+    rows: Iterable[Row], out_dir: str, prefix: str, per_shard: int, root: str, options: dict
+) -> Iterator[ShardJob]:
+    """Group a stream of rows (consecutive indices from 0) into shard jobs by row index."""
+    check_layout(prefix, per_shard)
     job: Optional[ShardJob] = None
     for row in rows:
         n = row.index // per_shard
@@ -99,16 +110,22 @@ def compact_stats(stats: dict) -> dict:
     return out
 
 
-def is_done(job: ShardJob) -> Optional[dict]:
-    """The job's stats when its shard is complete and current, else None."""
+def done_stats(stats_path: Path, tar_path: Path, fingerprint: str) -> Optional[dict]:
+    """The stats file's content when it carries `fingerprint` and the tar has the recorded size, else None
+    (the test that a shard is complete and current; `tools/index_shards.py` applies it to its tars too)."""
     try:
-        stats = json.loads(job.stats_path.read_text(encoding="utf-8"))
-        size = job.tar_path.stat().st_size
+        stats = json.loads(Path(stats_path).read_text(encoding="utf-8"))
+        size = Path(tar_path).stat().st_size
     except (OSError, json.JSONDecodeError):
         return None
-    if stats.get("fingerprint") != job.fingerprint() or stats.get("bytes") != size:
+    if stats.get("fingerprint") != fingerprint or stats.get("bytes") != size:
         return None
     return stats
+
+
+def is_done(job: ShardJob) -> Optional[dict]:
+    """The job's stats when its shard is complete and current, else None."""
+    return done_stats(job.stats_path, job.tar_path, job.fingerprint())
 
 
 def _sample_json(row: Row, meta: dict) -> bytes:
@@ -286,3 +303,30 @@ def build_reports(
         "shards": len(stats),
     }
     return manifest, summary
+
+
+def corpus_yaml(manifest: dict, out: Path, shards_root: str) -> str:
+    """The corpus YAML of a finished conversion (fields: `shards/README.md`): its manifest, shard pattern, sample
+    count and kind. Paths are relative to the shard root when `out` is inside it (the file then works once copied
+    there as PREFIX.yaml), absolute otherwise (it works from any shard root)."""
+    import yaml
+
+    where = Path(out).resolve()
+    try:
+        base = PurePosixPath(where.relative_to(Path(shards_root).resolve()).as_posix())
+    except ValueError:
+        base = PurePosixPath(where.as_posix())
+    prefix = manifest["prefix"]
+    fields = {
+        "name": prefix,
+        "manifest": str(base / "manifest.json"),
+        "pattern": str(base / f"{prefix}-{{000000..{manifest['num_shards'] - 1:06d}}}.tar"),
+        "num_samples": manifest["num_samples"],
+        "kind": manifest["kind"],
+        "weight": 1.0,
+    }
+    return (
+        f"# Written by tools/make_shards.py next to manifest.json. To train on corpus:{prefix}, copy it into the\n"
+        "# shard root ($SMAUG_SHARDS or shards/), where relative paths are resolved.\n"
+        + yaml.safe_dump(fields, sort_keys=False)
+    )
