@@ -131,6 +131,7 @@ def build_shards(corpus: Path, work: Path, frames: int, workers: int) -> tuple[d
             "--workers",
             workers,
             "--no-progress",
+            *("--num-tasks", 1, "--task-index", 0),  # all shards, also inside a Slurm job array (its variables)
             *extra,
         )
         seconds[kind] = time.perf_counter() - t0

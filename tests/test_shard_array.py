@@ -25,15 +25,14 @@ from conftest import REPO, run, run_tool, subprocess_env
 SHARD_ARGS = ["--samples-per-shard", "2", "--resize-short-side", "64", "--fps", "5"]
 
 
-def listing(corpus: Path, path: Path) -> list[str]:
-    """A WebVid CSV of 18 rows, 2 bad: row 6 names a missing file (shard 3: task 1 of 2), row 16 repeats the id of
-    row 2 (shard 8: task 0; the first one is in shard 1, task 1's). -> the data lines."""
+def listing(corpus: Path, path: Path) -> None:
+    """A WebVid CSV of 18 rows at `path`, 2 bad (rows from 0; shards of 2 rows split over 2 tasks): row 6 names a
+    missing file (shard 3: task 1), row 16 repeats the id of row 2 (shard 8: task 0; row 2 is in task 1's shard 1)."""
     lines = (corpus / "results_2M_train.csv").read_text(encoding="utf-8").splitlines()
     header, good = lines[0], lines[1:17]
     missing = good[0].split(",", 1)[0] + "999," + good[0].split(",", 1)[1]
     rows = [*good[:6], missing, *good[6:15], good[2], good[15]]
     path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
-    return rows
 
 
 def tree(out: Path) -> dict:
@@ -49,8 +48,8 @@ def assert_same_tree(got: dict, ref: dict) -> None:
 
 
 def array_env(tmp_path: Path, **extra) -> dict:
-    """A Slurm job's environment: this checkout's code and venv (as tests/test_launchers.py), the shard root
-    `tmp_path` (the corpus YAML's paths are relative to it), one CPU per task."""
+    """A Slurm job's environment (sbatch passes it on): this checkout's code and venv (as tests/test_launchers.py),
+    the shard root `tmp_path` (the corpus YAML's paths are relative to it)."""
     return subprocess_env(
         PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
         SMAUG_VENV=Path(sys.executable).parent.parent,
@@ -135,6 +134,14 @@ def test_task_arguments_fail_fast(tmp_path, monkeypatch, args, env, message):
     r = run_tool("make_shards.py", *corpus, *args, check=False, in_process=True)
     assert r.returncode == 2 and message in r.stderr, r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_merge_of_no_run_creates_nothing(tmp_path):
+    """--merge on a folder no run wrote into (a mistyped --out) says so and creates nothing, for both tools."""
+    for tool in ("make_shards.py", "index_shards.py"):
+        r = run_tool(tool, "--out", tmp_path / "typo", "--merge", check=False, in_process=True)
+        assert r.returncode == 2 and "no task records in" in r.stderr, r.stderr
+        assert not (tmp_path / "typo").exists()
 
 
 def test_two_tasks_by_flag_and_by_env_equal_one_run(synthetic_corpus, tmp_path, monkeypatch):

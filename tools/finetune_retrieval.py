@@ -81,6 +81,12 @@ def build_shards(json_path: str, video_root: str, out: Path, prefix: str, worker
             "--workers",
             str(workers),
             "--no-progress",
+            # all shards here, also when this runs as a task of a Slurm job array (make_shards would take the
+            # array's SLURM_ARRAY_TASK_COUNT/ID as its own split)
+            "--num-tasks",
+            "1",
+            "--task-index",
+            "0",
         ],
         f"shards of {json_path}",
     )

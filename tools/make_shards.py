@@ -155,7 +155,7 @@ def _shard_process(job, counter, parent: int, isolate: bool, row_timeout: float)
     write_shard(job, on_row=tick, isolate=isolate, row_timeout=row_timeout)
 
 
-def build_all(jobs, workers: int, row_timeout: float, bar) -> tuple[list[dict], int, int, int]:
+def build_all(jobs, workers: int, row_timeout: float, bar) -> tuple[dict[int, dict], int, int, int]:
     """Build the shards of a job stream in up to `workers` processes, one process per shard.
 
     Finished shards (stats file with the job's fingerprint) are skipped. A shard whose process

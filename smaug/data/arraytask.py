@@ -249,8 +249,10 @@ def gather(stats: Path, num_tasks: Optional[int], plan: Optional[dict]) -> tuple
 
 @contextmanager
 def merge_lock(stats: Path, wait_s: float = 3600.0):
-    """Held while one process merges; a second merger waits, then merges again (to the same bytes)."""
-    tasks_dir(stats).mkdir(parents=True, exist_ok=True)
+    """Held while one process merges; a second merger waits, then merges again (to the same bytes). TaskError
+    when no task ever started there (a mistyped --out: nothing is created)."""
+    if not tasks_dir(stats).is_dir():
+        raise TaskError(f"no task records in {tasks_dir(stats)}: no run of the tool started in {Path(stats).parent}")
     f = _lock(tasks_dir(stats) / ".merge.lock", True, wait_s)
     if f is None:
         raise TaskError(f"another merge of {Path(stats).parent} held its lock for {wait_s:.0f}s")
