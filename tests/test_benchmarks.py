@@ -358,6 +358,9 @@ def test_benchmarks_yaml_is_validated_before_any_compute(tmp_path):
         ("mc", "msrvtt_mc", ["mc"], 8, 128),
     ]
     assert s.benchmarks[0].test == [str(r["1ka"])]  # relative to the YAML's folder
+    assert s.benchmarks[0].max_text_len == 0  # sentence queries: the checkpoint's own length
+    dd = didemo_release(tmp_path / "dd")
+    assert suite({"didemo": {"videos": str(dd["videos"]), "test": str(dd["test"])}}).benchmarks[0].max_text_len == 64
     cases = [
         ({"msvdd": good}, "benchmarks.msvdd.kind: unknown benchmark 'msvdd'"),
         ({"msrvtt": {**good, "test": "nope.csv"}}, "benchmarks.msrvtt.test: annotation file .*nope.csv does not exist"),
@@ -396,23 +399,28 @@ def test_tool_refuses_a_bad_yaml_and_a_release_without_videos(tmp_path):
 
 
 # ---------------------------------------------------------------------------- the one command, end to end
-@pytest.mark.slow
-def test_eval_benchmarks_writes_the_table_and_resumes(pretrained_run, synthetic_corpus, tmp_path, forked_steps):
-    """MSR-VTT 1k-A and MSRVTT-MC and DiDeMo releases over the synthetic held-out clips, each with a listed video the
-    download lacks: zero-shot retrieval (both directions, VTC / VTM / combined), paragraph retrieval, multiple
-    choice; then the same command again keeps every row."""
-    c = Path(synthetic_corpus)
-    clips = [(c / "videos" / x["video"], x["caption"]) for x in json.loads((c / "eval.json").read_text())][:6]
-    names = {x[0].name: f"video{7010 + i}" for i, x in enumerate(clips)}
-    rel = tmp_path / "msrvtt"
-    for i, (src, _) in enumerate(clips):
-        video(rel / "videos" / "all", f"video{7010 + i}.mp4", src)
+def msrvtt_from_synthetic(c: Path, rel: Path) -> dict:
+    """An MSR-VTT release over the synthetic corpus: 8 training clips as video0-7 (train / validate in
+    train_val_videodatainfo.json), 6 held-out clips as video7010-7015 (test_videodatainfo.json, the 1k-A CSV,
+    MSR_MC_test.csv), video9999 listed everywhere but missing from the download; MSRVTT-QA on the same clips."""
+    held_out = json.loads((c / "eval.json").read_text())[:6]
+    train = [x for x in json.loads((c / "labels.json").read_text())["clips"] if x["split"] == "train"][:8]
+    names = {Path(x["video"]).name: f"video{7010 + i}" for i, x in enumerate(held_out)}
+    names.update({Path(x["relpath"]).name: f"video{i}" for i, x in enumerate(train)})
+    for src in [x["video"] for x in held_out] + [x["relpath"] for x in train]:
+        video(rel / "videos" / "all", f"{names[Path(src).name]}.mp4", c / "videos" / src)
     write_csv(
         rel / "MSRVTT_JSFUSION_test.csv",
         ["key", "vid_key", "video_id", "sentence"],
-        [[f"ret{i}", f"msr{7010 + i}", f"video{7010 + i}", caps[0]] for i, (_, caps) in enumerate(clips)]
+        [[f"ret{i}", f"msr{7010 + i}", f"video{7010 + i}", x["caption"][0]] for i, x in enumerate(held_out)]
         + [["ret99", "msr9999", "video9999", "a clip the download lacks"]],
     )
+    videos = [{"video_id": f"video{i}", "split": ("train", "validate")[i % 2], "id": i} for i in range(8)]
+    sentences = [{"video_id": f"video{i}", "caption": x["caption"], "sen_id": i} for i, x in enumerate(train)]
+    write_json(rel / "train_val_videodatainfo.json", {"videos": videos, "sentences": sentences})
+    videos = [{"video_id": names[Path(x["video"]).name], "split": "test"} for x in held_out]
+    sentences = [{"video_id": names[Path(x["video"]).name], "caption": cap} for x in held_out for cap in x["caption"]]
+    write_json(rel / "test_videodatainfo.json", {"videos": videos, "sentences": sentences})
     mc = [r for r in json.loads((c / "mc_test.json").read_text()) if Path(r["video"]).name in names][:6]
     write_csv(
         rel / "MSR_MC_test.csv",
@@ -421,39 +429,60 @@ def test_eval_benchmarks_writes_the_table_and_resumes(pretrained_run, synthetic_
         + [["mc99", "msr9999", "video9999", "a", "b", "c", "d", "e", 1]],
         delimiter="\t",
     )
-    qa_train = json.loads((c / "qa_train.json").read_text())[:8]  # MSRVTT-QA: integer video ids
-    qa_test = [q for q in json.loads((c / "qa_test.json").read_text()) if Path(q["video"]).name in names][:6]
-    for i, q in enumerate(qa_train):
-        video(rel / "videos" / "all", f"video{i}.mp4", c / "videos" / q["video"])
-    qa_rows = [(i, q) for i, q in enumerate(qa_train)] + [(int(names[Path(q["video"]).name][5:]), q) for q in qa_test]
-    for split, part in (("train", qa_rows[:8]), ("test", qa_rows[8:])):
-        write_json(
-            rel / f"{split}_qa.json",
-            [
-                {"answer": q["answer"], "category_id": 0, "id": j, "question": q["question"], "video_id": v}
-                for j, (v, q) in enumerate(part)
-            ],
-        )
+    qa = {"train": json.loads((c / "qa_train.json").read_text()), "test": json.loads((c / "qa_test.json").read_text())}
+    for split, rows in qa.items():
+        rows = [q for q in rows if Path(q["video"]).name in names][:8]
+        qa[split] = [
+            {"answer": q["answer"], "category_id": 0, "id": j, "question": q["question"], "video_id": int(v[5:])}
+            for j, q in enumerate(rows)
+            for v in [names[Path(q["video"]).name]]
+        ]
+        write_json(rel / f"{split}_qa.json", qa[split])
+    return {"clips": [(c / "videos" / x["video"], x["caption"]) for x in held_out], "qa": qa}
+
+
+@pytest.mark.slow
+def test_eval_benchmarks_writes_the_table_and_resumes(pretrained_run, synthetic_corpus, tmp_path, forked_steps):
+    """MSR-VTT (1k-A, MC, QA) and DiDeMo releases over synthetic clips, each with a listed video the download lacks:
+    zero-shot retrieval (both directions, VTC / VTM / combined), retrieval fine-tuning on the 9k split (shards made
+    from the release's JSONs), paragraph retrieval, multiple choice, QA fine-tuning; then the same command again
+    keeps every row."""
+    ms = msrvtt_from_synthetic(Path(synthetic_corpus), tmp_path / "msrvtt")
+    clips, qa_train, qa_test = ms["clips"], ms["qa"]["train"], ms["qa"]["test"]
     dd = didemo_release(tmp_path / "didemo", sources=clips)
     yaml_path = tmp_path / "benchmarks.yaml"
     yaml_path.write_text(
         "frames: 2\nk: 3\nbatch_size: 4\nworkers: 0\nbenchmarks:\n"
-        "  msrvtt: {videos: msrvtt/videos/all, test: msrvtt/MSRVTT_JSFUSION_test.csv}\n"
+        "  msrvtt: {videos: msrvtt/videos/all, test: msrvtt/MSRVTT_JSFUSION_test.csv, tasks: [zero_shot, finetune],\n"
+        "           train: [msrvtt/train_val_videodatainfo.json, msrvtt/test_videodatainfo.json]}\n"
         "  msrvtt_mc: {videos: msrvtt/videos/all, test: msrvtt/MSR_MC_test.csv}\n"
         f"  didemo: {{videos: {dd['videos']}, test: {dd['test']}, max_text_len: 24}}\n"
         "  msrvtt_qa: {videos: msrvtt/videos/all, train: msrvtt/train_qa.json, test: msrvtt/test_qa.json}\n"
         "qa_overrides: [train.steps=2, optim.warmup_steps=1, log.progress=false, data.batch_size=4, data.num_workers=1]\n"
+        "finetune_overrides: [train.steps=2, optim.warmup_steps=1, log.progress=false, data.batch_size=4,\n"
+        "  data.num_workers=1, eval.every=0]\n"
     )
     out = tmp_path / "out"
     args = ["--checkpoint", pretrained_run, "--benchmarks", yaml_path, "--out", out]
     r = tool_in_process("eval_benchmarks.py", *args)
     doc = json.loads((out / "benchmarks.json").read_text())
-    rows = {x["name"]: x for x in doc["rows"]}
-    assert [x["name"] for x in doc["rows"]] == ["msrvtt", "msrvtt_mc", "didemo", "msrvtt_qa"]
+    rows = {(x["name"], x["task"]): x for x in doc["rows"]}
+    assert list(rows) == [
+        ("msrvtt", "zero_shot"),
+        ("msrvtt", "finetune"),
+        ("msrvtt_mc", "mc"),
+        ("didemo", "zero_shot"),
+        ("msrvtt_qa", "qa"),
+    ]
     assert all(x["status"] == "done" and x["frames"] == 2 for x in doc["rows"])
-    assert [x["step"] for x in doc["rows"]] == [8, 8, 8, 2]  # the QA row: the fine-tuned run's last step
+    assert [x["step"] for x in doc["rows"]] == [8, 2, 8, 8, 2]  # fine-tuned rows: the fine-tuned run's last step
     assert all(x["init"]["step"] == 8 for x in doc["rows"])
-    m = rows["msrvtt"]
+    ft = rows["msrvtt", "finetune"]
+    assert ft["evaluated"]["clips"] == 6 and Path(ft["checkpoint"]).parent.parent.name == "run"
+    assert len(json.loads((out / "msrvtt" / "train.json").read_text())) == 8  # 9k: every clip but the 1k-A test
+    (shards,) = (out / "msrvtt").glob("finetune-*/run/shards/train/manifest.json")
+    assert json.loads(shards.read_text())["num_samples"] == 8  # shards of the release's training split
+    m = rows["msrvtt", "zero_shot"]
     assert m["task"] == "zero_shot" and m["ranking"] == "vtm" and set(m["rankings"]) == {"vtc", "vtm", "combined"}
     assert (
         m["coverage"]["clips_listed"] == 7
@@ -462,11 +491,13 @@ def test_eval_benchmarks_writes_the_table_and_resumes(pretrained_run, synthetic_
     )
     assert m["evaluated"] == {"clips": 6, "items": 6, "skipped": {}} and m["chance"]["t2v_r1"] == pytest.approx(100 / 6)
     assert m["t2v"] == m["rankings"]["vtm"]["t2v"] and m["k"] == 3
-    assert rows["msrvtt_mc"]["evaluated"]["items"] == 6 and rows["msrvtt_mc"]["chance"] == pytest.approx(20.0)
-    assert rows["msrvtt_mc"]["coverage"]["items_listed"] == 7
-    d = rows["didemo"]
+    assert rows["msrvtt_mc", "mc"]["evaluated"]["items"] == 6 and rows["msrvtt_mc", "mc"]["chance"] == pytest.approx(
+        20.0
+    )
+    assert rows["msrvtt_mc", "mc"]["coverage"]["items_listed"] == 7
+    d = rows["didemo", "zero_shot"]
     assert d["evaluated"]["items"] == 5 and d["coverage"]["clips_listed"] == 6 and d["max_text_len"] == 24  # paragraphs
-    q = rows["msrvtt_qa"]
+    q = rows["msrvtt_qa", "qa"]
     assert (
         q["task"] == "qa" and q["evaluated"]["items"] == len(qa_test) and q["coverage"]["items_found"] == len(qa_test)
     )
@@ -482,5 +513,5 @@ def test_eval_benchmarks_writes_the_table_and_resumes(pretrained_run, synthetic_
 
     again = tool_in_process("eval_benchmarks.py", *args)  # resumes: nothing recomputed
     assert "zero-shot retrieval:" not in again.stdout and "multiple choice:" not in again.stdout
-    assert again.stdout.count("done for this checkpoint") == 4 and "QA fine-tuning" not in again.stdout
+    assert again.stdout.count("done for this checkpoint") == 5 and "fine-tuning" not in again.stdout
     assert json.loads((out / "benchmarks.json").read_text())["rows"] == doc["rows"]

@@ -257,6 +257,7 @@ def main(argv=None) -> int:
                 "protocol": prep["test"].protocol,
                 "sources": prep["test"].sources,
                 "coverage": prep["coverage"]["test"],
+                "train_coverage": prep["coverage"]["train"] if task in ("finetune", "qa") else None,
                 "frames": e.frames,
                 "init": init,
                 "fingerprint": fp,

@@ -195,6 +195,11 @@ def format_markdown(doc: dict) -> str:
                 line += f"; skipped at evaluation: {ev['skipped']}"
             if cov.get("bad_rows"):
                 line += f"; unusable annotation rows: {cov['bad_rows']}"
+            tc = r.get("train_coverage")
+            if tc:
+                line += (
+                    f"; trained on {tc['clips_found']}/{tc['clips_listed']} training clips ({tc['items_found']} items)"
+                )
             line += f"; report `{r.get('report')}`"
         out.append(line)
     return "\n".join(out) + "\n"

@@ -25,7 +25,9 @@ from .common import VideoFinder
 RETRIEVAL_TASKS = ("zero_shot", "finetune")
 TASKS = {"retrieval": RETRIEVAL_TASKS, "mc": ("mc",), "qa": ("qa",)}
 RANKINGS = ("vtc", "vtm", "combined")
-PARAGRAPH_TEXT_LEN = 64  # Singularity's max_txt_l for DiDeMo / ActivityNet paragraphs (configs/ret_didemo.yaml)
+# query tokens of the paragraph benchmarks: Singularity's max_txt_l (configs/ret_didemo.yaml, ret_anet.yaml); the
+# sentence benchmarks keep the checkpoint's own data.max_text_len
+PARAGRAPH_TEXT_LEN = {"didemo": 64, "activitynet": 150}
 
 
 class BenchmarkError(ValueError):
@@ -107,7 +109,6 @@ KINDS: dict[str, Kind] = {
         "test: LSMDC16_challenge_1000_publictect.csv; train: LSMDC16_annos_training.csv",
     ),
 }
-PARAGRAPH_KINDS = ("didemo", "activitynet")
 
 
 @dataclass
@@ -123,7 +124,7 @@ class Entry:
     tasks: Optional[tuple[str, ...]] = None  # default: zero_shot (retrieval), mc, qa
     frames: int = 0  # 0 = the suite's
     k: int = -1  # VTM rerank top-k (retrieval) / answers re-scored (QA); -1 = the suite's
-    max_text_len: int = 0  # 0 = 64 for paragraph benchmarks, else the checkpoint's
+    max_text_len: int = 0  # query tokens; 0 = PARAGRAPH_TEXT_LEN for DiDeMo / ActivityNet, else the checkpoint's
     answer_list: Optional[str] = None  # QA: answer_list.json; default: the training answers, most frequent first
     answer_list_size: int = 0  # QA: keep the N most frequent training answers (0 = all)
     blind: bool = False  # QA: also train the text-only baseline
@@ -135,10 +136,6 @@ class Entry:
         """The RetrievalSet / QuestionSet of "test" or "train" (the video folder walked once per call without
         `finder`)."""
         return KINDS[self.kind].read(self, getattr(self, split), finder or VideoFinder(self.videos), split)
-
-    @property
-    def paragraph(self) -> bool:
-        return self.kind in PARAGRAPH_KINDS
 
 
 @dataclass
@@ -209,7 +206,7 @@ def _entry(name: str, raw, base: str, suite: Suite) -> Entry:
         raise BenchmarkError(f"{where}.train_split: {e.train_split!r} is not 9k or 7k")
     e.frames = e.frames or suite.frames
     e.k = suite.k if e.k < 0 else e.k
-    e.max_text_len = e.max_text_len or (PARAGRAPH_TEXT_LEN if e.paragraph else 0)
+    e.max_text_len = e.max_text_len or PARAGRAPH_TEXT_LEN.get(e.kind, 0)
     if e.frames < 1 or e.max_text_len < 0 or e.answer_list_size < 0:
         raise BenchmarkError(f"{where}: frames >= 1, max_text_len >= 0, answer_list_size >= 0")
     return e
