@@ -249,6 +249,7 @@ def load(engine, load_dir: Path, tag: str) -> dict:
 # ---------------------------------------------------------------------------- reading
 HF_WEIGHTS = "model.safetensors"
 HF_CONFIG = "config.json"
+HF_PREFIX = "smaug."  # SmaugHFModel.base_model_prefix: the exported weights are the SmaugModel's under it
 # Parameters a retrieval model cannot do without: a checkpoint missing any of them is the wrong file.
 CORE_PREFIXES = ("video_encoder.", "text_encoder.bert.", "vision_proj.", "text_proj.")
 # Errors torch.load / DeepSpeed raise on truncated or foreign files.
@@ -335,9 +336,13 @@ def read_state_dict(ref: CheckpointRef) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(ref.path / HF_WEIGHTS))
+            sd = load_file(str(ref.path / HF_WEIGHTS))
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"checkpoint {ref.path / HF_WEIGHTS}: unreadable ({e})") from e
+        # SmaugHFModel holds the SmaugModel as `smaug` (exports before it wrote the SmaugModel's keys as they are)
+        if sd and all(k.startswith(HF_PREFIX) for k in sd):
+            sd = {k[len(HF_PREFIX) :]: v for k, v in sd.items()}
+        return sd
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     try:

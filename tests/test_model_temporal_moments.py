@@ -167,16 +167,6 @@ def test_reversed_negative_needs_an_order_aware_embedding():
             SmaugConfig.preset("tiny", **{knob: True})
 
 
-def test_export_takes_moments_and_refuses_temporal_blocks():
-    """The moments export (smaug/models/moments.py is copied into the folder: see test_export_hf.py for
-    parity in a process without smaug); temporal blocks do not yet."""
-    from smaug.hf.convert import ExportError, check_exportable
-
-    check_exportable(SmaugConfig.preset("tiny", temporal_moments=2, moments_xy=True, moments_centroid=True))
-    with pytest.raises(ExportError, match="temporal_layers=1"):
-        check_exportable(SmaugConfig.preset("tiny", temporal_layers=1))
-
-
 def test_moments_take_the_configs_weight_and_grid():
     """`moments_weight` and the patch grid reach the module from the config (the weight used to stay at its
     default 0.5 in training while the HF export read the config's)."""

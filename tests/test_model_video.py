@@ -134,12 +134,3 @@ def test_temporal_blocks_start_as_the_identity_and_then_see_frame_order(scope):
         x = enc.tokens[:, :, :1] if scope == "cls" else enc.tokens
         fwd, rev = temporal.temporal(x)[:, :, 0].mean(1), temporal.temporal(x.flip(1))[:, :, 0].mean(1)
         assert not torch.allclose(fwd, rev, atol=1e-4)
-
-
-def test_export_refuses_temporal_blocks_it_cannot_represent():
-    from smaug.hf.convert import ExportError, check_exportable
-    from smaug.models import SmaugConfig
-
-    check_exportable(SmaugConfig.preset("tiny"))
-    with pytest.raises(ExportError, match="temporal_layers=2"):
-        check_exportable(SmaugConfig.preset("tiny", temporal_layers=2))

@@ -15,6 +15,7 @@ every run trained on them differed.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -74,14 +75,27 @@ def build_wordpiece_tokenizer(
     return fast
 
 
+def _auto_map(folder: Path) -> dict:
+    """The `auto_map` of a folder's config.json ({} without one)."""
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("auto_map") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
 def load_tokenizer(name_or_path: str | os.PathLike):
     """A fast tokenizer from a local directory, or a hub name (hub only when online; with
     `HF_HUB_OFFLINE=1` a hub name must already be in the local cache)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, PretrainedConfig
 
     path = Path(name_or_path)
     if path.is_dir():
-        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True)
+        kw = {}
+        if "AutoConfig" in _auto_map(path):  # a model folder with custom code (a smaug export): transformers'
+            # AutoTokenizer would read config.json first and ask to run that code; the tokenizer is all in
+            # tokenizer_config.json, so a blank model config stands in
+            kw["config"] = PretrainedConfig()
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True, **kw)
     else:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
         tok = AutoTokenizer.from_pretrained(str(name_or_path), local_files_only=offline, use_fast=True)

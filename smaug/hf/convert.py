@@ -1,10 +1,9 @@
 """Conversions between smaug's `SmaugConfig` / state dict and the exported formats.
 
-- `hf_config_from_smaug` / `smaug_config_from_hf`: the `SmaugHFConfig` of `config.json` and back
-  (lossless: every SmaugConfig field lands in a sub-config, a top-level field, `preprocessing`
-  or `pretraining`).
-- `timm_vit_state_dict`: the video tower as a timm `VisionTransformer` state dict (per-frame,
-  `--vision-only` export), and `timm_vit_kwargs` for `timm.create_model`.
+- `hf_config_from_smaug` / `smaug_config_from_hf`: the `SmaugHFConfig` of `config.json` and back. The
+  config holds every SmaugConfig field under its own name (`smaug_config`), so nothing is mapped by hand.
+- `timm_export_config` / `timm_state_dict`: the video tower as a per-frame timm model of its family (timm
+  ViT, CLIP ViT, BEiT) for the `--vision-only` export, loading into `timm.create_model` with strict=True.
 """
 
 from __future__ import annotations
@@ -13,82 +12,15 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
 from .configuration_smaug import SmaugHFConfig
 
-if TYPE_CHECKING:  # smaug.models imports timm; the export's own code must not need it
+if TYPE_CHECKING:  # smaug.models imports timm; the export's own config code must not need it
     from smaug.models import SmaugConfig
-
-# SmaugConfig field -> SmaugVisionConfig attribute
-VISION_FIELDS = {
-    "image_size": "image_size",
-    "patch_size": "patch_size",
-    "num_frames": "num_frames",
-    "vision_width": "hidden_size",
-    "vision_depth": "num_hidden_layers",
-    "vision_heads": "num_attention_heads",
-    "vision_mlp_ratio": "mlp_ratio",
-    "vision_qkv_bias": "qkv_bias",
-    "sparsify_layers": "sparsify_layers",
-    "keep_ratio": "keep_ratio",
-    "sparsify_mode": "sparsify_mode",
-    "drop_path_rate": "drop_path_rate",
-    "temporal_moments": "temporal_moments",
-    "moments_weight": "moments_weight",
-    "moments_xy": "moments_xy",
-    "moments_centroid": "moments_centroid",
-}
-# SmaugConfig field -> SmaugTextConfig attribute
-TEXT_FIELDS = {
-    "vocab_size": "vocab_size",
-    "text_width": "hidden_size",
-    "text_layers": "num_hidden_layers",
-    "fusion_layer": "fusion_layer",
-    "text_heads": "num_attention_heads",
-    "text_intermediate": "intermediate_size",
-    "text_dropout": "hidden_dropout_prob",
-    "text_max_positions": "max_position_embeddings",
-    "pad_token_id": "pad_token_id",
-    "mask_token_id": "mask_token_id",
-    "cls_token_id": "cls_token_id",
-    "sep_token_id": "sep_token_id",
-}
-# SmaugConfig field -> SmaugHFConfig top-level attribute
-TOP_FIELDS = {
-    "embed_dim": "projection_dim",
-    "temp_min": "temp_min",
-    "temp_max": "temp_max",
-    "select_frames": "select_frames",
-    "select_temp": "select_temp",
-}
-PREPROCESSING_FIELDS = ("num_frames", "image_size", "mean", "std")
 
 
 class ExportError(ValueError):
-    """A model the export cannot represent (yet)."""
-
-
-def check_exportable(cfg) -> None:
-    """The export's hand-written video tower (modeling_smaug.py) and the timm ViT export are the plain
-    timm ViT block (GELU, LayerNorm eps 1e-6, no layer scale, absolute position embedding) without
-    temporal blocks. A CLIP or BEiT tower (model.vision_init) or temporal blocks (temporal_layers) are
-    refused rather than exported wrong. Temporal moments export (moments.py is copied verbatim)."""
-    plain = dict(
-        vision_family="vit",
-        vision_act="gelu",
-        vision_norm_eps=1e-6,
-        vision_layer_scale=0.0,
-        vision_abs_pos=True,
-        temporal_layers=0,
-    )
-    bad = {k: getattr(cfg, k) for k, v in plain.items() if getattr(cfg, k) != v}
-    if bad:
-        raise ExportError(
-            f"export: this model's video tower ({', '.join(f'{k}={v!r}' for k, v in bad.items())}) cannot "
-            f"be exported yet: the exported code only has the plain timm ViT block, no temporal blocks "
-            f"({', '.join(f'{k}={v!r}' for k, v in plain.items())})"
-        )
+    """A model the export cannot represent; the message names the field."""
 
 
 def _plain(v):
@@ -96,39 +28,84 @@ def _plain(v):
 
 
 def hf_config_from_smaug(cfg, **extra) -> SmaugHFConfig:
-    """The exported `config.json` content of a `smaug.models.SmaugConfig`."""
-    check_exportable(cfg)
-    d = dataclasses.asdict(cfg)
-    vision = {VISION_FIELDS[k]: _plain(d[k]) for k in VISION_FIELDS}
-    text = {TEXT_FIELDS[k]: d[k] for k in TEXT_FIELDS}
-    top = {TOP_FIELDS[k]: d[k] for k in TOP_FIELDS}
-    pre = {k: _plain(d[k]) for k in PREPROCESSING_FIELDS}
-    used = set(VISION_FIELDS) | set(TEXT_FIELDS) | set(TOP_FIELDS) | set(PREPROCESSING_FIELDS)
-    rest = {k: _plain(v) for k, v in d.items() if k not in used}
-    return SmaugHFConfig(vision_config=vision, text_config=text, preprocessing=pre, pretraining=rest, **top, **extra)
+    """The exported `config.json` content of a `smaug.models.SmaugConfig` (`extra`: run_config, run)."""
+    return SmaugHFConfig(smaug_config={k: _plain(v) for k, v in dataclasses.asdict(cfg).items()}, **extra)
+
+
+# Exports written before `smaug_config` (config.json with vision_config / text_config sub-configs) are a
+# format on disk that fine-tuning (`--init`) and evaluation still read: SmaugConfig field -> where it was.
+_LEGACY = {
+    "vision_config": {
+        **{k: k for k in ("image_size", "patch_size", "num_frames", "sparsify_layers", "keep_ratio")},
+        **{k: k for k in ("sparsify_mode", "drop_path_rate", "temporal_moments", "moments_weight")},
+        **{k: k for k in ("moments_xy", "moments_centroid")},
+        "vision_width": "hidden_size",
+        "vision_depth": "num_hidden_layers",
+        "vision_heads": "num_attention_heads",
+        "vision_mlp_ratio": "mlp_ratio",
+        "vision_qkv_bias": "qkv_bias",
+    },
+    "text_config": {
+        **{k: k for k in ("vocab_size", "fusion_layer", "pad_token_id", "mask_token_id", "cls_token_id")},
+        "sep_token_id": "sep_token_id",
+        "text_width": "hidden_size",
+        "text_layers": "num_hidden_layers",
+        "text_heads": "num_attention_heads",
+        "text_intermediate": "intermediate_size",
+        "text_dropout": "hidden_dropout_prob",
+        "text_max_positions": "max_position_embeddings",
+    },
+    "": {"embed_dim": "projection_dim", **{k: k for k in ("temp_min", "temp_max", "select_frames", "select_temp")}},
+}
 
 
 def smaug_config_from_hf(hf) -> SmaugConfig:
-    """Rebuild the `SmaugConfig` an exported folder was made from (inverse of `hf_config_from_smaug`)."""
+    """The `SmaugConfig` an exported folder was made from (inverse of `hf_config_from_smaug`)."""
     from smaug.models import SmaugConfig
 
+    if hf.smaug_config:
+        return SmaugConfig(**hf.smaug_config)
+    old = hf.to_dict()
+    if "vision_config" not in old:
+        raise KeyError("config.json has neither smaug_config nor vision_config: not a smaug export")
     known = {f.name for f in dataclasses.fields(SmaugConfig)}
-    vals = {k: getattr(hf.vision_config, a) for k, a in VISION_FIELDS.items()}
-    vals.update({k: getattr(hf.text_config, a) for k, a in TEXT_FIELDS.items()})
-    vals.update({k: getattr(hf, a) for k, a in TOP_FIELDS.items()})
-    vals.update({k: hf.preprocessing[k] for k in ("mean", "std")})
-    vals.update({k: v for k, v in (hf.pretraining or {}).items() if k in known})
-    for k in ("sparsify_layers", "mean", "std"):
-        vals[k] = tuple(vals[k])
+    vals = {k: v for k, v in (old.get("pretraining") or {}).items() if k in known}
+    for section, fields in _LEGACY.items():
+        src = old[section] if section else old
+        vals.update({k: src[a] for k, a in fields.items()})
+    vals.update({k: old["preprocessing"][k] for k in ("mean", "std")})
     return SmaugConfig(**vals)
 
 
 # ---------------------------------------------------------------------------- timm export
-def timm_vit_kwargs(cfg) -> dict:
-    """`timm.create_model(<any vit_*>, pretrained=False, num_classes=0, **kwargs)` arguments that
-    build a `VisionTransformer` with the key layout and shapes of `timm_vit_state_dict`."""
-    check_exportable(cfg)
-    return dict(
+# family -> (a timm architecture with the family's block, norm and layout; its LayerNorm eps). model_args
+# set every size, so one architecture per family serves every width and depth.
+TIMM_ARCH = {
+    "vit": ("vit_base_patch16_224", 1e-6),
+    "clip": ("vit_base_patch16_clip_224", 1e-5),  # pre_norm (norm_pre), bias-free patch embedding
+    "beit": ("beit_base_patch16_224", 1e-6),
+}
+# What the per-frame timm model has no slot for (SmaugModel state dict prefix -> what happens to it).
+NOT_IN_TIMM = {
+    "video_encoder.temporal_embed": "folded in: the temporal embedding of a 1-frame clip is added to pos_embed "
+    "(BEiT without one: to the [CLS] token and the patch embedding's bias), so timm on one frame computes "
+    "what smaug's encoder computes on a 1-frame clip",
+    "temporal.": "temporal blocks across frames (temporal_layers): a per-frame model has no time axis; not exported",
+    "temporal_moments.": "the clip embedding's moments over time: a readout on top of the frames; not exported",
+    "vision_proj.": "the VTC projection of the frame [CLS] into the joint space; not exported (no timm head)",
+}
+
+
+def timm_export_config(cfg) -> tuple[str, dict]:
+    """(architecture, model_args): `timm.create_model(architecture, pretrained=False, num_classes=0,
+    **model_args)` builds the per-frame model whose state dict is `timm_state_dict`'s."""
+    arch, eps = TIMM_ARCH[cfg.vision_family]
+    if cfg.vision_norm_eps != eps:
+        raise ExportError(
+            f"export --vision-only: vision_norm_eps={cfg.vision_norm_eps} has no timm {cfg.vision_family} "
+            f"architecture (its LayerNorm eps is {eps})"
+        )
+    args = dict(
         img_size=cfg.image_size,
         patch_size=cfg.patch_size,
         embed_dim=cfg.vision_width,
@@ -136,31 +113,44 @@ def timm_vit_kwargs(cfg) -> dict:
         num_heads=cfg.vision_heads,
         mlp_ratio=cfg.vision_mlp_ratio,
         qkv_bias=cfg.vision_qkv_bias,
-        class_token=True,
-        global_pool="token",
-        num_classes=0,
+        init_values=cfg.vision_layer_scale or None,  # layer scale (gamma / ls) where the model has it
+        global_pool="token",  # the frame's [CLS], as smaug's frame feature
     )
+    if cfg.vision_family == "beit":
+        if cfg.vision_act != "gelu":
+            raise ExportError(f"export --vision-only: timm's BEiT has no vision_act={cfg.vision_act!r}")
+        args.update(use_abs_pos_emb=cfg.vision_abs_pos, use_rel_pos_bias=True, use_fc_norm=False)
+        return arch, args
+    if not cfg.vision_abs_pos:
+        raise ExportError("export --vision-only: a timm ViT needs vision_abs_pos=True")
+    args["class_token"] = True
+    if cfg.vision_act != "gelu":
+        args["act_layer"] = cfg.vision_act
+    if args["init_values"] is None:
+        del args["init_values"]
+    return arch, args
 
 
 @torch.no_grad()
-def timm_vit_state_dict(state_dict: dict, cfg) -> dict:
-    """The video tower as a per-frame timm ViT state dict.
+def timm_state_dict(state_dict: dict, cfg) -> tuple[dict, dict]:
+    """The video tower as a per-frame timm state dict (`timm_export_config`'s model), and what timm has no
+    slot for ({SmaugModel key prefix: what happened to it}, only those the model has; `NOT_IN_TIMM`).
 
-    Key names are timm's (`patch_embed.proj.*`, `cls_token`, `pos_embed`, `blocks.N.*`, `norm.*`).
-    timm has no time axis: the temporal embedding smaug uses for a single-frame clip (an image,
-    `temporal_embed` interpolated to T=1) is folded into `pos_embed`, for the [CLS] slot and every
-    patch, so a timm ViT on one frame computes what smaug's encoder computes on a 1-frame clip
-    (without token sparsification, which timm does not do).
+    Keys are timm's already (the encoder is built from timm's modules); timm has no time axis, so the
+    temporal embedding smaug uses for a single-frame clip (an image: `temporal_embed` interpolated to
+    T=1) is folded into the first place every token passes through.
     """
+    from smaug.models.frame_tokens import resize_time
+
     prefix = "video_encoder."
     out = {k[len(prefix) :]: v.float().clone() for k, v in state_dict.items() if k.startswith(prefix)}
-    if "pos_embed" not in out or "temporal_embed" not in out:
-        raise KeyError("state dict has no video_encoder.pos_embed / temporal_embed: not a SmaugModel checkpoint")
-    te = out.pop("temporal_embed")  # [1, T, 1, D]
-    te1 = (
-        te
-        if te.shape[1] == 1
-        else F.interpolate(te[0, :, 0].T[None], size=1, mode="linear", align_corners=False)[0].T[None, :, None]
-    )
-    out["pos_embed"] = out["pos_embed"] + te1[0, 0][None]  # [1, 1 + N, D] + [1, 1, D]
-    return {k: v.contiguous() for k, v in out.items()}
+    if "temporal_embed" not in out:
+        raise KeyError("state dict has no video_encoder.temporal_embed: not a SmaugModel checkpoint")
+    te = resize_time(out.pop("temporal_embed"), 1)[0, 0]  # [1, D]: what every token of a 1-frame clip gets
+    if "pos_embed" in out:
+        out["pos_embed"] = out["pos_embed"] + te[None]  # [1, 1 + N, D]
+    else:  # BEiT without an absolute position embedding: the [CLS] token and every patch token
+        out["cls_token"] = out["cls_token"] + te[None]
+        out["patch_embed.proj.bias"] = out["patch_embed.proj.bias"] + te[0]
+    dropped = {p: why for p, why in NOT_IN_TIMM.items() if any(k.startswith(p) for k in state_dict)}
+    return {k: v.contiguous() for k, v in out.items()}, dropped

@@ -31,11 +31,13 @@ from typing import Optional, Union
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, BatchFeature
+from transformers import AutoTokenizer, BatchFeature, PretrainedConfig
 
 try:  # an exported folder: frames.py, a byte copy of smaug/data/frames.py, lies next to this file
     from .frames import center_crop_box, crop_resize, scaled_size, segment_indices
-except ImportError:  # inside the smaug package
+except ModuleNotFoundError as e:  # inside the smaug package
+    if e.name != f"{__package__}.frames":
+        raise
     from smaug.data.frames import center_crop_box, crop_resize, scaled_size, segment_indices
 
 PROCESSOR_CONFIG = "processor_config.json"
@@ -107,7 +109,10 @@ class SmaugProcessor:
             saved = json.loads((path / "config.json").read_text(encoding="utf-8")).get("preprocessing", {})
         values = {k: saved[k] for k in FIELDS if saved.get(k) is not None}
         values.update({k: kwargs[k] for k in FIELDS if k in kwargs})
-        return cls(AutoTokenizer.from_pretrained(str(path)), **values)
+        # transformers' AutoTokenizer reads config.json first, and this folder's names custom code, which it would
+        # ask to run (in a terminal) or warn about; the tokenizer is all in tokenizer_config.json, so a blank
+        # model config stands in
+        return cls(AutoTokenizer.from_pretrained(str(path), config=PretrainedConfig()), **values)
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in FIELDS}
@@ -165,7 +170,9 @@ class SmaugProcessor:
             raise ValueError("SmaugProcessor: give `text`, `videos` or both")
         data: dict = {}
         if text is not None:
-            kw = dict(padding="longest", truncation=True, max_length=self.max_text_len, **text_kwargs)
+            # evaluation's tokenisation by default; the transformers processor keywords (padding, truncation,
+            # max_length, ...) override it
+            kw = {"padding": "longest", "truncation": True, "max_length": self.max_text_len, **text_kwargs}
             data.update(self.tokenizer([text] if isinstance(text, str) else list(text), **kw))
         if videos is not None:
             data["pixel_values"] = self.videos(videos, do_normalize)

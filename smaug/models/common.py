@@ -2,6 +2,9 @@
 
 Nothing here imports DeepSpeed. The gathers are no-ops (return the input) unless
 `torch.distributed` is initialised with world size > 1.
+
+The model files import nothing of smaug outside smaug/models/ but `smaug/dist.py`, which the HF export
+copies beside them (`smaug.hf.MODEL_CODE_FILES`), so an exported folder runs this code without smaug.
 """
 
 from __future__ import annotations
@@ -11,7 +14,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from smaug.dist import world
+try:  # an exported folder: the byte copy of smaug/dist.py beside this file
+    from .dist import world
+except ModuleNotFoundError as e:  # the library (smaug/models/ has no dist.py)
+    if e.name != f"{__package__}.dist":
+        raise
+    from smaug.dist import world
 
 
 def maybe_checkpoint(enabled: bool, fn, *args, **kwargs):

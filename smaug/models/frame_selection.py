@@ -25,9 +25,8 @@ dropped: its gradient (1 - w_t) vanishes once a wrong frame is confidently chose
 nothing about unchosen frames; `tests/test_model_grads.py` has a toy task it fails and this
 one solves (the scorer alone learns which frame lowers the loss).
 
-Plain torch on purpose: `tools/export_hf.py` copies this file byte for byte next to the exported
-`modeling_smaug.py`, whose VTM path runs this `FrameSelector` in eval mode (deterministic top-k). It must
-import nothing but torch and the standard library (a test checks).
+Like every model file, it is copied byte for byte into HF exports (`smaug.hf.MODEL_CODE_FILES`), whose VTM
+path runs this `FrameSelector` in eval mode (deterministic top-k).
 """
 
 from __future__ import annotations

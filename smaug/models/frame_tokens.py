@@ -1,9 +1,7 @@
 """Per-frame token bookkeeping of the video encoder: the temporal embedding at any frame count, and
 EViT token sparsification (keep the patch tokens the frame's [CLS] attends to most, fuse the rest).
 
-This file is plain torch on purpose: `tools/export_hf.py` copies it byte for byte next to the exported
-`modeling_smaug.py`, whose video tower calls these very functions (no hand copy to drift). It must import
-nothing but torch and the standard library (a test checks).
+Like every model file, it is copied byte for byte into HF exports (`smaug.hf.MODEL_CODE_FILES`).
 
 Notation: M = B * T frames, n patch tokens per frame ([CLS] excluded), D width, H heads.
     resize_time          [1, T0, ..., D] -> [1, T, ..., D]  linear in time

@@ -28,13 +28,13 @@ def patchify(frames: torch.Tensor, patch: int) -> torch.Tensor:
 class MAEDecoder(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        grid = cfg.image_size // cfg.patch_size
+        self.grid = grid = cfg.image_size // cfg.patch_size
         self.num_patches = grid * grid
         Dd = cfg.decoder_width
         self.embed = nn.Linear(cfg.vision_width, Dd)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, Dd))
-        pos = torch.cat([torch.zeros(1, Dd), sincos_pos_embed_2d(Dd, grid)])[None]  # [1, 1 + N, Dd], [CLS] slot 0
-        self.register_buffer("pos_embed", pos, persistent=False)
+        self.register_buffer("pos_embed", torch.empty(1, 1 + self.num_patches, Dd), persistent=False)
+        self.init_non_persistent_buffers()
         self.blocks = nn.ModuleList(
             [Block(Dd, cfg.decoder_heads, 4.0, qkv_bias=True) for _ in range(cfg.decoder_depth)]
         )
@@ -43,6 +43,14 @@ class MAEDecoder(nn.Module):
         self.grad_checkpointing = False
         nn.init.normal_(self.mask_token, std=0.02)
         self.apply(init_weights_vit_timm)
+
+    @torch.no_grad()
+    def init_non_persistent_buffers(self) -> None:
+        """The fixed 2-D sin-cos position embedding [1, 1 + N, Dd] ([CLS] slot 0: zeros), computed, never
+        stored (timm's convention: a loader that builds on the meta device calls this after loading)."""
+        Dd = self.pos_embed.shape[-1]
+        pos = torch.cat([torch.zeros(1, Dd), sincos_pos_embed_2d(Dd, self.grid)])[None]
+        self.pos_embed.copy_(pos.to(self.pos_embed.device))
 
     def unshuffle(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """x: [M, n, Dd] tokens, ids: [M, n] patch index (-1 = fused) -> [M, N, Dd] with mask tokens."""

@@ -1,9 +1,7 @@
 """The order-aware part of the video embedding: temporal moments of the frame features, of where things
 are in each frame, and of where the salient part of each frame is (issue 11: motion).
 
-This file is plain torch on purpose: `tools/export_hf.py` copies it byte for byte next to the exported
-`modeling_smaug.py`, so the exported model computes the video embedding with this very code (no hand
-copy to drift). It must import nothing but torch and the standard library (a test checks).
+Like every model file, it is copied byte for byte into HF exports (`smaug.hf.MODEL_CODE_FILES`).
 
     m_k = sum_t w_k[t] * x_t            moment k over time (`moment_weights`: orthogonal polynomials)
     embedding = unit(mean of frames) + weight * unit(proj([LN(m_1 of the frame [CLS], ...), centroid moments]))

@@ -55,6 +55,19 @@ NEW_CROSS = "fusion cross-attention, new (Singularity: self-attention + FFN from
 NEW_MLM = "MLM head, fresh (the checkpoint has none: a BertModel)"
 
 
+# The SmaugConfig fields a vision checkpoint fixes (`describe_vision(...).derived`): family, block options and
+# the pixel mean/std. A model that already holds such weights (fine-tuning from a checkpoint) is rebuilt from them.
+VISION_DERIVED = (
+    "vision_family",
+    "vision_act",
+    "vision_norm_eps",
+    "vision_layer_scale",
+    "vision_abs_pos",
+    "mean",
+    "std",
+)
+
+
 class InitError(ValueError):
     """A pretrained tower that cannot be used as asked; the message names the source and the keys."""
 

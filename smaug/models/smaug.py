@@ -22,10 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from smaug.dist import world
-
-from . import flops as _flops
-from .common import all_gather_no_grad, all_gather_with_grad, draw_seed, pad_text_to_global_length
+from .common import all_gather_no_grad, all_gather_with_grad, draw_seed, pad_text_to_global_length, world
+from .flops import train_flops
 from .frame_selection import FrameSelector
 from .losses import mlm_loss, mvm_loss, sample_negatives, vtc_loss, vtm_loss
 from .mae_decoder import MAEDecoder, patchify
@@ -621,4 +619,4 @@ class SmaugModel(nn.Module):
 
     def train_flops(self, batch_size: int, text_len: int) -> float:
         """Model FLOPs of one forward + backward on `batch_size` clips (see `flops.train_flops`)."""
-        return _flops.train_flops(self.config, batch_size, text_len)
+        return train_flops(self.config, batch_size, text_len)
