@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 from test_index_shards import write_v2d_shards
-from test_launchers import ENDED, slurm  # noqa: F401 - `slurm` is the fixture the Slurm tests take
+from test_launchers import ENDED, slurm  # noqa: F401 - `slurm`: the fixture the Slurm tests use (skip or fail)
 
-from conftest import REPO, run, run_tool, subprocess_env
+from conftest import REPO, run_tool, subprocess_env
 
 SHARD_ARGS = ["--samples-per-shard", "2", "--resize-short-side", "64", "--fps", "5"]
 
@@ -174,7 +174,8 @@ def test_two_tasks_by_flag_and_by_env_equal_one_run(synthetic_corpus, tmp_path, 
 
 # ------------------------------------------------------------------------------------- Slurm
 @pytest.mark.slow
-def test_make_shards_slurm_array_killed_task_resubmitted_equals_one_run(slurm, synthetic_corpus, tmp_path):  # noqa: F811
+@pytest.mark.usefixtures("slurm")
+def test_make_shards_slurm_array_killed_task_resubmitted_equals_one_run(synthetic_corpus, tmp_path, monkeypatch):
     """sbatch --array=0-1 launch/make_shards_slurm.sh; task 1 is cancelled once it has written one of its 4 shards.
     Task 0 ends waiting for it; a --merge refuses, naming task 1, and writes nothing. `sbatch --array=1 ...
     --num-tasks 2` finishes task 1 without rewriting its finished shards and merges: every file equals a one-task
@@ -184,7 +185,8 @@ def test_make_shards_slurm_array_killed_task_resubmitted_equals_one_run(slurm, s
     out = tmp_path / "out"
     args = ["--webvid-csv", tmp_path / "rows.csv", "--video-root", corpus / "videos", "--out", out, *SHARD_ARGS]
     env = array_env(tmp_path)
-    run([sys.executable, REPO / "tools" / "make_shards.py", *args, "--workers", 2, "--no-progress"], env=env)
+    monkeypatch.setenv("SMAUG_SHARDS", str(tmp_path))  # the one-task run in this process: the jobs' shard root
+    run_tool("make_shards.py", *args, "--workers", 2, "--no-progress", in_process=True)
     out.rename(tmp_path / "one")
     ref = tree(tmp_path / "one")
     assert len([n for n in ref if n.endswith(".tar")]) == 9  # task 0: shards 0, 2, 4, 6, 8; task 1: 1, 3, 5, 7
@@ -221,7 +223,8 @@ def test_make_shards_slurm_array_killed_task_resubmitted_equals_one_run(slurm, s
 
 
 @pytest.mark.slow
-def test_index_shards_slurm_array_killed_task_resubmitted_equals_one_run(slurm, synthetic_corpus, tmp_path):  # noqa: F811
+@pytest.mark.usefixtures("slurm")
+def test_index_shards_slurm_array_killed_task_resubmitted_equals_one_run(synthetic_corpus, tmp_path):
     """TOOL=index_shards: 6 foreign tars (video2dataset's layout, 3 bad samples in the first two) rewritten by a
     2-task array; task 1 is cancelled once it has indexed one of its 3 tars, a --merge refuses naming it, the
     resubmitted task finishes and merges: every tar, stats file, manifest.json and summary.json equal one run's."""
@@ -230,7 +233,7 @@ def test_index_shards_slurm_array_killed_task_resubmitted_equals_one_run(slurm, 
     out = tmp_path / "clean"
     args = [shards, "--rewrite", "--out", out]
     env = array_env(tmp_path, TOOL="index_shards")
-    run([sys.executable, REPO / "tools" / "index_shards.py", *args, "--workers", 2], env=env)
+    run_tool("index_shards.py", *args, "--workers", 2, in_process=True)
     out.rename(tmp_path / "one")
     ref = tree(tmp_path / "one")
 
