@@ -136,6 +136,15 @@ def test_task_arguments_fail_fast(tmp_path, monkeypatch, args, env, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_missing_tasks_are_named_as_sbatch_ranges():
+    """The refusal of a 1000-task merge is a line, not a page: tasks grouped by why, ids as --array ranges."""
+    from smaug.data.arraytask import Incomplete
+
+    exn = Incomplete(1000, {**{i: "not finished" for i in [*range(3, 900), 950]}, 7: "another command"})
+    assert str(exn) == "898 of 1000 tasks not complete: tasks 3-6,8-899,950 (not finished); task 7 (another command)"
+    assert "sbatch --array=3-899,950 launch/make_shards_slurm.sh --num-tasks 1000 ARGS" in exn.rerun()
+
+
 def test_merge_of_no_run_creates_nothing(tmp_path):
     """--merge on a folder no run wrote into (a mistyped --out) says so and creates nothing, for both tools."""
     for tool in ("make_shards.py", "index_shards.py"):

@@ -47,16 +47,31 @@ class Incomplete(TaskError):
 
     def __init__(self, num_tasks: int, missing: Mapping[int, str]):
         self.num_tasks, self.missing = num_tasks, dict(sorted(missing.items()))
-        what = "; ".join(f"task {i} ({why})" for i, why in self.missing.items())
+        by_why: dict[str, list[int]] = {}
+        for i, why in self.missing.items():
+            by_why.setdefault(why, []).append(i)
+        what = "; ".join(  # grouped, ids as ranges: an array of 1000 tasks gives a line, not a page
+            f"task{'s' if len(ids) > 1 else ''} {id_ranges(ids)} ({why})" for why, ids in by_why.items()
+        )
         super().__init__(f"{len(self.missing)} of {num_tasks} tasks not complete: {what}")
 
     def rerun(self, env: str = "") -> str:
         """How to run the missing tasks under Slurm (`env`: what the launcher also needs, e.g. `TOOL=...`)."""
-        ids = ",".join(map(str, self.missing))
         return (
-            f"Run them with the same arguments, e.g. {env}sbatch --array={ids} launch/make_shards_slurm.sh "
-            f"--num-tasks {self.num_tasks} ARGS"
+            f"Run them with the same arguments, e.g. {env}sbatch --array={id_ranges(self.missing)} "
+            f"launch/make_shards_slurm.sh --num-tasks {self.num_tasks} ARGS"
         )
+
+
+def id_ranges(ids: Iterable[int]) -> str:
+    """Task ids as sbatch --array writes them: [0, 1, 2, 5] -> "0-2,5"."""
+    runs: list[list[int]] = []
+    for i in sorted(ids):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)
 
 
 @dataclass(frozen=True)
