@@ -338,6 +338,32 @@ def test_video_finder_prefers_the_extension_the_release_names(tmp_path):
     assert f.find("missing", "also_missing.mp4") is None
 
 
+def test_preprocessed_json_keeps_working(tmp_path):
+    from smaug.data.benchmarks import preprocessed
+    from smaug.data.benchmarks.common import VideoFinder
+
+    video(tmp_path, "videos/a.mp4")
+    video(tmp_path, "videos/sub/b.mp4")
+    rows = [
+        {"image": "a.mp4", "caption": "one"},  # Singularity's key
+        {"video": "sub/b.mp4", "caption": ["two", "three"]},
+        {"video": "a.mp4", "caption": ["four"]},  # the same clip again: its captions join it, in file order
+        {"video": "gone.mp4", "caption": "five"},
+        {"video": "a.mp4"},
+    ]
+    f = VideoFinder(str(tmp_path / "videos"))
+    s = preprocessed.read_retrieval(str(write_json(tmp_path / "r.json", rows)), f, "test", paragraph=True)
+    assert s.rows() == [{"video": "a.mp4", "caption": ["one four"]}, {"video": "sub/b.mp4", "caption": ["two three"]}]
+    cov = s.coverage()
+    assert (cov.clips_found, cov.clips_listed, cov.missing, cov.bad_rows) == (2, 3, ["gone.mp4"], {"malformed_row": 1})
+    mc = [{"video": "a.mp4", "caption": ["x", "y"], "answer": 1}, {"video": "gone.mp4", "caption": ["x"], "answer": 0}]
+    m = preprocessed.read_mc(str(write_json(tmp_path / "mc.json", mc)), f, "test")
+    assert m.rows() == [mc[0]] and m.coverage().missing == ["gone.mp4"]
+    qa = [{"video": "sub/b.mp4", "question": "q?", "answer": "a", "type": "what"}, {"video": "a.mp4", "question": "q"}]
+    q = preprocessed.read_qa(str(write_json(tmp_path / "qa.json", qa)), f, "test")
+    assert q.rows() == [qa[0]] and q.coverage().bad_rows == {"empty_answer": 1}
+
+
 # ---------------------------------------------------------------------------- the YAML
 def test_benchmarks_yaml_is_validated_before_any_compute(tmp_path):
     from smaug.data.benchmarks.config import BenchmarkError, load_suite

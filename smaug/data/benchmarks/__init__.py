@@ -7,6 +7,7 @@
                  {split}_a.json (ActivityNet-QA)
     msvd         AllVideoDescriptions.txt + {train,val,test}_list.txt
     lsmdc        LSMDC16_*.csv (header-less TSV; per-movie video folders)
+    preprocessed the peers' preprocessed JSON ([{"video" | "image", "caption"}], MC and QA rows)
     common       the sets they return (RetrievalSet, QuestionSet, Coverage) and VideoFinder (release names ->
                  files on disk)
     config       the benchmarks YAML of tools/eval_benchmarks.py (`load_suite`, `KINDS`)

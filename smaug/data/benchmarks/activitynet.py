@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .common import AnnotationError, QuestionSet, RetrievalSet, VideoFinder, clean, group_clips, load_json
+from .common import AnnotationError, QuestionSet, RetrievalSet, VideoFinder, clean, group_clips, load_json, qa_item
 
 
 def candidates(video_id: str) -> tuple[str, ...]:
@@ -63,24 +63,13 @@ def read_qa(q_path: str, a_path: str, finder: VideoFinder, split: str) -> Questi
             bad["malformed_row"] += 1
             continue
         a = answers.get(q.get("question_id"))
-        question, answer = clean(q.get("question")), clean(a.get("answer")) if a else ""
         if a is None:
             bad["no_answer"] += 1
-        elif not question:
-            bad["empty_question"] += 1
-        elif not answer:
-            bad["empty_answer"] += 1
-        else:
-            vid = candidates(q["video_name"].strip())[0]
-            items.append(
-                {
-                    "video_id": vid,
-                    "video": finder.find(*candidates(vid)),
-                    "question": question,
-                    "answer": answer,
-                    "type": str(a.get("type")) if a.get("type") is not None else None,
-                }
-            )
+            continue
+        vid = candidates(q["video_name"].strip())[0]
+        qtype = str(a["type"]) if a.get("type") is not None else None
+        item = qa_item(bad, finder, vid, q.get("question"), a.get("answer"), qtype, candidates(vid))
+        items += [item] if item else []
     return QuestionSet(
         "activitynet_qa",
         split,

@@ -212,6 +212,20 @@ class QuestionSet:
         )
 
 
+def qa_item(bad: Counter, finder: VideoFinder, video_id: str, question, answer, qtype, candidates=()) -> Optional[dict]:
+    """A QA item ({"video_id", "video", "question", "answer", "type"}; the video found by `candidates`, default the
+    id), or None after counting why not in `bad` (empty_question, empty_answer)."""
+    q, a = clean(question), clean(answer)
+    if not q:
+        bad["empty_question"] += 1
+    elif not a:
+        bad["empty_answer"] += 1
+    else:
+        video = finder.find(*(candidates or (video_id,)))
+        return {"video_id": video_id, "video": video, "question": q, "answer": a, "type": qtype}
+    return None
+
+
 def paragraph(sentences: list[str]) -> str:
     """DiDeMo / ActivityNet paragraph query: the sentences joined by spaces, in file order."""
     return " ".join(s for s in sentences if s)

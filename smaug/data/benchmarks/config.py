@@ -19,7 +19,7 @@ import yaml
 
 from smaug.config import ConfigError, build_section
 
-from . import activitynet, didemo, lsmdc, msrvtt, msvd
+from . import activitynet, didemo, lsmdc, msrvtt, msvd, preprocessed
 from .common import VideoFinder
 
 RETRIEVAL_TASKS = ("zero_shot", "finetune")
@@ -108,6 +108,24 @@ KINDS: dict[str, Kind] = {
         "finetune",
         "test: LSMDC16_challenge_1000_publictect.csv; train: LSMDC16_annos_training.csv",
     ),
+    # the peers' preprocessed JSON ([{"video", "caption"}], [{"video", "question", "answer"}], ...)
+    "retrieval_json": Kind(
+        "retrieval",
+        BOTH,
+        lambda e, p, f, s: preprocessed.read_retrieval(p[0], f, s, e.paragraph),
+        "finetune",
+        'test / train: [{"video", "caption": str | [str]}]',
+    ),
+    "mc_json": Kind(
+        "mc", ONE, lambda e, p, f, s: preprocessed.read_mc(p[0], f, s), notes='test: [{"video", "caption", "answer"}]'
+    ),
+    "qa_json": Kind(
+        "qa",
+        BOTH,
+        lambda e, p, f, s: preprocessed.read_qa(p[0], f, s),
+        "qa",
+        'test / train: [{"video", "question", "answer"}]',
+    ),
 }
 
 
@@ -128,6 +146,7 @@ class Entry:
     answer_list: Optional[str] = None  # QA: answer_list.json; default: the training answers, most frequent first
     answer_list_size: int = 0  # QA: keep the N most frequent training answers (0 = all)
     blind: bool = False  # QA: also train the text-only baseline
+    paragraph: bool = False  # retrieval_json: a clip's captions joined into one query (DiDeMo / ActivityNet style)
     overrides: tuple[str, ...] = ()  # trainer key=value for this entry's fine-tuning
     name: str = ""
     family: str = ""
@@ -202,6 +221,8 @@ def _entry(name: str, raw, base: str, suite: Suite) -> Entry:
         e.answer_list = _files(base, e.answer_list)[0]
         if not os.path.isfile(e.answer_list):
             raise BenchmarkError(f"{where}.answer_list: {e.answer_list} does not exist")
+    if e.paragraph and e.kind != "retrieval_json":
+        raise BenchmarkError(f"{where}.paragraph: only for retrieval_json ({e.kind} has its own protocol)")
     if e.train_split not in ("9k", "7k"):
         raise BenchmarkError(f"{where}.train_split: {e.train_split!r} is not 9k or 7k")
     e.frames = e.frames or suite.frames

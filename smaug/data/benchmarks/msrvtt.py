@@ -26,6 +26,7 @@ from .common import (
     clean,
     group_clips,
     load_json,
+    qa_item,
     read_lines,
 )
 
@@ -173,16 +174,12 @@ def read_qa(path: str, finder: VideoFinder, split: str) -> QuestionSet:
     items, bad = [], Counter()
     for ent in data:
         vid = ent.get("video_id") if isinstance(ent, dict) else None
-        q, a = (clean(ent.get(k)) if isinstance(ent, dict) else "" for k in ("question", "answer"))
         if vid is None or isinstance(vid, bool) or str(vid).strip() == "":
             bad["malformed_row"] += 1
-        elif not q:
-            bad["empty_question"] += 1
-        elif not a:
-            bad["empty_answer"] += 1
-        else:
-            v = video_name(vid)
-            items.append({"video_id": v, "video": finder.find(v), "question": q, "answer": a, "type": question_type(q)})
+            continue
+        q = clean(ent.get("question"))
+        item = qa_item(bad, finder, video_name(vid), q, ent.get("answer"), question_type(q))
+        items += [item] if item else []
     return QuestionSet(
         "msrvtt_qa",
         split,
