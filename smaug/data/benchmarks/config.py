@@ -17,7 +17,7 @@ from typing import Optional, Union
 
 import yaml
 
-from smaug.config import ConfigError, build_section
+from smaug.schema import ConfigError, build_section
 
 from . import activitynet, didemo, lsmdc, msrvtt, msvd, preprocessed
 from .common import VideoFinder
