@@ -40,7 +40,7 @@ import random
 import shutil
 import sys
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional
 
@@ -468,6 +468,51 @@ def _smaug_config_from_run(run_config: dict, tokenizer_path: str, source: Path):
     return model_config(ns, **tokenizer_fields(tok))
 
 
+# Exports written before `smaug_config` (config.json with vision_config / text_config sub-configs) are a
+# format on disk that fine-tuning (`--init`) and evaluation still read: SmaugConfig field -> where it was.
+_LEGACY_EXPORT = {
+    "vision_config": {
+        **{k: k for k in ("image_size", "patch_size", "num_frames", "sparsify_layers", "keep_ratio")},
+        **{k: k for k in ("sparsify_mode", "drop_path_rate", "temporal_moments", "moments_weight")},
+        **{k: k for k in ("moments_xy", "moments_centroid")},
+        "vision_width": "hidden_size",
+        "vision_depth": "num_hidden_layers",
+        "vision_heads": "num_attention_heads",
+        "vision_mlp_ratio": "mlp_ratio",
+        "vision_qkv_bias": "qkv_bias",
+    },
+    "text_config": {
+        **{k: k for k in ("vocab_size", "fusion_layer", "pad_token_id", "mask_token_id", "cls_token_id")},
+        "sep_token_id": "sep_token_id",
+        "text_width": "hidden_size",
+        "text_layers": "num_hidden_layers",
+        "text_heads": "num_attention_heads",
+        "text_intermediate": "intermediate_size",
+        "text_dropout": "hidden_dropout_prob",
+        "text_max_positions": "max_position_embeddings",
+    },
+    "": {"embed_dim": "projection_dim", **{k: k for k in ("temp_min", "temp_max", "select_frames", "select_temp")}},
+}
+
+
+def smaug_config_from_export(config: dict):
+    """The `SmaugConfig` an exported folder was made from, given its `config.json` content (written by
+    `smaug.hf.convert.hf_config_from_smaug`; read here as plain JSON, so reading needs no transformers)."""
+    from smaug.models import SmaugConfig
+
+    if config.get("smaug_config"):
+        return SmaugConfig(**config["smaug_config"])
+    if "vision_config" not in config:
+        raise KeyError("config.json has neither smaug_config nor vision_config: not a smaug export")
+    known = {f.name for f in fields(SmaugConfig)}
+    vals = {k: v for k, v in (config.get("pretraining") or {}).items() if k in known}
+    for section, names in _LEGACY_EXPORT.items():
+        src = config[section] if section else config
+        vals.update({k: src[a] for k, a in names.items()})
+    vals.update({k: config["preprocessing"][k] for k in ("mean", "std")})
+    return SmaugConfig(**vals)
+
+
 def load_smaug_checkpoint(path: str | os.PathLike, tokenizer: Optional[str] = None):
     """-> (SmaugConfig, fp32 state dict, run config dict, tokenizer path) of a checkpoint or HF folder.
 
@@ -478,15 +523,12 @@ def load_smaug_checkpoint(path: str | os.PathLike, tokenizer: Optional[str] = No
 
     ref = resolve_checkpoint(path)
     if ref.kind == "hf":
-        from smaug.hf import SmaugHFConfig
-        from smaug.hf.convert import smaug_config_from_hf
-
         try:
-            hf = SmaugHFConfig.from_json_file(str(ref.path / HF_CONFIG))
-            cfg = smaug_config_from_hf(hf)
-        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+            exported = json.loads((ref.path / HF_CONFIG).read_text())
+            cfg = smaug_config_from_export(exported)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise CheckpointError(f"checkpoint {ref.path / HF_CONFIG}: not a smaug export config ({e})") from e
-        run_config = dict(getattr(hf, "run_config", None) or {})
+        run_config = dict(exported.get("run_config") or {})
         tok = tokenizer or str(ref.path)
     else:
         client = read_client_state(ref)

@@ -293,8 +293,8 @@ def test_config_roundtrip_all_presets():
     needs no second edit to export."""
     import dataclasses
 
-    from smaug.hf import SmaugHFConfig
-    from smaug.hf.convert import hf_config_from_smaug, smaug_config_from_hf
+    from smaug.checkpoint import smaug_config_from_export
+    from smaug.hf.convert import hf_config_from_smaug
     from smaug.models import SmaugConfig
 
     for cfg in (
@@ -308,16 +308,15 @@ def test_config_roundtrip_all_presets():
     ):
         hf = hf_config_from_smaug(cfg)
         assert set(hf.smaug_config) == {f.name for f in dataclasses.fields(SmaugConfig)}
-        assert smaug_config_from_hf(hf) == cfg
-        assert smaug_config_from_hf(SmaugHFConfig.from_dict(hf.to_dict())) == cfg
+        assert smaug_config_from_export(hf.to_dict()) == cfg
+        assert smaug_config_from_export(json.loads(hf.to_json_string())) == cfg  # as config.json holds it
         assert hf.projection_dim == cfg.embed_dim and hf.preprocessing["num_frames"] == cfg.num_frames
 
 
 def test_exports_before_smaug_config_still_load_into_the_library():
     """config.json as exports wrote it before `smaug_config` (vision_config / text_config / pretraining), the
     format fine-tuning and evaluation still read: the same SmaugConfig comes back."""
-    from smaug.hf import SmaugHFConfig
-    from smaug.hf.convert import smaug_config_from_hf
+    from smaug.checkpoint import smaug_config_from_export
     from smaug.models import SmaugConfig
 
     cfg = SmaugConfig.preset("tiny", temporal_moments=2, moments_centroid=True, vocab_size=300)
@@ -342,7 +341,7 @@ def test_exports_before_smaug_config_still_load_into_the_library():
             for k in ("decoder_width", "decoder_depth", "decoder_heads", "mask_ratio", "vision_family", "temp_init")
         },
     }  # fmt: skip
-    assert smaug_config_from_hf(SmaugHFConfig.from_dict(old)) == cfg
+    assert smaug_config_from_export(old) == cfg
 
 
 @torch.no_grad()
@@ -365,7 +364,7 @@ def test_timm_vision_export_reproduces_the_frame_encoder(family):
     weights, dropped = timm_state_dict(model.state_dict(), cfg)
     res = theirs_model.load_state_dict(weights, strict=True)
     assert not res.missing_keys and not res.unexpected_keys
-    assert set(dropped) == {"video_encoder.temporal_embed", "temporal.", "temporal_moments.", "vision_proj."}
+    assert set(dropped) == {"video_encoder.temporal_embed", "temporal.", "video_pooling.", "vision_proj."}
     frame = torch.randint(0, 256, (2, 1, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8)
     x = model.normalize_video(frame)
     ours = model.video_encoder(x).tokens[:, 0]  # [2, 1 + N, D]
@@ -390,7 +389,7 @@ def test_vision_only_cli_writes_a_strict_timm_state_dict(ckpt_w1, tmp_path):
     assert find_pickles(out) == []
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model_args"]["embed_dim"] == 192 and "video_encoder.temporal_embed" in cfg["smaug_not_in_timm"]
-    assert "temporal_moments." in info["not_in_timm"] and "temporal_moments." in (out / "README.md").read_text()
+    assert "video_pooling." in info["not_in_timm"] and "video_pooling." in (out / "README.md").read_text()
 
 
 # ---------------------------------------------------------------------------- bad checkpoints

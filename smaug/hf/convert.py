@@ -1,7 +1,8 @@
 """Conversions between smaug's `SmaugConfig` / state dict and the exported formats.
 
-- `hf_config_from_smaug` / `smaug_config_from_hf`: the `SmaugHFConfig` of `config.json` and back. The
-  config holds every SmaugConfig field under its own name (`smaug_config`), so nothing is mapped by hand.
+- `hf_config_from_smaug`: the `SmaugHFConfig` of `config.json`. The config holds every SmaugConfig field under
+  its own name (`smaug_config`), so nothing is mapped by hand; the checkpoint reader reads it back
+  (`smaug.checkpoint.smaug_config_from_export`).
 - `timm_export_config` / `timm_state_dict`: the video tower as a per-frame timm model of its family (timm
   ViT, CLIP ViT, BEiT) for the `--vision-only` export, loading into `timm.create_model` with strict=True.
 """
@@ -9,14 +10,10 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
 import torch
 
 from .configuration_smaug import SmaugHFConfig
-
-if TYPE_CHECKING:  # smaug.models imports timm; the export's own config code must not need it
-    from smaug.models import SmaugConfig
 
 
 class ExportError(ValueError):
@@ -30,51 +27,6 @@ def _plain(v):
 def hf_config_from_smaug(cfg, **extra) -> SmaugHFConfig:
     """The exported `config.json` content of a `smaug.models.SmaugConfig` (`extra`: run_config, run)."""
     return SmaugHFConfig(smaug_config={k: _plain(v) for k, v in dataclasses.asdict(cfg).items()}, **extra)
-
-
-# Exports written before `smaug_config` (config.json with vision_config / text_config sub-configs) are a
-# format on disk that fine-tuning (`--init`) and evaluation still read: SmaugConfig field -> where it was.
-_LEGACY = {
-    "vision_config": {
-        **{k: k for k in ("image_size", "patch_size", "num_frames", "sparsify_layers", "keep_ratio")},
-        **{k: k for k in ("sparsify_mode", "drop_path_rate", "temporal_moments", "moments_weight")},
-        **{k: k for k in ("moments_xy", "moments_centroid")},
-        "vision_width": "hidden_size",
-        "vision_depth": "num_hidden_layers",
-        "vision_heads": "num_attention_heads",
-        "vision_mlp_ratio": "mlp_ratio",
-        "vision_qkv_bias": "qkv_bias",
-    },
-    "text_config": {
-        **{k: k for k in ("vocab_size", "fusion_layer", "pad_token_id", "mask_token_id", "cls_token_id")},
-        "sep_token_id": "sep_token_id",
-        "text_width": "hidden_size",
-        "text_layers": "num_hidden_layers",
-        "text_heads": "num_attention_heads",
-        "text_intermediate": "intermediate_size",
-        "text_dropout": "hidden_dropout_prob",
-        "text_max_positions": "max_position_embeddings",
-    },
-    "": {"embed_dim": "projection_dim", **{k: k for k in ("temp_min", "temp_max", "select_frames", "select_temp")}},
-}
-
-
-def smaug_config_from_hf(hf) -> SmaugConfig:
-    """The `SmaugConfig` an exported folder was made from (inverse of `hf_config_from_smaug`)."""
-    from smaug.models import SmaugConfig
-
-    if hf.smaug_config:
-        return SmaugConfig(**hf.smaug_config)
-    old = hf.to_dict()
-    if "vision_config" not in old:
-        raise KeyError("config.json has neither smaug_config nor vision_config: not a smaug export")
-    known = {f.name for f in dataclasses.fields(SmaugConfig)}
-    vals = {k: v for k, v in (old.get("pretraining") or {}).items() if k in known}
-    for section, fields in _LEGACY.items():
-        src = old[section] if section else old
-        vals.update({k: src[a] for k, a in fields.items()})
-    vals.update({k: old["preprocessing"][k] for k in ("mean", "std")})
-    return SmaugConfig(**vals)
 
 
 # ---------------------------------------------------------------------------- timm export
@@ -91,7 +43,7 @@ NOT_IN_TIMM = {
     "(BEiT without one: to the [CLS] token and the patch embedding's bias), so timm on one frame computes "
     "what smaug's encoder computes on a 1-frame clip",
     "temporal.": "temporal blocks across frames (temporal_layers): a per-frame model has no time axis; not exported",
-    "temporal_moments.": "the clip embedding's moments over time: a readout on top of the frames; not exported",
+    "video_pooling.": "the clip embedding's moments over time: a readout on top of the frames; not exported",
     "vision_proj.": "the VTC projection of the frame [CLS] into the joint space; not exported (no timm head)",
 }
 
