@@ -401,6 +401,8 @@ def test_benchmarks_yaml_is_validated_before_any_compute(tmp_path):
             suite(benchmarks)
     with pytest.raises(BenchmarkError, match="suite.frame: unknown key"):
         suite({"msrvtt": good}, frame=4)
+    with pytest.raises(BenchmarkError, match="suite.names: unknown key"):  # filled in by load_suite, not a setting
+        suite({"msrvtt": good}, names=["x"])
 
 
 def test_tool_refuses_a_bad_yaml_and_a_release_without_videos(tmp_path):
@@ -541,3 +543,11 @@ def test_eval_benchmarks_writes_the_table_and_resumes(pretrained_run, synthetic_
     assert "zero-shot retrieval:" not in again.stdout and "multiple choice:" not in again.stdout
     assert again.stdout.count("done for this checkpoint") == 5 and "fine-tuning" not in again.stdout
     assert json.loads((out / "benchmarks.json").read_text())["rows"] == doc["rows"]
+
+    yaml_path.write_text(yaml_path.read_text().replace("max_text_len: 24", "max_text_len: 20"))
+    third = tool_in_process("eval_benchmarks.py", *args, "--only", "didemo")  # a changed setting: that row only
+    assert third.stdout.count("zero-shot retrieval:") == 1 and "didemo: zero-shot retrieval:" in third.stdout
+    rows3 = json.loads((out / "benchmarks.json").read_text())["rows"]
+    assert [(x["name"], x["task"]) for x in rows3] == list(rows)  # the other rows kept, in the YAML's order
+    assert [x for x in rows3 if x["name"] != "didemo"] == [x for x in doc["rows"] if x["name"] != "didemo"]
+    assert [x["max_text_len"] for x in rows3 if x["name"] == "didemo"] == [20]

@@ -86,7 +86,7 @@ def answer_list(train_rows: list[dict], size: int) -> list[str]:
 def prepare(e, folder: Path) -> dict:
     """Read entry `e`'s release, write its eval JSONs into `folder` -> {"test", "train": set or None, "files",
     "digest", "coverage"}. A release of which no video was found is a configuration error (BenchmarkError)."""
-    from smaug.data.benchmarks.common import VideoFinder
+    from smaug.data.benchmarks.common import VideoFinder, load_json
     from smaug.data.benchmarks.config import KINDS, BenchmarkError
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -108,11 +108,9 @@ def prepare(e, folder: Path) -> dict:
         digest.update(_write_rows(files["train"], train.rows()).encode())
     if e.family == "qa":
         files["answer_list"] = folder / "answer_list.json"
-        answers = (
-            json.loads(Path(e.answer_list).read_text(encoding="utf-8"))
-            if e.answer_list
-            else answer_list(train.rows(), e.answer_list_size)
-        )
+        answers = load_json(e.answer_list) if e.answer_list else answer_list(train.rows(), e.answer_list_size)
+        if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
+            raise BenchmarkError(f"benchmarks.{e.name}.answer_list: expected a non-empty JSON list of answers")
         digest.update(_write_rows(files["answer_list"], answers).encode())
     coverage = {"test": test.coverage().to_json(), "train": train.coverage().to_json() if train else None}
     (folder / "missing.txt").write_text("".join(f"{m}\n" for m in test.coverage().missing), encoding="utf-8")
@@ -206,6 +204,11 @@ def _previous(path: Path, init: dict) -> dict:
     return {(r["name"], r["task"]): r for r in doc.get("rows", []) if r.get("init") == init}
 
 
+def in_yaml_order(rows: list[dict], names) -> list[dict]:
+    """Rows by their benchmark's place in the YAML (a benchmark's tasks keep their order)."""
+    return sorted(rows, key=lambda r: list(names).index(r["name"]))
+
+
 def main(argv=None) -> int:
     from smaug.checkpoint import CheckpointError, resolve_checkpoint
     from smaug.data.benchmarks.common import AnnotationError
@@ -243,7 +246,8 @@ def main(argv=None) -> int:
     old = _previous(out / "benchmarks.json", init)
     doc = {**init, "config": suite.path, "frames": suite.frames, "k": suite.k, "ranking": suite.ranking, "rows": []}
     names = {e.name for e in suite.benchmarks}
-    kept = [r for key, r in old.items() if key[0] not in names]  # --only: the other benchmarks' rows stay
+    # --only: the YAML's other benchmarks keep their rows (a benchmark no longer in the YAML leaves the table)
+    kept = [r for key, r in old.items() if key[0] not in names and key[0] in suite.names]
     failed = 0
     for e in suite.benchmarks:
         prep = prepared[e.name]
@@ -274,8 +278,8 @@ def main(argv=None) -> int:
                     row.update(status="failed", error=str(err))
                     failed += 1
             doc["rows"] = [*doc["rows"], row]
-            write_table({**doc, "rows": [*doc["rows"], *kept]}, out)
-    doc["rows"] += kept
+            write_table({**doc, "rows": in_yaml_order([*doc["rows"], *kept], suite.names)}, out)
+    doc["rows"] = in_yaml_order([*doc["rows"], *kept], suite.names)
     js, md = write_table(doc, out)
     print(format_markdown(doc), flush=True)
     print(f"[{TOOL}] table: {md}  (every number and its protocol: {js})", flush=True)

@@ -9,7 +9,6 @@ Relative paths are relative to the YAML file's folder. See docs/benchmarks.md fo
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -169,10 +168,17 @@ class Suite:
     finetune_overrides: tuple[str, ...] = ()  # trainer key=value for every retrieval fine-tuning
     qa_overrides: tuple[str, ...] = ()  # trainer key=value for every QA fine-tuning
     path: str = ""
+    names: tuple = ()  # every benchmark of the YAML, in order (`benchmarks` holds the selected ones)
 
 
-SUITE_KEYS = {f.name for f in dataclasses.fields(Suite)} - {"path"}
-ENTRY_KEYS = {f.name for f in dataclasses.fields(Entry)} - {"name", "family"}
+# fields load_suite fills in itself, not YAML keys
+DERIVED = {"suite": ("path", "names"), "entry": ("name", "family")}
+
+
+def _no_derived(where: str, raw: dict, kind: str) -> None:
+    for key in DERIVED[kind]:
+        if key in raw:
+            raise BenchmarkError(f"{where}.{key}: unknown key")
 
 
 def _files(base: str, value) -> list[str]:
@@ -184,6 +190,7 @@ def _entry(name: str, raw, base: str, suite: Suite) -> Entry:
     where = f"benchmarks.{name}"
     if not isinstance(raw, dict):
         raise BenchmarkError(f"{where}: expected a mapping of settings")
+    _no_derived(where, raw, "entry")
     try:
         e = build_section(where, Entry, raw)
     except ConfigError as err:
@@ -245,6 +252,7 @@ def load_suite(path: str, only: Optional[list[str]] = None) -> Suite:
     if not isinstance(raw, dict) or not isinstance(raw.get("benchmarks"), dict) or not raw["benchmarks"]:
         raise BenchmarkError(f"{path}: expected a mapping with a non-empty `benchmarks:` mapping")
     entries = raw.pop("benchmarks")
+    _no_derived("suite", raw, "suite")
     try:
         suite = build_section("suite", Suite, {**raw, "benchmarks": []})
     except ConfigError as err:
@@ -257,6 +265,6 @@ def load_suite(path: str, only: Optional[list[str]] = None) -> Suite:
     if unknown:
         raise BenchmarkError(f"--only {unknown}: not in {path} (its benchmarks: {', '.join(entries)})")
     base = os.path.dirname(os.path.abspath(path))
-    suite.path = os.path.abspath(path)
+    suite.path, suite.names = os.path.abspath(path), tuple(str(n) for n in entries)
     suite.benchmarks = [_entry(str(n), v, base, suite) for n, v in entries.items() if not only or n in only]
     return suite
