@@ -20,11 +20,9 @@ pure function of its seed (this is what makes loader resume exact).
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
-import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -32,6 +30,7 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
+from .decoders import import_decord, open_reader
 from .frames import center_crop_box, crop_resize, scaled_size, segment_indices
 
 if TYPE_CHECKING:
@@ -42,16 +41,9 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 FRAME_MEMBER = re.compile(r"^f(\d+)\.(jpg|jpeg)$")
 
 
-def _decord():
-    import decord
-
-    decord.logging.set_level(decord.logging.QUIET)
-    return decord
-
-
 def decode_errors() -> tuple[type[BaseException], ...]:
     """Exceptions the decoders (decord, PyAV, torchcodec: RuntimeError/ValueError) and PIL raise on bad bytes."""
-    decord = _decord()
+    decord = import_decord()
     import av
     from PIL import UnidentifiedImageError
 
@@ -78,33 +70,6 @@ class CorruptSample(Exception):
         self.detail = detail
 
 
-@contextlib.contextmanager
-def silenced_stderr(enabled: bool = True):
-    """Point fd 2 at /dev/null for the block. decord's C++ logger prints the *bytes* of an
-    in-memory video it cannot open (binary garbage); use only where no other thread writes."""
-    if not enabled:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
-
-
-def open_video(data: bytes, width: int = -1, height: int = -1, quiet: bool = False):
-    """A decord VideoReader over in-memory bytes (single decode thread), optionally rescaled;
-    `quiet` silences decord's stderr dump of unreadable input."""
-    decord = _decord()
-    with silenced_stderr(quiet):
-        return decord.VideoReader(io.BytesIO(data), width=width, height=height, num_threads=1)
-
-
 def _in_worker() -> bool:
     """True inside a torch DataLoader worker process (single-threaded: safe to silence fd 2). A process
     that has not imported torch's data package (an isolated decode process) is none, and stays torch-free."""
@@ -121,8 +86,6 @@ def decode_video(
     decoder: str = "decord",
 ) -> np.ndarray:
     """T frames `[T, H, W, 3]` uint8 of an encoded video, decoded at reduced size when possible."""
-    from .decoders import open_reader
-
     w, h = -1, -1
     if size_hint and short_side > 0 and min(size_hint) > short_side:
         w, h = scaled_size(size_hint[0], size_hint[1], short_side)

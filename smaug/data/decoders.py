@@ -22,7 +22,10 @@ backends differ only within codec/scaler tolerance (tests/test_decoders.py).
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import sys
 from typing import Protocol
 
 import numpy as np
@@ -36,10 +39,43 @@ class Reader(Protocol):
     def get(self, idx: list[int]) -> np.ndarray: ...
 
 
+def import_decord():
+    """decord, with FFmpeg's own log messages off (they would repeat every bad sample's error)."""
+    import decord
+
+    decord.logging.set_level(decord.logging.QUIET)
+    return decord
+
+
+@contextlib.contextmanager
+def silenced_stderr(enabled: bool = True):
+    """Point fd 2 at /dev/null for the block. decord's C++ logger prints the *bytes* of an
+    in-memory video it cannot open (binary garbage); use only where no other thread writes."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def open_video(data: bytes, width: int = -1, height: int = -1, quiet: bool = False):
+    """A decord VideoReader over in-memory bytes (single decode thread), optionally rescaled;
+    `quiet` silences decord's stderr dump of unreadable input."""
+    decord = import_decord()
+    with silenced_stderr(quiet):
+        return decord.VideoReader(io.BytesIO(data), width=width, height=height, num_threads=1)
+
+
 class DecordReader:
     def __init__(self, data: bytes, width: int, height: int, quiet: bool):
-        from .decode import open_video
-
         self._vr = open_video(data, width, height, quiet=quiet)
         self.num_frames = len(self._vr)
 

@@ -175,9 +175,9 @@ def preload_codecs() -> None:
     import av  # noqa: F401 - imported for its side effect: loaded once in the parent, shared by the forks
     import PIL.Image  # noqa: F401 - same
 
-    from .decode import _decord
+    from .decoders import import_decord
 
-    _decord()
+    import_decord()
 
 
 def _isolated_child(conn, fn, args) -> None:

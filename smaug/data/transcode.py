@@ -20,7 +20,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from .decode import decode_errors, open_video, scaled_size
+from .decode import decode_errors, scaled_size
+from .decoders import open_video
 
 JPEG_QUALITY = 90
 
