@@ -327,7 +327,14 @@ def qa_in_process(capfd, cmd: list[str]) -> str:
     rc = main([*cmd[cmd.index("smaug.train.qa") + 1 :], "train.device=cpu"])
     text = "".join(capfd.readouterr())
     assert rc == 0, f"exit {rc}\n{text[-6000:]}"
+    assert_one_prefix(text)
     return text
+
+
+def assert_one_prefix(text: str) -> None:
+    """The trainer's log formatter prefixes each message with `[smaug] `; a message must not carry it again."""
+    doubled = [line for line in text.splitlines() if "[smaug] [smaug]" in line]
+    assert not doubled, doubled[:5]
 
 
 @pytest.mark.slow
@@ -391,7 +398,8 @@ def test_finetune_qa_tool_reports_model_majority_and_blind(pretrained_run, synth
     assert {"accuracy", "majority_accuracy", "blind_accuracy"} <= rep.keys()
     assert set(rep["per_type"]) == {"colour", "shape", "motion"}
     assert "majority" in r.stdout and "blind" in r.stdout
-    assert f"initialised from {hf} (missing 0 besides the answer decoder" in r.stdout + r.stderr  # all weights
+    assert f"[smaug] initialised from {hf} (missing 0 besides the answer decoder" in r.stdout + r.stderr  # all weights
+    assert_one_prefix(r.stdout + r.stderr)
 
 
 def test_clips_from_shards_equal_clips_from_the_folder(synthetic_shards):

@@ -33,14 +33,14 @@ class QATrainer(Trainer):
                 missing, unexpected = load_weights(model, self.cfg.model.init_from)
                 new = [k for k in missing if not k.startswith("answer_decoder.")]
                 self._say(
-                    f"[smaug] initialised from {self.cfg.model.init_from} (missing {len(new)} besides the "
+                    f"initialised from {self.cfg.model.init_from} (missing {len(new)} besides the "
                     f"answer decoder, unexpected {len(unexpected)})"
                 )
             else:
                 self.init_towers(model)
             model.init_answer_decoder()
             self._say(
-                f"[smaug] answer decoder: {len(model.answer_decoder.layers)} layers from the fusion layers"
+                f"answer decoder: {len(model.answer_decoder.layers)} layers from the fusion layers"
                 + ("; BLIND baseline: every clip is replaced by a black one" if q.blind else "")
             )
         return model
@@ -51,7 +51,7 @@ class QATrainer(Trainer):
         q, d = self.cfg.qa, self.cfg.data
         rows, bad = read_qa(q.train_json, q.video_root)
         clips = make_clip_source(d, self.tokenizer, video_root=q.video_root, shards=q.video_shards)
-        self._say(f"[smaug] QA training rows: {len(rows)} usable, skipped {dict(bad)}")
+        self._say(f"QA training rows: {len(rows)} usable, skipped {dict(bad)}")
         return QATrainLoader(
             rows,
             clips,
@@ -89,7 +89,7 @@ class QATrainer(Trainer):
             )
         self.monitor.log({"step": self.step, "eval/qa_acc": report["results"]["accuracy"]})
         for line in format_qa(report).splitlines():
-            self._say(f"[smaug] {line}")
+            self._say(line)
         if self.is_main:
             (self.out / "qa_eval.json").write_text(json.dumps(report, indent=2) + "\n")
         return report
