@@ -537,6 +537,7 @@ def test_eval_benchmarks_writes_the_table_and_resumes(pretrained_run, synthetic_
     md = (out / "benchmarks.md").read_text()
     assert "| msrvtt | zero-shot | vtm |" in md and "| msrvtt_mc | zero-shot MC |" in md and "6/7 |" in md
     assert "missing videos: 1 (e.g. video9999)" in md and "## Retrieval, every ranking" in md
+    assert "trained on train 9k: 8/8 clips found (8/8 captions)" in md
     assert r.stdout.count("[eval_benchmarks] msrvtt: zero-shot retrieval:") == 1
 
     again = tool_in_process("eval_benchmarks.py", *args)  # resumes: nothing recomputed

@@ -262,6 +262,7 @@ def main(argv=None) -> int:
                 "sources": prep["test"].sources,
                 "coverage": prep["coverage"]["test"],
                 "train_coverage": prep["coverage"]["train"] if task in ("finetune", "qa") else None,
+                "train_split": prep["train"].split if task in ("finetune", "qa") else None,
                 "frames": e.frames,
                 "init": init,
                 "fingerprint": fp,

@@ -197,8 +197,10 @@ def format_markdown(doc: dict) -> str:
                 line += f"; unusable annotation rows: {cov['bad_rows']}"
             tc = r.get("train_coverage")
             if tc:
+                what = "captions" if r["task"] == "finetune" else "questions"
                 line += (
-                    f"; trained on {tc['clips_found']}/{tc['clips_listed']} training clips ({tc['items_found']} items)"
+                    f"; trained on {r.get('train_split')}: {tc['clips_found']}/{tc['clips_listed']} clips found "
+                    f"({tc['items_found']}/{tc['items_listed']} {what})"
                 )
             line += f"; report `{r.get('report')}`"
         out.append(line)
