@@ -395,6 +395,7 @@ def test_benchmarks_yaml_is_validated_before_any_compute(tmp_path):
         ({"msrvtt": {**good, "tasks": ["qa"]}}, r"benchmarks.msrvtt.tasks: \['qa'\] not tasks of msrvtt"),
         ({"msrvtt": {**good, "tasks": ["finetune"]}}, "benchmarks.msrvtt.train: 1 to 2 file.s. expected, got 0"),
         ({"msrvtt": {**good, "descriptions": "x.txt"}}, "benchmarks.msrvtt.descriptions: msrvtt has no descriptions"),
+        ({"../x": {**good, "kind": "msrvtt"}}, "benchmarks.../x: a benchmark's name is its output folder's"),
     ]
     for benchmarks, message in cases:
         with pytest.raises(BenchmarkError, match=message):

@@ -10,6 +10,7 @@ Relative paths are relative to the YAML file's folder. See docs/benchmarks.md fo
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -191,6 +192,8 @@ def _entry(name: str, raw, base: str, suite: Suite) -> Entry:
     if not isinstance(raw, dict):
         raise BenchmarkError(f"{where}: expected a mapping of settings")
     _no_derived(where, raw, "entry")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise BenchmarkError(f"{where}: a benchmark's name is its output folder's: letters, digits, _ . - only")
     try:
         e = build_section(where, Entry, raw)
     except ConfigError as err:
