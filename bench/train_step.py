@@ -102,6 +102,7 @@ def run_config(args, dense: bool, frames: int | None = None, compiled: bool = Fa
     """The trainer's own RunConfig, so the engine here is configured exactly as in training; `compiled`: with
     train.compile = --compile (else none)."""
     from smaug.config import load_config
+    from smaug.models import PRESETS
 
     ov = [
         f"model.preset={args.preset}",
@@ -117,14 +118,21 @@ def run_config(args, dense: bool, frames: int | None = None, compiled: bool = Fa
         f"train.device={args.device}",
         f"train.compile={args.compile if compiled else 'none'}",
     ]
-    if args.preset == "tiny":
-        ov.append("data.image_size=112")
+    # the frame size: the preset's where it fixes one (the run config must agree with it), else the skeleton's
+    # 32 px or the data's default
+    fixed_size = PRESETS[args.preset].get("image_size")
     if getattr(args, "skeleton", False):  # the preset's parameter tensors, next to no FLOPs: the step is host time
-        ov += ["data.image_size=32", "model.overrides={" + ", ".join(f"{k}: {v}" for k, v in SKELETON.items()) + "}"]
+        ov += [
+            f"data.image_size={fixed_size or 32}",
+            "model.overrides={" + ", ".join(f"{k}: {v}" for k, v in SKELETON.items()) + "}",
+        ]
+    elif fixed_size:
+        ov.append(f"data.image_size={fixed_size}")
     return load_config([str(REPO / "smaug" / "configs" / "base.yaml")], ov, output_dir="/tmp/smaug-bench")
 
 
-# --skeleton: every parameter tensor of the preset (449 for SMAUG base) at width 64 and 32 px frames
+# --skeleton: every parameter tensor of the preset (449 for SMAUG base) at width 64 and 32 px frames (a preset that
+# fixes its frame size, as tiny does, keeps it)
 SKELETON = dict(
     vision_width=64,
     vision_heads=2,
@@ -549,7 +557,7 @@ def interleaved(args, device, rounds: int) -> dict:
     return med
 
 
-def main(argv=None) -> int:
+def arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
     p.add_argument("--preset", default="base", choices=["tiny", "base"])
@@ -585,7 +593,8 @@ def main(argv=None) -> int:
     p.add_argument(
         "--skeleton",
         action="store_true",
-        help="the preset's parameter structure at negligible compute (width 64, 32 px): engine vs bare "
+        help="the preset's parameter structure at negligible compute (width 64, 32 px unless the preset fixes "
+        "its frame size): engine vs bare "
         "then measures the engine's per-parameter host cost, on CPU too",
     )
     p.add_argument(
@@ -625,6 +634,11 @@ def main(argv=None) -> int:
         help="torch.compile backend of the compiled paths (aot_eager / eager: the same graphs, no kernels; tests)",
     )
     p.add_argument("--json", default=None, help="write all numbers here")
+    return p
+
+
+def main(argv=None) -> int:
+    p = arg_parser()
     args = p.parse_args(argv)
     device = torch.device(args.device)
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))

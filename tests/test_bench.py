@@ -162,6 +162,28 @@ def test_train_step_bench_skeleton_cpu(tmp_path):
     assert all(v > 0 for v in med.values())
 
 
+def test_every_preset_builds_a_consistent_run_config():
+    """The bench's run configs are the trainer's, validated the same way: for every preset, with and without
+    --skeleton, each config it can time (smaug, dense, dense_1f) loads, from the arguments of
+    `python bench/train_step.py --device cpu --preset P [--skeleton] --count-ops` as the bench parses them. A
+    preset that fixes its frame size (tiny: 112 px) keeps it under --skeleton, which otherwise uses 32 px."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import train_step
+
+    from smaug.config import model_config
+    from smaug.models import PRESETS
+
+    for preset in PRESETS:
+        for skeleton in ([], ["--skeleton"]):
+            args = train_step.arg_parser().parse_args(["--device", "cpu", "--preset", preset, *skeleton, "--count-ops"])
+            for name in train_step.CONFIGS:
+                mcfg = model_config(train_step.named_config(args, name))
+                want = PRESETS[preset].get("image_size") or (32 if skeleton else mcfg.image_size)
+                assert mcfg.image_size == want, (preset, skeleton, name)
+                if skeleton:
+                    assert mcfg.vision_width == train_step.SKELETON["vision_width"], (preset, name)
+
+
 @pytest.mark.slow
 def test_shipped_engine_dispatches_a_constant_number_of_ops_per_step(single_process_env):
     """Host cost of the engine: the ops DeepSpeed itself dispatches per step (beyond the model's forward and
