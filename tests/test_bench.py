@@ -304,3 +304,53 @@ def test_cls_row_bench_runs():
 
     r = bench_cls_row(64, 2, frames=2, tokens=5, iters=2)
     assert set(r) == {"sdpa", "sdpa+row", "sdpa+full_matrix"} and all(v > 0 for v in r.values())
+
+
+def _fake_quickstart_run(d, motion, ctl, r1, log_recs):
+    d.mkdir(parents=True)
+    attrs = {"colour": 100.0, "shape": 100.0, "motion": motion, "combination": motion}
+    report = {
+        "protocol": {"chance_r1": 1.0},
+        "results": {
+            **{k: {"t2v_r1": v} for k, v in zip(("vtc", "vtm", "combined"), r1)},
+            "vtm_acc": 0.9,
+            "vtm_pos_frac": 0.05,
+        },
+        "attributes": {
+            "r1_ceiling": 12.0,
+            "chance": {"colour": 33.8, "shape": 33.8, "motion": 25.7, "combination": 9.6},
+            "rankings": {"vtc": attrs},
+            "frozen_frame_control": {"vtc": {**attrs, "motion": ctl}},
+        },
+    }
+    (d / "eval.json").write_text(json.dumps(report))
+    (d / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log_recs))
+    (d / "wall_s").write_text("300.0\n")
+
+
+def test_quickstart_seeds_reads_each_run_and_gives_min_and_mean(tmp_path, capsys):
+    """bench/quickstart_seeds.py --report-only: the attribute table against its control, the three R@1, the training
+    VTM accuracy of the last tenth of the steps by negative kind (per-kind keys, or an older log's vtm_hard flag)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import quickstart_seeds
+
+    new_log = [
+        {"step": s, "vtm_acc": 0.8, "vtm_acc_hard": 0.7, "vtm_acc_uniform": 0.9, "vtm_hard": 0.5} for s in (90, 100)
+    ]
+    new_log.insert(0, {"step": 10, "vtm_acc": 0.6, "vtm_acc_uniform": 0.6, "vtm_hard": 0.0})
+    _fake_quickstart_run(tmp_path / "smaug_s0", 90.0, 30.0, (10.0, 11.0, 12.0), new_log)
+    old_log = [
+        {"step": s, "vtm_acc": a, "vtm_hard": h} for s, a, h in ((10, 0.7, 0.0), (91, 0.9, 0.0), (100, 0.65, 1.0))
+    ]
+    _fake_quickstart_run(tmp_path / "smaug_s1", 70.0, 20.0, (8.0, 7.0, 9.0), old_log)
+    assert quickstart_seeds.main(["--report-only", "--out", str(tmp_path), "--seeds", "0", "1"]) == 0
+    rows = json.loads((tmp_path / "seeds.json").read_text())
+    s0, s1 = rows["smaug s0"]["train"], rows["smaug s1"]["train"]
+    assert (s0["vtm_acc_hard"], s0["vtm_acc_uniform"], s0["hard_from"]) == (0.7, 0.9, 90)
+    assert (s1["vtm_acc_hard"], s1["vtm_acc_uniform"], s1["hard_from"]) == (0.65, 0.9, 100)
+    out = capsys.readouterr().out
+    line = {ln.split()[0] + " " + ln.split()[1]: ln.split()[2:] for ln in out.splitlines() if ln.startswith("smaug")}
+    cols = [name for name, _ in quickstart_seeds.COLUMNS]
+    assert float(line["smaug min"][cols.index("motion")]) == 70.0
+    assert float(line["smaug mean"][cols.index("m-ctl")]) == 55.0  # (60 + 50) / 2
+    assert float(line["smaug min"][cols.index("R1comb")]) == 9.0
