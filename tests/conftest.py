@@ -8,8 +8,9 @@ Helpers (test files import them: `from conftest import REPO, QS, run, run_tool, 
     run_ranks(cmd, nproc)             a command as N ranks of a one-node job, as torchrun starts them
     train_in_process(*argv)           the trainer's `main(argv)` in this process (CPU) -> exit code
     run_overrides(shards, *extra)     key=value overrides of a short CPU run on the synthetic shards
+    NOT_A_VIDEO, assert_one_skip_line bytes no decoder opens; a process's stderr holds one printable skip line
 Fixtures: `free_port` (a free TCP port, `smaug.dist.free_port`), `single_process_env` (torchrun's
-variables for a 1-process group in this process).
+variables for a 1-process group in this process), `data_warnings_on_stderr` (smaug.data's warnings on fd 2).
 
 Threads: this process and every child run with the same OpenMP/torch thread count ($OMP_NUM_THREADS,
 default 1), so a run resumed in-process continues a run killed in a child bit for bit.
@@ -429,3 +430,31 @@ def _pretrain(d: dict, folder: Path) -> str:
     )
     assert rc == 0, f"pre-training exited {rc}"
     return str(out)
+
+
+# Bytes that are not a video, with what a terminal must never be sent raw: an escape sequence, a bell, line
+# breaks, each byte value from 1 to 255, then a NUL (where decord's C++ message stops quoting them).
+NOT_A_VIDEO = b"\x1b[31m\x07not a video\r\n" + bytes(range(1, 256)) + b"\x00after the NUL"
+
+
+def assert_one_skip_line(err: str, key: str, reason: str) -> None:
+    """`err`, what a process wrote to fd 2, is printable text, and exactly one of its lines names the sample `key`:
+    the skip, naming `reason`."""
+    bad = [line for line in err.splitlines() if "\ufffd" in line or not line.isprintable()]
+    assert not bad, f"non-printable output on fd 2: {bad[:3]!r}"
+    lines = [line for line in err.splitlines() if key in line]
+    assert len(lines) == 1 and reason in lines[0], err[-3000:]
+
+
+@pytest.fixture
+def data_warnings_on_stderr():
+    """The smaug.data logger's warnings on this process's stderr, as a program without its own logging set-up
+    prints them (Python's last-resort handler, which pytest's log capture replaces here)."""
+    import logging
+
+    stream = open(2, "w", closefd=False, buffering=1)  # fd 2 itself, whichever file it is when a record comes
+    log, handler = logging.getLogger("smaug.data"), logging.StreamHandler(stream)
+    log.addHandler(handler)
+    yield
+    log.removeHandler(handler)
+    stream.close()

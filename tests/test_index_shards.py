@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 
 from smaug.data import DataConfig, build_eval_loader, build_train_loader, decoders
-from smaug.data.index import index_shards
+from smaug.data.index import index_shard, index_shards
 from smaug.data.tokenizer import load_tokenizer
 
-from conftest import run_tool
+from conftest import NOT_A_VIDEO, assert_one_skip_line, run_tool
 
 HANG, CRASH = b"SMAUG-TEST-HANG", b"SMAUG-TEST-CRASH"
 
@@ -32,12 +32,12 @@ HANG, CRASH = b"SMAUG-TEST-HANG", b"SMAUG-TEST-CRASH"
 class FaultyReader(decoders.DecordReader):
     """decord, except that bytes ending in a marker hang forever or SIGKILL the process."""
 
-    def __init__(self, data, width, height, quiet=False):
+    def __init__(self, data, width, height):
         if data.endswith(HANG):
             time.sleep(3600)
         if data.endswith(CRASH):
             os.kill(os.getpid(), signal.SIGKILL)
-        super().__init__(data, width, height, quiet)
+        super().__init__(data, width, height)
 
 
 def v2d_key(shard_id, i, oom_sample_per_shard=4, oom_shard_count=5):
@@ -93,6 +93,22 @@ def write_v2d_shards(corpus: Path, out: Path, num_shards: int = 2) -> dict:
             tw.close()
         (out / f"{name}_stats.json").write_text(json.dumps({"count": 6, "successes": 5, "failed_to_download": 1}))
     return expect
+
+
+def test_bytes_that_are_not_a_video_are_one_line_naming_the_sample(tmp_path, capfd, data_warnings_on_stderr):
+    """The indexer's check decodes each sample in a forked child, whose fd 2 is this process's: decord's message
+    quoting the bytes must not reach it; the indexer says on one line which sample it skips and why, and records
+    that reason."""
+    import webdataset as wds
+
+    key = "000000003"
+    with wds.TarWriter(str(tmp_path / "00000.tar"), encoder=False) as w:
+        w.write({"__key__": key, "mp4": NOT_A_VIDEO, "txt": b"a red square"})
+    capfd.readouterr()
+    stats = index_shard(str(tmp_path / "00000.tar"))
+    assert stats["skip_keys"] == [key] and stats["bad"][0]["reason"] == "decode_error"
+    assert stats["bad"][0]["detail"].startswith("RuntimeError: decord cannot open the video: Invalid data")
+    assert_one_skip_line(capfd.readouterr().err, key, "decode_error: RuntimeError: decord cannot open the video")
 
 
 @pytest.fixture

@@ -19,12 +19,12 @@ import os, signal, time
 from smaug.data.decoders import DecordReader
 
 class Faulty(DecordReader):
-    def __init__(self, data, width, height, quiet=False):
+    def __init__(self, data, width, height):
         if data.endswith(b"SMAUG-TEST-HANG"):
             time.sleep(3600)
         if data.endswith(b"SMAUG-TEST-CRASH"):
             os.kill(os.getpid(), signal.SIGKILL)
-        super().__init__(data, width, height, quiet)
+        super().__init__(data, width, height)
 """
 
 

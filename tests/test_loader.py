@@ -15,6 +15,8 @@ import torch
 from smaug.data import DataConfig, build_eval_loader, build_train_loader, load_tokenizer
 from smaug.data.decode import decode_video, scaled_size, segment_indices
 
+from conftest import NOT_A_VIDEO, assert_one_skip_line
+
 
 @pytest.fixture(scope="module")
 def tok(synthetic_shards):
@@ -193,6 +195,27 @@ def test_corrupt_samples_are_skipped_and_counted(synthetic_shards, tok, tmp_path
         pass
     counts = tr.skip_counts()
     assert set(counts) == set(expected) and sum(counts.values()) >= sum(expected.values())
+
+
+@pytest.mark.parametrize("isolate", [False, True])
+def test_bytes_that_are_not_a_video_are_one_line_naming_the_sample(
+    synthetic_shards, tok, tmp_path, capfd, data_warnings_on_stderr, isolate
+):
+    """decord's message about bytes it cannot open quotes them, from C++ on fd 2: it must not reach the terminal,
+    where the loader says instead, on one line, which sample it skips and why; decoded in this process (as with
+    data.num_workers=0) and in the isolated decode process (data.isolate_decode)."""
+    import webdataset as wds
+
+    key = "clip-not-a-video"
+    good = next(iter(wds.WebDataset(str(sorted(Path(synthetic_shards["train"]).glob("*.tar"))[0]), shardshuffle=False)))
+    with wds.TarWriter(str(tmp_path / "x-000000.tar"), encoder=False) as w:
+        w.write({"__key__": key, "mp4": NOT_A_VIDEO, "txt": b"a red square"})
+        w.write({k: v for k, v in good.items() if k in ("__key__", "mp4", "txt", "json")})
+    cfg = cfg_for(synthetic_shards, eval_shards=str(tmp_path / "x-000000.tar"), isolate_decode=isolate)
+    capfd.readouterr()
+    ev = build_eval_loader(cfg, tok)
+    assert [k for b in ev for k in b["key"]] == [good["__key__"]] and ev.skip_counts() == {"decode_error": 1}
+    assert_one_skip_line(capfd.readouterr().err, key, "decode_error: RuntimeError: decord cannot open the video")
 
 
 @pytest.mark.parametrize("workers", [0, 1])

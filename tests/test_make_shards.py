@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, run_tool, subprocess_env
+from conftest import REPO, assert_one_skip_line, run_tool, subprocess_env
 
 
 def read_tar(path):
@@ -259,6 +259,16 @@ def test_bad_rows_counted_by_reason(synthetic_corpus, tmp_path):
     shard0 = json.loads((tmp_path / "out" / "stats" / "out-000000.json").read_text())
     assert shard0["skipped"] == {"missing_file": 1, "empty_file": 1, "undecodable": 2} and shard0["samples"] == 1
     assert "line 3" in r.stderr and "missing_file" in r.stderr
+    # bytes that are not a video: FFmpeg's reason, on one printable line naming the row (decord's own message,
+    # which quotes the bytes, stays off the terminal)
+    details = {b["line"]: b["detail"] for b in summary["bad_rows"]}
+    assert (
+        details[6]
+        == details[7]
+        == "RuntimeError: decord cannot open the video: Invalid data found when processing input"
+    )
+    for vid in ("104", "105"):
+        assert_one_skip_line(r.stderr, f"id='{vid}'", "undecodable: RuntimeError: decord cannot open the video")
     man = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert man["num_samples"] == 2 and man["num_skipped"] == 13
 

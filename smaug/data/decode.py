@@ -24,7 +24,6 @@ import io
 import json
 import math
 import re
-import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
@@ -61,20 +60,20 @@ def decode_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+def printable(text: str, limit: int = 200) -> str:
+    """ASCII-safe text for logs and JSON, on one line: escapes undecodable bytes and control characters."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)[:limit]
+
+
 class CorruptSample(Exception):
-    """A sample that cannot be used; `reason` is the counter it is skipped under."""
+    """A sample that cannot be used; `reason` is the counter it is skipped under, `detail` one printable line."""
 
     def __init__(self, reason: str, detail: str = ""):
+        detail = printable(detail)
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
-
-
-def _in_worker() -> bool:
-    """True inside a torch DataLoader worker process (single-threaded: safe to silence fd 2). A process
-    that has not imported torch's data package (an isolated decode process) is none, and stays torch-free."""
-    data = sys.modules.get("torch.utils.data")
-    return data is not None and data.get_worker_info() is not None
 
 
 def decode_video(
@@ -89,7 +88,7 @@ def decode_video(
     w, h = -1, -1
     if size_hint and short_side > 0 and min(size_hint) > short_side:
         w, h = scaled_size(size_hint[0], size_hint[1], short_side)
-    reader = open_reader(data, decoder, w, h, quiet=_in_worker())
+    reader = open_reader(data, decoder, w, h)
     idx = segment_indices(reader.num_frames, t, rng)
     frames = reader.get(idx)
     if frames.ndim != 4 or frames.shape[0] != t or frames.shape[-1] != 3:

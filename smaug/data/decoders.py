@@ -16,7 +16,7 @@ backends differ only within codec/scaler tolerance (tests/test_decoders.py).
   else from counting packets (no decoding); frames are decoded in order up to the last one asked.
 - torchcodec: PyTorch's decoder; needs the system FFmpeg shared libraries (libavcodec 4-7,
   installed by `launch/setup_env.sh` where apt-get is available).
-- "package.module:Class": your own reader class, constructed as `Class(data, width, height, quiet)`
+- "package.module:Class": your own reader class, constructed as `Class(data, width, height)`
   (the tests use one that hangs or kills its process on marked bytes).
 """
 
@@ -26,7 +26,9 @@ import contextlib
 import io
 import os
 import sys
-from typing import Protocol
+import tempfile
+import threading
+from typing import IO, Protocol
 
 import numpy as np
 
@@ -47,36 +49,78 @@ def import_decord():
     return decord
 
 
+# decord reports an input it cannot open from C++, on fd 2 and whatever decord.logging's level (that is
+# FFmpeg's): "[12:00:00] .../video_reader.cc:86: ERROR opening: <the input>, <FFmpeg's reason>", and for
+# in-memory bytes the input is the bytes themselves, up to their first NUL.
+_DECORD_OPEN_ERROR = b": ERROR opening: "
+_FD2 = threading.Lock()  # one capture of fd 2 at a time in a process
+_CAPTURE: dict[int, IO[bytes]] = {}  # pid -> the file fd 2 goes to while captured (a fork makes its own)
+
+
 @contextlib.contextmanager
-def silenced_stderr(enabled: bool = True):
-    """Point fd 2 at /dev/null for the block. decord's C++ logger prints the *bytes* of an
-    in-memory video it cannot open (binary garbage); use only where no other thread writes."""
-    if not enabled:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
+def _captured_fd2():
+    """fd 2 into a temporary file for the block (one per process, reused: creating one costs more than the
+    capture); yields a list that holds what was written to fd 2 afterwards."""
+    caught: list[bytes] = []
+    with _FD2:
+        tmp = _CAPTURE.get(os.getpid())
+        if tmp is None:
+            tmp = _CAPTURE[os.getpid()] = tempfile.TemporaryFile()
+        tmp.seek(0)
+        tmp.truncate()
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield caught
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            caught.append(tmp.read())
 
 
-def open_video(data: bytes, width: int = -1, height: int = -1, quiet: bool = False):
-    """A decord VideoReader over in-memory bytes (single decode thread), optionally rescaled;
-    `quiet` silences decord's stderr dump of unreadable input."""
+def _drop_open_error(log: bytes, data: bytes) -> tuple[bytes, str]:
+    """`log` without decord's "ERROR opening" message about `data`, and FFmpeg's reason from it ("" if none).
+    The message is found by its exact text, so bytes of `data` that look like a line break do not end it early;
+    a message that does not quote `data` as expected is dropped with all that follows it."""
+    at = log.find(_DECORD_OPEN_ERROR)
+    if at < 0:
+        return log, ""
+    start = log.rfind(b"\n", 0, at) + 1
+    quoted = at + len(_DECORD_OPEN_ERROR) + len(data.split(b"\0", 1)[0])
+    if log[quoted : quoted + 2] != b", ":
+        return log[:start], ""
+    end = log.find(b"\n", quoted)
+    end = len(log) if end < 0 else end + 1
+    return log[:start] + log[end:], log[quoted + 2 : end].decode("utf-8", "replace").strip()
+
+
+def open_video(data: bytes, width: int = -1, height: int = -1):
+    """A decord VideoReader over in-memory bytes (single decode thread), optionally rescaled.
+
+    fd 2 is captured while decord opens the bytes: its message about bytes it cannot open quotes them, so it
+    never reaches the terminal; the failure is a RuntimeError naming FFmpeg's reason on one line instead.
+    Anything else written to fd 2 meanwhile (another thread's output) is passed on when the open returns."""
     decord = import_decord()
-    with silenced_stderr(quiet):
-        return decord.VideoReader(io.BytesIO(data), width=width, height=height, num_threads=1)
+    with _captured_fd2() as caught:
+        try:
+            reader, failure = decord.VideoReader(io.BytesIO(data), width=width, height=height, num_threads=1), None
+        # ValueError: an exception text of decord's that quotes bytes which are not UTF-8 fails to decode
+        except (RuntimeError, ValueError, AssertionError, decord.DECORDError) as exn:
+            reader, failure = None, exn
+    log, reason = _drop_open_error(caught[0], data)
+    if log:
+        os.write(2, log)
+    if failure is not None:
+        reason = reason or f"{type(failure).__name__}: {(str(failure).splitlines() or [''])[0]}"
+        raise RuntimeError(f"decord cannot open the video: {reason}") from None
+    return reader
 
 
 class DecordReader:
-    def __init__(self, data: bytes, width: int, height: int, quiet: bool):
-        self._vr = open_video(data, width, height, quiet=quiet)
+    def __init__(self, data: bytes, width: int, height: int):
+        self._vr = open_video(data, width, height)
         self.num_frames = len(self._vr)
 
     def get(self, idx: list[int]) -> np.ndarray:
@@ -84,7 +128,7 @@ class DecordReader:
 
 
 class PyAVReader:
-    def __init__(self, data: bytes, width: int, height: int, quiet: bool = False):
+    def __init__(self, data: bytes, width: int, height: int):
         import av
 
         self._av, self._data, self._size = av, data, (width, height)
@@ -127,7 +171,7 @@ class PyAVReader:
 
 
 class TorchCodecReader:
-    def __init__(self, data: bytes, width: int, height: int, quiet: bool = False):
+    def __init__(self, data: bytes, width: int, height: int):
         from torchcodec.decoders import VideoDecoder
         from torchcodec.transforms import Resize
 
@@ -156,9 +200,9 @@ def reader_class(decoder: str):
     )
 
 
-def open_reader(data: bytes, decoder: str = "decord", width: int = -1, height: int = -1, quiet: bool = False) -> Reader:
+def open_reader(data: bytes, decoder: str = "decord", width: int = -1, height: int = -1) -> Reader:
     """A reader over encoded video bytes; width/height > 0 scale while decoding."""
-    return reader_class(decoder)(data, width, height, quiet)
+    return reader_class(decoder)(data, width, height)
 
 
 def check_decoder(decoder: str) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tarfile
 from collections import Counter
@@ -37,10 +38,12 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 from .arraytask import Incomplete, Task, finish_task, gather, merge_lock, remove_stale_temps, start_task
-from .decode import IMAGE_EXTS, VIDEO_EXTS, CorruptSample, decode_sample
+from .decode import IMAGE_EXTS, VIDEO_EXTS, CorruptSample, decode_sample, printable
 from .shardwriter import SampleTarWriter, done_stats, run_isolated
 from .specs import MANIFEST_FORMAT, write_json_atomic
 from .transcode import BadSample, probe_video
+
+LOG = logging.getLogger("smaug.data")
 
 INDEX_REASONS = (
     "failed_download",
@@ -174,7 +177,9 @@ def index_shard(
             except BadSample as exn:
                 skipped[exn.reason] += 1
                 skip_keys.append(key)
-                bad.append({"key": key, "reason": exn.reason, "detail": exn.detail[:200]})
+                detail = printable(exn.detail)
+                LOG.warning("skip sample %s (%s): %s: %s", printable(key), os.path.basename(path), exn.reason, detail)
+                bad.append({"key": key, "reason": exn.reason, "detail": detail})
                 continue
             good += 1
             kinds[res["kind"]] += 1

@@ -9,9 +9,9 @@ seconds per sample:
 
 - the decode process dies (any signal, any exit): the sample is skipped as `decoder_crash`;
 - no answer within the time limit: the process is killed, the sample skipped as `decode_timeout`;
-- either way the key is logged and the next sample starts a fresh process, so the worker, its
-  stream position and the run go on; the decode itself is the same pure function of the sample and
-  its seed, so exact resume still holds.
+- either way the loader logs the sample's key and reason (as for every sample it skips) and the next sample
+  starts a fresh process, so the worker, its stream position and the run go on; the decode itself is the
+  same pure function of the sample and its seed, so exact resume still holds.
 
 The decode process is a fresh interpreter (`python -m smaug.data.isolation`), not a fork: DataLoader
 workers are daemonic (they cannot own multiprocessing children) and decoders that are not fork-safe
@@ -26,7 +26,6 @@ so the result is decode_sample's, pixel for pixel.
 from __future__ import annotations
 
 import inspect
-import logging
 import os
 import pickle
 import select
@@ -39,7 +38,6 @@ import numpy as np
 
 from .decode import CorruptSample, Cropped, Decoded, decode_crop, decode_sample, resize_crop
 
-LOG = logging.getLogger("smaug.data")
 _DECODE_SAMPLE = inspect.signature(decode_sample)  # DecodeServer.decode takes its arguments
 _HDR = struct.Struct("<Q")
 READY = b"smaug-decode-ready"
@@ -115,22 +113,17 @@ class DecodeServer:
         image_size = crop_args.pop("image_size")
         if self.proc is None:
             self._start()
-        key = sample.get("__key__")
         try:
             _write_frame(self.proc.stdin.fileno(), crop_args)
             ok, payload = _read_frame(self.proc.stdout.fileno(), time.monotonic() + self.timeout)
         except TimeoutError:
             self._kill()
             self.restarts += 1
-            detail = f"key {key}: no result after {self.timeout:g}s; decode process killed"
-            LOG.warning("skip sample %s (%s): decode_timeout: %s", key, sample.get("__url__", "?"), detail)
-            raise CorruptSample("decode_timeout", detail) from None
+            raise CorruptSample("decode_timeout", f"no result after {self.timeout:g}s; decode process killed") from None
         except (EOFError, BrokenPipeError):
             code = self._kill()
             self.restarts += 1
-            detail = f"key {key}: decode process died (exit {code})"
-            LOG.warning("skip sample %s (%s): decoder_crash: %s", key, sample.get("__url__", "?"), detail)
-            raise CorruptSample("decoder_crash", detail) from None
+            raise CorruptSample("decoder_crash", f"decode process died (exit {code})") from None
         if not ok:
             raise CorruptSample(*payload)
         return resize_crop(Cropped(**payload), crop_args["num_frames"], image_size)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Optional
 
+from .decode import printable
 from .sources import REASONS, Row
 from .specs import MANIFEST_FORMAT, write_json_atomic
 from .transcode import BadSample, sample_members
@@ -135,12 +136,6 @@ def _sample_json(row: Row, meta: dict) -> bytes:
     if row.duration_hint is not None:
         info["listed_duration"] = row.duration_hint
     return json.dumps(info, sort_keys=True, ensure_ascii=False).encode("utf-8")
-
-
-def printable(text: str, limit: int = 200) -> str:
-    """ASCII-safe text for logs and JSON: escapes undecodable bytes and control characters."""
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)[:limit]
 
 
 def _bad(row: Row, reason: str, detail: str) -> dict:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 from collections import Counter, deque
@@ -45,12 +46,13 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .collate import collate
 from .config import DataConfig
-from .decode import CorruptSample
+from .decode import CorruptSample, printable
 from .isolation import make_decoder
 from .specs import ShardSet, resolve_mixture
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 STATE_VERSION = 1
+LOG = logging.getLogger("smaug.data")
 
 
 class DataErrorBudgetExceeded(RuntimeError):
@@ -70,6 +72,15 @@ class ErrorBudget:
     def ok(self) -> None:
         self.attempted += 1
         self.recent.append(None)
+
+    def skip(self, exn: CorruptSample, sample: dict) -> None:
+        """A sample the decoder refused: one line naming it and why, then counted."""
+        url = sample.get("__url__", "?")
+        if not self.muted:
+            LOG.warning(
+                "skip sample %s (%s): %s: %s", printable(str(sample.get("__key__"))), url, exn.reason, exn.detail
+            )
+        self.bad(exn.reason, url)
 
     def bad(self, reason: str, url: str) -> None:
         if self.muted:
@@ -219,7 +230,7 @@ class TrainStream(IterableDataset):
                         )
                     )
                 except CorruptSample as exn:
-                    budget.bad(exn.reason, raw.get("__url__", "?"))
+                    budget.skip(exn, raw)
                     continue
                 budget.ok()
                 if len(batch) == cfg.batch_size:
@@ -396,7 +407,7 @@ class EvalStream(IterableDataset):
                     decode_sample(raw, cfg.num_frames, cfg.image_size, cfg.short_side, None, decoder=cfg.decoder)
                 )
             except CorruptSample as exn:
-                self.budget.bad(exn.reason, raw.get("__url__", "?"))
+                self.budget.skip(exn, raw)
                 continue
             self.budget.ok()
             if len(batch) == bs:

@@ -59,7 +59,7 @@ def read_media(root: str, relpath: str) -> bytes:
 def probe_video(data: bytes) -> dict:
     """fps, frame count, size and duration of a video; decodes first/middle/last frame."""
     try:
-        vr = open_video(data, quiet=True)
+        vr = open_video(data)
         n = len(vr)
         fps = float(vr.get_avg_fps())
         frames = vr.get_batch(sorted({0, n // 2, n - 1})).asnumpy()
