@@ -98,10 +98,10 @@ def main(argv=None) -> int:
     xtr, ytr = load(Path(args.shards) / "train", tok, cfg.image_size)
     xte, yte = load(Path(args.shards) / "test", tok, cfg.image_size)
     print(f"single-object clips: train {len(ytr)}, held-out {len(yte)}; pooling {args.pooling}", flush=True)
-    moments = args.pooling.startswith("moments")  # the head is the model's own vision_proj + temporal_moments
+    moments = args.pooling.startswith("moments")  # the head is the model's own vision_proj + video_pooling
     head = nn.Identity() if moments else nn.Linear(cfg.vision_width * (4 if args.pooling == "concat" else 1), 4)
     params = [*model.video_encoder.parameters(), *head.parameters()]
-    for m in (model.temporal, model.temporal_moments, model.vision_proj if moments else None):
+    for m in (model.temporal, model.video_pooling, model.vision_proj if moments else None):
         if m is not None:
             params += list(m.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.02)
@@ -109,8 +109,9 @@ def main(argv=None) -> int:
     def feats(x):  # x: [B, T, 3, H, W] uint8 -> [B, T * D] or [B, D] (moments: [B, 4] logits)
         mask = args.mask_ratio if model.training else 0.0
         enc, tokens, _, _ = model.forward_video(model.normalize_video(x), mask_ratio=mask)
-        if moments:  # the unnormalised video embedding: vision_proj(mean) + temporal_moments
-            return model.video_embedding(enc, tokens)
+        if moments:  # the unnormalised video embedding: the moments pooling of the projected frame [CLS]
+            B, T = tokens.shape[:2]
+            return model.video_pooling.embed(model.vision_proj(tokens[:, :, 0]), tokens, enc.ids.view(B, T, -1))
         cls = tokens[:, :, 0]  # [B, T, D]
         return cls.flatten(1) if args.pooling == "concat" else cls.mean(1)
 

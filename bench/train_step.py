@@ -124,7 +124,7 @@ def run_config(args, dense: bool, frames: int | None = None, compiled: bool = Fa
     if getattr(args, "skeleton", False):  # the preset's parameter tensors, next to no FLOPs: the step is host time
         ov += [
             f"data.image_size={fixed_size or 32}",
-            "model.overrides={" + ", ".join(f"{k}: {v}" for k, v in SKELETON.items()) + "}",
+            *(f"model.{k}={v}" for k, v in SKELETON.items()),
         ]
     elif fixed_size:
         ov.append(f"data.image_size={fixed_size}")

@@ -369,8 +369,10 @@ def read_client_state(ref: CheckpointRef) -> dict:
 def adapt_state_dict(sd: dict, own: dict, source: str) -> tuple[dict, list[str]]:
     """Make `sd` fit a model whose state dict is `own`: interpolate `temporal_embed` over time when the
     frame counts differ; refuse any other shape mismatch. Returns (state dict, notes)."""
+    from smaug.models.smaug import SmaugModel
+
     notes, bad = [], []
-    out = dict(sd)
+    out = SmaugModel.upgrade_state_dict(dict(sd))  # parameter names of checkpoints written before a rename
     if "vtc_temp" in out and "vtc_log_temp" in own and "vtc_log_temp" not in out:  # before the log-space temperature
         out["vtc_log_temp"] = out.pop("vtc_temp").float().clamp_min(1e-8).log()
         notes.append("vtc_temp: converted to vtc_log_temp")
@@ -447,13 +449,13 @@ def _smaug_config_from_run(run_config: dict, tokenizer_path: str, source: Path):
     """The SmaugConfig a run trained: the trainer's own `model_config` on the saved run config."""
     from types import SimpleNamespace
 
-    from smaug.config import ConfigError, ModelSection, build_section, lift_model_knobs, model_config
+    from smaug.config import ConfigError, build_section, flat_model_knobs, model_config, model_section
     from smaug.data import DataConfig, load_tokenizer, tokenizer_fields
 
     try:
-        run_config = lift_model_knobs(run_config, f"checkpoint {source}")
+        run_config = flat_model_knobs(run_config, f"checkpoint {source}")
         ns = SimpleNamespace(
-            model=build_section("model", ModelSection, run_config.get("model") or {}),
+            model=model_section(run_config.get("model") or {}),
             data=build_section("data", DataConfig, run_config.get("data") or {}),
         )
     except ConfigError as e:

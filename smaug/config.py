@@ -18,14 +18,17 @@ import dataclasses
 import os
 import typing
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
 
-from smaug.schema import ConfigError, build_section
+from smaug.schema import ConfigError, build_section, check_type
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+# SmaugConfig fields the tokenizer fixes (smaug.data.tokenizer_fields), never set in a run config
+TOKENIZER_FIELDS = ("vocab_size", "pad_token_id", "mask_token_id", "cls_token_id", "sep_token_id")
 
 
 @dataclass
@@ -51,43 +54,10 @@ class ModelSection:
         None  # initialise weights (only) from a DeepSpeed checkpoint dir or an exported HF folder (fine-tuning)
     )
     grad_checkpointing: bool = True  # non-reentrant activation checkpointing of ViT blocks and BERT layers
-    # The paper's knobs (SmaugConfig fields, typed here); None = the preset's value (see smaug/models/smaug.py)
-    mask_ratio: Optional[float] = None  # MAE: fraction of each frame's patches hidden from the encoder (train only)
-    keep_ratio: Optional[float] = None  # EViT: tokens each sparsify block keeps, by [CLS] attention
-    sparsify_layers: Optional[tuple[int, ...]] = None  # EViT: 0-based ViT blocks that drop/fuse tokens
-    sparsify_mode: Optional[Literal["fuse", "drop"]] = None  # EViT: dropped tokens fused into one, or discarded
-    select_frames: Optional[int] = None  # frame selection: frames per clip that reach fusion (= num_frames: off)
-    temporal_layers: Optional[int] = None  # transformer blocks across frames on top of the frame encoder
-    temporal_moments: Optional[int] = None  # moments over time in the video embedding; 1 = mean of frames
-    moments_xy: Optional[bool] = None  # the moments also of where things are in each frame (patch tokens)
-    moments_centroid: Optional[bool] = None  # the moments also of where the salient part of each frame is (velocity)
-    vtc_reversed: Optional[float] = None  # weight of VTC's arrow-of-time term (the clip played backwards, a negative)
-    vtm_negatives: Optional[Literal["auto", "hard", "uniform"]] = None  # VTM negatives: mined, uniform, or auto-switch
-    w_vtc: Optional[float] = None  # loss weight: video-text contrastive
-    w_vtm: Optional[float] = None  # loss weight: video-text matching
-    w_mlm: Optional[float] = None  # loss weight: masked language modelling
-    w_mvm: Optional[float] = None  # loss weight: MAE pixel reconstruction (0 = no decoder)
-    overrides: dict = field(default_factory=dict)  # any other SmaugConfig field, e.g. {vtm_switch_acc: 0.8}
-
-
-# the SmaugConfig fields ModelSection types; `model.overrides` holds any other field
-MODEL_KNOBS = (
-    "mask_ratio",
-    "keep_ratio",
-    "sparsify_layers",
-    "sparsify_mode",
-    "select_frames",
-    "temporal_layers",
-    "temporal_moments",
-    "moments_xy",
-    "moments_centroid",
-    "vtc_reversed",
-    "vtm_negatives",
-    "w_vtc",
-    "w_vtm",
-    "w_mlm",
-    "w_mvm",
-)
+    # Any SmaugConfig field (smaug/models/smaug.py, each commented there) by its own name, written flat in the
+    # section (`model.mask_ratio: 0.5`, `model.vtm_switch_acc=0.8`); checked against the dataclass's fields and
+    # types; unset = the preset's value. Built by `model_section`, which fills this from the section's other keys
+    knobs: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -116,10 +86,9 @@ class TrainSection:
     # tail starts, which warms up over a tenth of its steps to this peak LR and decays to optim.min_lr; 0 = the main
     # cosine runs on through the tail (whose LR is then a small fraction of the peak). Acts only with a tail
     compile: Literal["none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "none"
-    # torch.compile of the training forward (`SmaugModel.compile_step`: six full-graph regions, static shapes, captions
+    # torch.compile of the training forward (smaug/train/compile.py: full-graph regions, static shapes, captions
     # padded to data.max_text_len); the value is torch.compile's mode ("reduce-overhead" = CUDA graphs), "none" = eager.
-    # Default none: the first step then costs minutes of compilation (tiny model, 2-core CPU: ~3 min), no GPU gain is
-    # measured yet
+    # Default none: the first step then costs minutes of compilation, and no GPU gain is measured yet
 
 
 @dataclass
@@ -173,7 +142,11 @@ class RunConfig:
     TRAIN_SHARDS_REQUIRED: typing.ClassVar[bool] = True  # False: the subclass reads its training data elsewhere
 
     def to_dict(self) -> dict:
-        return {f.name: _plain(dataclasses.asdict(getattr(self, f.name))) for f in dataclasses.fields(self)}
+        """The config as YAML would spell it (model knobs flat in the model section)."""
+        out = {f.name: _plain(dataclasses.asdict(getattr(self, f.name))) for f in dataclasses.fields(self)}
+        knobs = out["model"].pop("knobs")
+        out["model"].update(knobs)
+        return out
 
 
 def _plain(x):
@@ -198,19 +171,43 @@ def _resolve_path(name: str, rel_to: Optional[Path] = None) -> Path:
     raise ConfigError(f"config file not found: {name!r} (looked in {', '.join(str(c) for c in cands)})")
 
 
-def lift_model_knobs(tree: dict, source: str = "config") -> dict:
-    """`model.overrides.<knob>` -> `model.<knob>` for the typed knobs (MODEL_KNOBS): the spelling of
-    configs and checkpoints written before they were typed. Applied to each source (file, CLI
-    override, saved run config) before merging, so a later source still wins over an earlier one."""
+def flat_model_knobs(tree: dict, source: str = "config") -> dict:
+    """`model.overrides: {field: value}` -> `model.field: value`. Run configs saved before the model's fields were
+    written flat spell them so, and checkpoints carry such configs (config.yaml and the client state), which
+    evaluation and fine-tuning read. Applied to each source before merging, so a later one still wins."""
     model = tree.get("model")
-    if not isinstance(model, dict) or not isinstance(model.get("overrides"), dict):
+    if not isinstance(model, dict) or "overrides" not in model:
         return tree
-    ov = dict(model["overrides"])
-    lifted = {k: ov.pop(k) for k in MODEL_KNOBS if k in ov}
-    for k, v in lifted.items():
+    model, saved = dict(model), model["overrides"] or {}
+    del model["overrides"]
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{source}: model.overrides: expected a mapping, got {saved!r}")
+    for k, v in saved.items():
         if model.get(k) is not None and model[k] != v:
             raise ConfigError(f"{source}: model.{k}={model[k]!r} and model.overrides.{k}={v!r}; set model.{k} only")
-    return {**tree, "model": {**model, **lifted, "overrides": ov}}
+    return {**tree, "model": {**model, **saved}}
+
+
+def model_section(values: dict, prefix: str = "model") -> ModelSection:
+    """The model section from its mapping: ModelSection's own keys, and every other key a SmaugConfig field,
+    type-checked against the dataclass (an unknown key or a wrong type names it)."""
+    from smaug.models import SmaugConfig
+
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix}: expected a mapping, got {values!r}")
+    own = {f.name for f in dataclasses.fields(ModelSection)} - {"knobs"}
+    hints = typing.get_type_hints(SmaugConfig)
+    knobs = {}
+    for k, v in values.items():
+        if k in own:
+            continue
+        if k not in hints:
+            close = sorted(n for n in [*own, *hints] if n.split("_")[0] == str(k).split("_")[0])
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ConfigError(f"{prefix}.{k}: unknown key: not a model option nor a SmaugConfig field{hint}")
+        if v is not None:  # null = the preset's value
+            knobs[k] = check_type(f"{prefix}.{k}", v, hints[k])
+    return build_section(prefix, ModelSection, {**{k: v for k, v in values.items() if k in own}, "knobs": knobs})
 
 
 def _load_yaml_tree(path: Path, seen: tuple = ()) -> dict:
@@ -220,7 +217,7 @@ def _load_yaml_tree(path: Path, seen: tuple = ()) -> dict:
         data = yaml.safe_load(f) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
-    data = lift_model_knobs(data, str(path))
+    data = flat_model_knobs(data, str(path))
     parent = data.pop("base", None)
     if parent is None:
         return data
@@ -231,10 +228,8 @@ def _load_yaml_tree(path: Path, seen: tuple = ()) -> dict:
 def deep_merge(a: dict, b: dict) -> dict:
     out = dict(a)
     for k, v in b.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "overrides":
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = deep_merge(out[k], v)
-        elif isinstance(v, dict) and isinstance(out.get(k), dict):  # model.overrides merge too
-            out[k] = {**out[k], **v}
         else:
             out[k] = v
     return out
@@ -273,7 +268,7 @@ def load_config(
     for cf in config_files:
         tree = deep_merge(tree, _load_yaml_tree(_resolve_path(cf)))
     for ov in overrides:
-        tree = deep_merge(tree, lift_model_knobs(parse_override(ov), ov))
+        tree = deep_merge(tree, flat_model_knobs(parse_override(ov), ov))
     if output_dir is not None:
         tree = deep_merge(tree, {"run": {"output_dir": output_dir}})
     elif not (tree.get("run") or {}).get("output_dir") and os.environ.get("SMAUG_OUTPUT"):
@@ -282,7 +277,10 @@ def load_config(
     for k in tree:
         if k not in sections and k != "data":
             raise ConfigError(f"{k}: unknown section (known: {', '.join(['data', *sections])})")
-    secs = {name: build_section(name, cls, tree.get(name, {}) or {}) for name, cls in sections.items()}
+    secs = {
+        name: (model_section if name == "model" else partial(build_section, name, cls))(tree.get(name, {}) or {})
+        for name, cls in sections.items()
+    }
     secs["data"] = build_section("data", DataConfig, tree.get("data", {}) or {})
     cfg = config_cls(**secs)
     validate(cfg)
@@ -348,37 +346,32 @@ def validate(cfg: RunConfig) -> None:
 
 
 def model_config(cfg: RunConfig, **tokenizer_fields):
-    """The SmaugConfig this run trains: preset + dense + the typed knobs + overrides + the data's frame
-    count and size + the tokenizer's fields + the fields the vision checkpoint (model.vision_init) fixes.
+    """The SmaugConfig this run trains: preset + dense + the section's knobs + the data's frame count and size +
+    the tokenizer's fields + the fields the vision checkpoint (model.vision_init) fixes.
 
-    Each field has one source: a preset that fixes the frame size (tiny: 112 px) must agree with
-    data.image_size (refused otherwise, never silently replaced), and neither may come from overrides."""
+    Each field has one source: the frame count and size are the data's, and a preset that fixes the frame size
+    (tiny: 112 px) must agree with data.image_size (refused otherwise, never silently replaced); the vocabulary and
+    special tokens are the tokenizer's."""
     from smaug.models import PRESETS, SmaugConfig
     from smaug.models.pretrained import init_config
 
-    ov = dict(cfg.model.overrides)
-    for k in MODEL_KNOBS:
-        v = getattr(cfg.model, k, None)
-        if v is None:
-            continue
-        if k in ov and ov[k] != v:
-            raise ConfigError(f"model.{k}={v!r} and model.overrides.{k}={ov[k]!r}; set model.{k} only")
-        ov[k] = v
+    knobs = dict(cfg.model.knobs)
     for k in ("num_frames", "image_size"):
-        if k in ov and ov[k] != getattr(cfg.data, k):
-            raise ConfigError(
-                f"model.overrides.{k}: {ov[k]} conflicts with data.{k}={getattr(cfg.data, k)}; set data.{k} only"
-            )
+        if k in knobs:
+            raise ConfigError(f"model.{k}: set data.{k} (the frames the loader decodes are the model's)")
         fixed = PRESETS.get(cfg.model.preset, {}).get(k)
         if fixed is not None and fixed != getattr(cfg.data, k):
             raise ConfigError(
                 f"data.{k}: {getattr(cfg.data, k)}, but model.preset={cfg.model.preset} is built for "
                 f"{k}={fixed}; set data.{k}={fixed} (or use a preset that leaves it to the data)"
             )
-    explicit = dict(ov)
-    ov.update(num_frames=cfg.data.num_frames, image_size=cfg.data.image_size, **tokenizer_fields)
+    for k in TOKENIZER_FIELDS:
+        if k in knobs:
+            raise ConfigError(f"model.{k}: comes from the tokenizer (model.tokenizer)")
+    explicit = dict(knobs)
+    knobs.update(num_frames=cfg.data.num_frames, image_size=cfg.data.image_size, **tokenizer_fields)
     try:
-        mc = SmaugConfig.preset(cfg.model.preset, dense=cfg.model.dense, **ov)
+        mc = SmaugConfig.preset(cfg.model.preset, dense=cfg.model.dense, **knobs)
         # the vision checkpoint sets the block family, its options and mean/std; sizes are checked
         return init_config(mc, cfg.model.vision_init, cfg.model.text_init, explicit)
     except (ValueError, TypeError, KeyError) as e:
@@ -386,14 +379,15 @@ def model_config(cfg: RunConfig, **tokenizer_fields):
 
 
 def save_resolved(cfg: RunConfig, path: Path) -> None:
-    """config.yaml; model.overrides also holds what model.vision_init fixed (family, block options, mean/std)."""
+    """config.yaml; the model section also holds what model.vision_init fixed (family, block options, mean/std)."""
     d = cfg.to_dict()
     if cfg.model.vision_init:
         no_init = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vision_init=None))
         mc, base = model_config(cfg), model_config(no_init)
-        d["model"]["overrides"] = {
+        d["model"] = {
+            **d["model"],
             **{k: _plain(v) for k, v in dataclasses.asdict(mc).items() if getattr(base, k) != v},
-            **d["model"]["overrides"],
+            **{k: _plain(v) for k, v in cfg.model.knobs.items()},
         }
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:

@@ -15,7 +15,7 @@ class ConfigError(ValueError):
     """A bad configuration value; the message names the offending dotted key."""
 
 
-def _check_type(key: str, value, tp):
+def check_type(key: str, value, tp):
     """Return value coerced to `tp` where lossless (int->float, numeric str->float, list->tuple); else raise."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -27,7 +27,7 @@ def _check_type(key: str, value, tp):
         errors = []
         for a in (a for a in args if a is not type(None)):
             try:
-                return _check_type(key, value, a)
+                return check_type(key, value, a)
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError("; ".join(errors))
@@ -62,9 +62,9 @@ def _check_type(key: str, value, tp):
         if args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}")
-            value = [_check_type(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args))]
+            value = [check_type(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args))]
         elif args:
-            value = [_check_type(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+            value = [check_type(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
         return tuple(value) if (tp is tuple or origin is tuple) else list(value)
     if tp is dict or origin is dict:
         if not isinstance(value, dict):
@@ -87,7 +87,7 @@ def build_section(prefix: str, cls, values: dict):
     # `null` for a field whose default is computed (e.g. data.shards_root from $SMAUG_SHARDS) means "the default"
     computed = {f.name for f in dataclasses.fields(cls) if f.default_factory is not dataclasses.MISSING}
     values = {k: v for k, v in values.items() if not (v is None and k in computed)}
-    kwargs = {k: _check_type(f"{prefix}.{k}", v, hints.get(k, Any)) for k, v in values.items()}
+    kwargs = {k: check_type(f"{prefix}.{k}", v, hints.get(k, Any)) for k, v in values.items()}
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as e:

@@ -1,4 +1,4 @@
-"""The compiled training step (`train.compile`, `SmaugModel.compile_step`; issue 17).
+"""The compiled training step (`train.compile`, `smaug.train.compile.apply_compile`).
 
 - Every region the step compiles is one graph with no graph break (torch._dynamo.explain), for SMAUG with the
   quickstart's order-aware embedding and for the dense baseline, with and without gradient checkpointing.
@@ -19,7 +19,7 @@ from test_train import train_args
 from torch._dynamo.utils import counters
 
 from smaug.models import SmaugConfig, SmaugModel
-from smaug.models.smaug import COMPILED_REGIONS
+from smaug.train.compile import MODEL_REGIONS, TEMPORAL_REGIONS, apply_compile, regions
 
 from conftest import QS
 from model_helpers import make_batch
@@ -35,12 +35,13 @@ def region_inputs(model: SmaugModel, batch: dict) -> dict:
     """The arguments a training forward passes to each compiled region (eager, from the same batch)."""
     video = model.normalize_video(batch["video"])
     ids, am = batch["input_ids"], batch["attention_mask"]
-    enc, ft, _, ff = model.forward_video(video)
+    ratio = model.config.mask_ratio
+    enc, ft, _, ff = model.forward_video(video, ratio)
     th, tf = model.encode_text(ids, am)
     rows = lambda x: torch.cat([x, x.roll(1, 0), x])
     return {
-        "forward_video": (video,),
-        "forward_reversed": (video,),
+        "forward_video": (video, ratio),
+        "reversed_embedding": (model, video, ratio),
         "encode_text": (ids, am),
         "vtm_logits": (rows(ft), rows(ff), rows(th), rows(tf), rows(am)),
         "forward_mlm": (ids, am, ft, ff, tf),
@@ -57,12 +58,36 @@ def test_every_compiled_region_is_one_graph_without_breaks(dense, ckpt):
     model = SmaugModel(SmaugConfig.preset("tiny", dense=dense, num_frames=4, **SHALLOW, **extra)).train()
     model.set_grad_checkpointing(ckpt)
     args = region_inputs(model, make_batch(model.config, batch_size=4, text_len=12))
-    for name in COMPILED_REGIONS:
-        if name == "forward_mvm" and (dense or model.mae_decoder is None):
-            continue  # no MAE decoder: the region never runs
+    names = [name for _, name in regions(model)]
+    assert names == [n for n in MODEL_REGIONS if not dense or n != "forward_mvm"] + (
+        [] if dense else [*TEMPORAL_REGIONS]
+    )
+    for owner, name in regions(model):
         torch._dynamo.reset()
-        ex = torch._dynamo.explain(getattr(model, name))(*args[name])
+        fn = getattr(owner, name)
+        fn = functools.partial(fn, static=True) if name == "forward_mlm" else fn
+        ex = torch._dynamo.explain(fn)(*args[name])
         assert (ex.graph_count, ex.graph_break_count) == (1, 0), (name, ex.break_reasons)
+
+
+def test_compile_is_applied_from_outside_and_eval_stays_eager():
+    """apply_compile replaces the regions' methods on the instance: training calls the compiled functions, eval
+    the eager methods; the state dict's names do not change."""
+    torch.manual_seed(0)
+    model = SmaugModel(SmaugConfig.preset("tiny", num_frames=2, **SHALLOW, **QUICKSTART_MODEL))
+    keys = list(model.state_dict())
+    compiled = apply_compile(model, backend="eager")
+    assert set(compiled) == {*MODEL_REGIONS, *TEMPORAL_REGIONS} and list(model.state_dict()) == keys
+    batch = make_batch(model.config, batch_size=2, text_len=8)
+    torch._dynamo.reset()
+    counters.clear()
+    model.eval()
+    with torch.no_grad():
+        model.get_video_features(batch["video"])
+    assert counters["stats"]["unique_graphs"] == 0  # eval: eager
+    model.train()
+    model(batch).loss.backward()
+    assert counters["stats"]["unique_graphs"] == len(compiled)  # training: every region, one graph each
 
 
 def test_static_text_length_pads_without_changing_the_text_features():
@@ -114,9 +139,9 @@ def test_compiled_step_matches_eager_through_deepspeed(synthetic_shards, tmp_pat
     class StaticTextTrainer(Trainer):  # the eager reference, with the compiled run's text shapes
         def __init__(self, cfg):
             super().__init__(cfg)
-            self.model.static_text_len = cfg.data.max_text_len
+            self.static_text = True
 
-    small = ["model.overrides={vision_depth: 2, text_layers: 3, fusion_layer: 2}", "model.sparsify_layers=[1]"]
+    small = ["model.vision_depth=2", "model.text_layers=3", "model.fusion_layer=2", "model.sparsify_layers=[1]"]
     common = [*small, "train.steps=3", "ckpt.every=100", "eval.every=0", "train.precision=fp32"]
     runs, graphs = {}, {}
     for mode, cls in (("none", StaticTextTrainer), ("default", Trainer)):
@@ -127,7 +152,8 @@ def test_compiled_step_matches_eager_through_deepspeed(synthetic_shards, tmp_pat
         text = "".join(capfd.readouterr())
         assert rc == 0, text[-4000:]
         runs[mode], graphs[mode] = out, counters["stats"]["unique_graphs"]
-    assert graphs == {"none": 0, "default": len(COMPILED_REGIONS)}, graphs  # each region compiled once, no recompile
+    # the quickstart's config runs every region (MAE decoder, the arrow-of-time term): each compiled once, no recompile
+    assert graphs == {"none": 0, "default": len(MODEL_REGIONS) + len(TEMPORAL_REGIONS)}, graphs
     eager, compiled = records(runs["none"]), records(runs["default"])
     assert [r["step"] for r in eager] == [r["step"] for r in compiled] == [1, 2, 3]
     for e, c in zip(eager, compiled):

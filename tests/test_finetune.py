@@ -47,7 +47,7 @@ def train_json(corpus: Path, out: Path) -> Path:
 def test_overlay_turns_pretraining_into_vtc_vtm_finetuning(tmp_path):
     from smaug.config import load_config, model_config
 
-    cfg = load_config([QS, FT_CONFIG], ["data.train_shards=x", "model.overrides={keep_ratio: 0.5}"], str(tmp_path))
+    cfg = load_config([QS, FT_CONFIG], ["data.train_shards=x", "model.keep_ratio=0.5"], str(tmp_path))
     m = model_config(cfg)
     assert (m.w_vtc, m.w_vtm, m.w_mlm, m.w_mvm, m.mask_ratio) == (1.0, 1.0, 0.0, 0.0, 0.0)
     assert m.keep_ratio == 0.5 and cfg.model.preset == "tiny"  # pre-training model settings survive

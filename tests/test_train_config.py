@@ -23,7 +23,7 @@ def test_base_yaml_documents_every_knob_with_its_default():
     tree = yaml.safe_load((CONFIGS / "base.yaml").read_text())
     text = (CONFIGS / "base.yaml").read_text()
     for name, cls in {**SECTIONS, "data": DataConfig}.items():
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        fields = {f.name: f for f in dataclasses.fields(cls) if (name, f.name) != ("model", "knobs")}
         assert set(tree[name]) == set(fields), f"base.yaml section {name!r} out of sync with {cls.__name__}"
         for k, f in fields.items():
             if f.default is not dataclasses.MISSING:
@@ -62,14 +62,16 @@ def test_all_shipped_configs_load():
         ("optim.lrr=1e-3", "optim.lrr"),
         ("nosuch.x=1", "nosuch"),
         ("data.batchsize=4", "data.batchsize"),
-        ("model.overrides.not_a_field=1", "not_a_field"),
+        ("model.not_a_field=1", "model.not_a_field"),
         ("train.steps=ten", "train.steps"),
         ("optim.lr=fast", "optim.lr"),
         ("train.precision=fp16", "train.precision"),
         ("optim.betas=[0.9]", "optim.betas"),
         ("optim.warmup_steps=100000", "optim.warmup_steps"),
-        ("model.overrides.select_frames=9", "select_frames"),
-        ("model.overrides.image_size=96", "model.overrides.image_size"),
+        ("model.select_frames=9", "select_frames"),
+        ("model.image_size=96", "model.image_size"),
+        ("model.vocab_size=96", "model.vocab_size"),
+        ("model.decoder_depth=two", "model.decoder_depth"),
         ("model.dense=maybe", "model.dense"),
         ("ckpt.keep=0", "ckpt.keep"),
         ("data.train_shards=null", "data.train_shards"),
@@ -190,18 +192,36 @@ def test_cli_takes_overrides_between_config_files():
     assert args.config == [QS, "dense.yaml"] and args.overrides == ["optim.lr=1e-3", "train.steps=5"]
 
 
-def test_model_knobs_are_typed_and_the_old_spelling_still_loads():
-    """The paper's knobs are run-config fields (model.mask_ratio, ...): typed, validated, null = the preset's;
-    `model.overrides.<knob>` (configs and checkpoints written before) is read as the same field."""
+def test_model_knobs_are_exactly_the_dataclass_fields():
+    """The run config's model knobs are SmaugConfig's own fields, derived: every field is accepted by its name with
+    its type, nothing else is, and a new field needs no second edit."""
+    from smaug.config import model_section
+    from smaug.models import SmaugConfig
+
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(SmaugConfig()).items()}
+    assert model_section(values).knobs.keys() == values.keys()
+    own = {f.name for f in dataclasses.fields(SECTIONS["model"])} - {"knobs"}
+    assert not own & values.keys()  # the run-level model options and the model's fields never share a name
+    with pytest.raises(ConfigError, match=r"model.not_a_field: unknown key"):
+        model_section({"not_a_field": 1})
+    for field, bad in (("mask_ratio", "lots"), ("sparsify_layers", 3), ("moments_xy", "yes"), ("decoder_depth", 2.5)):
+        with pytest.raises(ConfigError, match=f"model.{field}"):
+            model_section({field: bad})
+
+
+def test_model_knobs_are_typed_and_the_saved_spelling_still_loads():
+    """Model knobs are written flat (model.mask_ratio, ...): typed, validated, unset = the preset's;
+    `model.overrides.<field>`, the spelling of run configs that checkpoints saved before, is read as the same field."""
     from smaug.config import model_config
 
-    cfg = _load("model.mask_ratio=0.9", "model.sparsify_layers=[2]", "model.select_frames=3")
+    cfg = _load("model.mask_ratio=0.9", "model.sparsify_layers=[2]", "model.select_frames=3", "model.mlm_prob=0.3")
     m = model_config(cfg)
-    assert (m.mask_ratio, m.sparsify_layers, m.select_frames) == (0.9, (2,), 3)
-    assert model_config(_load()).sparsify_layers == (1, 2)  # null: the tiny preset's
-    legacy = _load("model.overrides={keep_ratio: 0.5, vtm_switch_acc: 0.8}")
-    assert legacy.model.keep_ratio == 0.5 and legacy.model.overrides == {"vtm_switch_acc": 0.8}
-    assert _load("model.overrides={keep_ratio: 0.5}", "model.keep_ratio=0.6").model.keep_ratio == 0.6  # later wins
+    assert (m.mask_ratio, m.sparsify_layers, m.select_frames, m.mlm_prob) == (0.9, (2,), 3, 0.3)
+    assert model_config(_load()).sparsify_layers == (1, 2)  # unset: the tiny preset's
+    saved = _load("model.overrides={keep_ratio: 0.5, vtm_switch_acc: 0.8}")
+    assert saved.model.knobs["keep_ratio"] == 0.5 and saved.model.knobs["vtm_switch_acc"] == 0.8
+    assert _load("model.overrides={keep_ratio: 0.5}", "model.keep_ratio=0.6").model.knobs["keep_ratio"] == 0.6
+    assert "overrides" not in saved.to_dict()["model"] and saved.to_dict()["model"]["keep_ratio"] == 0.5
     with pytest.raises(ConfigError, match="model.mask_ratio"):
         _load("model.mask_ratio=lots")
     with pytest.raises(ConfigError, match="model.sparsify_mode"):
@@ -213,3 +233,15 @@ def test_preset_and_data_frame_size_must_agree():
     with pytest.raises(ConfigError, match=r"data.image_size: 224, but model.preset=tiny is built for image_size=112"):
         _load("data.image_size=224")
     assert _load("data.num_frames=6").data.num_frames == 6  # no preset fixes the frame count
+
+
+def test_saved_config_spells_the_model_knobs_flat_and_loads_back(tmp_path):
+    """config.yaml (and the checkpoint's client state) write the model's knobs as YAML spells them, and load back."""
+    from smaug.config import save_resolved
+
+    cfg = _load("model.keep_ratio=0.5", "model.vtm_switch_acc=0.8")
+    d = cfg.to_dict()
+    assert "knobs" not in d["model"] and d["model"]["keep_ratio"] == 0.5 and d["model"]["vtm_switch_acc"] == 0.8
+    save_resolved(cfg, tmp_path / "config.yaml")
+    again = load_config([str(tmp_path / "config.yaml")], [], output_dir="/tmp/unused-out")
+    assert again.model.knobs == cfg.model.knobs and again.to_dict() == d

@@ -55,7 +55,7 @@ def test_trainer_loads_pretrained_towers_and_reports(synthetic_shards, hf_cache,
     assert said[0].startswith(f"[smaug] init vision: beit {name}") and said[1].startswith("[smaug] init text:")
     assert "mean [0.5, 0.5, 0.5]" in said[2]
     resolved = yaml.safe_load((out / "config.yaml").read_text())["model"]
-    assert resolved["overrides"]["mean"] == [0.5] * 3 and resolved["overrides"]["vision_family"] == "beit"
+    assert resolved["mean"] == [0.5] * 3 and resolved["vision_family"] == "beit"
 
     # the BEiT-initialised run leaves the toolkit: its export, loaded by transformers where smaug cannot be
     # imported, computes what the library computes from the checkpoint

@@ -10,8 +10,9 @@ Works on one process or many:
   of a clip is a separate text query (MSRVTT-style multi-caption sets), or, with `paragraph`,
   all captions of a clip joined into one query (DiDeMo / ActivityNet paragraph retrieval).
 - VTC. Every rank computes the full text x video similarity matrix from the gathered
-  embeddings: `pooling="embed"` the cosine of the L2-normalised video embedding (mean of the
-  frames' [CLS] projections, normalised); `"frame_sim"` the mean over frames of the cosine of
+  embeddings: `pooling="embed"` the cosine of the L2-normalised video embedding (the model's pooling
+  component: the mean of the frames' [CLS] projections, plus their moments over time when the model has
+  them); `"frame_sim"` the mean over frames of the cosine of
   each normalised frame embedding with the text. With `dsl`, dual-softmax results are added
   next to the plain ones (see `dual_softmax`).
 - Three rankings of the top-k candidates (for each text the top-k videos by VTC, for each video
@@ -315,7 +316,7 @@ def retrieval_metrics(sim: torch.Tensor, txt2vid: torch.Tensor, sim_v2t: Optiona
 
 # ---------------------------------------------------------------------------- similarity
 POOLINGS = {  # --pooling: how a video's frames become its VTC similarity with a text
-    "embed": "cosine of L2-normalised VTC embeddings (video: mean of frame [CLS] projections, then normalised)",
+    "embed": "cosine of L2-normalised VTC embeddings (video: the model's pooling of its frames, then normalised)",
     "frame_sim": "mean over frames of the cosine of each L2-normalised frame [CLS] projection with the text embedding",
 }
 DSL_SCALE = 100.0  # dual softmax: inverse temperature (CAMoE / CLIP4Clip's 100)

@@ -17,12 +17,7 @@ from .common import all_gather_with_grad
 
 
 def vtc_loss(
-    video_feat: torch.Tensor,
-    text_feat: torch.Tensor,
-    temp: torch.Tensor,
-    positives: torch.Tensor | None = None,
-    reversed_feat: torch.Tensor | None = None,
-    reversed_weight: float = 1.0,
+    video_feat: torch.Tensor, text_feat: torch.Tensor, temp: torch.Tensor, positives: torch.Tensor | None = None
 ):
     """Symmetric InfoNCE. video_feat, text_feat: [b, E] L2-normalised, this rank's rows.
 
@@ -31,10 +26,7 @@ def vtc_loss(
     then gives exactly the gradient of the global loss). `positives` [Bg, Bg] bool (diagonal
     set) marks further positive pairs, e.g. two rows of the same clip with different captions:
     the target of each row is then uniform over its positives (ALBEF's retrieval fine-tuning),
-    which equals plain InfoNCE when only the diagonal is set. `reversed_feat` [b, E]: each row's own
-    clip played backwards; adds `reversed_weight` x the 2-way cross-entropy of each text choosing its clip over the clip
-    reversed (a separate term: as one more InfoNCE column among Bg it got ~1/Bg of the gradient, and
-    the tiny quickstart's reversal accuracy stayed at chance for 300 steps).
+    which equals plain InfoNCE when only the diagonal is set.
     Returns (loss, sim) with sim the detached [Bg, Bg] video-to-text logits (row = video, column =
     text), for negative mining.
     """
@@ -47,12 +39,20 @@ def vtc_loss(
     else:
         target = positives.float() / positives.float().sum(1, keepdim=True)  # symmetric: same for sim.T
         loss = (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target)) / 2
-    if reversed_feat is not None:  # arrow of time: each text against its clip and the clip reversed, 2-way
-        r = all_gather_with_grad(reversed_feat).float()
-        margin = ((t * v).sum(-1) - (t * r).sum(-1)) / temp.float()
-        # reversed_weight x the cross-entropy of "forward" among {forward, reversed}
-        loss = loss + reversed_weight * F.softplus(-margin).mean()
     return loss, sim.detach()
+
+
+def reversed_vtc_term(
+    video_feat: torch.Tensor, text_feat: torch.Tensor, reversed_feat: torch.Tensor, temp: torch.Tensor
+) -> torch.Tensor:
+    """The arrow-of-time term (temporal.py): the 2-way cross-entropy of each text choosing its clip over the
+    same clip played backwards, over the global batch. video_feat, text_feat, reversed_feat: [b, E] normalised.
+    A term of its own: as one more InfoNCE column among Bg it would get ~1/Bg of the gradient."""
+    v = all_gather_with_grad(video_feat).float()
+    t = all_gather_with_grad(text_feat).float()
+    r = all_gather_with_grad(reversed_feat).float()
+    margin = ((t * v).sum(-1) - (t * r).sum(-1)) / temp.float()
+    return F.softplus(-margin).mean()
 
 
 @torch.no_grad()

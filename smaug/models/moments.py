@@ -1,5 +1,5 @@
 """The order-aware part of the video embedding: temporal moments of the frame features, of where things
-are in each frame, and of where the salient part of each frame is (issue 11: motion).
+are in each frame, and of where the salient part of each frame is: the temporal moments pooling (temporal.py).
 
 Like every model file, it is copied byte for byte into HF exports (`smaug.hf.MODEL_CODE_FILES`).
 
@@ -130,11 +130,10 @@ class TemporalMoments(nn.Module):
         `grid` x `grid` patch layout.
 
         The mean on the unit sphere, the moments at most `weight` long (eps=1: x / max(|x|, 1), so a static
-        clip's ~0 moments stay ~0): appearance keeps most of the embedding (added raw, the reversal term grew
-        the moments until colour fell to chance in the quickstart). The moments read the encoder's tokens
-        without gradient: a linear readout of what the frames hold (with gradient, the arrow-of-time term
-        reshaped the per-frame features and colour fell to chance: quickstart, 300 steps, motion 76.5%,
-        colour 32%; detached: motion 99.5%)."""
+        clip's ~0 moments stay ~0): appearance keeps most of the embedding (added raw, an arrow-of-time term can
+        grow the moments until they drown it). The moments read the encoder's tokens without gradient: a linear
+        readout of what the frames hold, so an arrow-of-time term cannot reshape the per-frame features at the
+        expense of appearance (docs/experiments.md has the ablations)."""
         patches = tokens[:, :, 1:].detach()
         xy = spatial_moments(patches, ids, self.grid) if self.spatial else None
         centre = saliency_centroid(patches, ids, self.grid) if self.centroid else None

@@ -291,12 +291,12 @@ def init_config(cfg, vision_init: str | None, text_init: str | None, explicit: d
                 raise InitError(
                     f"{label}: the checkpoint has {field}={theirs}, the model config has "
                     f"{field}={getattr(cfg, field)}; choose the matching model.preset or set "
-                    f"model.overrides.{field}"
+                    f"model.{field}"
                 )
         for field, value in t.derived.items():
             if field in explicit and not _same(explicit[field], value):
                 raise InitError(
-                    f"model.overrides.{field}={explicit[field]!r} contradicts {label}, which needs "
+                    f"model.{field}={explicit[field]!r} contradicts {label}, which needs "
                     f"{field}={value!r}; remove the override"
                 )
         updates.update(t.derived)

@@ -2,15 +2,19 @@
 Singularity-style baseline as a config switch.
 
     video [B, T, 3, H, W] uint8 --normalise--> ViT per frame (MAE masking, EViT sparsification)
-        -> frame tokens [B, T, 1 + n, Dv] --(frame [CLS] -> temporal blocks -> vision_proj)--> frame_feat / video_feat
-    text [B, L] --BERT layers [0, fusion_layer)--> text_hidden [B, L, Dt] --([CLS] -> text_proj)--> text_feat
+        -> frame tokens [B, T, 1 + n, Dv] --frame [CLS] -> vision_proj--> frame_feat [B, T, E]
+        --video_pooling (the mean of frames)--> video_feat [B, E]
+    text [B, L] --BERT layers [0, fusion_layer)--> text_hidden [B, L, Dt] --[CLS] -> text_proj--> text_feat [B, E]
     VTC  video_feat x text_feat over the global batch
     VTM  text-guided frame selection -> fusion layers (cross-attention) -> vtm_head, 1 pos + 2 neg pairs
-         (negatives uniform until VTM beats its prior, then hard: `vtm_negatives`)
+         (negatives mined from the VTC similarities, or uniform: `vtm_negatives`)
     MLM  masked text -> BERT text layers -> fusion with the positive pair's frames -> tied MLM head
     MVM  MAE decoder on the encoder tokens -> normalised pixels of masked patches
 
-`dense=True` (mask_ratio 0, no sparsification, all frames to fusion, no MVM) is the baseline.
+`dense=True` (mask_ratio 0, no sparsification, all frames to fusion, no MVM) is the baseline. The temporal
+extensions (temporal blocks, temporal moments, the arrow-of-time and order-blind VTC terms) live in
+temporal.py and moments.py: the model builds them only when a temporal knob is on, and they act through the
+pooling component and one hook (`TemporalExtension.vtc_terms`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from .frame_selection import FrameSelector
 from .losses import mlm_loss, mvm_loss, sample_negatives, vtc_loss, vtm_loss
 from .mae_decoder import MAEDecoder, patchify
 from .moments import TemporalMoments
-from .temporal import TemporalEncoder
+from .temporal import TemporalExtension, wanted
 from .text_encoder import TextEncoder, mask_tokens
 from .video_encoder import VideoEncoder
 from .vit_blocks import ACTIVATIONS, FAMILIES
@@ -48,25 +52,6 @@ class SmaugConfig:
     vision_mlp_ratio: float = 4.0  # ViT MLP hidden = ratio * width
     vision_qkv_bias: bool = True  # qkv bias, as ViT-B/16 (timm, MAE, CLIP); BEiT: q and v biases
     drop_path_rate: float = 0.1  # stochastic depth, linear over the blocks
-    temporal_layers: int = 0  # transformer blocks across frames on top of the encoder (smaug/models/temporal.py); 0 =
-    # none: the video feature is the mean of per-frame features, which combines frames additively
-    temporal_scope: str = "cls"  # what those blocks attend over: "cls" (the T frame [CLS] tokens, Singularity-temporal)
-    # or "all" (every token of every frame: joint space-time attention; sees where objects go)
-    temporal_moments: int = 1  # moments over time (orthogonal polynomials) in the video embedding: 1 = the mean of
-    # frame features only (blind to frame order); 2 adds "late minus early" (the direction things move), 3 a curvature
-    moments_weight: float = 0.5  # the moments' share of the video embedding: unit(mean) + at most weight * unit
-    moments_xy: bool = False  # temporal moments also of the patch tokens' spatial moments (where things are in each
-    # frame, `temporal.spatial_moments`), so the embedding reads where things go without the [CLS] learning positions
-    moments_centroid: bool = False  # temporal moments also of where the salient part of each frame is
-    # (`temporal.saliency_centroid`, 2 numbers a frame): its moment 1 is the velocity, free of what moves, so the
-    # direction read on some colour-shape pairs holds for unseen ones (the quickstart's held-out motion: 66 -> 99.5%)
-    vtc_reversed: float = 0.0  # weight of VTC's arrow-of-time term: each text also scored against its own clip played
-    # backwards, a negative, for one more encoder forward without gradient (0 = off). Teaches the moments and the
-    # text the direction of motion; only where captions name directions (the synthetic corpus: 0.1). Needs
-    # temporal_moments > 1 or temporal_layers > 0
-    vtc_static: float = 1.0  # with temporal_moments > 1: weight of a second VTC term on the order-blind part alone
-    # (moment 0, the mean of frames), so appearance keeps the full contrastive signal once motion separates part of
-    # the batch (without it the tiny quickstart learnt motion to 98-100% and colour only to 31-72% on unseen pairs)
     # block family and options; set from the checkpoint by `pretrained.init_config` (model.vision_init)
     vision_family: str = "vit"  # "vit" (timm ViT: augreg, MAE), "clip" (timm CLIP: norm_pre, no patch bias), "beit"
     vision_act: str = "gelu"  # ViT MLP activation: "gelu" or "quick_gelu" (OpenAI CLIP's quickgelu architectures)
@@ -114,16 +99,35 @@ class SmaugConfig:
     temp_max: float = 0.5  # VTC temperature clamp, high end
     # VTM negatives: "hard" = mined from the VTC similarities (ALBEF/BLIP, the paper); "uniform" = any
     # other sample; "auto" = uniform until VTM clearly beats its label prior, then hard for good (the
-    # trainer switches when the pair accuracy over a log window reaches vtm_switch_acc). Hard negatives
-    # from a random init keep VTM at its prior (pair accuracy 2/3), so "auto" is the default.
+    # trainer's curriculum switches when the pair accuracy over a log window reaches vtm_switch_acc). Hard
+    # negatives from a random init keep VTM at its prior (pair accuracy 2/3), so "auto" is the default.
     vtm_negatives: str = "auto"
-    vtm_switch_acc: float = 0.9  # "auto": pair accuracy on uniform negatives that switches to hard (the prior, always
-    # "no match", scores 2/3). At 0.8 the tiny quickstart switched at step ~130 and VTM fell back to its prior for the rest
-    # of the run: its hard negatives differ mostly in motion, which the model had not learned yet
+    vtm_switch_acc: float = 0.9  # "auto": pair accuracy on uniform negatives that starts hard ones (the prior, always
+    # "no match", scores 2/3); too low a bar starts them before the features separate the hard pairs
     w_vtc: float = 1.0  # loss weight: video-text contrastive
     w_vtm: float = 1.0  # loss weight: video-text matching
     w_mlm: float = 1.0  # loss weight: masked language modelling
     w_mvm: float = 1.0  # loss weight: masked video modelling (MAE pixels); no decoder is built when 0
+    # ---- temporal extensions (temporal.py, moments.py): off in the paper's model ----
+    temporal_layers: int = 0  # transformer blocks across frames on top of the frame encoder; 0 = none (the paper:
+    # frames are encoded on their own and the clip is the mean of its frames, the same for a motion and its reverse)
+    temporal_scope: str = "cls"  # what those blocks attend over: "cls" (the T frame [CLS] tokens, Singularity-temporal)
+    # or "all" (every token of every frame: joint space-time attention; sees where objects go)
+    temporal_moments: int = 1  # moments over time (orthogonal polynomials) in the video embedding: 1 = the mean of
+    # frame features only (blind to frame order); 2 adds "late minus early" (the direction things move), 3 a curvature
+    moments_weight: float = 0.5  # the moments' share of the video embedding: unit(mean) + at most weight * unit
+    moments_xy: bool = False  # temporal moments also of the patch tokens' spatial moments (where things are in each
+    # frame, `moments.spatial_moments`), so the embedding reads where things go without the [CLS] learning positions
+    moments_centroid: bool = False  # temporal moments also of where the salient part of each frame is
+    # (`moments.saliency_centroid`, 2 numbers a frame): its moment 1 is a velocity, free of what moves, so a direction
+    # learned on some objects holds for unseen ones
+    vtc_reversed: float = 0.0  # weight of VTC's arrow-of-time term: each text also scored against its own clip played
+    # backwards, a negative, for one more encoder forward without gradient (0 = off). Teaches the order-aware readout
+    # and the text the direction of motion; only where captions name directions. Needs temporal_moments > 1 or
+    # temporal_layers > 0
+    vtc_static: float = 1.0  # with temporal_moments > 1: weight of a second VTC term on the order-blind part alone
+    # (moment 0, the mean of frames), so appearance keeps the full contrastive signal once motion separates part of
+    # the batch
 
     def __post_init__(self):
         self.sparsify_layers = tuple(sorted(set(int(i) for i in self.sparsify_layers)))
@@ -215,8 +219,7 @@ class SmaugConfig:
 
 PRESETS: dict[str, dict] = {
     "base": {},  # the dataclass defaults: ViT-B/16 224px, BERT-base 9+3, 2 of 4 frames, keep 0.7 at blocks 3/6/9
-    # CPU tests + quickstart: 7x7 patches, 12 visible per frame; fwd+bwd at batch 8 on 2 cores ~0.25 s (dense ~0.35 s).
-    # A run config's data.image_size must equal a preset's image_size (refused otherwise); the frame count is the
+    # CPU tests + quickstart: 7x7 patches, 12 visible per frame. A run config's data.image_size must equal a preset's image_size (refused otherwise); the frame count is the
     # data's (data.num_frames), so no preset sets it
     "tiny": dict(
         image_size=112,
@@ -240,10 +243,6 @@ PRESETS: dict[str, dict] = {
         embed_dim=128,
     ),
 }
-
-
-# The regions of a training forward that `SmaugModel.compile_step` compiles, each a full graph.
-COMPILED_REGIONS = ("forward_video", "forward_reversed", "encode_text", "vtm_logits", "forward_mlm", "forward_mvm")
 
 
 @dataclass
@@ -276,6 +275,35 @@ def inward_clamp(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     return _InwardClamp.apply(x, lo, hi)
 
 
+class MeanPooling(nn.Module):
+    """The paper's clip embedding: the mean of the frames' projected [CLS]. The pooling interface:
+    embed(frame_feat [B, T, E], tokens [B, T, 1 + n, Dv], ids [B, T, n]) -> [B, E] unnormalised."""
+
+    def embed(self, frame_feat: torch.Tensor, tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return frame_feat.mean(1)
+
+
+def video_pooling(cfg) -> nn.Module:
+    """The pooling component: the mean of frames, or with `temporal_moments` > 1 the mean plus the moments over
+    time (moments.py, a temporal extension)."""
+    if cfg.temporal_moments <= 1:
+        return MeanPooling()
+    grid = cfg.image_size // cfg.patch_size
+    return TemporalMoments(
+        cfg.vision_width,
+        cfg.embed_dim,
+        cfg.temporal_moments,
+        cfg.moments_xy,
+        cfg.moments_centroid,
+        cfg.moments_weight,
+        grid,
+    )
+
+
+# Checkpoints written before `video_pooling` hold the moments under this prefix (see upgrade_state_dict).
+_OLD_POOLING = "temporal_moments."
+
+
 class SmaugModel(nn.Module):
     """The SMAUG model (or the dense baseline). `forward(batch) -> SmaugOutput`.
 
@@ -287,13 +315,7 @@ class SmaugModel(nn.Module):
         super().__init__()
         self.config = cfg = config
         self.video_encoder = VideoEncoder(cfg)
-        self.temporal = (
-            TemporalEncoder(
-                cfg.vision_width, cfg.temporal_layers, cfg.vision_heads, cfg.num_frames, cfg.vision_mlp_ratio
-            )
-            if cfg.temporal_layers
-            else None
-        )
+        self.temporal = TemporalExtension(cfg) if wanted(cfg) else None  # temporal.py; None in the paper's model
         self.text_encoder = TextEncoder(cfg)
         self.mae_decoder = MAEDecoder(cfg) if cfg.mask_ratio > 0 and cfg.w_mvm > 0 else None
         self.frame_selector = (
@@ -302,19 +324,7 @@ class SmaugModel(nn.Module):
             else None
         )
         self.vision_proj = nn.Linear(cfg.vision_width, cfg.embed_dim)
-        self.temporal_moments = (
-            TemporalMoments(
-                cfg.vision_width,
-                cfg.embed_dim,
-                cfg.temporal_moments,
-                cfg.moments_xy,
-                cfg.moments_centroid,
-                cfg.moments_weight,
-                cfg.image_size // cfg.patch_size,
-            )
-            if cfg.temporal_moments > 1
-            else None
-        )
+        self.video_pooling = video_pooling(cfg)
         self.text_proj = nn.Linear(cfg.text_width, cfg.embed_dim)
         # BERT cross-attention keys/values take hidden_size inputs: map video tokens to Dt if needed
         self.video_to_text = (
@@ -323,17 +333,26 @@ class SmaugModel(nn.Module):
         self.vtm_head = nn.Linear(cfg.text_width, 1)
         # log temperature, shape [1] (DeepSpeed cannot broadcast 0-d parameters); `temp` is the value in use
         self.vtc_log_temp = nn.Parameter(torch.full((1,), math.log(cfg.temp_init)))
-        # VTM negatives in use (the trainer flips "auto" to hard once VTM beats its prior; checkpointed there)
-        self.vtm_hard = cfg.vtm_negatives == "hard"
-        # MAE mask ratio of training forwards (the trainer sets 0 for train.unmasked_tail_steps); eval uses 0
-        self.train_mask_ratio = cfg.mask_ratio
         for m in (self.vision_proj, self.text_proj, self.video_to_text, self.vtm_head):
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
         self._pixel_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # see pixel_stats()
-        self._compiled: dict = {}  # compile_step(): region name -> its torch.compile'd method (training forwards)
-        self.static_text_len: int | None = None  # compile_step(): captions padded to this length (static shapes)
+        self._register_load_state_dict_pre_hook(self._upgrade_on_load)
+
+    @staticmethod
+    def upgrade_state_dict(sd: dict) -> dict:
+        """A state dict written before `video_pooling` (the moments under `temporal_moments.`) in today's names."""
+        if not any(k.startswith(_OLD_POOLING) for k in sd):
+            return sd
+        return {
+            ("video_pooling." + k[len(_OLD_POOLING) :] if k.startswith(_OLD_POOLING) else k): v for k, v in sd.items()
+        }
+
+    def _upgrade_on_load(self, state_dict, prefix, *args) -> None:
+        old = prefix + _OLD_POOLING
+        for k in [k for k in state_dict if k.startswith(old)]:
+            state_dict[prefix + "video_pooling." + k[len(old) :]] = state_dict.pop(k)
 
     # ------------------------------------------------------------------ encoders
     @property
@@ -366,49 +385,17 @@ class SmaugModel(nn.Module):
 
     def forward_video(self, video: torch.Tensor, mask_ratio: float | None = None):
         """video: [B, T, 3, H, W] -> (VideoEncoderOutput, frame_tokens [B, T, 1 + n, Dv], video_feat [B, E],
-        frame_feat [B, T, E]). frame_tokens = the encoder's tokens after the temporal blocks (each frame's
-        [CLS], or every token with temporal_scope "all"; what fusion sees); `enc.tokens` stays per frame
-        (what the MAE decoder sees).
-        mask_ratio None = train_mask_ratio (config.mask_ratio) in training, 0 in eval."""
-        enc = self.video_encoder(
-            self.normalize_video(video), self.mask_ratio_now() if mask_ratio is None else mask_ratio
-        )
-        tokens = self.temporal_tokens(enc.tokens)
-        feat = self.vision_proj(tokens[:, :, 0])  # [B, T, E]
-        video = self.video_embedding(enc, tokens, feat)
-        return enc, tokens, F.normalize(video, dim=-1), F.normalize(feat, dim=-1)
-
-    def forward_reversed(self, video: torch.Tensor) -> torch.Tensor:
-        """The VTC embedding [B, E] of each clip played backwards (video normalised, [B, T, 3, H, W]). The
-        encoder runs without gradient (about a third of the cost of a second training forward): the
-        arrow-of-time term teaches the order-aware readout (temporal blocks, moments) and the text, not the
-        per-frame encoder."""
-        with torch.no_grad():
-            enc = self.video_encoder(video.flip(1), self.mask_ratio_now())
-        tokens = self.temporal_tokens(enc.tokens)
-        return F.normalize(self.video_embedding(enc, tokens), dim=-1)
-
-    def mask_ratio_now(self) -> float:
-        """The MAE mask ratio of a forward now: train_mask_ratio in training (0 in the unmasked tail), 0 in eval."""
-        return self.train_mask_ratio if self.training else 0.0
-
-    def temporal_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens: [B, T, 1 + n, Dv] per-frame encoder tokens -> the same after the temporal blocks (if any)."""
-        if self.temporal is not None and self.config.temporal_scope == "all":
-            tokens = self.temporal(tokens)
-        elif self.temporal is not None:
-            tokens = torch.cat([self.temporal(tokens[:, :, :1]), tokens[:, :, 1:]], dim=2)
-        return tokens
-
-    def video_embedding(self, enc, tokens: torch.Tensor, frame_feat: torch.Tensor | None = None) -> torch.Tensor:
-        """Unnormalised clip embedding [B, E]: the mean of the frames' projected [CLS] (moment 0), plus the
-        higher temporal moments when `temporal_moments` > 1. tokens: [B, T, 1 + n, Dv] after temporal blocks."""
-        if frame_feat is None:
-            frame_feat = self.vision_proj(tokens[:, :, 0])  # [B, T, E]
-        if self.temporal_moments is None:
-            return frame_feat.mean(1)
+        frame_feat [B, T, E]). `enc.tokens` are the frame encoder's output (what the MAE decoder reads);
+        frame_tokens the same after the temporal blocks, if any (what fusion reads); feats L2-normalised.
+        mask_ratio None: config.mask_ratio in training, 0 in eval."""
+        if mask_ratio is None:
+            mask_ratio = self.config.mask_ratio if self.training else 0.0
+        enc = self.video_encoder(self.normalize_video(video), mask_ratio)
+        tokens = enc.tokens if self.temporal is None else self.temporal.tokens(enc.tokens)
+        frame_feat = self.vision_proj(tokens[:, :, 0])  # [B, T, E]
         B, T = tokens.shape[:2]
-        return self.temporal_moments.embed(frame_feat, tokens, enc.ids.view(B, T, -1))
+        video_feat = self.video_pooling.embed(frame_feat, tokens, enc.ids.view(B, T, -1))
+        return enc, tokens, F.normalize(video_feat, dim=-1), F.normalize(frame_feat, dim=-1)
 
     def encode_video(self, video: torch.Tensor):
         """-> frame_tokens [B, T, 1 + n, Dv], video_feat [B, E], frame_feat [B, T, E] (normalised)."""
@@ -453,12 +440,13 @@ class SmaugModel(nn.Module):
         attention_mask,
         sim: torch.Tensor,
         seed: int,
+        hard: bool,
         same_sample: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """1 positive + 2 negatives per sample (one video per text, one text per video), drawn from
-        the global batch (uniformly, or mined from the VTC similarities `sim` [Bg, Bg] when
-        `vtm_hard`); negatives may live on other ranks. Never a negative: the same sample
-        (`same_sample` [Bg, Bg]) or an identical caption.
+        the global batch (mined from the VTC similarities `sim` [Bg, Bg] when `hard`, else uniformly);
+        negatives may live on other ranks. Never a negative: the same sample (`same_sample` [Bg, Bg])
+        or an identical caption.
         Returns (loss, pair accuracy of this rank's 3b pairs, detached)."""
         b = frame_tokens.shape[0]
         rank, _ = world()
@@ -471,14 +459,14 @@ class SmaugModel(nn.Module):
         if same_sample is not None:
             same = same | same_sample
         gen = torch.Generator(device=sim.device).manual_seed(seed)
-        neg_text, neg_video = sample_negatives(sim, same, gen, hard=self.vtm_hard)
+        neg_text, neg_video = sample_negatives(sim, same, gen, hard=hard)
         nt, nv = neg_text[rank * b : (rank + 1) * b], neg_video[rank * b : (rank + 1) * b]
         # index_select, not x[idx]: its backward (index_add) is deterministic on CPU, while
         # x[idx] backward (index_put_ accumulate) uses parallel float atomics for repeated indices
         ft, ff, th, tf, am_neg = (
             x.index_select(0, i) for x, i in ((ft, nv), (ff, nv), (th, nt), (tf, nt), (am_all, nt))
         )
-        logits = self.region("vtm_logits")(
+        logits = self.vtm_logits(
             torch.cat([frame_tokens, ft, frame_tokens]),
             torch.cat([frame_feat, ff, frame_feat]),
             torch.cat([text_hidden, text_hidden, th]),
@@ -491,9 +479,13 @@ class SmaugModel(nn.Module):
         acc = ((logits.detach() > 0).float() == labels).float().mean()
         return vtm_loss(logits, labels), acc
 
-    def forward_mlm(self, input_ids, attention_mask, frame_tokens, frame_feat, text_feat) -> torch.Tensor:
+    def forward_mlm(
+        self, input_ids, attention_mask, frame_tokens, frame_feat, text_feat, static: bool = False
+    ) -> torch.Tensor:
         """Masked captions through the text layers, then fused with the positive pair's selected frames
-        (frame_tokens [B, T, N, Dv], frame_feat [B, T, E], text_feat [B, E] of the unmasked caption)."""
+        (frame_tokens [B, T, N, Dv], frame_feat [B, T, E], text_feat [B, E] of the unmasked caption).
+        The MLM head reads only the masked positions (a host sync), or with `static` every position with
+        the others' labels ignored (fixed shapes, for a compiled step)."""
         cfg = self.config
         fusion_video = self.select_frames(frame_tokens, frame_feat, text_feat)  # [B, k * N, Dt]
         masked, labels = mask_tokens(
@@ -506,9 +498,9 @@ class SmaugModel(nn.Module):
         )
         hidden = self.text_encoder.forward_text(masked, attention_mask)
         hidden = self.text_encoder.forward_fusion(hidden, attention_mask, fusion_video)
-        if torch.compiler.is_compiling():  # static shapes: every position through the head, the -100s ignored
+        if static:
             return mlm_loss(self.text_encoder.mlm_logits(hidden.flatten(0, 1)), labels.flatten())
-        sel = labels != -100  # eager: only the masked positions (a host sync, ~1/3 of the head's work)
+        sel = labels != -100
         return mlm_loss(self.text_encoder.mlm_logits(hidden[sel]), labels[sel])
 
     def forward_mvm(self, video: torch.Tensor, enc) -> torch.Tensor:
@@ -518,46 +510,46 @@ class SmaugModel(nn.Module):
         target = patchify(video.flatten(0, 1), self.config.patch_size)
         return mvm_loss(pred, target, enc.mask, self.config.norm_pix_loss)
 
-    def forward(self, batch: dict) -> SmaugOutput:
-        """batch: video uint8 [B, T, 3, H, W], input_ids / attention_mask [B, L] (other keys ignored)."""
+    def forward(self, batch: dict, mask_ratio: float | None = None, vtm_hard: float | None = None) -> SmaugOutput:
+        """One pre-training forward. batch: video uint8 [B, T, 3, H, W], input_ids / attention_mask [B, L],
+        optional sample_id [B] (other keys ignored). The trainer passes the state it owns: `mask_ratio`, the MAE
+        mask ratio of this step (None: config.mask_ratio in training, 0 in eval, as dropout), and `vtm_hard`, the share
+        of rows whose VTM negatives are mined (True/False: all/none; None: all if config.vtm_negatives == "hard",
+        else none; the curriculum decides for "auto")."""
         cfg = self.config
-        # first draw of the step: ranks seeded alike draw the same negatives as one process would
-        seed = draw_seed()
+        if mask_ratio is None:  # resolved here: the temporal extensions' reversed clip is masked alike
+            mask_ratio = cfg.mask_ratio if self.training else 0.0
+        vtm_hard = cfg.vtm_negatives == "hard" if vtm_hard is None else vtm_hard
+        seed = draw_seed()  # first draw of the step: ranks seeded alike draw the same negatives as one process would
         video = self.normalize_video(batch["video"])  # once; float input passes through
-        ids, am = pad_text_to_global_length(
-            batch["input_ids"], batch["attention_mask"], cfg.pad_token_id, self.static_text_len
-        )
-        enc, frame_tokens, video_feat, frame_feat = self.region("forward_video")(video)
-        text_hidden, text_feat = self.region("encode_text")(ids, am)
-        zero = video_feat.new_zeros((), dtype=torch.float32)
-        losses = dict(vtc=zero, vtm=zero, mlm=zero, mvm=zero)
-        metrics: dict[str, torch.Tensor] = {}
+        ids, am = pad_text_to_global_length(batch["input_ids"], batch["attention_mask"], cfg.pad_token_id)
+
+        # encoders: MAE-masked, sparsified frames; text
+        enc, frame_tokens, video_feat, frame_feat = self.forward_video(video, mask_ratio)
+        text_hidden, text_feat = self.encode_text(ids, am)
         same_sample = None
         if batch.get("sample_id") is not None:  # rows of one clip: VTC positives, never VTM negatives
             sid = all_gather_no_grad(batch["sample_id"])
             same_sample = sid[:, None] == sid[None, :]
 
-        reversed_feat = None
-        if cfg.vtc_reversed > 0 and video.shape[1] > 1:  # the clip played backwards (encoder without gradient)
-            reversed_feat = self.region("forward_reversed")(video)
-            with torch.no_grad():  # text prefers its clip over the clip reversed
-                metrics["rev_acc"] = ((text_feat * (video_feat - reversed_feat)).sum(-1) > 0).float().mean()
-        vtc, sim = vtc_loss(video_feat, text_feat, self.temp, same_sample, reversed_feat, cfg.vtc_reversed)
-        if self.temporal_moments is not None and cfg.vtc_static > 0:
-            # moment 0 alone must match the caption too: the embedding the default (order-blind) model trains
-            static = F.normalize(self.vision_proj(frame_tokens[:, :, 0]).mean(1), dim=-1)  # [B, E]
-            vtc0, _ = vtc_loss(static, text_feat, self.temp, same_sample)
-            metrics["vtc_static"] = vtc0.detach()
-            vtc = vtc + cfg.vtc_static * vtc0
+        # losses
+        zero = video_feat.new_zeros((), dtype=torch.float32)
+        losses = dict(vtc=zero, vtm=zero, mlm=zero, mvm=zero)
+        metrics: dict[str, torch.Tensor] = {}
+        vtc, sim = vtc_loss(video_feat, text_feat, self.temp, same_sample)
+        if self.temporal is not None:  # the temporal extensions' VTC terms (temporal.py)
+            vtc = self.temporal.vtc_terms(
+                self, vtc, video, mask_ratio, video_feat, text_feat, frame_tokens, same_sample, metrics
+            )
         losses["vtc"] = vtc
         if cfg.w_vtm > 0:
             losses["vtm"], metrics["vtm_acc"] = self.forward_vtm(
-                frame_tokens, frame_feat, text_hidden, text_feat, ids, am, sim, seed, same_sample
+                frame_tokens, frame_feat, text_hidden, text_feat, ids, am, sim, seed, vtm_hard, same_sample
             )
         if cfg.w_mlm > 0:
-            losses["mlm"] = self.region("forward_mlm")(ids, am, frame_tokens, frame_feat, text_feat)
+            losses["mlm"] = self.forward_mlm(ids, am, frame_tokens, frame_feat, text_feat)
         if self.mae_decoder is not None and enc.mask is not None:
-            losses["mvm"] = self.region("forward_mvm")(video, enc)
+            losses["mvm"] = self.forward_mvm(video, enc)
         loss = sum(getattr(cfg, f"w_{k}") * v for k, v in losses.items())
 
         T, n_out = enc.tokens.shape[1], enc.tokens.shape[2] - 1
@@ -569,29 +561,6 @@ class SmaugModel(nn.Module):
             fusion_tokens=float(k * (n_out + 1)),
         )  # host numbers: no GPU sync
         return SmaugOutput(loss, losses, stats, metrics)
-
-    # ------------------------------------------------------------------ compiled step
-    def compile_step(self, mode: str = "default", text_len: int | None = None, backend: str = "inductor") -> None:
-        """torch.compile the training forward, region by region (`COMPILED_REGIONS`): each region is one
-        graph with no graph break (fullgraph=True) and static shapes (dynamic=False), forward and backward.
-        Shapes are fixed per config: visible patches int(N * (1 - mask_ratio)), kept tokens after each
-        sparsify block (`video_encoder.token_schedule`), `select_frames` frames to fusion, captions padded
-        to `text_len` (the loader's max_text_len). Between the regions, eager: the all-gathers and the VTC
-        loss over the global batch, VTM negative sampling (a seeded generator) and the weighted sum.
-        mode: torch.compile's ("default", "reduce-overhead" = CUDA graphs, "max-autotune", ...); backend: torch.compile's
-        ("inductor"; "aot_eager" / "eager" trace the same graphs without generating kernels, to bisect a failure).
-        Evaluation (`model.eval()`) keeps running eager: its shapes (no masking, any batch) differ.
-        Random draws inside a region (MAE noise, Gumbel, MLM masking, dropout) come from inductor's
-        generator unless torch._inductor.config.fallback_random is set (the agreement test sets it)."""
-        kw = dict(fullgraph=True, dynamic=False, backend=backend)
-        if backend == "inductor":  # the other backends take no mode
-            kw["mode"] = None if mode == "default" else mode
-        self._compiled = {name: torch.compile(getattr(self, name), **kw) for name in COMPILED_REGIONS}
-        self.static_text_len = text_len
-
-    def region(self, name: str):
-        """The method `name` as a training forward runs it: compiled after `compile_step`, else eager."""
-        return self._compiled.get(name, getattr(self, name)) if self.training else getattr(self, name)
 
     # ------------------------------------------------------------------ trainer hooks
     def set_grad_checkpointing(self, enable: bool = True) -> None:

@@ -16,12 +16,8 @@ Token sparsification reuses the block's own attention pass: `vit_blocks.attentio
 k, v once, runs fused SDPA over all tokens, and gets the [CLS] attention row explicitly from the
 same q and k (softmax(q_cls k^T * scale + bias), one query per frame: O(n D), not O(n^2 D)); only
 sparsify blocks (and BEiT blocks, whose relative position bias is gathered by the tokens' `ids`)
-do this, the others run timm's own forward. Measured cost (`bench/cls_row.py`,
-forward of one block's attention module, median of 100 interleaved runs, CPU, 1 thread, torch
-2.14, on a shared 2-core box): ViT-B (768 wide, 12 heads), 16 frames x 50 tokens: SDPA 42.7 ms,
-SDPA + row 43.8 ms (+2.5%), SDPA + a second full attention-matrix pass 76.5 ms (+79%);
-16 x 197 tokens: +3.0% vs +90%; tiny (192 wide, 3 heads), 32 x 13 tokens: 1.59 vs 1.77 ms
-(+11%, small-kernel overhead) vs +95%. Reproduce with `python bench/cls_row.py 768 12 16 50`.
+do this, the others run timm's own forward. The row costs a few percent of the attention pass, a second full
+attention-matrix pass would nearly double it (`bench/cls_row.py`; figures in docs/experiments.md).
 
 Pretrained weights load through `smaug.models.pretrained` (timm key names, strict, with a report).
 """

@@ -1,4 +1,4 @@
-"""Multi-tensor versions of DeepSpeed's per-parameter host work (issue 17), installed by the trainer and the
+"""Multi-tensor versions of DeepSpeed's per-parameter host work, installed by the trainer and the
 bench before `deepspeed.initialize` (`install()`; `ds_configs/README.md` documents it).
 
 ZeRO-1/2's gradient-clipping norm (`DeepSpeedZeroOptimizer.get_grad_norm_direct`) casts every gradient to

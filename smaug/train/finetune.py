@@ -41,6 +41,7 @@ def run_step(cmd: list[str], what: str, tag: str = "finetune") -> None:
 def init_config(init: str, tokenizer, out: Path) -> tuple[Path, str]:
     """Write the checkpoint's run config as OUT/init_config.yaml (the base of the fine-tuning config)."""
     from smaug.checkpoint import load_smaug_checkpoint
+    from smaug.config import flat_model_knobs
     from smaug.models.pretrained import VISION_DERIVED
 
     cfg, _, run_config, tok = load_smaug_checkpoint(init, tokenizer)
@@ -51,9 +52,11 @@ def init_config(init: str, tokenizer, out: Path) -> tuple[Path, str]:
     rc["model"].pop("init_from", None)
     # every weight comes from --init (model.init_from): the towers the run started from are not read again (a
     # hub name need not be in this machine's cache); what the vision tower fixed comes from the checkpoint's model
+    rc = flat_model_knobs(rc, f"checkpoint {init}")
     if rc["model"].pop("vision_init", None):
-        fixed = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(cfg).items() if k in VISION_DERIVED}
-        rc["model"]["overrides"] = {**(rc["model"].get("overrides") or {}), **fixed}
+        rc["model"].update(
+            {k: list(v) if isinstance(v, tuple) else v for k, v in vars(cfg).items() if k in VISION_DERIVED}
+        )
     rc["model"].pop("text_init", None)
     rc.get("ckpt", {}).pop("resume", None)
     rc["model"]["tokenizer"] = str(Path(tok).resolve()) if Path(tok).is_dir() else tok

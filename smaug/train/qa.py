@@ -45,6 +45,10 @@ class QATrainer(Trainer):
             )
         return model
 
+    def forward_state(self) -> dict:
+        """QAModel's forward takes the batch alone: no MAE masking, no VTM negatives."""
+        return {}
+
     def build_loader(self, seed: int, state):
         from smaug.data.qa_data import QATrainLoader, make_clip_source, read_qa
 

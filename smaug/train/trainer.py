@@ -26,6 +26,7 @@ from smaug.config import ConfigError, RunConfig, load_config, model_config, save
 from smaug.dist import init_distributed, world
 
 from . import engine_ops
+from .compile import pad_captions
 from .ds_config import build_ds_config, save_ds_config
 from .monitor import LOG, Monitor, device_peak_tflops, setup_logging
 from .optim import make_scheduler, param_groups
@@ -100,32 +101,103 @@ def _keep_rng(device):
 
 
 def compile_model(model, cfg: RunConfig, backend: str = "inductor") -> None:
-    """`train.compile` != none: the training forward compiled (`SmaugModel.compile_step`) in torch.compile's mode,
-    captions padded to data.max_text_len. Refused for a model whose forward runs no compiled region (QA). Called
-    before `deepspeed.initialize`: torch.compile traces at the first training forward, after the engine's casts."""
+    """`train.compile` != none: the training forward's regions compiled from outside the model
+    (`smaug.train.compile.apply_compile`) in torch.compile's mode. Refused for a model whose forward runs no compiled
+    region (QA). Called before `deepspeed.initialize`: torch.compile traces at the first training forward, after the
+    engine's casts."""
     if cfg.train.compile == "none":
         return
     from smaug.models import SmaugModel
+
+    from .compile import apply_compile
 
     if type(model).forward is not SmaugModel.forward:
         raise ConfigError(
             f"train.compile={cfg.train.compile}: only pre-training compiles its step; set train.compile=none"
         )
-    model.compile_step(cfg.train.compile, cfg.data.max_text_len, backend)
+    apply_compile(model, cfg.train.compile, backend)
+
+
+class VTMCurriculum:
+    """Which VTM negatives the model trains on (`SmaugConfig.vtm_negatives`): "hard" (mined) or "uniform" from the
+    start, or "auto": uniform until the pair accuracy averaged over the window since the last check (and over
+    ranks) reaches `vtm_switch_acc`, then hard for good. Checked at log steps (one host sync); the decision and
+    the open window are checkpointed, so a resumed run switches at the same step as an uninterrupted one."""
+
+    def __init__(self, mode: str, switch_acc: float):
+        self.mode, self.switch_acc = mode, switch_acc
+        self.hard = mode == "hard"  # what the next forward uses
+        self.hard_step = None  # step at which "auto" switched to hard
+        self.window = [0.0, 0]  # (sum of VTM pair accuracy, micro-batches) since the last check
+
+    def observe(self, vtm_acc: torch.Tensor) -> None:
+        """A micro-batch's pair accuracy on uniform negatives (a device scalar: no host sync)."""
+        if not self.hard:
+            self.window = [self.window[0] + vtm_acc.detach().float(), self.window[1] + 1]
+
+    def update(self, step: int, device, world_size: int) -> float | None:
+        """At a log step: switch to hard when the window's accuracy reaches the bar. Returns that accuracy if it
+        switched now, else None."""
+        total, n = self.window
+        if self.hard or self.mode != "auto" or n == 0:
+            return None
+        acc = torch.as_tensor(total, dtype=torch.float32, device=device).reshape(1) / n
+        if world_size > 1:
+            dist.all_reduce(acc)
+            acc /= world_size
+        acc = float(acc)
+        self.window = [0.0, 0]
+        if acc < self.switch_acc:
+            return None
+        self.hard, self.hard_step = True, step
+        return acc
+
+    def state_dict(self) -> dict:
+        return {"vtm_hard_step": self.hard_step, "vtm_window": [float(self.window[0]), self.window[1]]}
+
+    def load_state_dict(self, client: dict) -> None:
+        self.hard_step = client.get("vtm_hard_step")
+        self.window = list(client.get("vtm_window", self.window))
+        self.hard = self.hard or self.hard_step is not None
 
 
 class Trainer:
+    """The pre-training run: set-up in a few named steps (`__init__`), then `run()` (steps, checkpoints, evals).
+    A subclass swaps the model, the loader or the evaluation (`build_model`, `build_loader`, `evaluate`,
+    `forward_state`): smaug.train.qa's VideoQA fine-tuning."""
+
     def __init__(self, cfg: RunConfig):
-        import deepspeed
-
-        from smaug.data import load_tokenizer, tokenizer_fields
-
         self.cfg = cfg
         # First: a SIGTERM/SIGUSR1 during the set-up (Slurm's --signal may come early) is kept for the first step,
         # as is one that came during the imports (`python -m smaug.train` catches them from its first line)
         self.preempt = Preemption()
+        ds_cfg = self.setup_run()
+        found = ckpt.find_resume(self.out, cfg.ckpt.resume)
+        self.build_engine(found, ds_cfg)
+        peak, peak_source = self.seed_ranks()
+        loader_state = self.resume(found) if found is not None else None
+        seed = cfg.run.seed if loader_state is not None or self.step == 0 else cfg.run.seed + self.step
+        self.loader = self.build_loader(seed, loader_state)
+        self.batches = DevicePrefetcher(self.loader, self.device)  # the copy of batch i+1 overlaps step i
+        self.monitor = Monitor(
+            self.out, cfg, cfg.train.steps, self.step, self.is_main, peak, wandb_config=cfg.to_dict()
+        )
+        self.setup_gradient_guard(ds_cfg)
+        self._say(
+            f"world={self.world} device={self.device} params={sum(p.numel() for p in self.model.parameters()) / 1e6:.1f}M "
+            f"global_batch={cfg.data.batch_size * cfg.train.grad_accum * self.world} peak={peak:.1f} "
+            f"TFLOP/s ({peak_source})"
+        )
+
+    def setup_run(self) -> dict:
+        """Device, process group, the run's output dir (resolved config, DeepSpeed JSON, interrupted saves
+        removed), tokenizer and model config. Returns the DeepSpeed config, derived from the run config (a
+        mismatch is an error before any compute)."""
+        from smaug.data import load_tokenizer, tokenizer_fields
+
+        cfg = self.cfg
         kind = cfg.train.device if cfg.train.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        ds_cfg = build_ds_config(cfg, int(os.environ.get("WORLD_SIZE", 1)), kind)  # mismatch = error, before compute
+        ds_cfg = build_ds_config(cfg, int(os.environ.get("WORLD_SIZE", 1)), kind)
         self.rank, self.world, self.local_rank = setup_distributed(kind)
         self.device = torch.device(kind, self.local_rank) if kind == "cuda" else torch.device("cpu")
         self.is_main = self.rank == 0
@@ -139,10 +211,20 @@ class Trainer:
             if removed:
                 LOG.info(f"removed incomplete checkpoints: {removed}")
         dist.barrier()
-
         self.tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.text_init)  # text_init's own by default
         self.mcfg = model_config(cfg, **tokenizer_fields(self.tokenizer))
-        found = ckpt.find_resume(self.out, cfg.ckpt.resume)
+        self.curriculum = VTMCurriculum(self.mcfg.vtm_negatives, self.mcfg.vtm_switch_acc)
+        self.static_text = cfg.train.compile != "none"  # captions padded to data.max_text_len: static shapes
+        self.step, self.samples_seen, self.skipped_steps = 0, 0, 0
+        return ds_cfg
+
+    def build_engine(self, found, ds_cfg: dict) -> None:
+        """The model (initialised unless `found`, a checkpoint to resume, brings its weights), compiled on
+        request, in a DeepSpeed engine with its optimizer and LR schedule: `self.engine`, `self.model`
+        (the engine's module), `self.scheduler`."""
+        import deepspeed
+
+        cfg = self.cfg
         model = self.build_model(found)
         model.set_grad_checkpointing(cfg.model.grad_checkpointing)
         compile_model(model, cfg)  # before the engine: a refused config costs no engine build (compiling is lazy)
@@ -162,51 +244,43 @@ class Trainer:
         )
         self.model = self.engine.module
 
-        # Per-rank stream for masking/dropout/sampling (the engine broadcast rank 0's weights);
-        # measured before a resume restores the RNG, so the matmul probe cannot shift it.
-        torch.manual_seed(cfg.run.seed + 1000003 * self.rank)
+    def seed_ranks(self) -> tuple[float, str]:
+        """A stream per rank for masking / dropout / sampling (the engine broadcast rank 0's weights), and the
+        device's peak TFLOP/s for MFU, measured without moving that stream. Before a resume restores the RNG."""
+        torch.manual_seed(self.cfg.run.seed + 1000003 * self.rank)
         with _keep_rng(self.device):
-            peak, src = device_peak_tflops(self.device, cfg.log.peak_tflops)
-        self.step, self.samples_seen, self.skipped_steps = 0, 0, 0
-        self.vtm_hard_step = None  # step at which "auto" VTM negatives switched to hard
-        self._vtm_window = [0.0, 0]  # (sum of VTM pair accuracy, micro-batches) since the last curriculum check
+            return device_peak_tflops(self.device, self.cfg.log.peak_tflops)
+
+    def resume(self, found) -> dict | None:
+        """Engine, optimizer, scheduler and the trainer's state from checkpoint `found` (dir, tag). Returns this
+        rank's loader state, or None when the world size changed (the data streams then restart)."""
+        client = ckpt.load(self.engine, *found)
+        self.step = client["step"]
+        self.samples_seen = client["samples_seen"]
+        self.skipped_steps = client.get("skipped_steps", 0)
+        self.curriculum.load_state_dict(client)
         loader_state = None
-        if found is not None:
-            client = ckpt.load(self.engine, *found)
-            self.step = client["step"]
-            self.samples_seen = client["samples_seen"]
-            self.skipped_steps = client.get("skipped_steps", 0)
-            self.vtm_hard_step = client.get("vtm_hard_step")
-            self._vtm_window = list(client.get("vtm_window", self._vtm_window))
-            self.model.vtm_hard = self.model.vtm_hard or self.vtm_hard_step is not None
-            if client.get("world_size") == self.world:
-                mine = client["ranks"][self.rank]
-                loader_state = mine["loader"]
-                ckpt.set_rng_state(mine["rng"])
-            else:
-                # A different world size cannot continue the per-rank streams; start new ones
-                # seeded by the step so that no stream is replayed.
-                torch.manual_seed(cfg.run.seed + self.step + 1000003 * self.rank)
-                self._say(
-                    f"resumed with world size {self.world} != saved {client.get('world_size')}: "
-                    f"data streams restart (seed offset {self.step}), RNG re-seeded"
-                )
-            self._say(f"resumed from {found[0]}/{found[1]} at step {self.step}")
-        seed = cfg.run.seed if loader_state is not None or self.step == 0 else cfg.run.seed + self.step
-        self.loader = self.build_loader(seed, loader_state)
-        self.batches = DevicePrefetcher(self.loader, self.device)  # the copy of batch i+1 overlaps step i
-        self.monitor = Monitor(
-            self.out, cfg, cfg.train.steps, self.step, self.is_main, peak, wandb_config=cfg.to_dict()
-        )
-        self._say(
-            f"world={self.world} device={self.device} params={sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
-            f"global_batch={cfg.data.batch_size * cfg.train.grad_accum * self.world} peak={peak:.1f} TFLOP/s ({src})"
-        )
-        # Non-finite gradients with a finite loss. DeepSpeed's bf16 `check_grad_overflow` finds
-        # them with ~13 small kernels per parameter tensor (5,800 for SMAUG base, the largest host
-        # cost of its step), so the shipped JSON turns it off and this guard reads the grad norm
-        # DeepSpeed computes anyway for clipping: a device-side count, checked (one sync) when a
-        # record is logged and before every checkpoint, so a corrupted state is never saved.
+        if client.get("world_size") == self.world:
+            mine = client["ranks"][self.rank]
+            loader_state = mine["loader"]
+            ckpt.set_rng_state(mine["rng"])
+        else:
+            # A different world size cannot continue the per-rank streams; start new ones seeded by the step so
+            # that no stream is replayed.
+            torch.manual_seed(self.cfg.run.seed + self.step + 1000003 * self.rank)
+            self._say(
+                f"resumed with world size {self.world} != saved {client.get('world_size')}: "
+                f"data streams restart (seed offset {self.step}), RNG re-seeded"
+            )
+        self._say(f"resumed from {found[0]}/{found[1]} at step {self.step}")
+        return loader_state
+
+    def setup_gradient_guard(self, ds_cfg: dict) -> None:
+        """Non-finite gradients with a finite loss. DeepSpeed's bf16 `check_grad_overflow` finds them with ~13
+        small kernels per parameter tensor (the largest host cost of SMAUG base's step), so the shipped JSON turns
+        it off and this guard reads the grad norm DeepSpeed computes anyway for clipping: a device-side count,
+        checked (one sync) when a record is logged and before every checkpoint (`check_gradients`), so a
+        corrupted state is never saved."""
         bf16_check = bool(ds_cfg.get("bf16", {}).get("check_grad_overflow", True))
         self.ds_skips_overflow = bf16_check or not self.engine.bfloat16_enabled()
         self._bad_norm = torch.zeros((), dtype=torch.int64, device=self.device)
@@ -277,8 +351,9 @@ class Trainer:
             batch = next(it)
             wait += time.perf_counter() - t0
             batch.pop("__meta__", None)
-            self.model.train_mask_ratio = 0.0 if self.unmasked_tail else self.mcfg.mask_ratio
-            out = self.engine(batch)
+            if self.static_text:  # static shapes for a compiled step
+                batch = pad_captions(batch, self.cfg.data.max_text_len, self.mcfg.pad_token_id)
+            out = self.engine(batch, **self.forward_state())
             bad_local, bad, preempt_any = step_flags(out.loss, self.preempt.requested)
             preempt = preempt or preempt_any > 0
             if bad:
@@ -302,11 +377,8 @@ class Trainer:
             # losses stay on the device (no host sync per step); the monitor converts them when it logs
             for k, v in [("loss", out.loss), *out.losses.items(), *out.metrics.items()]:
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
-            if "vtm_acc" in out.metrics and not self.model.vtm_hard:  # the curriculum's evidence
-                self._vtm_window = [
-                    self._vtm_window[0] + out.metrics["vtm_acc"].detach().float(),
-                    self._vtm_window[1] + 1,
-                ]
+            if "vtm_acc" in out.metrics:  # the curriculum's evidence
+                self.curriculum.observe(out.metrics["vtm_acc"])
             for k, v in out.stats.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         scalars = {k: v / done for k, v in sums.items()}
@@ -318,8 +390,16 @@ class Trainer:
             scalars["grad_norm"] = norm
         scalars["lr"] = self.scheduler.get_last_lr()[0]
         scalars["temp"] = self.model.temp.detach().float()
-        scalars["vtm_hard"] = float(self.model.vtm_hard)
+        scalars["vtm_hard"] = float(self.curriculum.hard)
         return scalars, clips, flops, wait, preempt
+
+    def forward_state(self) -> dict:
+        """The training state the model's forward takes from the trainer: the MAE mask ratio of this step (0 in
+        the unmasked tail) and which VTM negatives to use."""
+        return {
+            "mask_ratio": 0.0 if self.unmasked_tail else self.mcfg.mask_ratio,
+            "vtm_hard": self.curriculum.hard,
+        }
 
     @property
     def unmasked_tail(self) -> bool:
@@ -327,21 +407,9 @@ class Trainer:
         return self.step >= self.cfg.train.steps - self.cfg.train.unmasked_tail_steps
 
     def update_vtm_curriculum(self) -> None:
-        """ "auto" VTM negatives: uniform until the pair accuracy averaged over the window since the last
-        check (and over ranks) reaches `vtm_switch_acc`, then hard for good. Checked at log steps (one
-        host sync); the decision and the open window are checkpointed, so a resumed run switches at the
-        same step as an uninterrupted one."""
-        total, n = self._vtm_window
-        if self.model.vtm_hard or self.mcfg.vtm_negatives != "auto" or n == 0:
-            return
-        acc = torch.as_tensor(total, dtype=torch.float32, device=self.device).reshape(1) / n
-        if self.world > 1:
-            dist.all_reduce(acc)
-            acc /= self.world
-        acc = float(acc)
-        self._vtm_window = [0.0, 0]
-        if acc >= self.mcfg.vtm_switch_acc:
-            self.model.vtm_hard, self.vtm_hard_step = True, self.step
+        """At a log step: let the VTM curriculum decide on hard negatives (one host sync)."""
+        acc = self.curriculum.update(self.step, self.device, self.world)
+        if acc is not None:
             self._say(
                 f"VTM pair accuracy {acc:.3f} >= {self.mcfg.vtm_switch_acc} on uniform negatives "
                 f"(prior 0.667): hard negatives from step {self.step + 1}"
@@ -378,8 +446,7 @@ class Trainer:
             "step": self.step,
             "samples_seen": self.samples_seen,
             "skipped_steps": self.skipped_steps,
-            "vtm_hard_step": self.vtm_hard_step,
-            "vtm_window": [float(self._vtm_window[0]), self._vtm_window[1]],
+            **self.curriculum.state_dict(),
             "config": self.cfg.to_dict(),
             "model_config": dataclasses.asdict(self.mcfg),
         }
