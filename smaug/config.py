@@ -24,7 +24,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from smaug.schema import ConfigError, build_section, check_type
+from smaug.schema import ConfigError, build_section, check_type, raise_all
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 # SmaugConfig fields the tokenizer fixes (smaug.data.tokenizer_fields), never set in a run config
@@ -257,9 +257,15 @@ def parse_override(item: str) -> dict:
 
 
 def load_config(
-    config_files: list[str], overrides: list[str] = (), output_dir: Optional[str] = None, config_cls: type = RunConfig
+    config_files: list[str],
+    overrides: list[str] = (),
+    output_dir: Optional[str] = None,
+    config_cls: type = RunConfig,
+    check_paths: bool = False,
 ) -> RunConfig:
-    """`config_cls`: RunConfig or a subclass with EXTRA_SECTIONS (validated like the others)."""
+    """`config_cls`: RunConfig or a subclass with EXTRA_SECTIONS (validated like the others). `check_paths`: also
+    check every path the run will read or write (the trainer's start). Every problem found is in the one
+    ConfigError: each section's first bad key, or else every cross-field and path problem."""
     from smaug.data import DataConfig  # local import keeps `smaug.config` light (no torch until needed)
 
     sections = {**SECTIONS, **config_cls.EXTRA_SECTIONS}
@@ -274,35 +280,45 @@ def load_config(
     elif not (tree.get("run") or {}).get("output_dir") and os.environ.get("SMAUG_OUTPUT"):
         tree = deep_merge(tree, {"run": {"output_dir": os.environ["SMAUG_OUTPUT"]}})
 
-    for k in tree:
-        if k not in sections and k != "data":
-            raise ConfigError(f"{k}: unknown section (known: {', '.join(['data', *sections])})")
-    secs = {
-        name: (model_section if name == "model" else partial(build_section, name, cls))(tree.get(name, {}) or {})
-        for name, cls in sections.items()
-    }
-    secs["data"] = build_section("data", DataConfig, tree.get("data", {}) or {})
+    problems = [
+        f"{k}: unknown section (known: {', '.join(['data', *sections])})"
+        for k in tree
+        if k not in sections and k != "data"
+    ]
+    secs = {}
+    for name, build in (
+        *((n, model_section if n == "model" else partial(build_section, n, cls)) for n, cls in sections.items()),
+        ("data", partial(build_section, "data", DataConfig)),
+    ):
+        try:
+            secs[name] = build(tree.get(name, {}) or {})
+        except ConfigError as e:
+            problems.append(str(e))
+    raise_all(problems)  # the cross-field checks need every section built
     cfg = config_cls(**secs)
-    validate(cfg)
+    validate(cfg, check_paths)
     return cfg
 
 
-def validate(cfg: RunConfig) -> None:
-    """Cross-field checks that a single dataclass cannot do."""
+def validate(cfg: RunConfig, check_paths: bool = False) -> None:
+    """Cross-field checks that a single dataclass cannot do, and with `check_paths` every file and folder the run
+    will need (`smaug.preflight.path_problems`). Every problem found is reported: one ConfigError, a line each."""
+    problems: list[str] = []
+    bad = problems.append
 
     if not cfg.run.output_dir:
-        raise ConfigError("run.output_dir: required (pass --out DIR or set $SMAUG_OUTPUT)")
+        bad("run.output_dir: required (pass --out DIR or set $SMAUG_OUTPUT)")
     o = cfg.optim
     if o.lr <= 0:
-        raise ConfigError(f"optim.lr: must be > 0, got {o.lr}")
+        bad(f"optim.lr: must be > 0, got {o.lr}")
     if not 0 <= o.min_lr <= o.lr:
-        raise ConfigError(f"optim.min_lr: must be in [0, optim.lr], got {o.min_lr}")
+        bad(f"optim.min_lr: must be in [0, optim.lr], got {o.min_lr}")
     if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
-        raise ConfigError(f"optim.betas: need two values in [0, 1), got {list(o.betas)}")
+        bad(f"optim.betas: need two values in [0, 1), got {list(o.betas)}")
     if o.warmup_steps < 0 or o.warmup_steps > cfg.train.steps:
-        raise ConfigError(f"optim.warmup_steps: must be in [0, train.steps={cfg.train.steps}], got {o.warmup_steps}")
+        bad(f"optim.warmup_steps: must be in [0, train.steps={cfg.train.steps}], got {o.warmup_steps}")
     if o.grad_clip < 0 or o.weight_decay < 0:
-        raise ConfigError("optim.grad_clip / optim.weight_decay: must be >= 0")
+        bad("optim.grad_clip / optim.weight_decay: must be >= 0")
     t = cfg.train
     for key, v in (
         ("train.steps", t.steps),
@@ -313,36 +329,42 @@ def validate(cfg: RunConfig) -> None:
         ("train.max_nonfinite", t.max_nonfinite),
     ):
         if v < 1:
-            raise ConfigError(f"{key}: must be >= 1, got {v}")
+            bad(f"{key}: must be >= 1, got {v}")
     if not 0 <= t.unmasked_tail_steps <= t.steps:
-        raise ConfigError(
-            f"train.unmasked_tail_steps: must be in [0, train.steps={t.steps}], got {t.unmasked_tail_steps}"
-        )
+        bad(f"train.unmasked_tail_steps: must be in [0, train.steps={t.steps}], got {t.unmasked_tail_steps}")
     if t.unmasked_tail_lr < 0:
-        raise ConfigError(f"train.unmasked_tail_lr: must be >= 0, got {t.unmasked_tail_lr}")
+        bad(f"train.unmasked_tail_lr: must be >= 0, got {t.unmasked_tail_lr}")
     for key, v in (("eval.every", cfg.eval.every), ("eval.rerank_k", cfg.eval.rerank_k)):
         if v < 0:
-            raise ConfigError(f"{key}: must be >= 0, got {v}")
+            bad(f"{key}: must be >= 0, got {v}")
     if cfg.eval.every and not cfg.data.eval_shards:
-        raise ConfigError("data.eval_shards: required when eval.every > 0")
+        bad("data.eval_shards: required when eval.every > 0")
     if not cfg.data.train_shards and cfg.TRAIN_SHARDS_REQUIRED:
-        raise ConfigError("data.train_shards: required (a shard spec, corpus:NAME, or a list of {spec, weight})")
+        bad("data.train_shards: required (a shard spec, corpus:NAME, or a list of {spec, weight})")
     if t.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
-            raise ConfigError("train.device: 'cuda' requested but no CUDA device is visible")
+            bad("train.device: 'cuda' requested but no CUDA device is visible")
     m = cfg.model
     if m.preset == "base" and not (m.vision_init or m.text_init or m.init_from or m.allow_random_init):
-        raise ConfigError(
+        bad(
             "model.vision_init / model.text_init: neither is set, so this base run would pre-train the "
             "ViT and BERT from random weights; set them (e.g. beit_base_patch16_224.in22k_ft_in22k and "
             "bert-base-uncased, as pretrain_5m.yaml) or model.allow_random_init=true"
         )
     if not (m.tokenizer or m.text_init):
-        raise ConfigError("model.tokenizer: required when model.text_init is not set")
+        bad("model.tokenizer: required when model.text_init is not set")
     # the model section must build a valid SmaugConfig (it validates its own fields and the init checkpoints)
-    model_config(cfg)
+    try:
+        model_config(cfg)
+    except ConfigError as e:
+        bad(str(e))
+    if check_paths:
+        from smaug.preflight import path_problems
+
+        problems.extend(path_problems(cfg))
+    raise_all(problems)
 
 
 def model_config(cfg: RunConfig, **tokenizer_fields):

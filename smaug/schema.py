@@ -15,6 +15,14 @@ class ConfigError(ValueError):
     """A bad configuration value; the message names the offending dotted key."""
 
 
+def raise_all(problems: list[str]) -> None:
+    """One ConfigError for all `problems`: a single one as its message, several each on a line of its own."""
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(f"{len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
 def check_type(key: str, value, tp):
     """Return value coerced to `tp` where lossless (int->float, numeric str->float, list->tuple); else raise."""
     origin = typing.get_origin(tp)

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from smaug import checkpoint as ckpt
 from smaug.config import ConfigError, RunConfig, load_config, model_config, save_resolved
 from smaug.dist import init_distributed, world
+from smaug.preflight import check_paths
 
 from . import engine_ops
 from .compile import pad_captions
@@ -196,6 +197,7 @@ class Trainer:
         from smaug.data import load_tokenizer, tokenizer_fields
 
         cfg = self.cfg
+        check_paths(cfg)  # shards, tokenizer, init checkpoint, output dir: every problem now, not at step N
         kind = cfg.train.device if cfg.train.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         ds_cfg = build_ds_config(cfg, int(os.environ.get("WORLD_SIZE", 1)), kind)
         self.rank, self.world, self.local_rank = setup_distributed(kind)
@@ -558,15 +560,18 @@ def main(argv=None, trainer_cls=None, config_cls=RunConfig) -> int:
     """`trainer_cls` / `config_cls`: Trainer / RunConfig or subclasses (e.g. smaug.train.qa's VideoQA fine-tuning)."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     setup_logging()
+    first_rank = int(os.environ.get("RANK", 0)) == 0  # every rank finds the same problems; one reports them
     try:
-        cfg = load_config(args.config, args.overrides, args.out, config_cls)
+        cfg = load_config(args.config, args.overrides, args.out, config_cls, check_paths=True)
     except ConfigError as e:
-        LOG.error(f"config error: {e}")
+        if first_rank:
+            LOG.error(f"config error: {e}")
         return 2
     try:
         trainer = (trainer_cls or Trainer)(cfg)
     except ConfigError as e:
-        LOG.error(f"config error: {e}")
+        if first_rank:
+            LOG.error(f"config error: {e}")
         return 2
     try:
         return trainer.run()
