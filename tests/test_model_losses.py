@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from smaug.models.losses import mvm_loss, sample_negatives, vtc_loss, vtm_loss
+from smaug.models.losses import mvm_loss, sample_negatives, token_overlap, vtc_loss, vtm_loss
 
 
 def test_vtc_equals_hand_computed_value():
@@ -148,6 +148,72 @@ def test_model_never_mines_an_identical_caption_as_negative():
             assert int(neg_text[i]) not in partner[i] and int(neg_video[i]) not in partner[i]
 
 
+def test_token_overlap_is_the_jaccard_of_token_sets_without_special_ids():
+    pad, cls, sep = 0, 1, 2
+    ids = torch.tensor(
+        [
+            [cls, 5, 6, 7, 8, sep, pad, pad],  # {5, 6, 7, 8}
+            [cls, 8, 7, 6, 5, 5, sep, pad],  # the same set, reordered, a word repeated
+            [cls, 5, 6, 7, 9, sep, pad, pad],  # one word changed: 3 / 5
+            [cls, 10, 11, sep, pad, pad, pad, pad],  # disjoint
+            [cls, sep, pad, pad, pad, pad, pad, pad],  # empty
+        ]
+    )
+    j = token_overlap(ids, 12, (pad, cls, sep))
+    assert j[0, 1] == 1.0 and j[0, 0] == 1.0
+    assert abs(j[0, 2].item() - 3 / 5) < 1e-6 and j[0, 3] == 0 and j[4, 4] == 0 and j[0, 4] == 0
+    torch.testing.assert_close(j, j.T)
+
+
+def test_model_never_mines_a_near_identical_caption_as_negative():
+    """A re-worded caption (same token set, or nearly) is a false negative: forward_vtm bans pairs whose token
+    sets overlap >= vtm_dup_overlap, which the identical-ids ban alone does not catch."""
+    from smaug.models import SmaugConfig, SmaugModel
+
+    from model_helpers import make_batch
+
+    torch.manual_seed(0)
+    cfg = SmaugConfig.preset("tiny", vtm_dup_overlap=0.8)
+    model = SmaugModel(cfg)
+    batch = make_batch(cfg, batch_size=4)
+    ids = batch["input_ids"]
+    n = int(batch["attention_mask"][0].sum())
+    # row 1: row 0's caption with its words in another order (not identical ids, the same token set)
+    ids[1] = ids[0]
+    ids[1, 1 : n - 1] = ids[0, 1 : n - 1].flip(0)
+    batch["attention_mask"][1] = batch["attention_mask"][0]
+    assert not torch.equal(ids[0], ids[1])
+    for hard in (1.0, 0.0):
+        for _ in range(8):
+            model(batch, vtm_hard=hard)
+            neg_text, neg_video = model._last_negatives
+            assert int(neg_text[0]) != 1 and int(neg_video[0]) != 1 and int(neg_text[1]) != 0
+    torch.manual_seed(0)
+    strict = SmaugModel(SmaugConfig.preset("tiny", vtm_dup_overlap=1.0))  # the bar at 1: same set still banned
+    for _ in range(8):
+        strict(batch)
+        assert int(strict._last_negatives[0][0]) != 1
+
+
+def test_negative_kind_per_row_mined_or_uniform():
+    """A [Bg] mask mines where True and draws uniformly elsewhere: with one text far more similar to every video,
+    mined rows always take it, uniform rows spread over the others."""
+    B = 8
+    sim = torch.zeros(B, B)
+    sim[:, 3] = 50.0  # text 3 is every video's hardest negative
+    sim[3, :] = 50.0  # video 3 every text's
+    mined = torch.tensor([True, True, False, False, True, False, False, False])
+    g = torch.Generator().manual_seed(0)
+    picks = {i: set() for i in range(B)}
+    for _ in range(100):
+        neg_t, neg_v = sample_negatives(sim, None, g, hard=mined)
+        for i in range(B):
+            picks[i].add(int(neg_t[i]))
+            if mined[i]:
+                assert int(neg_t[i]) == 3 and int(neg_v[i]) == 3
+    assert all(len(picks[i]) > 3 for i in range(B) if not mined[i] and i != 3)
+
+
 # ---------------------------------------------------------------------------- model level
 def _tiny_model(**kw):
     from smaug.models import SmaugConfig, SmaugModel
@@ -228,3 +294,33 @@ def test_checkpoints_from_before_the_log_temperature_load_their_temperature():
     assert "vtc_temp" not in sd and notes == ["vtc_temp: converted to vtc_log_temp"]
     model.load_state_dict(sd)
     assert model.temp.item() == pytest.approx(0.05)
+
+
+def test_vtm_hard_share_mines_the_first_rows_and_reports_each_kind_against_its_prior(monkeypatch):
+    """vtm_hard in (0, 1): the first round(share x b) rows get mined negatives, the rest uniform ones; the pair
+    accuracy comes per kind (each row: 1 positive + 2 negatives, prior 2/3), weighted back to vtm_acc."""
+    import smaug.models.smaug as smaug_module
+
+    from model_helpers import make_batch
+
+    seen = []
+
+    def spy(sim, same, gen, hard):
+        seen.append(hard.clone() if isinstance(hard, torch.Tensor) else hard)
+        return sample_negatives(sim, same, gen, hard)
+
+    monkeypatch.setattr(smaug_module, "sample_negatives", spy)
+    model = _tiny_model()
+    batch = make_batch(model.config, batch_size=8, seed=3)
+    for share in (0.0, 0.25, 0.5, 1.0, True, False):
+        out = model(batch, vtm_hard=share)
+        m = out.metrics
+        assert ("vtm_acc_hard" in m) == (share > 0) and ("vtm_acc_uniform" in m) == (share < 1)
+        if 0 < share < 1:
+            w = float(share)
+            torch.testing.assert_close(m["vtm_acc"], w * m["vtm_acc_hard"] + (1 - w) * m["vtm_acc_uniform"])
+    assert seen[0] is False and seen[3] is True and seen[4] is True and seen[5] is False  # all or none: plain sampler
+    assert seen[1].tolist() == [True, True] + [False] * 6 and seen[2].tolist() == [True] * 4 + [False] * 4
+    for bad in ("vtm_hard_share", "vtm_dup_overlap"):
+        with pytest.raises(ValueError, match=bad):
+            _tiny_model(**{bad: 0.0})

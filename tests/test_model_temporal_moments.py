@@ -177,3 +177,36 @@ def test_moments_take_the_configs_weight_and_grid():
     assert tm.weight == 0.25 and tm.grid == cfg.image_size // cfg.patch_size
     with pytest.raises(ValueError, match="grid"):
         type(tm)(8, 8, 2, centroid=True)
+
+
+@pytest.mark.parametrize("qa", [False, True])
+def test_fusion_clip_token_lets_fusion_tell_a_clip_from_its_reverse(qa):
+    """Fusion cross-attends over a set of frame tokens: at init (temporal embedding 0) a clip and its reverse give
+    the same set, so VTM (and the QA model, which fuses the same way) cannot tell the direction of motion. With
+    `fusion_clip_token` the clip's embedding (with the moments) goes in with every frame and the two differ."""
+    from smaug.models.answer_decoder import QAModel
+
+    torch.manual_seed(0)
+    video = torch.randint(0, 256, (2, 4, 3, 112, 112), dtype=torch.uint8)
+    ids = torch.tensor([[101, 5, 6, 7, 102]] * 2)
+    am = torch.ones_like(ids)
+    out, width = {}, {}
+    for on in (False, True):
+        kw = dict(vocab_size=6000, temporal_moments=2, moments_centroid=True, fusion_clip_token=on, select_frames=4)
+        torch.manual_seed(0)
+        cfg = SmaugConfig.preset("tiny", num_frames=4, **kw)
+        m = (QAModel(cfg, 0, False) if qa else SmaugModel(cfg)).eval()
+        with torch.no_grad():
+            if qa:
+                out[on] = [m.encode_question(v, ids, am)[:, 0] for v in (video, video.flip(1))]
+            else:
+                hidden, tf = m.encode_text(ids, am)
+                out[on] = []
+                for v in (video, video.flip(1)):
+                    ft, _, ff = m.encode_video(v)
+                    width[on] = ft.shape[2]
+                    out[on].append(m.vtm_logits(ft, ff, hidden, tf, am))
+    if not qa:
+        assert width[True] == width[False] + 1  # [CLS], the kept tokens, the motion token
+    torch.testing.assert_close(out[False][0], out[False][1])  # order-blind without it
+    assert not torch.allclose(out[True][0], out[True][1], atol=1e-5)

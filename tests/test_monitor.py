@@ -21,3 +21,17 @@ def test_jsonl_and_wandb_offline(tmp_path, monkeypatch):
     assert [r["step"] for r in recs] == [2, 4]
     assert all(r["clips_per_s"] > 0 and 0 <= r["data_wait_frac"] <= 1 and r["mfu"] > 0 for r in recs)
     assert list((tmp_path / "wandb").glob("offline-run-*")), "wandb offline run directory missing"
+
+
+def test_a_key_some_steps_lack_is_the_mean_over_the_steps_that_have_it(tmp_path, monkeypatch):
+    """vtm_acc_hard comes only with steps that mine negatives: averaging it over the whole window would count the
+    steps without it as 0."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    cfg = load_config([QUICKSTART], ["log.every=4", "log.progress=false"], output_dir=str(tmp_path))
+    mon = Monitor(tmp_path, cfg, total_steps=4, start_step=0, enabled=True, peak_tflops=2.0)
+    for s in (1, 2, 3, 4):
+        rec = mon.update(
+            s, clips=16, flops=1e12, data_time=0.0, scalars={"loss": 1.0, **({"hard": 0.9} if s > 2 else {})}
+        )
+    mon.close()
+    assert rec["loss"] == 1.0 and abs(rec["hard"] - 0.9) < 1e-9

@@ -311,6 +311,30 @@ def test_main_runs_twice_in_one_process(train_data, tmp_path, capfd):
     assert all(train_losses(tmp_path / f"run{i}") for i in range(2))
 
 
+def test_vtm_curriculum_ramps_a_share_of_hard_rows_and_starts_by_its_step():
+    """ "auto": no hard rows until the window's pair accuracy reaches the bar or step `by_step`, whichever is first;
+    then a share growing linearly over `ramp` steps to `max_share`. The start survives a checkpoint."""
+    from smaug.train.trainer import VTMCurriculum
+
+    c = VTMCurriculum("auto", 0.9, by_step=200, max_share=0.5, ramp=50)
+    for step in range(10):
+        c.observe(torch.tensor(0.5), step)
+    assert c.update(10, "cpu", 1) is None and c.share(10) == 0.0  # bar not reached
+    assert [c.share(s) for s in (199, 200, 224, 249, 399)] == [0.0, 0.01, 0.25, 0.5, 0.5]  # forced at by_step
+    c.observe(torch.tensor(0.95), 20)
+    assert c.update(30, "cpu", 1) == pytest.approx(0.95) and c.hard_step == 30  # the bar: earlier than by_step
+    assert [c.share(s) for s in (29, 30, 54, 79, 250)] == [0.0, 0.01, 0.25, 0.5, 0.5]
+    c.observe(torch.tensor(0.1), 40)  # once hard negatives are on, the window collects nothing
+    assert c.window[1] == 0
+    resumed = VTMCurriculum("auto", 0.9, by_step=200, max_share=0.5, ramp=50)
+    resumed.load_state_dict(c.state_dict())
+    assert [resumed.share(s) for s in range(400)] == [c.share(s) for s in range(400)]
+    assert VTMCurriculum("hard", 0.9, 200, 0.5, 50).share(0) == 1.0  # the paper's: all rows, from the start
+    assert VTMCurriculum("uniform", 0.9, 200, 0.5, 50).share(399) == 0.0
+    never = VTMCurriculum("auto", 0.9, None, 1.0, 0)  # vtm_hard_by=1: only the bar starts them
+    assert never.share(10**6) == 0.0
+
+
 @pytest.mark.slow
 def test_vtm_curriculum_and_unmasked_tail_switch_on_time_and_resume_exactly(train_data, tmp_path, capfd):
     """ "auto" VTM negatives switch from uniform to hard at the first log window whose pair accuracy
@@ -323,7 +347,15 @@ def test_vtm_curriculum_and_unmasked_tail_switch_on_time_and_resume_exactly(trai
     accs = [(r["step"], r["vtm_acc"]) for r in records(tmp_path / "uniform") if "vtm_acc" in r]
     thr = max(a for s, a in accs if s < 10)  # a threshold this short run reaches, before the last checkpoint
     switch_step = next(s for s, a in accs if a >= thr)
-    auto = (*common, "model.vtm_negatives=auto", f"model.overrides={{vtm_switch_acc: {thr - 1e-6:.9f}}}")
+    # all rows hard at once and no forced start: the switch itself (the ramp is test_vtm_curriculum_*)
+    auto = (
+        *common,
+        "model.vtm_negatives=auto",
+        f"model.vtm_switch_acc={thr - 1e-6:.9f}",
+        "model.vtm_hard_by=1",
+        "model.vtm_hard_share=1",
+        "model.vtm_hard_ramp=0",
+    )
     text = train(capfd, train_data, tmp_path / "auto", *auto)
     assert f"hard negatives from step {switch_step + 1}" in text
     ra, ru = ([x for x in records(tmp_path / d) if "loss" in x] for d in ("auto", "uniform"))

@@ -57,14 +57,18 @@ def reversed_vtc_term(
 
 @torch.no_grad()
 def sample_negatives(
-    sim: torch.Tensor, same: torch.Tensor | None = None, generator: torch.Generator | None = None, hard: bool = True
+    sim: torch.Tensor,
+    same: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    hard: bool | torch.Tensor = True,
 ):
     """VTM negatives over the global batch: ALBEF/BLIP hard negatives, or uniform ones.
 
     sim: [Bg, Bg] video-to-text logits (positives on the diagonal); same: optional [Bg, Bg] bool,
     True where two samples must not be each other's negative (the same sample, identical captions).
     `hard`: each video draws one text with prob softmax(sim[v]) and each text one video with prob
-    softmax(sim[:, t]); otherwise each draws uniformly. The positive (diagonal) and `same` pairs
+    softmax(sim[:, t]); otherwise each draws uniformly; a [Bg] bool tensor decides per sample (both
+    negatives of sample i, its text's and its video's, are mined where hard[i]). The positive (diagonal) and `same` pairs
     have probability 0; a row left with no candidate, or with non-finite weights, falls back to
     uniform over the other indices. The positive is never drawn.
     Returns (neg_text_for_video [Bg], neg_video_for_text [Bg]) global indices.
@@ -76,7 +80,10 @@ def sample_negatives(
     banned = eye if same is None else (eye | same)
     out = []
     for logits in (sim.float(), sim.float().T):
-        w = logits.softmax(dim=1) if hard else torch.ones_like(logits)
+        if isinstance(hard, torch.Tensor):
+            w = torch.where(hard[:, None], logits.softmax(dim=1), torch.ones_like(logits))
+        else:
+            w = logits.softmax(dim=1) if hard else torch.ones_like(logits)
         w = w.masked_fill(banned, 0.0)
         # non-finite similarities (a diverged step) must not crash the sampler: such a row falls
         # back to uniform and the non-finite loss is then skipped by the trainer.
@@ -84,6 +91,19 @@ def sample_negatives(
         w = torch.where(dead[:, None], (~eye).float(), w)
         out.append(torch.multinomial(w, 1, generator=generator).squeeze(1))
     return out[0], out[1]
+
+
+def token_overlap(ids: torch.Tensor, vocab_size: int, ignore: tuple[int, ...]) -> torch.Tensor:
+    """ids: [B, L] padded token ids -> [B, B] |A & B| / |A | B| of the rows' token sets, the `ignore` ids (padding,
+    [CLS], [SEP], ...) left out; 0 between two empty sets. Word order and repeats do not count, so a caption and its
+    re-wording with a word added, dropped or moved score high. Device ops only (a bag of tokens [B, vocab] and one
+    matmul): no host sync."""
+    keep = ~torch.isin(ids, torch.tensor(ignore, device=ids.device, dtype=ids.dtype))
+    bag = torch.zeros(ids.shape[0], vocab_size, device=ids.device).scatter_add_(1, ids, keep.float())
+    bag = (bag > 0).float()  # a set: repeats count once (and the sum's order cannot change it)
+    inter = bag @ bag.T
+    size = bag.sum(1)
+    return inter / (size[:, None] + size[None, :] - inter).clamp_min(1.0)
 
 
 def vtm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

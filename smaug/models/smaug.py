@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from .common import all_gather_no_grad, all_gather_with_grad, draw_seed, pad_text_to_global_length, world
 from .flops import train_flops
 from .frame_selection import FrameSelector
-from .losses import mlm_loss, mvm_loss, sample_negatives, vtc_loss, vtm_loss
+from .losses import mlm_loss, mvm_loss, sample_negatives, token_overlap, vtc_loss, vtm_loss
 from .mae_decoder import MAEDecoder, patchify
 from .moments import TemporalMoments
 from .temporal import TemporalExtension, wanted
@@ -104,6 +104,19 @@ class SmaugConfig:
     vtm_negatives: str = "auto"
     vtm_switch_acc: float = 0.9  # "auto": pair accuracy on uniform negatives that starts hard ones (the prior, always
     # "no match", scores 2/3); too low a bar starts them before the features separate the hard pairs
+    vtm_hard_by: float = 0.5  # "auto": hard negatives start at this share of train.steps at the latest, bar reached or
+    # not, so the run trains VTM on them for its second half whatever the seed (1 = only when the bar is reached)
+    vtm_hard_share: float = 1.0  # "auto": share of each batch's rows whose two negatives are mined once the ramp is
+    # done; the others stay uniform (1 = all, the paper's). A pair the fusion cannot yet tell from its positive is best
+    # answered "no", so an all-hard batch can pin VTM to its prior (2/3) while uniform rows keep a signal it learns from
+    vtm_hard_ramp: int = 0  # "auto": steps over which that share grows linearly from 0 once hard negatives start
+    vtm_dup_overlap: float = 0.8  # never a VTM negative: a caption whose token set overlaps the positive's this much
+    # (|A & B| / |A | B| of the non-special token ids; 1 = identical sets only): re-worded near-duplicates
+    # (WebVid repeats captions with a word changed) are false negatives, which mining picks first
+    fusion_clip_token: bool = False  # one more video token for fusion, with every frame's tokens: the clip's retrieval
+    # embedding (read without gradient; with temporal_moments > 1 it holds the direction of motion), so VTM, MLM and
+    # VideoQA read what VTC learned about the whole clip, where the selected frames leave motion for cross-attention to
+    # infer and an unseen colour-shape pair's tokens are off the training distribution
     w_vtc: float = 1.0  # loss weight: video-text contrastive
     w_vtm: float = 1.0  # loss weight: video-text matching
     w_mlm: float = 1.0  # loss weight: masked language modelling
@@ -177,6 +190,10 @@ class SmaugConfig:
             ),
             ("vtm_negatives", self.vtm_negatives in ("auto", "hard", "uniform"), "'auto', 'hard' or 'uniform'"),
             ("vtm_switch_acc", 0.0 < self.vtm_switch_acc <= 1.0, "in (0, 1]"),
+            ("vtm_hard_by", 0.0 <= self.vtm_hard_by <= 1.0, "in [0, 1]"),
+            ("vtm_hard_share", 0.0 < self.vtm_hard_share <= 1.0, "in (0, 1]"),
+            ("vtm_hard_ramp", self.vtm_hard_ramp >= 0, ">= 0"),
+            ("vtm_dup_overlap", 0.0 < self.vtm_dup_overlap <= 1.0, "in (0, 1]"),
             ("vision_family", self.vision_family in FAMILIES, f"one of {FAMILIES}"),
             ("vision_act", self.vision_act in ACTIVATIONS, f"one of {ACTIVATIONS}"),
             ("vision_norm_eps", self.vision_norm_eps > 0, "> 0"),
@@ -331,9 +348,16 @@ class SmaugModel(nn.Module):
             nn.Linear(cfg.vision_width, cfg.text_width) if cfg.vision_width != cfg.text_width else nn.Identity()
         )
         self.vtm_head = nn.Linear(cfg.text_width, 1)
+        # `fusion_clip_token`: the clip's embedding as one more video token per frame (vision width, normed as the
+        # encoder's output tokens are), see forward_video
+        self.clip_token = (
+            nn.Sequential(nn.Linear(cfg.embed_dim, cfg.vision_width), nn.LayerNorm(cfg.vision_width))
+            if cfg.fusion_clip_token
+            else None
+        )
         # log temperature, shape [1] (DeepSpeed cannot broadcast 0-d parameters); `temp` is the value in use
         self.vtc_log_temp = nn.Parameter(torch.full((1,), math.log(cfg.temp_init)))
-        for m in (self.vision_proj, self.text_proj, self.video_to_text, self.vtm_head):
+        for m in (self.vision_proj, self.text_proj, self.video_to_text, self.vtm_head, *(self.clip_token or ())):
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
@@ -395,6 +419,12 @@ class SmaugModel(nn.Module):
         frame_feat = self.vision_proj(tokens[:, :, 0])  # [B, T, E]
         B, T = tokens.shape[:2]
         video_feat = self.video_pooling.embed(frame_feat, tokens, enc.ids.view(B, T, -1))
+        if self.clip_token is not None:
+            # appended to every frame's tokens, so whichever frames the selector picks, fusion (VTM, MLM, the QA
+            # model) sees the whole clip: frame_tokens [B, T, 1 + n + 1, Dv]; [CLS] and patches keep their places.
+            # Without gradient: VTC alone shapes the embedding, the other objectives learn to read it
+            token = self.clip_token(video_feat.detach())[:, None, None].expand(B, T, 1, -1)
+            tokens = torch.cat([tokens, token.to(tokens.dtype)], dim=2)
         return enc, tokens, F.normalize(video_feat, dim=-1), F.normalize(frame_feat, dim=-1)
 
     def encode_video(self, video: torch.Tensor):
@@ -440,14 +470,17 @@ class SmaugModel(nn.Module):
         attention_mask,
         sim: torch.Tensor,
         seed: int,
-        hard: bool,
+        hard: float,
         same_sample: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """1 positive + 2 negatives per sample (one video per text, one text per video), drawn from
-        the global batch (mined from the VTC similarities `sim` [Bg, Bg] when `hard`, else uniformly);
-        negatives may live on other ranks. Never a negative: the same sample (`same_sample` [Bg, Bg])
-        or an identical caption.
-        Returns (loss, pair accuracy of this rank's 3b pairs, detached)."""
+        the global batch: mined from the VTC similarities `sim` [Bg, Bg] for the first round(hard x b) samples of
+        each rank's b (`hard`: the share of rows on hard negatives, 0-1), uniformly for the others; negatives may
+        live on other ranks. Never a negative: the same sample (`same_sample` [Bg, Bg]), an identical caption,
+        or a near-identical one (token sets overlapping >= `vtm_dup_overlap`).
+        Returns (loss, metrics: pair accuracy of this rank's 3b pairs `vtm_acc`, and of the rows on each kind of
+        negative, `vtm_acc_hard` / `vtm_acc_uniform`, each present when this rank has such rows; all detached)."""
+        cfg = self.config
         b = frame_tokens.shape[0]
         rank, _ = world()
         ft, ff = all_gather_with_grad(frame_tokens), all_gather_with_grad(frame_feat)
@@ -456,10 +489,20 @@ class SmaugModel(nn.Module):
         # identical captions (same padded ids) are not each other's negatives; an elementwise compare,
         # not torch.unique, whose data-dependent output size would force a host sync mid-forward
         same = (ids_all[:, None, :] == ids_all[None, :, :]).all(-1)
+        # nor near-identical ones: a re-worded caption of the same content is a false negative, and the one
+        # mining picks first (the synthetic corpus's paraphrases share ~half their tokens, as do captions that
+        # differ in one attribute, so no overlap bar tells those apart: the bar only catches near-duplicates)
+        special = (cfg.pad_token_id, cfg.cls_token_id, cfg.sep_token_id, cfg.mask_token_id)
+        same = same | (token_overlap(ids_all, cfg.vocab_size, special) >= cfg.vtm_dup_overlap)
         if same_sample is not None:
             same = same | same_sample
         gen = torch.Generator(device=sim.device).manual_seed(seed)
-        neg_text, neg_video = sample_negatives(sim, same, gen, hard=hard)
+        n_hard = int(round(hard * b))  # a host number: the rows' kinds cost no sync
+        if 0 < n_hard < b:  # the same rows of every rank: index within its slice < n_hard
+            mined = torch.arange(sim.shape[0], device=sim.device) % b < n_hard
+        else:
+            mined = n_hard == b  # all or none: the plain sampler (bit for bit the single-kind runs)
+        neg_text, neg_video = sample_negatives(sim, same, gen, hard=mined)
         nt, nv = neg_text[rank * b : (rank + 1) * b], neg_video[rank * b : (rank + 1) * b]
         # index_select, not x[idx]: its backward (index_add) is deterministic on CPU, while
         # x[idx] backward (index_put_ accumulate) uses parallel float atomics for repeated indices
@@ -475,9 +518,15 @@ class SmaugModel(nn.Module):
         )
         labels = torch.cat([torch.ones(b, device=logits.device), torch.zeros(2 * b, device=logits.device)])
         self._last_negatives = (neg_text, neg_video)  # global indices, for tests and debugging
-        # pair accuracy; 2/3 = always "no match" (the label prior), what a VTM head that learned nothing gives
-        acc = ((logits.detach() > 0).float() == labels).float().mean()
-        return vtm_loss(logits, labels), acc
+        # pair accuracy; 2/3 = always "no match" (the label prior), what a VTM head that learned nothing gives;
+        # per kind of negative over each row's 3 pairs (positive, its negative video, its negative text): 2/3 each
+        right = ((logits.detach() > 0).float() == labels).float().view(3, b).sum(0)  # [b] right answers per row
+        metrics = {"vtm_acc": right.sum() / (3 * b)}
+        if n_hard > 0:
+            metrics["vtm_acc_hard"] = right[:n_hard].sum() / (3 * n_hard)
+        if n_hard < b:
+            metrics["vtm_acc_uniform"] = right[n_hard:].sum() / (3 * (b - n_hard))
+        return vtm_loss(logits, labels), metrics
 
     def forward_mlm(
         self, input_ids, attention_mask, frame_tokens, frame_feat, text_feat, static: bool = False
@@ -519,7 +568,7 @@ class SmaugModel(nn.Module):
         cfg = self.config
         if mask_ratio is None:  # resolved here: the temporal extensions' reversed clip is masked alike
             mask_ratio = cfg.mask_ratio if self.training else 0.0
-        vtm_hard = cfg.vtm_negatives == "hard" if vtm_hard is None else vtm_hard
+        vtm_hard = float(cfg.vtm_negatives == "hard" if vtm_hard is None else vtm_hard)  # share of rows, 0-1
         seed = draw_seed()  # first draw of the step: ranks seeded alike draw the same negatives as one process would
         video = self.normalize_video(batch["video"])  # once; float input passes through
         ids, am = pad_text_to_global_length(batch["input_ids"], batch["attention_mask"], cfg.pad_token_id)
@@ -543,9 +592,10 @@ class SmaugModel(nn.Module):
             )
         losses["vtc"] = vtc
         if cfg.w_vtm > 0:
-            losses["vtm"], metrics["vtm_acc"] = self.forward_vtm(
+            losses["vtm"], vtm_metrics = self.forward_vtm(
                 frame_tokens, frame_feat, text_hidden, text_feat, ids, am, sim, seed, vtm_hard, same_sample
             )
+            metrics.update(vtm_metrics)
         if cfg.w_mlm > 0:
             losses["mlm"] = self.forward_mlm(ids, am, frame_tokens, frame_feat, text_feat)
         if self.mae_decoder is not None and enc.mask is not None:

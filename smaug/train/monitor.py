@@ -139,7 +139,7 @@ class Monitor:
         self.clips = 0
         self.flops = 0.0
         self.sums: dict[str, float] = {}
-        self.n = 0
+        self.counts: dict[str, int] = {}  # steps that reported each key (some keys come only with some steps)
 
     def update(self, step: int, clips: int, flops: float, data_time: float, scalars: dict) -> Optional[dict]:
         """Record one optimizer step; every `every` steps write a record and return it."""
@@ -148,9 +148,9 @@ class Monitor:
         self.clips += clips
         self.flops += flops
         self.data_time += data_time
-        self.n += 1
         for k, v in scalars.items():  # device tensors stay on the device until a record is written
             self.sums[k] = self.sums.get(k, 0.0) + (v.detach() if torch.is_tensor(v) else float(v))
+            self.counts[k] = self.counts.get(k, 0) + 1
         if self.bar is not None:
             self.bar.update(1)
         if step % self.every:
@@ -158,7 +158,7 @@ class Monitor:
         dt = max(time.perf_counter() - self.t0, 1e-9)
         rec = {
             "step": step,
-            **{k: float(v) / self.n for k, v in self.sums.items()},
+            **{k: float(v) / self.counts[k] for k, v in self.sums.items()},  # the mean over the steps that had it
             "clips_per_s": self.clips / dt,
             "data_wait_frac": self.data_time / dt,
             "model_tflops": self.flops / dt / 1e12,

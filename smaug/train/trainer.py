@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -120,27 +121,50 @@ def compile_model(model, cfg: RunConfig, backend: str = "inductor") -> None:
 
 
 class VTMCurriculum:
-    """Which VTM negatives the model trains on (`SmaugConfig.vtm_negatives`): "hard" (mined) or "uniform" from the
-    start, or "auto": uniform until the pair accuracy averaged over the window since the last check (and over
-    ranks) reaches `vtm_switch_acc`, then hard for good. Checked at log steps (one host sync); the decision and
-    the open window are checkpointed, so a resumed run switches at the same step as an uninterrupted one."""
+    """Which VTM negatives the model trains on (`SmaugConfig.vtm_negatives`), as the share of each batch's rows whose
+    negatives are mined (the others are uniform): "hard" 1 and "uniform" 0 from the start; "auto" 0 until the pair
+    accuracy averaged over the window since the last check (and over ranks) reaches `vtm_switch_acc`, or until step
+    `by_step` (`vtm_hard_by` x train.steps) whichever comes first, then a share that grows linearly over `ramp`
+    steps to `max_share` and stays there. A switch to all-hard negatives at once dropped VTM to its prior (2/3) for
+    the rest of the run; the ramp and the uniform rows keep a signal it learns from. Checked at log steps (one host
+    sync); the start and the open window are checkpointed, so a resumed run follows the uninterrupted one."""
 
-    def __init__(self, mode: str, switch_acc: float):
+    def __init__(self, mode: str, switch_acc: float, by_step: int | None = None, max_share=1.0, ramp: int = 0):
         self.mode, self.switch_acc = mode, switch_acc
-        self.hard = mode == "hard"  # what the next forward uses
-        self.hard_step = None  # step at which "auto" switched to hard
+        self.by_step = by_step if mode == "auto" else None  # "auto" starts hard negatives by this step at the latest
+        self.max_share, self.ramp = (1.0, 0) if mode == "hard" else (max_share, ramp)
+        self.hard_step = 0 if mode == "hard" else None  # the step from which hard negatives are in use
         self.window = [0.0, 0]  # (sum of VTM pair accuracy, micro-batches) since the last check
 
-    def observe(self, vtm_acc: torch.Tensor) -> None:
-        """A micro-batch's pair accuracy on uniform negatives (a device scalar: no host sync)."""
-        if not self.hard:
+    def start(self, step: int) -> int | None:
+        """The step from which hard negatives are in use (None: not yet at `step`, or never)."""
+        if self.mode == "uniform":
+            return None
+        starts = [s for s in (self.hard_step, self.by_step) if s is not None and s <= step]
+        return min(starts) if starts else None
+
+    def share(self, step: int) -> float:
+        """Share of the rows with mined negatives in the forward of step `step` (0-based: steps done so far)."""
+        s = self.start(step)
+        if s is None:
+            return 0.0
+        return self.max_share * (min(1.0, (step - s + 1) / self.ramp) if self.ramp > 0 else 1.0)
+
+    @property
+    def hard(self) -> bool:
+        """Hard negatives have started (the window no longer collects uniform-only evidence)."""
+        return self.hard_step is not None
+
+    def observe(self, vtm_acc: torch.Tensor, step: int) -> None:
+        """A micro-batch's pair accuracy (a device scalar: no host sync), evidence while negatives are uniform."""
+        if self.start(step) is None:
             self.window = [self.window[0] + vtm_acc.detach().float(), self.window[1] + 1]
 
     def update(self, step: int, device, world_size: int) -> float | None:
-        """At a log step: switch to hard when the window's accuracy reaches the bar. Returns that accuracy if it
-        switched now, else None."""
+        """At a log step (`step` steps done): start hard negatives when the window's accuracy reaches the bar.
+        Returns that accuracy if they start now, else None."""
         total, n = self.window
-        if self.hard or self.mode != "auto" or n == 0:
+        if self.mode != "auto" or self.start(step) is not None or n == 0:
             return None
         acc = torch.as_tensor(total, dtype=torch.float32, device=device).reshape(1) / n
         if world_size > 1:
@@ -150,16 +174,15 @@ class VTMCurriculum:
         self.window = [0.0, 0]
         if acc < self.switch_acc:
             return None
-        self.hard, self.hard_step = True, step
+        self.hard_step = step
         return acc
 
     def state_dict(self) -> dict:
         return {"vtm_hard_step": self.hard_step, "vtm_window": [float(self.window[0]), self.window[1]]}
 
     def load_state_dict(self, client: dict) -> None:
-        self.hard_step = client.get("vtm_hard_step")
+        self.hard_step = client.get("vtm_hard_step", self.hard_step)
         self.window = list(client.get("vtm_window", self.window))
-        self.hard = self.hard or self.hard_step is not None
 
 
 class Trainer:
@@ -215,7 +238,9 @@ class Trainer:
         dist.barrier()
         self.tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.text_init)  # text_init's own by default
         self.mcfg = model_config(cfg, **tokenizer_fields(self.tokenizer))
-        self.curriculum = VTMCurriculum(self.mcfg.vtm_negatives, self.mcfg.vtm_switch_acc)
+        m = self.mcfg
+        by_step = math.ceil(m.vtm_hard_by * cfg.train.steps) if m.vtm_hard_by < 1 else None
+        self.curriculum = VTMCurriculum(m.vtm_negatives, m.vtm_switch_acc, by_step, m.vtm_hard_share, m.vtm_hard_ramp)
         self.static_text = cfg.train.compile != "none"  # captions padded to data.max_text_len: static shapes
         self.step, self.samples_seen, self.skipped_steps = 0, 0, 0
         return ds_cfg
@@ -380,7 +405,7 @@ class Trainer:
             for k, v in [("loss", out.loss), *out.losses.items(), *out.metrics.items()]:
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
             if "vtm_acc" in out.metrics:  # the curriculum's evidence
-                self.curriculum.observe(out.metrics["vtm_acc"])
+                self.curriculum.observe(out.metrics["vtm_acc"], self.step)
             for k, v in out.stats.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         scalars = {k: v / done for k, v in sums.items()}
@@ -392,7 +417,7 @@ class Trainer:
             scalars["grad_norm"] = norm
         scalars["lr"] = self.scheduler.get_last_lr()[0]
         scalars["temp"] = self.model.temp.detach().float()
-        scalars["vtm_hard"] = float(self.curriculum.hard)
+        scalars["vtm_hard"] = self.curriculum.share(self.step)  # share of rows on mined negatives
         return scalars, clips, flops, wait, preempt
 
     def forward_state(self) -> dict:
@@ -400,7 +425,7 @@ class Trainer:
         the unmasked tail) and which VTM negatives to use."""
         return {
             "mask_ratio": 0.0 if self.unmasked_tail else self.mcfg.mask_ratio,
-            "vtm_hard": self.curriculum.hard,
+            "vtm_hard": self.curriculum.share(self.step),
         }
 
     @property
@@ -411,10 +436,17 @@ class Trainer:
     def update_vtm_curriculum(self) -> None:
         """At a log step: let the VTM curriculum decide on hard negatives (one host sync)."""
         acc = self.curriculum.update(self.step, self.device, self.world)
+        c = self.curriculum
+        ramp = f", their share of the rows growing to {c.max_share:g} over {c.ramp} steps" if c.ramp else ""
         if acc is not None:
             self._say(
                 f"VTM pair accuracy {acc:.3f} >= {self.mcfg.vtm_switch_acc} on uniform negatives "
-                f"(prior 0.667): hard negatives from step {self.step + 1}"
+                f"(prior 0.667): hard negatives from step {self.step + 1}{ramp}"
+            )
+        elif c.by_step is not None and self.step - self.cfg.log.every < c.by_step <= self.step and not c.hard:
+            self._say(
+                f"VTM: hard negatives from step {c.by_step + 1} (model.vtm_hard_by={self.mcfg.vtm_hard_by}; the "
+                f"pair accuracy had not reached {self.mcfg.vtm_switch_acc}){ramp}"
             )
 
     def check_gradients(self) -> None:
