@@ -4,8 +4,9 @@ Before, a run whose eval corpus did not exist trained until its first evaluation
 
 import pytest
 
-from conftest import run_overrides, train_in_process
 from smaug.config import ConfigError, load_config
+
+from conftest import run_overrides, train_in_process
 
 
 def test_every_problem_is_listed_in_one_error(tmp_path):
@@ -36,7 +37,9 @@ def test_unknown_keys_of_every_section_come_together():
     with pytest.raises(ConfigError) as e:
         load_config(["quickstart"], ["optim.lrr=1", "model.mask_ratioo=0.5", "data.batchsize=2"], "/tmp/x")
     text = str(e.value)
-    assert text.startswith("3 problems:") and all(k in text for k in ("optim.lrr", "model.mask_ratioo", "data.batchsize"))
+    assert text.startswith("3 problems:") and all(
+        k in text for k in ("optim.lrr", "model.mask_ratioo", "data.batchsize")
+    )
 
 
 def test_paths_are_not_checked_when_only_the_schema_is_read(tmp_path):

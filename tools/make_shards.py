@@ -80,6 +80,7 @@ from smaug.data.shardwriter import (
 )
 from smaug.data.sources import count_records, iter_rows
 from smaug.data.specs import write_json_atomic
+from smaug.progress import make_progress
 
 LOG = logging.getLogger("smaug.make_shards")
 POLL_S = 0.2
@@ -237,10 +238,13 @@ def build_all(jobs, workers: int, row_timeout: float, bar) -> tuple[dict[int, di
 
 
 def _progress(total: int, disable: bool):
+    """A bar on a terminal, plain lines in a log (`smaug.progress`), nothing with --no-progress."""
     from tqdm import tqdm
 
     tqdm.monitor_interval = 0  # no monitor thread: this process forks shard processes
-    return tqdm(total=total, unit="video", dynamic_ncols=True, disable=disable, smoothing=0.1)
+    if disable:
+        return tqdm(total=total, disable=True)
+    return make_progress(total, "video", smoothing=0.1)
 
 
 def _task_rows(total: int | None, per_shard: int, task: Task) -> int | None:

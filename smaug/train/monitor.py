@@ -12,6 +12,8 @@ from typing import Optional
 
 import torch
 
+from smaug.progress import make_progress
+
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) by device-name substring, first match wins
 # (so the PCIe / NVL H100 parts come before the SXM one).
 PEAK_BF16_TFLOPS = {
@@ -109,17 +111,8 @@ class Monitor:
             return
         self.path = Path(output_dir) / "log.jsonl"
         self.file = open(self.path, "a")
-        if cfg.log.progress:
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=total_steps,
-                initial=start_step,
-                unit="step",
-                dynamic_ncols=True,
-                desc=cfg.run.name,
-                mininterval=1.0,
-            )
+        if cfg.log.progress:  # a bar on a terminal, else a plain `[smaug] name: step/total ...` line every 30 s
+            self.bar = make_progress(total_steps, "step", cfg.run.name, start_step, LOG.info, mininterval=1.0)
         mode = os.environ.get("WANDB_MODE") or cfg.log.wandb
         if mode != "disabled":
             import wandb
