@@ -10,6 +10,7 @@ alike). The figures quoted in smaug/models/video_encoder.py come from here.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import time
@@ -45,8 +46,14 @@ def bench_cls_row(width: int, heads: int, frames: int, tokens: int, iters: int =
     return {k: 1e3 * statistics.median(v) for k, v in ts.items()}
 
 
+def arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dims", nargs="*", type=int, help="width heads frames tokens (default 768 12 16 50)")
+    return p
+
+
 def main(argv=None) -> int:
-    args = [int(a) for a in (sys.argv[1:] if argv is None else argv)] or [768, 12, 16, 50]
+    args = arg_parser().parse_args(sys.argv[1:] if argv is None else argv).dims or [768, 12, 16, 50]
     torch.set_num_threads(1)
     r = bench_cls_row(*args)
     base = r["sdpa"]

@@ -226,7 +226,7 @@ def loader_rate(
     return steps * bs / wall, cpu / (steps * bs)
 
 
-def main(argv=None) -> int:
+def arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--corpus", help="WebVid-layout corpus dir (default: build a synthetic one)")
     p.add_argument("--num-videos", type=int, default=48, help="synthetic clips when --corpus is not given")
@@ -254,6 +254,11 @@ def main(argv=None) -> int:
         help="video decoders timed side by side on the mp4 kinds (comma list; data.decoder)",
     )
     p.add_argument("--json", default=None, help="write every number here")
+    return p
+
+
+def main(argv=None) -> int:
+    p = arg_parser()
     args = p.parse_args(argv)
     import torch
 

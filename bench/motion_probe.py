@@ -76,7 +76,7 @@ def load(shards: Path, tok, image_size: int):
     return torch.stack(xs), torch.tensor(ys)
 
 
-def main(argv=None) -> int:
+def arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", required=True, help="folder with train/ and test/ synthetic shards")
     p.add_argument("--tokenizer", help="tokenizer dir (default: <shards>/../../data/synthetic/tokenizer)")
@@ -85,6 +85,11 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv=None) -> int:
+    p = arg_parser()
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
     tok = load_tokenizer(args.tokenizer or str(REPO / "data" / "synthetic" / "tokenizer"))

@@ -55,7 +55,7 @@ def file_captions(path: str) -> Iterator[str]:
         yield from row.captions
 
 
-def main(argv=None) -> int:
+def arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", action="append", default=[], help="shard spec to read captions from")
     p.add_argument("--captions", action="append", default=[], help="caption listing file")
@@ -63,6 +63,11 @@ def main(argv=None) -> int:
     p.add_argument("--vocab-size", type=int, default=8000, help="WordPiece vocabulary size (upper bound)")
     p.add_argument("--min-frequency", type=int, default=1, help="minimum pair frequency for merges")
     p.add_argument("--shards-root", default=default_shards_root(), help="root for corpus:NAME and relative specs")
+    return p
+
+
+def main(argv=None) -> int:
+    p = arg_parser()
     args = p.parse_args(argv)
     if not args.shards and not args.captions:
         p.error("give --shards and/or --captions")

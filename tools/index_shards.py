@@ -56,8 +56,7 @@ def expand(specs: list[str]) -> list[str]:
     return out
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def arg_parser() -> argparse.ArgumentParser:
     # no abbreviated options: the recorded command drops the run-only options by their full names
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
@@ -76,6 +75,12 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds one sample may take to decode [60]")
     p.add_argument("--workers", type=int, default=1, help="shards indexed in parallel [1]")
     add_task_arguments(p, "input tar")
+    return p
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = arg_parser()
     args = p.parse_args(argv)
     from smaug.data.index import index_task, merge_index
 

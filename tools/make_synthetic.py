@@ -354,7 +354,7 @@ def write_downstream(out: Path, labels: dict) -> dict:
     return {"qa_train": len(train), "qa_test": len(test), "answers": len(answers), "mc_test": len(mc)}
 
 
-def main(argv=None) -> int:
+def arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--num-videos", type=int, default=1000, help="clips in total, train + eval (default 1000)")
@@ -368,6 +368,11 @@ def main(argv=None) -> int:
         default=None,
         help="only write the QA / MC sets of an existing corpus (its labels.json) into --out",
     )
+    return p
+
+
+def main(argv=None) -> int:
+    p = arg_parser()
     args = p.parse_args(argv)
     if args.downstream_only:
         labels = json.loads((Path(args.downstream_only) / "labels.json").read_text(encoding="utf-8"))
