@@ -23,16 +23,25 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
 
 
 def _shard_problems(key: str, spec, root: str) -> list[str]:
+    """Each corpus of a spec or mixture on its own, so that every missing one is named."""
     from smaug.data.specs import _is_local, resolve_mixture
 
-    try:
-        sets = resolve_mixture(spec, root)
-    except (OSError, ValueError) as e:
-        return [f"{key}: {e}"]
-    unreadable = [u for s in sets for u in s.urls if _is_local(u) and not os.access(u, os.R_OK)]
-    if unreadable:
-        return [f"{key}: {len(unreadable)} shard(s) not readable, e.g. {unreadable[0]}"]
-    return []
+    problems = []
+    for item in spec if isinstance(spec, list) else [spec]:
+        name = str(item.get("spec")) if isinstance(item, dict) else str(item)
+        plain = not name.startswith("corpus:") and not any(c in name for c in "{:")
+        if plain and not (Path(name).exists() or (Path(root) / name).exists()):
+            problems.append(f"{key}: {name}: no such shard folder, manifest or tar (here or under {root})")
+            continue
+        try:
+            sets = resolve_mixture([item], root)
+        except (OSError, ValueError) as e:
+            problems.append(f"{key}: {e}")
+            continue
+        unreadable = [u for s in sets for u in s.urls if _is_local(u) and not os.access(u, os.R_OK)]
+        if unreadable:
+            problems.append(f"{key}: {len(unreadable)} shard(s) not readable, e.g. {unreadable[0]}")
+    return problems
 
 
 def _is_hub_name(name: str) -> bool:
