@@ -396,8 +396,11 @@ def model_config(cfg: RunConfig, **tokenizer_fields):
         mc = SmaugConfig.preset(cfg.model.preset, dense=cfg.model.dense, **knobs)
         # the vision checkpoint sets the block family, its options and mean/std; sizes are checked
         return init_config(mc, cfg.model.vision_init, cfg.model.text_init, explicit)
-    except (ValueError, TypeError, KeyError) as e:
-        raise ConfigError(f"model: {e}") from e
+    except (ValueError, TypeError, KeyError) as e:  # SmaugConfig names its field: say it as the run config does
+        msg = str(e)
+        raise ConfigError(
+            f"model.{msg[len('SmaugConfig.') :]}" if msg.startswith("SmaugConfig.") else f"model: {msg}"
+        ) from e
 
 
 def save_resolved(cfg: RunConfig, path: Path) -> None:
