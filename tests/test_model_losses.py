@@ -246,16 +246,19 @@ def test_vtm_negatives_mode_switches_the_sampler():
     from model_helpers import make_batch
 
     model = _tiny_model(vtm_negatives="auto")
-    assert model.vtm_hard is False  # "auto" starts uniform; the trainer flips it
     batch = make_batch(model.config, batch_size=8, seed=2)
     picks = {}
-    for hard in (False, True):
-        model.vtm_hard = hard
+    for hard in (None, False, True):  # None: the config's choice ("auto" starts uniform; the trainer decides)
         torch.manual_seed(0)
-        model(batch)
+        model(batch, vtm_hard=hard)
         picks[hard] = [t.clone() for t in model._last_negatives]
+    assert all(torch.equal(a, b) for a, b in zip(picks[None], picks[False]))
     assert any((a != b).any() for a, b in zip(picks[False], picks[True]))
-    assert _tiny_model(vtm_negatives="hard").vtm_hard is True
+    hard_model = _tiny_model(vtm_negatives="hard")
+    torch.manual_seed(0)
+    hard_model.load_state_dict(model.state_dict())
+    hard_model(batch)
+    assert all(torch.equal(a, b) for a, b in zip(hard_model._last_negatives, picks[True]))  # "hard": mined
     with pytest.raises(ValueError, match="vtm_negatives"):
         _tiny_model(vtm_negatives="hardest")
     with pytest.raises(ValueError, match="vtm_switch_acc"):

@@ -80,7 +80,7 @@ def _model(**kw):
 def test_moments_make_the_embedding_see_frame_order_and_vanish_on_a_static_clip(xy, centroid):
     plain, m = _model(), _model(temporal_moments=2, moments_xy=xy, moments_centroid=centroid)
     missing, unexpected = m.load_state_dict(plain.state_dict(), strict=False)
-    assert not unexpected and missing == ["temporal_moments.proj.weight", "temporal_moments.proj.bias"]
+    assert not unexpected and missing == ["video_pooling.proj.weight", "video_pooling.proj.bias"]
     video = torch.randint(0, 256, (2, 4, 3, 112, 112), dtype=torch.uint8)
     static = video[:, :1].expand(-1, 4, -1, -1, -1).contiguous()
     with torch.no_grad():
@@ -99,17 +99,37 @@ def test_moments_make_the_embedding_see_frame_order_and_vanish_on_a_static_clip(
 
 
 def test_reversed_clip_adds_a_two_way_arrow_of_time_term():
+    from smaug.models.losses import reversed_vtc_term
+
     torch.manual_seed(0)
     v, t, rev = (F.normalize(torch.randn(5, 16), dim=-1) for _ in range(3))
     temp = torch.tensor(0.1)
-    loss, sim = vtc_loss(v, t, temp, reversed_feat=rev)
-    plain, plain_sim = vtc_loss(v, t, temp)
     pair = torch.stack([(t * v).sum(-1), (t * rev).sum(-1)], dim=1) / temp  # [texts, {its clip, reversed}]
-    torch.testing.assert_close(loss, plain + F.cross_entropy(pair, torch.zeros(5, dtype=torch.long)))
-    torch.testing.assert_close(sim, plain_sim)  # mining sees the plain [Bg, Bg] similarities
+    torch.testing.assert_close(
+        reversed_vtc_term(v, t, rev, temp), F.cross_entropy(pair, torch.zeros(5, dtype=torch.long))
+    )
     # a clip that reads the same both ways (no motion) costs log 2 and nothing can lower it
-    same, _ = vtc_loss(v, t, temp, reversed_feat=v)
-    torch.testing.assert_close(same, plain + torch.log(torch.tensor(2.0)))
+    torch.testing.assert_close(reversed_vtc_term(v, t, v, temp), torch.log(torch.tensor(2.0)))
+
+
+def test_temporal_hook_adds_its_terms_to_the_papers_vtc():
+    """The model's VTC loss is the paper's plus the temporal extensions' terms, each with its weight."""
+    from smaug.models.losses import reversed_vtc_term
+
+    m = _model(temporal_moments=2, vtc_reversed=0.1, vtc_static=0.5).train()
+    batch = make_batch(m.config, batch_size=4)
+    torch.manual_seed(0)
+    out = m(batch, mask_ratio=0.0)
+    with torch.no_grad():
+        enc, tokens, video_feat, _ = m.forward_video(batch["video"], 0.0)
+        _, text_feat = m.encode_text(batch["input_ids"], batch["attention_mask"])
+        paper, _ = vtc_loss(video_feat, text_feat, m.temp)
+        rev = m.temporal.reversed_embedding(m, m.normalize_video(batch["video"]), 0.0)
+        static = F.normalize(m.vision_proj(tokens[:, :, 0]).mean(1), dim=-1)
+        want = paper + 0.1 * reversed_vtc_term(video_feat, text_feat, rev, m.temp)
+        want = want + 0.5 * vtc_loss(static, text_feat, m.temp)[0]
+    torch.testing.assert_close(out.losses["vtc"].detach(), want)
+    assert _model().temporal is None  # the paper's model builds no temporal extension
 
 
 def test_vtc_reversed_trains_the_readout_and_reports_rev_acc():
@@ -118,13 +138,13 @@ def test_vtc_reversed_trains_the_readout_and_reports_rev_acc():
     out = m(batch)
     assert 0.0 <= out.metrics["rev_acc"].item() <= 1.0
     out.loss.backward()
-    assert m.temporal_moments.proj.weight.grad.abs().sum() > 0
+    assert m.video_pooling.proj.weight.grad.abs().sum() > 0
     m.zero_grad(set_to_none=True)
     # the reversed clip goes through the encoder without gradient (the moments read its tokens detached): only
     # the readout learns from it
-    m.forward_reversed(m.normalize_video(batch["video"])).sum().backward()
+    m.temporal.reversed_embedding(m, m.normalize_video(batch["video"]), 0.75).sum().backward()
     assert all(p.grad is None for p in m.video_encoder.parameters())
-    assert m.temporal_moments.proj.weight.grad.abs().sum() > 0 and m.vision_proj.weight.grad.abs().sum() > 0
+    assert m.video_pooling.proj.weight.grad.abs().sum() > 0 and m.vision_proj.weight.grad.abs().sum() > 0
     image = make_batch(m.config, batch_size=4, num_frames=1)  # an image batch has no reversal: no metric, no error
     assert "rev_acc" not in m(image).metrics
 
@@ -173,10 +193,28 @@ def test_moments_take_the_configs_weight_and_grid():
     from smaug.models import SmaugModel
 
     cfg = SmaugConfig.preset("tiny", temporal_moments=2, moments_centroid=True, moments_weight=0.25)
-    tm = SmaugModel(cfg).temporal_moments
+    tm = SmaugModel(cfg).video_pooling
     assert tm.weight == 0.25 and tm.grid == cfg.image_size // cfg.patch_size
     with pytest.raises(ValueError, match="grid"):
         type(tm)(8, 8, 2, centroid=True)
+
+
+def test_checkpoints_with_the_moments_under_their_old_name_load():
+    """Checkpoints written before the pooling component held the moments under `temporal_moments.`: they load
+    strictly (the engine's resume) and through the checkpoint reader (evaluation, export, fine-tuning)."""
+    from smaug.checkpoint import adapt_state_dict
+
+    new = _model(temporal_moments=2)
+    old = {
+        ("temporal_moments." + k[len("video_pooling.") :] if k.startswith("video_pooling.") else k): v + 1.0
+        for k, v in new.state_dict().items()
+    }
+    assert any(k.startswith("temporal_moments.") for k in old)
+    fresh = _model(temporal_moments=2)
+    fresh.load_state_dict(old)  # strict
+    torch.testing.assert_close(fresh.video_pooling.proj.weight, old["temporal_moments.proj.weight"])
+    read, _ = adapt_state_dict(old, new.state_dict(), "old checkpoint")
+    assert set(read) == set(new.state_dict())
 
 
 @pytest.mark.parametrize("qa", [False, True])
