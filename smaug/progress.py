@@ -33,7 +33,8 @@ def _stderr_line(line: str) -> None:
 
 class PlainProgress:
     """tqdm's interface, printing `desc: 120/400 step (30%), 2.10 step/s, 0m57s elapsed, 2m10s left, key=value`
-    through `write` at most every `every_s` seconds (`EVERY_S` by default), and once more at `close()`."""
+    through `write` at most every `every_s` seconds (`EVERY_S` by default), and once more at `close()`. The
+    key=values are the last `set_postfix`'s (the trainer's last logged record)."""
 
     def __init__(
         self,
@@ -49,6 +50,7 @@ class PlainProgress:
         self.n = self.start = self.shown = initial
         self.t0 = self.last = time.monotonic()
         self.postfix: dict = {}
+        self.shown_postfix: dict = {}
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -60,7 +62,7 @@ class PlainProgress:
 
     def show(self) -> None:
         now = time.monotonic()
-        self.last, self.shown = now, self.n
+        self.last, self.shown, self.shown_postfix = now, self.n, dict(self.postfix)
         elapsed = now - self.t0
         rate = (self.n - self.start) / elapsed if elapsed > 0 else 0.0
         parts = [f"{self.n}/{self.total}" if self.total else str(self.n)]
@@ -72,7 +74,9 @@ class PlainProgress:
         self.write((f"{self.desc}: " if self.desc else "") + ", ".join(parts))
 
     def close(self) -> None:
-        if self.n != self.shown:
+        """The end: a last line unless the last one already said it (a postfix set after it, e.g. the final
+        record's loss, is news)."""
+        if self.n != self.shown or self.postfix != self.shown_postfix:
             self.show()
 
 
