@@ -9,7 +9,9 @@ Each run is `bash launch/quickstart.sh run.seed=S [overrides]` (QUICKSTART_DENSE
 directory (OUT/<variant>_s<seed>); the synthetic corpus, shards and tokenizer are built by the first run and reused by
 the others (the quickstart skips a stage whose output exists; --data / --shards point elsewhere). A run whose
 eval.json exists is not rerun (delete its folder to rerun it). The code is the checkout this file lives in, or --repo
-(PYTHONPATH points at it, so another copy of the code runs on the same venv; SMAUG_VENV picks the venv).
+(PYTHONPATH points at it, so another copy of the code runs on the same venv; SMAUG_VENV picks the venv; when that
+venv's install stamp does not match the copy's requirements, launch/setup_env.sh reinstalls it, editable install
+included, from the copy: `pip install -e` the main checkout again afterwards).
 
 Per run and as min / mean per variant it prints: the attribute table of the VTC ranking (colour, shape, motion with the
 frozen-frame control, combination; eval.json's `attributes`, from labels.json), t2v R@1 of the three rankings (VTC, VTM
