@@ -140,6 +140,13 @@ class RunConfig:
     # sections a subclass adds (name -> dataclass), e.g. smaug.train.qa.QARunConfig's `qa`
     EXTRA_SECTIONS: typing.ClassVar[dict] = {}
     TRAIN_SHARDS_REQUIRED: typing.ClassVar[bool] = True  # False: the subclass reads its training data elsewhere
+    SHARDS_READ: typing.ClassVar[bool] = True  # False: the run reads neither data.train_shards nor data.eval_shards
+
+    def data_paths(self) -> dict:
+        """{dotted key: path} of the files and folders a run of this config reads besides its shards, tokenizer
+        and checkpoints (checked before the first step by smaug.preflight); a subclass with data of its own adds
+        them (smaug.eval.qa.QARunConfig)."""
+        return {}
 
     def to_dict(self) -> dict:
         """The config as YAML would spell it (model knobs flat in the model section)."""

@@ -6,7 +6,8 @@ cycle clears them all. `smaug.config.validate(cfg, check_paths=True)` adds these
 problems; `Trainer.setup_run` calls `check_paths` for runs built without it.
 
 What is checked: the training and eval shard specs resolve (corpus YAML, manifest, every local shard file) and
-each shard file is readable; the tokenizer is a local folder or, offline, a hub name in the local cache;
+each shard file is readable (unless the config class reads no shards: `RunConfig.SHARDS_READ`); the files its
+class names in `data_paths()` (VideoQA's JSONs and video folder) exist; the tokenizer is a local folder or, offline, a hub name in the local cache;
 `model.init_from` and an explicit `ckpt.resume` exist; the output directory is (or can be created as) a writable
 folder. The pretrained towers (`model.vision_init` / `model.text_init`) are resolved by the config's own model
 check (`smaug.models.pretrained.init_config`).
@@ -89,10 +90,13 @@ def path_problems(cfg) -> list[str]:
     """One line per missing or unusable path of run config `cfg` (a smaug.config.RunConfig)."""
     problems: list[str] = []
     d, m = cfg.data, cfg.model
-    if d.train_shards:
+    if d.train_shards and cfg.SHARDS_READ:
         problems += _shard_problems("data.train_shards", d.train_shards, d.shards_root)
-    if d.eval_shards:
+    if d.eval_shards and cfg.SHARDS_READ:
         problems += _shard_problems("data.eval_shards", d.eval_shards, d.shards_root)
+    for key, path in cfg.data_paths().items():
+        if not Path(path).expanduser().exists():
+            problems.append(f"{key}: {path} does not exist")
     if m.tokenizer or m.text_init:
         key = "model.tokenizer" if m.tokenizer else "model.text_init (its tokenizer)"
         problems.append(_tokenizer_problem(m.tokenizer or m.text_init, key))

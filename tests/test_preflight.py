@@ -71,7 +71,7 @@ def test_run_with_missing_eval_corpus_tokenizer_and_unwritable_output_stops_befo
     text = cap.out + cap.err
     assert text.count("config error: 3 problems:") == 1, text
     for what in ("data.eval_shards: corpus:not_built_yet", "model.tokenizer: ", "run.output_dir: "):
-        assert f"\n[smaug]   - {what}" in f"\n{text}" or f"  - {what}" in text, (what, text)
+        assert f"\n  - {what}" in text, (what, text)  # each on a line of its own
     assert "Traceback" not in text and "step 1" not in text
 
 
@@ -82,3 +82,25 @@ def test_later_ranks_stay_silent(synthetic_shards, tmp_path, capsys, monkeypatch
     )
     cap = capsys.readouterr()
     assert rc == 2 and "config error" not in cap.out + cap.err
+
+
+def test_a_videoqa_run_checks_its_own_data_not_the_shards(tmp_path):
+    """QA fine-tuning reads qa.* files, not data.train_shards / data.eval_shards (the quickstart's, unbuilt here)."""
+    from smaug.eval.qa import QARunConfig
+
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "vocab.txt").write_text("[PAD]\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(
+            ["quickstart", "finetune_qa"],
+            [
+                "data.train_shards=corpus:not_built",
+                f"qa.train_json={tmp_path}/train.json",
+                f"qa.video_root={tmp_path}",
+                f"model.tokenizer={tmp_path}/tok",
+            ],
+            output_dir=str(tmp_path / "qa"),
+            config_cls=QARunConfig,
+            check_paths=True,
+        )
+    assert str(e.value) == f"qa.train_json: {tmp_path}/train.json does not exist"

@@ -55,6 +55,12 @@ class QARunConfig(RunConfig):
     qa: QASection = dataclasses.field(default_factory=QASection)
     EXTRA_SECTIONS = {"qa": QASection}
     TRAIN_SHARDS_REQUIRED = False
+    SHARDS_READ = False  # the videos come from qa.video_root / qa.video_shards, evaluation from qa.test_json
+
+    def data_paths(self) -> dict:
+        q = self.qa
+        keys = ("train_json", "test_json", "answer_list", "video_root", "test_video_root")
+        return {f"qa.{k}": getattr(q, k) for k in keys if getattr(q, k)}
 
     def __post_init__(self):
         q = self.qa
