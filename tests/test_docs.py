@@ -37,6 +37,7 @@ REPO_DIRS = ("tools", "bench", "launch", "smaug", "docs", "tests", "ds_configs",
 PATH = re.compile(r"(?<![\w./-])((?:" + "|".join(map(re.escape, REPO_DIRS)) + r")/[\w./-]*)")
 PLACEHOLDERS = {"NAME", "PREFIX", "X", "N", "TOOL"}  # shards/NAME.yaml: a name the reader picks
 COMMAND_START = re.compile(r"^([A-Z_][A-Z0-9_]*=\S+ )*(python3? |bash |sbatch |torchrun |smaug-)")
+PLACEHOLDER_VALUE = re.compile(r"^[a-z_]+(\.[a-z_0-9]+)+=[A-Z][A-Z_0-9]*$")
 PLACEHOLDER_OVERRIDE = re.compile(r"^(section\.key=|\S+=[A-Z_]+$)|.* ")  # `section.key=value`, `x=MODE`, prose
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 ENTRY_POINTS = {
@@ -198,6 +199,7 @@ def check_command(tokens: list[str], fragment: bool = False) -> list[str]:
     while tokens and ENV_ASSIGN.match(tokens[0]):
         k, v = tokens.pop(0).split("=", 1)
         env[k] = v
+    tokens = [t for t in tokens if not PLACEHOLDER_VALUE.search(t)]  # `run.seed=S`: the reader's value, unchecked
     problems = [p for t in tokens if OVERRIDE.match(t) and (p := check_override(t))]
     for i, t in enumerate(tokens):
         args = _args_after(tokens, i)
