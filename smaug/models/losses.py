@@ -98,7 +98,9 @@ def token_overlap(ids: torch.Tensor, vocab_size: int, ignore: tuple[int, ...]) -
     [CLS], [SEP], ...) left out; 0 between two empty sets. Word order and repeats do not count, so a caption and its
     re-wording with a word added, dropped or moved score high. Device ops only (a bag of tokens [B, vocab] and one
     matmul): no host sync."""
-    keep = ~torch.isin(ids, torch.tensor(ignore, device=ids.device, dtype=ids.dtype))
+    keep = torch.ones_like(ids, dtype=torch.bool)
+    for t in ignore:  # scalar compares: no tensor built from host values (an upload each step on a GPU)
+        keep &= ids != t
     bag = torch.zeros(ids.shape[0], vocab_size, device=ids.device).scatter_add_(1, ids, keep.float())
     bag = (bag > 0).float()  # a set: repeats count once (and the sum's order cannot change it)
     inter = bag @ bag.T

@@ -104,8 +104,9 @@ class SmaugConfig:
     vtm_negatives: str = "auto"
     vtm_switch_acc: float = 0.9  # "auto": pair accuracy on uniform negatives that starts hard ones (the prior, always
     # "no match", scores 2/3); too low a bar starts them before the features separate the hard pairs
-    vtm_hard_by: float = 0.5  # "auto": hard negatives start at this share of train.steps at the latest, bar reached or
-    # not, so the run trains VTM on them for its second half whatever the seed (1 = only when the bar is reached)
+    vtm_hard_by: float = 1.0  # "auto": hard negatives start at this share of train.steps at the latest, bar reached or
+    # not (0.5: VTM trains on them for the second half whatever the seed); 1 = only when the bar is reached. Off by
+    # default until a forced start is measured to keep VTM above its prior (docs/experiments.md, issue 34)
     vtm_hard_share: float = 1.0  # "auto": share of each batch's rows whose two negatives are mined once the ramp is
     # done; the others stay uniform (1 = all, the paper's). A pair the fusion cannot yet tell from its positive is best
     # answered "no", so an all-hard batch can pin VTM to its prior (2/3) while uniform rows keep a signal it learns from
