@@ -95,8 +95,7 @@ def run_info(ref, run_config: dict, step: Optional[int]) -> dict:
 def verify_export(model, folder: Path, seed: int = 0) -> float:
     """Max |difference| between `model` (a SmaugModel) and the exported folder loaded as `SmaugHFModel` in
     this process, over the video and text embeddings and the VTM logits of random inputs."""
-    from transformers import AutoTokenizer
-
+    from smaug.data import load_tokenizer
     from smaug.hf import SmaugHFModel
 
     hf = SmaugHFModel.from_pretrained(str(folder)).eval()
@@ -105,7 +104,7 @@ def verify_export(model, folder: Path, seed: int = 0) -> float:
     video = torch.randint(
         0, 256, (2, cfg.num_frames, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8, generator=g
     )
-    tok = AutoTokenizer.from_pretrained(str(folder))
+    tok = load_tokenizer(folder)  # the library's reader of a custom-code folder's tokenizer
     enc = tok(["a red circle moves to the left", "a square"], padding=True, return_tensors="pt")
     ids, mask = enc["input_ids"], enc["attention_mask"]
     model.eval()
