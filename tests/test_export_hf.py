@@ -226,7 +226,11 @@ def test_auto_classes_registered_with_smaug_installed(exported):
 
 def test_hf_folder_loads_back_into_smaug(exported, ckpt_w1):
     """An exported folder is a valid `model.init_from` / eval checkpoint: same config, same weights."""
+    from smaug.checkpoint import HF_PREFIX
+    from smaug.hf import SmaugHFModel
     from smaug.hf.export import local_paths_reduced
+
+    assert HF_PREFIX == SmaugHFModel.base_model_prefix + "."  # the reader strips what the HF model prefixes
     from smaug.models import SmaugModel
 
     cfg_a, sd_a, rc_a, _ = load_smaug_checkpoint(ckpt_w1)
