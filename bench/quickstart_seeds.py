@@ -15,7 +15,9 @@ included, from the copy: `pip install -e` the main checkout again afterwards).
 
 Per run and as min / mean per variant it prints: the attribute table of the VTC ranking (colour, shape, motion with the
 frozen-frame control, combination; eval.json's `attributes`, from labels.json), t2v R@1 of the three rankings (VTC, VTM
-rerank, combined) with chance, the held-out VTM pair accuracy against its always-'no' prior, the training VTM pair
+rerank, combined) with chance and their combination accuracy (R@1 by content: this corpus has ~8 held-out clips of
+each content), the held-out VTM pair accuracy against its always-'no' prior, counting only the query's own clip as a
+match and counting every clip of its content (`smaug.eval.attributes.vtm_content_accuracy`), the training VTM pair
 accuracy over the last tenth of the steps split by negative kind (hard / uniform: 1 positive + 2 negatives of one kind,
 always-'no' prior 2/3 each), the step from which hard negatives were in use, and the wall time (the harness's clock
 around the whole command; the first run's includes building the data). OUT/seeds.json holds the same numbers.
@@ -45,6 +47,12 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="QUICKSTART_DATA (default: the quickstart's, <repo>/data/synthetic)")
     p.add_argument("--shards", help="SMAUG_SHARDS (default: the quickstart's, <repo>/shards)")
     p.add_argument("--report-only", action="store_true", help="print the table of the runs found, run nothing")
+    p.add_argument(
+        "--qa",
+        action="store_true",
+        help="also fine-tune VideoQA on each checkpoint with docs/downstream.md's synthetic command (into RUN/qa; "
+        "with its blind baseline): held-out accuracy per question type",
+    )
     p.add_argument(
         "--tail", type=float, default=0.1, help="share of the last training steps the final vtm_acc averages"
     )
@@ -80,6 +88,55 @@ def run_one(args, variant: str, seed: int, out: Path) -> float | None:
     if rc != 0:
         print(f"[seeds] {variant} seed {seed} failed (exit {rc}): see {out}/quickstart.log", flush=True)
     return wall
+
+
+# docs/downstream.md's VideoQA fine-tuning on the quickstart corpus (tests/test_docs.py checks that page's commands)
+QA_OVERRIDES = (
+    "train.steps=300",
+    "optim.lr=5e-4",
+    "optim.min_lr=1e-5",
+    "optim.warmup_steps=20",
+    "ckpt.every=100",
+    "data.num_workers=1",
+)
+
+
+def run_qa(args, variant: str, seed: int, run: Path) -> None:
+    """VideoQA fine-tuning (and its blind baseline) from the run's checkpoint into run/qa, unless done."""
+    if not (run / "eval.json").exists() or (run / "qa" / "qa_report.json").exists():
+        return
+    repo = Path(args.repo).resolve()
+    data = Path(args.data).resolve() if args.data else repo / "data" / "synthetic"
+    cmd = [
+        "python",
+        "tools/finetune_qa.py",
+        "--init",
+        str(run.resolve()),
+        "--out",
+        str((run / "qa").resolve()),
+        "--video-root",
+        str(data / "videos"),
+        "--train-json",
+        str(data / "qa_train.json"),
+        "--test-json",
+        str(data / "qa_test.json"),
+        "--answer-list",
+        str(data / "answer_list.json"),
+        *QA_OVERRIDES,
+    ]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(repo), *filter(None, [os.environ.get("PYTHONPATH")])])
+    print(f"[seeds] {variant} seed {seed} VideoQA: {' '.join(cmd)} -> {run}/qa.log", flush=True)
+    with open(run / "qa.log", "w") as log:
+        rc = subprocess.call(
+            ["bash", "-c", '. launch/setup_env.sh && exec "$@"', "qa", *cmd],
+            cwd=repo,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    if rc != 0:
+        print(f"[seeds] {variant} seed {seed} VideoQA failed (exit {rc}): see {run}/qa.log", flush=True)
 
 
 def training_vtm(log_path: Path, tail: float) -> dict:
@@ -129,8 +186,15 @@ def collect(out: Path, tail: float) -> dict | None:
         row["attr_control"] = att["frozen_frame_control"].get("vtc", {})
         row["attr_chance"] = att["chance"]
         row["r1_ceiling"] = att.get("r1_ceiling")
+        row["attr_rankings"] = att["rankings"]
+        row["vtm_pairs"] = att.get("vtm_pairs")
     if (out / "log.jsonl").exists():
         row["train"] = training_vtm(out / "log.jsonl", tail)
+    qa = out / "qa" / "qa_report.json"
+    if qa.exists():
+        q = json.loads(qa.read_text())
+        row["qa"] = {t: v for t, v in q["per_type"].items()}
+        row["qa_all"], row["qa_blind"] = q["accuracy"], q.get("blind_accuracy")
     if (out / "wall_s").exists():
         row["wall_s"] = float((out / "wall_s").read_text())
     return row
@@ -146,12 +210,23 @@ COLUMNS = (
     ("R1vtc", lambda r: r["r1"]["vtc"]),
     ("R1vtm", lambda r: r["r1"]["vtm"]),
     ("R1comb", lambda r: r["r1"]["combined"]),
+    ("cVTM", lambda r: r["attr_rankings"]["vtm"]["combination"]),
+    ("cComb", lambda r: r["attr_rankings"]["combined"]["combination"]),
     ("hoVTM", lambda r: r["heldout_vtm_acc"]),
     ("hoPrior", lambda r: r["heldout_vtm_prior"]),
+    ("coVTM", lambda r: r["vtm_pairs"]["acc"]),
+    ("coPrior", lambda r: max(r["vtm_pairs"]["always_no"], r["vtm_pairs"]["always_yes"])),
+    ("noMot", lambda r: r["vtm_pairs"]["no_on_motion"]),
     ("trVTM", lambda r: r["train"]["vtm_acc"]),
     ("trHard", lambda r: r["train"]["vtm_acc_hard"]),
     ("trUnif", lambda r: r["train"]["vtm_acc_uniform"]),
     ("hardFrom", lambda r: r["train"]["hard_from"]),
+    ("qaCol", lambda r: r["qa"]["colour"]["model"]),
+    ("qaShp", lambda r: r["qa"]["shape"]["model"]),
+    ("qaMot", lambda r: r["qa"]["motion"]["model"]),
+    ("blCol", lambda r: r["qa"]["colour"]["blind"]),
+    ("blShp", lambda r: r["qa"]["shape"]["blind"]),
+    ("blMot", lambda r: r["qa"]["motion"]["blind"]),
     ("wall_s", lambda r: r["wall_s"]),
 )
 
@@ -197,9 +272,14 @@ def table(rows: dict[str, dict]) -> list[str]:
         )
     lines.append(
         "colour..comb: held-out t2v top-1 attribute accuracy of the VTC ranking (%), m.ctl its frozen-frame control, "
-        "R1*: held-out t2v R@1; hoVTM/hoPrior: held-out VTM pair accuracy on the reranked candidates and its "
-        "always-'no' prior; trVTM/trHard/trUnif: training VTM pair accuracy over the last tenth of the steps (all, "
-        "hard-negative rows, uniform-negative rows); hardFrom: first log step with hard negatives in use"
+        "R1*: held-out t2v R@1; cVTM/cComb: combination accuracy of the VTM-reranked and combined rankings (the "
+        "R@1 of a query counting every clip of its content; VTC's is comb); hoVTM/hoPrior: held-out VTM pair "
+        "accuracy on the reranked candidates and its always-'no' prior (only the query's own clip a match); "
+        "coVTM/coPrior: the same with every clip of the query's content a match (%) and the better constant head's, noMot: % of the motion-only "
+        "negatives it calls no match; trVTM/trHard/trUnif: training VTM pair accuracy over the last tenth of the steps (all, "
+        "hard-negative rows, uniform-negative rows); hardFrom: first log step with hard negatives in use; qa*/bl*: "
+        "held-out VideoQA accuracy per question type (%) of the fine-tuned model and of its blind (text-only) "
+        "baseline (--qa)"
     )
     return lines
 
@@ -213,6 +293,8 @@ def main(argv=None) -> int:
             run_dir = out / f"{variant}_s{seed}"
             if not args.report_only:
                 run_one(args, variant, seed, run_dir)
+                if args.qa:
+                    run_qa(args, variant, seed, run_dir)
             row = collect(run_dir, args.tail)
             if row is not None:
                 rows[f"{variant} s{seed}"] = row

@@ -6,7 +6,13 @@ import json
 import pytest
 import torch
 
-from smaug.eval.attributes import attribute_accuracy, frozen_frames, load_clip_labels, r1_ceiling
+from smaug.eval.attributes import (
+    attribute_accuracy,
+    frozen_frames,
+    load_clip_labels,
+    r1_ceiling,
+    vtm_content_accuracy,
+)
 
 # 6 clips: two (colour, shape) pairs x motions; clips 0 and 1 share every attribute
 LABELS = {
@@ -58,6 +64,29 @@ def test_a_model_blind_to_motion_gets_colour_and_shape_but_not_motion():
 def test_r1_ceiling_counts_indistinguishable_clips():
     # clips 0 and 1 share every attribute: their queries can get R@1 1/2 at best, every other query 1
     assert r1_ceiling(T2V, KEYS, LABELS) == pytest.approx(100 * (0.5 + 0.5 + 5) / 7)
+
+
+def test_vtm_pairs_count_every_clip_of_the_query_content_as_a_match():
+    """A VTM head that reads colour, shape and motion says "match" to clip 1 for a query of clip 0 (same content):
+    by content it is right on every pair, where counting only the query's own clip calls it wrong there."""
+    pairs = torch.tensor([[t, v] for t in range(7) for v in range(6)])  # (text, video), every pair
+    combo = [tuple(LABELS[k].values()) for k in KEYS]
+    reads_all = torch.tensor([1.0 if combo[T2V[t]] == combo[v] else -1.0 for t, v in pairs.tolist()])
+    r = vtm_content_accuracy(pairs, reads_all, T2V, KEYS, LABELS)
+    assert r["acc"] == pytest.approx(100.0) and r["yes_on_match"] == pytest.approx(100.0)
+    assert r["no_on_motion"] == pytest.approx(100.0)
+    # 9 matching pairs of 42: each query's own clip (7), clip 1 for text 0 and clip 0 for text 1
+    assert r["num_match"] == 9 and r["always_yes"] == pytest.approx(100 * 9 / 42)
+    assert r["always_no"] == pytest.approx(100 * 33 / 42)
+    # motion-only negatives: red circle left <-> right (texts 0, 1 x clip 2; text 2 x clips 0, 1) and the
+    # blue squares' 3 motions (texts 3, 4 x 2 others each; texts 5, 6 x clips 3, 4)
+    assert r["num_motion"] == 4 + 4 + 4
+    # blind to motion: "match" on every clip of the colour-shape pair, the motion-only negatives included
+    pair_code = torch.tensor([0, 0, 0, 1, 1, 1])
+    blind = torch.tensor([1.0 if pair_code[T2V[t]] == pair_code[v] else -1.0 for t, v in pairs.tolist()])
+    b = vtm_content_accuracy(pairs, blind, T2V, KEYS, LABELS)
+    assert b["no_on_motion"] == 0.0 and b["yes_on_match"] == pytest.approx(100.0)
+    assert b["acc"] == pytest.approx(100 * (42 - 12) / 42)
 
 
 def test_unlabelled_clips_are_refused():

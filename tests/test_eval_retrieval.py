@@ -509,6 +509,9 @@ def test_eval_labels_add_attribute_accuracy_and_the_frozen_frame_control(
     assert keys and att["labels"] == str(labels.resolve())
     assert rep["results"]["vtc"] == base_report[0]["results"]["vtc"]  # the control is a separate pass
     assert "frozen frames" in r.stdout and "R@1 ceiling" in r.stdout
+    vp = att["vtm_pairs"]  # the VTM head by content, on the pairs the report's vtm_acc scores
+    assert vp["num_pairs"] == rep["protocol"]["num_pairs_reranked"] and "motion-only negatives" in r.stdout
+    assert vp["always_no"] + vp["always_yes"] == pytest.approx(100.0) and 0 <= vp["acc"] <= 100
 
 
 def test_eval_bad_checkpoint_is_a_clear_error(tmp_path):

@@ -197,6 +197,7 @@ def run(args) -> dict:
             res["keys"],
             load_clip_labels(args.labels),
             str(Path(args.labels).resolve()),
+            vtm_pairs=res.get("vtm_pairs"),
         )
     elapsed = time.perf_counter() - t0
     report = retrieval_report(

@@ -16,6 +16,12 @@ The frozen-frame control (`frozen_frames`) evaluates the same checkpoint with ev
 by the middle one: any single frame has the same position distribution for opposite motions, so
 what stays above chance on motion without time is not motion. A model that uses time is well above
 its control on motion.
+
+The VTM head's pair accuracy on the reranked candidates (`vtm_content_accuracy`) is read the same way: a
+candidate clip with the query clip's colour, shape and motion is a right answer, since nothing in the caption
+tells such clips apart. The retrieval report's own `vtm_acc` counts only the query's own clip as a match, so the
+other clips of its content (about 7 of a held-out query's top 16 here) are "no" pairs that a VTM head reading
+the caption right must call "yes": by that count a perfect head scores below the always-"no" prior.
 """
 
 from __future__ import annotations
@@ -84,12 +90,51 @@ def r1_ceiling(txt2vid: torch.Tensor, keys: list[str], labels: dict[str, dict]) 
     return 100.0 * sum(1.0 / count[combo[v]] for v in txt2vid.tolist()) / max(len(txt2vid), 1)
 
 
+def vtm_content_accuracy(
+    pairs: torch.Tensor, logits: torch.Tensor, txt2vid: torch.Tensor, keys: list[str], labels: dict[str, dict]
+) -> dict:
+    """The VTM head on its scored (text, video) `pairs` [P, 2] (logits [P], `logit > 0` = "match"), with every
+    clip of the query clip's content (colour, shape and motion) counted as a match. Returns, in %:
+    `acc` and the constant heads' `always_no` (share of non-matching pairs) and `always_yes`; `yes_on_match`, how many
+    matching pairs it calls a match; `no_on_motion`, how many pairs that differ from the query in motion alone
+    (the hard negatives: same colour and shape) it calls no match, against the 0 of an always-"yes" head; and
+    the pair counts."""
+    combo = [tuple(labels[k][a] for a in ATTRIBUTES) for k in keys]
+    q = [combo[v] for v in txt2vid[pairs[:, 0]].tolist()]  # the query's content, per pair
+    c = [combo[v] for v in pairs[:, 1].tolist()]  # the candidate's
+    match = torch.tensor([a == b for a, b in zip(q, c)])
+    motion_only = torch.tensor([a[:2] == b[:2] and a[2] != b[2] for a, b in zip(q, c)])
+    yes = logits > 0
+
+    def pct(x: torch.Tensor) -> float | None:
+        return 100.0 * x.double().mean().item() if x.numel() else None
+
+    return {
+        "acc": pct(yes == match),
+        "always_no": pct(~match),
+        "always_yes": pct(match),
+        "yes_on_match": pct(yes[match]),
+        "no_on_motion": pct(~yes[motion_only]),
+        "num_pairs": len(match),
+        "num_match": int(match.sum()),
+        "num_motion": int(motion_only.sum()),
+    }
+
+
 def attribute_report(
-    rankings: dict, control: dict, txt2vid: torch.Tensor, keys: list[str], labels: dict, source: str
+    rankings: dict,
+    control: dict,
+    txt2vid: torch.Tensor,
+    keys: list[str],
+    labels: dict,
+    source: str,
+    vtm_pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict:
     """The `attributes` block of a retrieval report. rankings / control: {name: [Nt, Nv] t2v scores}, of the
-    model and of its frozen-frame control (the same checkpoint, every frame the middle one)."""
+    model and of its frozen-frame control (the same checkpoint, every frame the middle one); `vtm_pairs`: the
+    VTM head's scored (pairs [P, 2], logits [P]), read by content (`vtm_content_accuracy`)."""
     model = {name: attribute_accuracy(s, txt2vid, keys, labels) for name, s in rankings.items()}
+    vtm = None if vtm_pairs is None else vtm_content_accuracy(*vtm_pairs, txt2vid, keys, labels)
     return {
         "labels": source,
         "num_queries": len(txt2vid),
@@ -101,6 +146,7 @@ def attribute_report(
         "frozen_frame_control": {
             name: _accs(attribute_accuracy(s, txt2vid, keys, labels)) for name, s in control.items()
         },
+        **({"vtm_pairs": vtm} if vtm is not None else {}),
     }
 
 
@@ -121,6 +167,14 @@ def format_attributes(block: dict) -> list[str]:
         if ctl:
             lines.append(f"{name + ' frozen frames':<22}" + "".join(f"{ctl[n]:>13.1f}" for n in names))
     lines.append(f"{'chance':<22}" + "".join(f"{block['chance'][n]:>13.1f}" for n in names))
+    vp = block.get("vtm_pairs")
+    if vp:
+        f = lambda x: "-" if x is None else f"{x:.1f}"
+        lines.append(
+            f"VTM on {vp['num_pairs']} reranked pairs, a clip of the query's content = match: accuracy {f(vp['acc'])}% "
+            f"(always-no {f(vp['always_no'])}%, always-yes {f(vp['always_yes'])}%); says match on {f(vp['yes_on_match'])}% of the {vp['num_match']} "
+            f"matches, no match on {f(vp['no_on_motion'])}% of the {vp['num_motion']} motion-only negatives"
+        )
     return lines
 
 

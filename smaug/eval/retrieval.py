@@ -443,7 +443,8 @@ def evaluate(
     "vtm_acc", "vtm_pos_frac": VTM pair accuracy and positive fraction of the scored pairs or None,
     "num_pairs_scored": int, "keys": [...], "options": what was evaluated (for `retrieval_report`)},
     and, for callers and not for JSON, "sim": [Nt, Nv] VTC similarity, "features": the Features and
-    "t2v_scores": {ranking: [Nt, Nv] final text->video scores} (vtc, and vtm / combined with k > 0).
+    "t2v_scores": {ranking: [Nt, Nv] final text->video scores} (vtc, and vtm / combined with k > 0) and
+    "vtm_pairs": (pairs [P, 2] (text, video), VTM logits [P]) of the scored pairs (k > 0).
     Collective with world > 1.
     """
     if pooling not in POOLINGS:
@@ -500,9 +501,9 @@ def evaluate(
     ):
         out["t2v_scores"][name] = rerank_scores(sim, top_t2v, st)
         out[name] = retrieval_metrics(out["t2v_scores"][name], feats.txt2vid, rerank_scores(sim.t(), top_v2t, sv).t())
-    out["vtm_acc"], out["vtm_pos_frac"] = vtm_pair_accuracy(
-        pairs, torch.tensor([scores[p] for p in map(tuple, pairs.tolist())]), feats.txt2vid
-    )
+    logits = torch.tensor([scores[p] for p in map(tuple, pairs.tolist())])
+    out["vtm_acc"], out["vtm_pos_frac"] = vtm_pair_accuracy(pairs, logits, feats.txt2vid)
+    out["vtm_pairs"] = (pairs, logits)
     out["num_pairs_scored"] = len(pairs)
     options["vtc_temp"] = temp
     return out
