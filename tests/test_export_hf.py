@@ -247,7 +247,7 @@ CLIP = dict(vision_family="clip", vision_norm_eps=1e-5, vision_act="quick_gelu")
 MOMENTS = dict(temporal_moments=2, moments_xy=True, moments_centroid=True)
 VARIANTS = {  # name -> (SmaugConfig fields of the tiny preset, frames per test clip; training's is 4)
     "vit_fuse_moments": ({**MOMENTS}, 4),
-    "vit_drop_6_frames": ({"sparsify_mode": "drop"}, 6),
+    "vit_drop_6_frames_fusion_time": ({"sparsify_mode": "drop", "fusion_time_embed": True}, 6),
     "vit_dense": ({"dense": True}, 4),
     "clip_quickgelu": ({**CLIP}, 4),
     "clip_temporal_all_moments3_drop": (

@@ -248,3 +248,41 @@ def test_fusion_clip_token_lets_fusion_tell_a_clip_from_its_reverse(qa):
         assert width[True] == width[False] + 1  # [CLS], the kept tokens, the motion token
     torch.testing.assert_close(out[False][0], out[False][1])  # order-blind without it
     assert not torch.allclose(out[True][0], out[True][1], atol=1e-5)
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_fusion_time_embed_lets_fusion_tell_a_clip_from_its_reverse(dense):
+    """The encoder's temporal embedding starts at zero, so the tokens fusion reads do not say which frame comes first:
+    a clip played backwards gives fusion the same tokens with the frames in the other order, which cross-attention
+    cannot see (the same VTM logit when every frame goes to fusion). The fusion time embedding marks every token with
+    its frame's place in time, whatever frames the selector keeps; a new parameter, it leaves the other weights'
+    initialisation unchanged."""
+    kw = dict(dense=True) if dense else {}
+    plain, m = _model(**kw), _model(fusion_time_embed=True, **kw)
+    missing, unexpected = m.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing == ["fusion_time"]
+    torch.testing.assert_close(m.fusion_time.norm(dim=-1), torch.full((1, 4, 1), (192 / 2) ** 0.5))
+    batch = make_batch(m.config, batch_size=2)
+    video, ids, am = batch["video"], batch["input_ids"], batch["attention_mask"]
+    k = 4 if dense else 2
+
+    def fusion(model, clip):  # -> fusion tokens [B, k, N, Dt] (frames in time order), VTM logits [B]
+        tokens, _, frames = model.encode_video(clip)
+        hidden, text = model.encode_text(ids, am)
+        fused = model.select_frames(tokens, frames, text)
+        return fused.view(2, k, -1, fused.shape[-1]), model.vtm_logits(tokens, frames, hidden, text, am)
+
+    with torch.no_grad():
+        (tp, lp), (tpr, lpr) = fusion(plain, video), fusion(plain, video.flip(1))
+        torch.testing.assert_close(tpr.flip(1), tp)  # the same frames' tokens, in the other order
+        (tm, lm), (tmr, lmr) = fusion(m, video), fusion(m, video.flip(1))
+        assert (tmr.flip(1) - tm).abs().amax() > 1.0  # each token says which frame it comes from
+        if dense:  # the same set of keys: the same logit without the embedding, another one with it
+            torch.testing.assert_close(lpr, lp)
+            assert ((lmr - lm).abs() > 1e-6).all()
+        for T in (1, 6):  # other frame counts: the embedding is resized over time
+            clip = make_batch(m.config, batch_size=2, num_frames=T)["video"]
+            tokens, _, frames = m.encode_video(clip)
+            hidden, text = m.encode_text(ids, am)
+            assert torch.isfinite(m.vtm_logits(tokens, frames, hidden, text, am)).all()
+    assert "fusion_time" in m.no_weight_decay()

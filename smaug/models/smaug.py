@@ -26,9 +26,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import all_gather_no_grad, all_gather_with_grad, draw_seed, pad_text_to_global_length, world
+from .common import (
+    all_gather_no_grad,
+    all_gather_with_grad,
+    draw_seed,
+    pad_text_to_global_length,
+    sincos_pos_embed_1d,
+    world,
+)
 from .flops import train_flops
 from .frame_selection import FrameSelector
+from .frame_tokens import resize_time
 from .losses import mlm_loss, mvm_loss, sample_negatives, token_overlap, vtc_loss, vtm_loss
 from .mae_decoder import MAEDecoder, patchify
 from .moments import TemporalMoments
@@ -118,6 +126,11 @@ class SmaugConfig:
     # embedding (read without gradient; with temporal_moments > 1 it holds the direction of motion), so VTM, MLM and
     # VideoQA read what VTC learned about the whole clip, where the selected frames leave motion for cross-attention to
     # infer and an unseen colour-shape pair's tokens are off the training distribution
+    fusion_time_embed: bool = False  # a per-frame embedding added to the tokens fusion reads (VTM, MLM, VideoQA),
+    # initialised as a 1-D sin-cos of the frame index at the scale of the tokens (learned from there), so cross-attention
+    # knows which of the selected frames comes first: the encoder's own temporal embedding starts at zero (to start as
+    # the image model) and stays near it (norm ~0.1 against ~10 for the patch positions after the quickstart), which
+    # leaves fusion blind to the direction of motion (its VTM ranking chose the right axis, not the direction)
     w_vtc: float = 1.0  # loss weight: video-text contrastive
     w_vtm: float = 1.0  # loss weight: video-text matching
     w_mlm: float = 1.0  # loss weight: masked language modelling
@@ -356,6 +369,11 @@ class SmaugModel(nn.Module):
             if cfg.fusion_clip_token
             else None
         )
+        self.fusion_time = (  # [1, T, 1, Dv], see `fusion_time_embed`; resized over time for other frame counts
+            nn.Parameter(sincos_pos_embed_1d(cfg.vision_width, torch.arange(cfg.num_frames))[None, :, None])
+            if cfg.fusion_time_embed
+            else None
+        )
         # log temperature, shape [1] (DeepSpeed cannot broadcast 0-d parameters); `temp` is the value in use
         self.vtc_log_temp = nn.Parameter(torch.full((1,), math.log(cfg.temp_init)))
         for m in (self.vision_proj, self.text_proj, self.video_to_text, self.vtm_head, *(self.clip_token or ())):
@@ -449,6 +467,8 @@ class SmaugModel(nn.Module):
     def select_frames(self, frame_tokens, frame_feat, text_feat) -> torch.Tensor:
         """Row-aligned pairs: frame_tokens [P, T, N, Dv], frame_feat [P, T, E], text_feat [P, E]
         -> fusion video tokens [P, k * N, Dt] (k = select_frames, or all T without a selector)."""
+        if self.fusion_time is not None:  # each token marked with its frame's place in time, before the selection
+            frame_tokens = frame_tokens + resize_time(self.fusion_time, frame_tokens.shape[1]).to(frame_tokens.dtype)
         if self.frame_selector is None or frame_tokens.shape[1] <= self.frame_selector.k:
             tokens = frame_tokens.flatten(1, 2)
         else:
@@ -630,6 +650,7 @@ class SmaugModel(nn.Module):
             "video_encoder.temporal_embed",
             "temporal.pos_embed",
             "mae_decoder.mask_token",
+            "fusion_time",
             "vtc_log_temp",
         }
         names = {n for n, _ in self.named_parameters()}
