@@ -8,6 +8,7 @@ child's), and under torchrun for 2 ranks, where the processes are the point.
 import itertools
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 
 from smaug.eval import retrieval as R
 
-from conftest import run_tool
+from conftest import REPO, run_tool
 
 TOOL = "eval_retrieval.py"
 METRIC_KEYS = [f"{d}_{m}" for d in ("t2v", "v2t") for m in ("r1", "r5", "r10", "medr", "meanr")]
@@ -518,3 +519,23 @@ def test_eval_bad_checkpoint_is_a_clear_error(tmp_path):
     r = eval_tool("--checkpoint", tmp_path / "nope", "--shards", tmp_path, check=False)
     assert r.returncode == 2
     assert f"checkpoint {tmp_path / 'nope'}: does not exist" in r.stderr
+
+
+def test_vtm_negatives_bench_sorts_the_mined_negatives_by_how_they_differ(pretrained_run, synthetic_shards, tmp_path):
+    """bench/vtm_negatives.py: the negatives training would draw on the training shards (hard and uniform), by the
+    attributes they share with their positive (labels.json keys the CSV rows by videoid), and the VTM head's 'no'
+    rate on each kind; the shares of each mode add up to 100 and every negative is labelled or a two-object clip."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import vtm_negatives
+
+    out = tmp_path / "neg.json"
+    labels = Path(synthetic_shards["corpus"]) / "labels.json"
+    args = ["--checkpoint", pretrained_run, "--labels", labels, "--shards", synthetic_shards["train"]]
+    assert vtm_negatives.main([str(a) for a in [*args, "--batches", 3, "--batch-size", 8, "--json", out]]) == 0
+    rep = json.loads(out.read_text())
+    for mode in ("hard", "uniform"):
+        kinds = rep[mode]["kinds"]
+        assert sum(v["share"] for v in kinds.values()) == pytest.approx(100.0)
+        assert sum(v["n"] for v in kinds.values()) == 3 * 8 * 2 and set(kinds) <= set(vtm_negatives.KINDS)
+        assert set(kinds) - {"two-object"}  # single-object training clips are found in labels.json by videoid
+        assert all(0 <= v["no_rate"] <= 100 for v in kinds.values()) and 0 <= rep[mode]["positive_match_rate"] <= 100

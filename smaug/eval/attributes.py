@@ -39,14 +39,18 @@ def load_clip_labels(labels_json: str | Path) -> dict[str, dict]:
     """Shard key -> {"colour", "shape", "motion"} for every single-object clip of a `labels.json`.
 
     Keys are derived from the clip's path as `tools/make_shards.py` derives them from a JSON row
-    (`smaug.data.sources.make_key` of the path without extension)."""
+    (`smaug.data.sources.make_key` of the path without extension), and the clip's videoid, its key from the
+    WebVid CSV (the training shards)."""
     from smaug.data.sources import make_key
 
     lab = json.loads(Path(labels_json).read_text(encoding="utf-8"))
     out = {}
     for clip in lab["clips"]:
         if len(clip["objects"]) == 1:
-            out[make_key(posixpath.splitext(clip["relpath"])[0])] = dict(clip["objects"][0])
+            obj = {a: clip["objects"][0][a] for a in ATTRIBUTES}
+            out[make_key(posixpath.splitext(clip["relpath"])[0])] = obj
+            if "videoid" in clip:  # the key of its row in the WebVid CSV (the training shards)
+                out[str(clip["videoid"])] = obj
     return out
 
 
