@@ -12,7 +12,9 @@ near-identical captions): hard (mined) and uniform, one negative text per video 
 Each negative is sorted by how it differs from its positive, from labels.json: `same` (colour, shape and motion
 alike: a false negative, nothing in the caption tells them apart), `motion`, `shape` or `colour` (that attribute
 alone), `multi` (two or more), `two-object` (either clip has two objects). For each kind it prints the share of
-the negatives and how often the VTM head (logit > 0 = match) says "no match", and its "match" rate on positives.
+the negatives, how often the VTM head (logit > 0 = match) says "no match", and how often the VTC similarity ranks
+the positive above that negative (what the retrieval embedding reads; 50 = blind to the difference); and the head's
+"match" rate on positives.
 
 A head that reads only colour says "no" on the colour negatives and "match" on the shape- and motion-only ones:
 mined negatives are mostly the latter, so such a head sits at its prior once hard negatives start.
@@ -100,6 +102,7 @@ def main(argv=None) -> int:
     temp = float(model.temp.detach())
     rng, gen = random.Random(args.seed), torch.Generator().manual_seed(args.seed)
     asked: list[tuple[str, str, int, int]] = []  # (negatives, kind or "positive", text, video)
+    vtc_right: dict = defaultdict(list)  # (negatives, kind) -> VTC scores the positive above the negative
     for _ in range(args.batches):
         rows = rng.sample(range(len(clips)), args.batch_size)
         v = torch.tensor([clips[i] for i in rows])
@@ -111,9 +114,13 @@ def main(argv=None) -> int:
         for mode in ("hard", "uniform"):
             neg_text, neg_video = sample_negatives(sim, same, gen, hard=mode == "hard")
             for r in range(args.batch_size):
+                kt = kind_of(content[v[r]], content[v[neg_text[r]]])  # video r with another clip's caption
+                kv = kind_of(content[v[neg_video[r]]], content[v[r]])  # caption r with another clip
                 asked.append((mode, "positive", int(t[r]), int(v[r])))
-                asked.append((mode, kind_of(content[v[r]], content[v[neg_text[r]]]), int(t[neg_text[r]]), int(v[r])))
-                asked.append((mode, kind_of(content[v[neg_video[r]]], content[v[r]]), int(t[r]), int(v[neg_video[r]])))
+                asked.append((mode, kt, int(t[neg_text[r]]), int(v[r])))
+                asked.append((mode, kv, int(t[r]), int(v[neg_video[r]])))
+                vtc_right[mode, kt].append(bool(sim[r, r] > sim[r, neg_text[r]]))
+                vtc_right[mode, kv].append(bool(sim[r, r] > sim[neg_video[r], r]))
     pairs = torch.unique(torch.tensor([[a[2], a[3]] for a in asked]), dim=0)
     scores = vtm_pair_scores(model, feats, pairs, device)
     report: dict = {"checkpoint": str(args.checkpoint), "shards": args.shards, "clips": len(clips)}
@@ -128,19 +135,27 @@ def main(argv=None) -> int:
         report[mode] = {
             "positive_match_rate": 100.0 * sum(right["positive"]) / len(right["positive"]),
             "kinds": {
-                k: {"share": 100.0 * count[k] / n, "no_rate": 100.0 * sum(right[k]) / len(right[k]), "n": count[k]}
+                k: {
+                    "share": 100.0 * count[k] / n,
+                    "no_rate": 100.0 * sum(right[k]) / len(right[k]),
+                    "vtc_prefers_positive": 100.0 * sum(vtc_right[mode, k]) / len(vtc_right[mode, k]),
+                    "n": count[k],
+                }
                 for k in KINDS
                 if count[k]
             },
         }
     lines = [
         f"VTM negatives of {args.checkpoint} on {args.shards} ({len(clips)} clips, {args.batches} batches of "
-        f"{args.batch_size}); share of the negatives, and how often the head says 'no match' on them (%)"
+        f"{args.batch_size}); share of the negatives, how often the VTM head says 'no match' on them and VTC scores "
+        "the positive above them (%)"
     ]
-    lines.append(f"{'negatives':<10}{'differ in':<12}{'share':>8}{'says no':>9}{'n':>6}")
+    lines.append(f"{'negatives':<10}{'differ in':<12}{'share':>8}{'says no':>9}{'VTC pos>neg':>13}{'n':>6}")
     for mode in ("hard", "uniform"):
         for k, v in report[mode]["kinds"].items():
-            lines.append(f"{mode:<10}{k:<12}{v['share']:>8.1f}{v['no_rate']:>9.1f}{v['n']:>6}")
+            lines.append(
+                f"{mode:<10}{k:<12}{v['share']:>8.1f}{v['no_rate']:>9.1f}{v['vtc_prefers_positive']:>13.1f}{v['n']:>6}"
+            )
         lines.append(
             f"{mode:<10}{'(positives)':<12}{'':>8}{'match ' + format(report[mode]['positive_match_rate'], '.1f'):>9}"
         )

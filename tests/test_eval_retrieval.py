@@ -538,4 +538,5 @@ def test_vtm_negatives_bench_sorts_the_mined_negatives_by_how_they_differ(pretra
         assert sum(v["share"] for v in kinds.values()) == pytest.approx(100.0)
         assert sum(v["n"] for v in kinds.values()) == 3 * 8 * 2 and set(kinds) <= set(vtm_negatives.KINDS)
         assert set(kinds) - {"two-object"}  # single-object training clips are found in labels.json by videoid
-        assert all(0 <= v["no_rate"] <= 100 for v in kinds.values()) and 0 <= rep[mode]["positive_match_rate"] <= 100
+        assert all(0 <= v["no_rate"] <= 100 and 0 <= v["vtc_prefers_positive"] <= 100 for v in kinds.values())
+        assert 0 <= rep[mode]["positive_match_rate"] <= 100
