@@ -259,6 +259,8 @@ def test_fusion_time_embed_lets_fusion_tell_a_clip_from_its_reverse(dense):
     initialisation unchanged."""
     kw = dict(dense=True) if dense else {}
     plain, m = _model(**kw), _model(fusion_time_embed=True, **kw)
+    own = m.state_dict()  # same seed: every other weight initialised as without the embedding
+    assert all(torch.equal(v, own[k]) for k, v in plain.state_dict().items())
     missing, unexpected = m.load_state_dict(plain.state_dict(), strict=False)
     assert not unexpected and missing == ["fusion_time"]
     torch.testing.assert_close(m.fusion_time.norm(dim=-1), torch.full((1, 4, 1), (192 / 2) ** 0.5))
