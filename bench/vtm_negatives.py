@@ -50,10 +50,9 @@ def arg_parser() -> argparse.ArgumentParser:
 
 def kind_of(a: tuple | None, b: tuple | None) -> str:
     """How two clips' (colour, shape, motion) differ; None = a two-object clip."""
-    if a is None or b is None:
-        return "two-object"
-    diff = [name for name, x, y in zip(("colour", "shape", "motion"), a, b) if x != y]
-    return "same" if not diff else diff[0] if len(diff) == 1 else "multi"
+    from smaug.eval.attributes import content_difference
+
+    return "two-object" if a is None or b is None else content_difference(a, b)
 
 
 def main(argv=None) -> int:
@@ -63,7 +62,7 @@ def main(argv=None) -> int:
     from smaug.eval.attributes import load_clip_labels
     from smaug.eval.cli import data_config
     from smaug.eval.retrieval import extract_features, vtm_pair_scores
-    from smaug.models.losses import sample_negatives, token_overlap
+    from smaug.models.losses import sample_negatives
 
     model, cfg, run_config, tok_path = model_from_checkpoint(args.checkpoint)
     model.eval()
@@ -98,7 +97,6 @@ def main(argv=None) -> int:
         return_tensors="pt",
     )
     ids = enc["input_ids"]
-    special = (cfg.pad_token_id, cfg.cls_token_id, cfg.sep_token_id, cfg.mask_token_id)
     temp = float(model.temp.detach())
     rng, gen = random.Random(args.seed), torch.Generator().manual_seed(args.seed)
     asked: list[tuple[str, str, int, int]] = []  # (negatives, kind or "positive", text, video)
@@ -108,9 +106,7 @@ def main(argv=None) -> int:
         v = torch.tensor([clips[i] for i in rows])
         t = torch.tensor([first[clips[i]] for i in rows])
         sim = feats.video[v].float() @ feats.text[t].float().T / temp  # [b, b] video-to-text logits
-        bi = ids[rows]
-        same = (bi[:, None, :] == bi[None, :, :]).all(-1)
-        same |= token_overlap(bi, cfg.vocab_size, special) >= cfg.vtm_dup_overlap
+        same = model.caption_duplicates(ids[rows])  # the captions training never takes as each other's negative
         for mode in ("hard", "uniform"):
             neg_text, neg_video = sample_negatives(sim, same, gen, hard=mode == "hard")
             for r in range(args.batch_size):

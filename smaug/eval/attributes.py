@@ -94,6 +94,13 @@ def r1_ceiling(txt2vid: torch.Tensor, keys: list[str], labels: dict[str, dict]) 
     return 100.0 * sum(1.0 / count[combo[v]] for v in txt2vid.tolist()) / max(len(txt2vid), 1)
 
 
+def content_difference(a: tuple, b: tuple) -> str:
+    """How two clips' (colour, shape, motion) differ: "same", the one attribute ("colour", "shape", "motion"), or
+    "multi" (two or more)."""
+    diff = [name for name, x, y in zip(ATTRIBUTES, a, b) if x != y]
+    return "same" if not diff else diff[0] if len(diff) == 1 else "multi"
+
+
 def vtm_content_accuracy(
     pairs: torch.Tensor, logits: torch.Tensor, txt2vid: torch.Tensor, keys: list[str], labels: dict[str, dict]
 ) -> dict:
@@ -106,8 +113,9 @@ def vtm_content_accuracy(
     combo = [tuple(labels[k][a] for a in ATTRIBUTES) for k in keys]
     q = [combo[v] for v in txt2vid[pairs[:, 0]].tolist()]  # the query's content, per pair
     c = [combo[v] for v in pairs[:, 1].tolist()]  # the candidate's
-    match = torch.tensor([a == b for a, b in zip(q, c)])
-    motion_only = torch.tensor([a[:2] == b[:2] and a[2] != b[2] for a, b in zip(q, c)])
+    kind = [content_difference(a, b) for a, b in zip(q, c)]
+    match = torch.tensor([k == "same" for k in kind])
+    motion_only = torch.tensor([k == "motion" for k in kind])
     yes = logits > 0
 
     def pct(x: torch.Tensor) -> float | None:

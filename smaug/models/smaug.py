@@ -481,6 +481,19 @@ class SmaugModel(nn.Module):
         return self.vtm_head(self.text_encoder.forward_fusion(text_hidden, attention_mask, video)[:, 0]).squeeze(-1)
 
     # ------------------------------------------------------------------ losses
+    def caption_duplicates(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids: [B, L] padded caption ids -> [B, B] bool, True where two captions must not be each other's VTM
+        negative: identical (same padded ids) or near-identical (token sets overlapping >= `vtm_dup_overlap`)."""
+        cfg = self.config
+        # identical: an elementwise compare, not torch.unique, whose data-dependent output size would force a host
+        # sync mid-forward
+        same = (ids[:, None, :] == ids[None, :, :]).all(-1)
+        # near-identical: a re-worded caption of the same content is a false negative, and the one mining picks
+        # first (the synthetic corpus's paraphrases share ~half their tokens, as do captions that differ in one
+        # attribute, so no overlap bar tells those apart: the bar only catches near-duplicates)
+        special = (cfg.pad_token_id, cfg.cls_token_id, cfg.sep_token_id, cfg.mask_token_id)
+        return same | (token_overlap(ids, cfg.vocab_size, special) >= cfg.vtm_dup_overlap)
+
     def forward_vtm(
         self,
         frame_tokens,
@@ -501,20 +514,12 @@ class SmaugModel(nn.Module):
         or a near-identical one (token sets overlapping >= `vtm_dup_overlap`).
         Returns (loss, metrics: pair accuracy of this rank's 3b pairs `vtm_acc`, and of the rows on each kind of
         negative, `vtm_acc_hard` / `vtm_acc_uniform`, each present when this rank has such rows; all detached)."""
-        cfg = self.config
         b = frame_tokens.shape[0]
         rank, _ = world()
         ft, ff = all_gather_with_grad(frame_tokens), all_gather_with_grad(frame_feat)
         th, tf = all_gather_with_grad(text_hidden), all_gather_with_grad(text_feat)
         ids_all, am_all = all_gather_no_grad(input_ids), all_gather_no_grad(attention_mask)
-        # identical captions (same padded ids) are not each other's negatives; an elementwise compare,
-        # not torch.unique, whose data-dependent output size would force a host sync mid-forward
-        same = (ids_all[:, None, :] == ids_all[None, :, :]).all(-1)
-        # nor near-identical ones: a re-worded caption of the same content is a false negative, and the one
-        # mining picks first (the synthetic corpus's paraphrases share ~half their tokens, as do captions that
-        # differ in one attribute, so no overlap bar tells those apart: the bar only catches near-duplicates)
-        special = (cfg.pad_token_id, cfg.cls_token_id, cfg.sep_token_id, cfg.mask_token_id)
-        same = same | (token_overlap(ids_all, cfg.vocab_size, special) >= cfg.vtm_dup_overlap)
+        same = self.caption_duplicates(ids_all)
         if same_sample is not None:
             same = same | same_sample
         gen = torch.Generator(device=sim.device).manual_seed(seed)
