@@ -134,3 +134,35 @@ def test_decode_process_answers_without_importing_torch(synthetic_shards):
         server.close()
     assert got.video.equal(decode_sample(sample, 4, 32, 0, None).video) and got.video.shape == (4, 3, 32, 32)
     assert "libtorch" not in maps and "libdecord" in maps
+
+
+def test_decoder_imports_are_not_counted_in_the_first_samples_time(synthetic_shards, tmp_path, monkeypatch):
+    """The decode process imports the decoder (module and backend) before it reports ready: a decoder
+    module that takes longer to import than decode_timeout still decodes the first sample after a start
+    (CI once lost a good first sample to decord's import on 2 busy cores)."""
+    from smaug.data.decode import decode_sample
+    from smaug.data.isolation import DecodeServer
+    from smaug.data.stream import ErrorBudget, iter_tar
+
+    (tmp_path / "slow_reader.py").write_text(
+        "import time\nfrom smaug.data.decoders import DecordReader\ntime.sleep(3)\nclass Slow(DecordReader):\n    pass\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:" + __import__("os").environ.get("PYTHONPATH", ""))
+    tar = sorted(Path(synthetic_shards["eval"]).glob("*.tar"))[0]
+    sample = next(iter_tar(str(tar), ErrorBudget(0.0, 1)))
+    server = DecodeServer(timeout=2, decoder="slow_reader:Slow")
+    try:
+        got = server.decode(sample, 4, 32, 0, None, decoder="slow_reader:Slow")
+        maps = Path(f"/proc/{server.proc.pid}/maps").read_text()
+    finally:
+        server.close()
+    assert got.video.equal(decode_sample(sample, 4, 32, 0, None).video)
+    assert "libdecord" in maps  # the backend under the class was loaded too
+
+
+def test_a_decoder_the_decode_process_cannot_import_fails_at_start(tmp_path):
+    from smaug.data.isolation import DecodeServer
+
+    server = DecodeServer(timeout=2, decoder="no_such_module_smaug:Reader")
+    with pytest.raises(RuntimeError, match="did not start: .*no_such_module_smaug"):
+        server._start()

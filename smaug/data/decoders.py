@@ -205,6 +205,22 @@ def open_reader(data: bytes, decoder: str = "decord", width: int = -1, height: i
     return reader_class(decoder)(data, width, height)
 
 
+_BACKENDS = {  # a built-in reader -> the import it makes on its first video
+    DecordReader: import_decord,
+    PyAVReader: lambda: __import__("av"),
+    TorchCodecReader: lambda: __import__("torchcodec.decoders"),
+}
+
+
+def preload_decoder(decoder: str) -> None:
+    """Import `decoder`'s reader class and the backend under it (that of the built-in reader it is or
+    derives from) now, so the first video does not pay for them (isolation.py's decode process)."""
+    cls = reader_class(decoder)
+    for base, load in _BACKENDS.items():
+        if issubclass(cls, base):
+            load()
+
+
 def check_decoder(decoder: str) -> None:
     """Fail fast (at config time, not in a worker) when the chosen backend cannot load."""
     try:

@@ -17,10 +17,13 @@ The decode process is a fresh interpreter (`python -m smaug.data.isolation`), no
 workers are daemonic (they cannot own multiprocessing children) and decoders that are not fork-safe
 (decord is reported to deadlock after fork) start clean. It runs `decode.decode_crop` (bytes -> frames
 -> the crop box's pixels, numpy only) and never imports torch, so a start or a restart after a bad
-sample costs the decoder's imports (~0.5 s), not torch's (~2 s more); its start-up is not counted
-against a sample's time limit either way. The cropped frames come back over a pipe as a uint8 array
-(4 x 256 x 256 x 3 = 0.8 MB for a 256 px crop) and the worker resizes them (`decode.resize_crop`),
-so the result is decode_sample's, pixel for pixel.
+sample costs the decoder's imports (~0.5 s), not torch's (~2 s more). The process imports the decoder
+(`data.decoder`, a "module:Class" one and its backend included) before it reports ready, so start-up,
+imports and all, is never counted against a sample's time limit: the first sample after a (re)start
+gets the same `decode_timeout` as any other (it once paid the decoder's imports and, on 2 busy cores,
+timed out). The cropped frames come back over a pipe as a uint8 array (4 x 256 x 256 x 3 = 0.8 MB for
+a 256 px crop) and the worker resizes them (`decode.resize_crop`), so the result is decode_sample's,
+pixel for pixel.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import time
 import numpy as np
 
 from .decode import CorruptSample, Cropped, Decoded, decode_crop, decode_sample, resize_crop
+from .decoders import check_decoder, preload_decoder
 
 _DECODE_SAMPLE = inspect.signature(decode_sample)  # DecodeServer.decode takes its arguments
 _HDR = struct.Struct("<Q")
@@ -73,15 +77,15 @@ def _read_frame(fd: int, deadline: float | None):
 class DecodeServer:
     """One decode process for one loader worker; `decode(...)` has decode_sample's signature."""
 
-    def __init__(self, timeout: float, startup_timeout: float = 300.0):
-        self.timeout, self.startup_timeout = timeout, startup_timeout
+    def __init__(self, timeout: float, decoder: str = "decord", startup_timeout: float = 300.0):
+        self.timeout, self.decoder, self.startup_timeout = timeout, decoder, startup_timeout
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
 
     def _start(self) -> None:
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "smaug.data.isolation"],
+            [sys.executable, "-m", "smaug.data.isolation", self.decoder],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -89,11 +93,13 @@ class DecodeServer:
             bufsize=0,
         )
         try:
-            if _read_frame(self.proc.stdout.fileno(), time.monotonic() + self.startup_timeout) != READY:
-                raise RuntimeError("decode process sent a bad greeting")
+            greeting = _read_frame(self.proc.stdout.fileno(), time.monotonic() + self.startup_timeout)
         except (EOFError, TimeoutError) as exn:
             code = self._kill()
             raise RuntimeError(f"the decode process did not start ({type(exn).__name__}, exit {code})") from None
+        if greeting != READY:
+            self._kill()
+            raise RuntimeError(f"the decode process did not start: {greeting}")
 
     def _kill(self):
         proc, self.proc = self.proc, None
@@ -142,14 +148,20 @@ def make_decoder(cfg):
     """decode_sample itself, or a DecodeServer's decode when `cfg.isolate_decode`; -> (fn, close)."""
     if not cfg.isolate_decode:
         return decode_sample, lambda: None
-    server = DecodeServer(cfg.decode_timeout)
+    server = DecodeServer(cfg.decode_timeout, cfg.decoder)
     return server.decode, server.close
 
 
-def serve() -> None:
-    """The decode process: decode_crop's arguments in on stdin, its results out on stdout, until stdin
-    closes. Imports no torch (the decoder's own imports aside)."""
+def serve(decoder: str) -> None:
+    """The decode process: imports `decoder`, then decode_crop's arguments in on stdin, its results out
+    on stdout, until stdin closes. Imports no torch (the decoder's own imports aside)."""
     rd, wr = sys.stdin.fileno(), sys.stdout.fileno()
+    try:  # the imports happen here, before READY, not in the first sample's time
+        check_decoder(decoder)
+        preload_decoder(decoder)
+    except (ImportError, OSError, RuntimeError, ValueError) as exn:
+        _write_frame(wr, f"{type(exn).__name__}: {exn}")
+        return
     _write_frame(wr, READY)
     while True:
         try:
@@ -165,4 +177,4 @@ def serve() -> None:
 
 
 if __name__ == "__main__":
-    serve()
+    serve(sys.argv[1] if len(sys.argv) > 1 else "decord")
