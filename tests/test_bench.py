@@ -354,3 +354,26 @@ def test_quickstart_seeds_reads_each_run_and_gives_min_and_mean(tmp_path, capsys
     assert float(line["smaug min"][cols.index("motion")]) == 70.0
     assert float(line["smaug mean"][cols.index("m-ctl")]) == 55.0  # (60 + 50) / 2
     assert float(line["smaug min"][cols.index("R1comb")]) == 9.0
+
+
+def test_supervised_ceiling_trains_on_labelled_clips_and_scores_the_held_out_ones(synthetic_shards, tmp_path):
+    """bench/supervised_ceiling.py: the model's video encoder with colour/shape heads, fed by the training loader on
+    the single-object clips of labels.json (two-object ones skipped), scored on every single-object held-out clip."""
+    from pathlib import Path
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import supervised_ceiling
+
+    corpus, out = Path(synthetic_shards["corpus"]), tmp_path / "ceiling.json"
+    args = ["--data", corpus, "--tokenizer", synthetic_shards["tokenizer"], "--shards-root"]
+    args += [synthetic_shards["shards_root"], "--steps", 4, "--eval-every", 2, "--batch-size", 4, "--frames", 2]
+    args += ["--image-size", 32, "--patch-size", 16, "--workers", 0, "--json", out]
+    assert supervised_ceiling.main([str(a) for a in args]) == 0
+    curve = json.loads(out.read_text())["curve"]
+    assert [r["step"] for r in curve] == [2, 4]
+    seen = [r["labelled_clips_seen"] for r in curve]  # 4 clips a step, the two-object ones skipped
+    assert 0 < seen[0] <= 8 and seen[0] <= seen[1] <= 16
+    clips = json.loads((corpus / "labels.json").read_text())["clips"]
+    held_out = sum(1 for c in clips if c["split"] == "eval" and len(c["objects"]) == 1)
+    assert held_out and all(r["held_out_clips"] == held_out for r in curve)
+    assert all(0 <= r[k] <= 100 for r in curve for k in ("train_colour", "train_shape", "held_out_shape"))
