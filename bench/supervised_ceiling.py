@@ -93,6 +93,7 @@ def main(argv=None) -> int:
     if args.shards_root:
         os.environ["SMAUG_SHARDS"] = args.shards_root
     from smaug.data import DataConfig, build_eval_loader, build_train_loader, load_tokenizer
+    from smaug.data.tokenizer import tokenizer_fields
     from smaug.eval.attributes import load_clip_labels
     from smaug.models.smaug import SmaugConfig, SmaugModel
 
@@ -115,11 +116,7 @@ def main(argv=None) -> int:
         num_frames=args.frames,
         image_size=args.image_size,
         patch_size=args.patch_size,
-        vocab_size=tok.vocab_size,
-        pad_token_id=tok.pad_token_id,
-        mask_token_id=tok.mask_token_id,
-        cls_token_id=tok.cls_token_id,
-        sep_token_id=tok.sep_token_id,
+        **tokenizer_fields(tok),
     )
     model = SmaugModel(cfg)  # only its video encoder and pixel normalisation are used
     heads = Heads(cfg.vision_width)
