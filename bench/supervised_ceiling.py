@@ -50,6 +50,13 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="loader workers")
+    p.add_argument(
+        "--permute-channels",
+        action="store_true",
+        help="train on each clip with its RGB channels in a random order (the colour head then learns nothing, the "
+        "loss is shape's alone): is a shape readout that colour cannot stand in for learnable? Held-out clips are "
+        "scored as they are",
+    )
     p.add_argument("--json", default=None, help="also write the curve here")
     return p
 
@@ -124,6 +131,7 @@ def main(argv=None) -> int:
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, args.warmup)))
     train = iter(build_train_loader(dcfg, tok, seed=args.seed))
+    gen = torch.Generator().manual_seed(args.seed)
     curve, window, seen, t0 = [], [], 0, time.time()
     print(
         f"{'step':>6}{'clips':>8}{'train colour':>14}{'train shape':>13}{'held-out colour':>17}{'held-out shape':>16}"
@@ -132,8 +140,12 @@ def main(argv=None) -> int:
         batch = next(train)
         rows, colour, shape = targets(batch["key"], labels)
         if rows:
-            c, s = heads(model.video_encoder, model.normalize_video(batch["video"][rows]))
-            loss = F.cross_entropy(c, colour) + F.cross_entropy(s, shape)
+            video = batch["video"][rows]  # uint8 [b, T, 3, H, W]
+            if args.permute_channels:
+                order = torch.stack([torch.randperm(3, generator=gen) for _ in rows])  # [b, 3]
+                video = torch.stack([v[:, o] for v, o in zip(video, order)])
+            c, s = heads(model.video_encoder, model.normalize_video(video))
+            loss = F.cross_entropy(s, shape) + (0.0 if args.permute_channels else F.cross_entropy(c, colour))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
