@@ -377,3 +377,6 @@ def test_supervised_ceiling_trains_on_labelled_clips_and_scores_the_held_out_one
     held_out = sum(1 for c in clips if c["split"] == "eval" and len(c["objects"]) == 1)
     assert held_out and all(r["held_out_clips"] == held_out for r in curve)
     assert all(0 <= r[k] <= 100 for r in curve for k in ("train_colour", "train_shape", "held_out_shape"))
+    args[args.index("--steps") + 1] = 2
+    assert supervised_ceiling.main([str(a) for a in [*args, "--permute-channels"]]) == 0  # the shape loss alone
+    assert [r["step"] for r in json.loads(out.read_text())["curve"]] == [2]
