@@ -90,7 +90,8 @@ def run_one(args, variant: str, seed: int, out: Path) -> float | None:
     return wall
 
 
-# docs/downstream.md's VideoQA fine-tuning on the quickstart corpus (tests/test_docs.py checks that page's commands)
+# docs/downstream.md's VideoQA fine-tuning on the quickstart corpus: tests/test_docs.py checks that this list is the
+# overrides of that page's `tools/finetune_qa.py --init runs/quickstart` command
 QA_OVERRIDES = (
     "train.steps=300",
     "optim.lr=5e-4",

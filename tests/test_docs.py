@@ -368,3 +368,26 @@ def test_a_right_command_passes():
         "```\n"
     )
     assert check_page(good, REPO / "README.md") == []
+
+
+def test_the_seeds_harness_fine_tunes_videoqa_as_downstream_md_says():
+    """bench/quickstart_seeds.py --qa repeats docs/downstream.md's VideoQA command's overrides (a script cannot read a
+    page): the two lists must stay the same, or the harness's QA numbers stop being the page's."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import quickstart_seeds
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    text = (REPO / "docs" / "downstream.md").read_text(encoding="utf-8")
+    found = [
+        [t for t in tokens if OVERRIDE.match(t)]
+        for lang, first, body in code_blocks(text)
+        if lang in SHELL_LANGS
+        for _, tokens in shell_commands(body, first)
+        if "tools/finetune_qa.py" in tokens and "runs/quickstart" in tokens  # --init runs/quickstart
+    ]
+    assert len(found) == 1, "docs/downstream.md: one `python tools/finetune_qa.py --init runs/quickstart ...` command"
+    assert all(sorted(f) == sorted(quickstart_seeds.QA_OVERRIDES) for f in found), (
+        found,
+        quickstart_seeds.QA_OVERRIDES,
+    )
