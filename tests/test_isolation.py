@@ -160,7 +160,7 @@ def test_decoder_imports_are_not_counted_in_the_first_samples_time(synthetic_sha
     assert "libdecord" in maps  # the backend under the class was loaded too
 
 
-def test_a_decoder_the_decode_process_cannot_import_fails_at_start(tmp_path):
+def test_a_decoder_the_decode_process_cannot_import_fails_at_start():
     from smaug.data.isolation import DecodeServer
 
     server = DecodeServer(timeout=2, decoder="no_such_module_smaug:Reader")
