@@ -70,26 +70,28 @@ class Heads(nn.Module):
         return self.colour(cls), self.shape(cls)
 
 
-def classes(labels: dict) -> dict[str, list[str]]:
-    """The colour and shape names of labels.json, sorted: the heads' classes."""
-    return {a: sorted({v[a] for v in labels.values()}) for a in ("colour", "shape")}
+def class_index(labels: dict) -> tuple[dict[str, list[str]], dict[str, tuple[int, int]]]:
+    """The heads' classes (labels.json's colour and shape names, sorted) and each single-object clip's key ->
+    (colour, shape) class indices; built once."""
+    names = {a: sorted({v[a] for v in labels.values()}) for a in ("colour", "shape")}
+    index = {k: (names["colour"].index(v["colour"]), names["shape"].index(v["shape"])) for k, v in labels.items()}
+    return names, index
 
 
-def targets(keys, labels) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+def targets(keys, index: dict) -> tuple[list[int], torch.Tensor, torch.Tensor]:
     """Rows of single-object clips and their (colour, shape) class indices."""
-    rows = [i for i, k in enumerate(keys) if k in labels]
-    names = classes(labels)
-    colour = torch.tensor([names["colour"].index(labels[keys[i]]["colour"]) for i in rows], dtype=torch.long)
-    shape = torch.tensor([names["shape"].index(labels[keys[i]]["shape"]) for i in rows], dtype=torch.long)
+    rows = [i for i, k in enumerate(keys) if k in index]
+    colour = torch.tensor([index[keys[i]][0] for i in rows], dtype=torch.long)
+    shape = torch.tensor([index[keys[i]][1] for i in rows], dtype=torch.long)
     return rows, colour, shape
 
 
 @torch.no_grad()
-def held_out_accuracy(model, heads, loader, labels) -> dict[str, float]:
+def held_out_accuracy(model, heads, loader, index: dict) -> dict[str, float]:
     model.eval()
     right, n = torch.zeros(2), 0
     for batch in loader:
-        rows, colour, shape = targets(batch["key"], labels)
+        rows, colour, shape = targets(batch["key"], index)
         if rows:
             c, s = heads(model.video_encoder, model.normalize_video(batch["video"][rows]))
             right += torch.stack([(c.argmax(1) == colour).sum(), (s.argmax(1) == shape).sum()]).float()
@@ -129,7 +131,7 @@ def main(argv=None) -> int:
         **tokenizer_fields(tok),
     )
     model = SmaugModel(cfg)  # only its video encoder and pixel normalisation are used
-    names = classes(labels)
+    names, index = class_index(labels)
     heads = Heads(cfg.vision_width, len(names["colour"]), len(names["shape"]))
     params = [*model.video_encoder.parameters(), *heads.parameters()]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05)
@@ -142,7 +144,7 @@ def main(argv=None) -> int:
     )
     for step in range(1, args.steps + 1):
         batch = next(train)
-        rows, colour, shape = targets(batch["key"], labels)
+        rows, colour, shape = targets(batch["key"], index)
         if rows:
             video = batch["video"][rows]  # uint8 [b, T, 3, H, W]
             if args.permute_channels:
@@ -157,7 +159,7 @@ def main(argv=None) -> int:
             seen += len(rows)
         sched.step()
         if step % args.eval_every == 0 or step == args.steps:
-            held = held_out_accuracy(model, heads, build_eval_loader(dcfg, tok), labels)
+            held = held_out_accuracy(model, heads, build_eval_loader(dcfg, tok), index)
             row = {
                 "step": step,
                 "labelled_clips_seen": seen,
