@@ -13,6 +13,10 @@ labels.json (two-object clips are skipped: about 30% of each batch). AdamW, a li
 learning rate. Every `--eval-every` steps it prints the training accuracy over those steps and the accuracy on
 the held-out split (colour-shape pairs never seen in training, all on the held-out colour): there a readout that
 infers shape from colour scores 0% on shape, chance is 33%, and only reading the shape scores above it.
+
+Variants: `--patch-stem conv` (the model's convolutional stem), `--encoder cnn` (a small CNN in the ViT's place),
+`--permute-channels` (colour taken away in training); on a corpus with `make_synthetic.py --unnamed-share` the
+objects of an unnamed colour train the shape head only.
 """
 
 from __future__ import annotations
@@ -42,6 +46,13 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="tiny", help="SmaugConfig preset of the encoder")
     p.add_argument("--image-size", type=int, default=112)
     p.add_argument("--patch-size", type=int, default=16)
+    p.add_argument(
+        "--encoder",
+        default="vit",
+        choices=("vit", "cnn"),
+        help="vit: the model's video encoder; cnn: a small convolutional net (`SmallCNN`) in its place",
+    )
+    p.add_argument("--patch-stem", default="linear", choices=("linear", "conv"), help="SmaugConfig.patch_stem")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--eval-every", type=int, default=100)
@@ -58,23 +69,47 @@ def arg_parser() -> argparse.ArgumentParser:
     return p
 
 
-class Heads(nn.Module):
-    """The mean of the frames' [CLS] -> colour and shape logits."""
+class SmallCNN(nn.Module):
+    """`--encoder cnn`: four strided convolutions and a global average pool per frame, a reference point with a
+    convolution's inductive bias for the ViT. frames [M, 3, H, W] -> [M, 128]."""
 
-    def __init__(self, width: int, colours: int, shapes: int):
+    width = 128
+
+    def __init__(self):
         super().__init__()
+        chans = [(3, 32, 5), (32, 64, 3), (64, 64, 3), (64, 128, 3)]
+        layers = [m for i, o, k in chans for m in (nn.Conv2d(i, o, k, 2, k // 2), nn.ReLU())]
+        self.net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.net(frames)
+
+
+class Probe(nn.Module):
+    """The encoder and its heads: the mean over frames of the frame feature (the ViT's [CLS], or the CNN's pooled
+    map) -> colour and shape logits."""
+
+    def __init__(self, encoder: nn.Module, width: int, colours: int, shapes: int):
+        super().__init__()
+        self.encoder = encoder
         self.colour, self.shape = nn.Linear(width, colours), nn.Linear(width, shapes)
 
-    def forward(self, encoder, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cls = encoder(video).tokens[:, :, 0].mean(1)  # [B, D]
-        return self.colour(cls), self.shape(cls)
+    def forward(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(self.encoder, SmallCNN):
+            feat = self.encoder(video.flatten(0, 1)).unflatten(0, video.shape[:2]).mean(1)  # [B, D]
+        else:
+            feat = self.encoder(video).tokens[:, :, 0].mean(1)  # [B, D]
+        return self.colour(feat), self.shape(feat)
 
 
 def class_index(labels: dict) -> tuple[dict[str, list[str]], dict[str, tuple[int, int]]]:
     """The heads' classes (labels.json's colour and shape names, sorted) and each single-object clip's key ->
     (colour, shape) class indices; built once."""
-    names = {a: sorted({v[a] for v in labels.values()}) for a in ("colour", "shape")}
-    index = {k: (names["colour"].index(v["colour"]), names["shape"].index(v["shape"])) for k, v in labels.items()}
+    names = {a: sorted({v[a] for v in labels.values() if v[a] is not None}) for a in ("colour", "shape")}
+    index = {  # an unnamed colour (None) is not a class: -100, cross-entropy's ignore_index, and left out of accuracy
+        k: (names["colour"].index(v["colour"]) if v["colour"] is not None else -100, names["shape"].index(v["shape"]))
+        for k, v in labels.items()
+    }
     return names, index
 
 
@@ -87,16 +122,16 @@ def targets(keys, index: dict) -> tuple[list[int], torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def held_out_accuracy(model, heads, loader, index: dict) -> dict[str, float]:
-    model.eval()
+def held_out_accuracy(model, probe, loader, index: dict) -> dict[str, float]:
+    probe.eval()
     right, n = torch.zeros(2), 0
     for batch in loader:
         rows, colour, shape = targets(batch["key"], index)
         if rows:
-            c, s = heads(model.video_encoder, model.normalize_video(batch["video"][rows]))
+            c, s = probe(model.normalize_video(batch["video"][rows]))
             right += torch.stack([(c.argmax(1) == colour).sum(), (s.argmax(1) == shape).sum()]).float()
             n += len(rows)
-    model.train()
+    probe.train()
     return {"colour": 100.0 * float(right[0]) / n, "shape": 100.0 * float(right[1]) / n, "clips": n}
 
 
@@ -128,13 +163,14 @@ def main(argv=None) -> int:
         num_frames=args.frames,
         image_size=args.image_size,
         patch_size=args.patch_size,
+        patch_stem=args.patch_stem,
         **tokenizer_fields(tok),
     )
     model = SmaugModel(cfg)  # only its video encoder and pixel normalisation are used
     names, index = class_index(labels)
-    heads = Heads(cfg.vision_width, len(names["colour"]), len(names["shape"]))
-    params = [*model.video_encoder.parameters(), *heads.parameters()]
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05)
+    encoder, width = (SmallCNN(), SmallCNN.width) if args.encoder == "cnn" else (model.video_encoder, cfg.vision_width)
+    probe = Probe(encoder, width, len(names["colour"]), len(names["shape"]))
+    opt = torch.optim.AdamW(probe.parameters(), lr=args.lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, args.warmup)))
     train = iter(build_train_loader(dcfg, tok, seed=args.seed))
     gen = torch.Generator().manual_seed(args.seed)
@@ -150,21 +186,30 @@ def main(argv=None) -> int:
             if args.permute_channels:
                 order = torch.stack([torch.randperm(3, generator=gen) for _ in rows])  # [b, 3]
                 video = torch.stack([v[:, o] for v, o in zip(video, order)])
-            c, s = heads(model.video_encoder, model.normalize_video(video))
-            loss = F.cross_entropy(s, shape) + (0.0 if args.permute_channels else F.cross_entropy(c, colour))
+            c, s = probe(model.normalize_video(video))
+            named = colour >= 0  # rows of a named colour (an unnamed one has no colour class)
+            colour_loss = F.cross_entropy(c, colour) if named.any() and not args.permute_channels else 0.0
+            loss = F.cross_entropy(s, shape) + colour_loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            window.append(((c.argmax(1) == colour).float().mean().item(), (s.argmax(1) == shape).float().mean().item()))
+            window.append(
+                (
+                    (c.argmax(1) == colour).sum().item(),
+                    named.sum().item(),
+                    (s.argmax(1) == shape).sum().item(),
+                    len(rows),
+                )
+            )
             seen += len(rows)
         sched.step()
         if step % args.eval_every == 0 or step == args.steps:
-            held = held_out_accuracy(model, heads, build_eval_loader(dcfg, tok), index)
+            held = held_out_accuracy(model, probe, build_eval_loader(dcfg, tok), index)
             row = {
                 "step": step,
                 "labelled_clips_seen": seen,
-                "train_colour": 100.0 * sum(w[0] for w in window) / max(1, len(window)),
-                "train_shape": 100.0 * sum(w[1] for w in window) / max(1, len(window)),
+                "train_colour": 100.0 * sum(w[0] for w in window) / max(1, sum(w[1] for w in window)),
+                "train_shape": 100.0 * sum(w[2] for w in window) / max(1, sum(w[3] for w in window)),
                 "held_out_colour": held["colour"],
                 "held_out_shape": held["shape"],
                 "held_out_clips": held["clips"],

@@ -134,3 +134,43 @@ def test_temporal_blocks_start_as_the_identity_and_then_see_frame_order(scope):
         x = enc.tokens[:, :, :1] if scope == "cls" else enc.tokens
         fwd, rev = temporal.temporal(x)[:, :, 0].mean(1), temporal.temporal(x.flip(1))[:, :, 0].mean(1)
         assert not torch.allclose(fwd, rev, atol=1e-4)
+
+
+def test_conv_stem_never_sees_masked_pixels_and_linear_masking_is_unchanged():
+    """patch_stem="conv": the stem's 3x3 convolutions reach across patch borders, so under MAE masking the
+    masked patches' pixels are zeroed first: the visible tokens are the same whatever the masked pixels hold
+    (and not without masking, so the check can fail). The linear stem masks the embedded tokens as before."""
+    from smaug.models.video_encoder import mask_pixels
+
+    video = torch.randn(2, 4, 3, 112, 112)
+    enc = _model(patch_stem="conv").video_encoder.eval()
+    assert enc.patch_embed.num_patches == 49 and sum(isinstance(m, torch.nn.Conv2d) for m in enc.modules()) == 5
+    torch.manual_seed(1)
+    a = enc(video, 0.75)
+    noise = torch.randn(8, 3, 112, 112) * 5
+    other = video + (noise - mask_pixels(noise, a.mask, 16)).view_as(video)  # only the masked patches change
+    torch.manual_seed(1)
+    b = enc(other, 0.75)
+    assert torch.equal(a.mask, b.mask) and a.tokens.shape == (2, 4, 1 + 8, 192)
+    torch.testing.assert_close(a.tokens, b.tokens, atol=1e-4, rtol=0)
+    assert (enc(video, 0.0).tokens - enc(other, 0.0).tokens).abs().max() > 0.1  # unmasked, the stem sees them
+
+    lin = _model().video_encoder.eval()
+    torch.manual_seed(1)
+    out = lin(video, 0.75)
+    x, cls = lin.embed(video)
+    torch.manual_seed(1)
+    x_vis, mask, ids = random_masking(x, 0.75)
+    assert torch.equal(out.mask, mask) and torch.equal(out.ids, lin.forward_blocks(torch.cat([cls, x_vis], 1), ids)[1])
+    torch.testing.assert_close(out.tokens.flatten(0, 1), lin.forward_blocks(torch.cat([cls, x_vis], 1), ids)[0])
+
+
+def test_patch_stem_values_are_checked():
+    with pytest.raises(ValueError, match="patch_stem"):
+        SmaugConfig.preset("tiny", patch_stem="cnn")
+    with pytest.raises(ValueError, match="power-of-two"):
+        SmaugConfig.preset("tiny", patch_stem="conv", image_size=96, patch_size=12)
+    from smaug.hf.convert import ExportError, timm_export_config
+
+    with pytest.raises(ExportError, match="patch_stem='conv'"):  # timm's ViT has no conv stem: full export only
+        timm_export_config(SmaugConfig.preset("tiny", patch_stem="conv"))

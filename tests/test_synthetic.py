@@ -167,3 +167,46 @@ def test_tiny_corpus_sizes(tmp_path, n):
     run_tool("make_synthetic.py", "--out", tmp_path, "--num-videos", n, "--num-images", 0, "--workers", 1)
     lab = _labels(tmp_path)
     assert len(lab["clips"]) == n and {x["split"] for x in lab["clips"]} == {"train", "eval"}
+
+
+def test_unnamed_colours_leave_the_held_out_split_and_named_objects_alone(tmp_path):
+    """--unnamed-share: some training objects (clips and images) in a colour no caption names, captioned by shape
+    and motion only; from a random stream of their own, so the held-out clips, the test QA / MC sets and every
+    named object are those of the corpus without them."""
+    mod = _synth_module()
+    args = ["--num-videos", "24", "--num-images", "8", "--seed", "5", "--workers", "1"]
+    assert mod.main([*args, "--out", str(tmp_path / "named"), "--unnamed-share", "0"]) == 0
+    assert mod.main([*args, "--out", str(tmp_path / "mixed"), "--unnamed-share", "0.5"]) == 0
+    named, mixed = _labels(tmp_path / "named"), _labels(tmp_path / "mixed")
+    for f in ("eval.json", "qa_test.json", "mc_test.json"):
+        assert (tmp_path / "named" / f).read_bytes() == (tmp_path / "mixed" / f).read_bytes()
+    unnamed = 0
+    for a, b in zip(named["clips"] + named["images"], mixed["clips"] + mixed["images"]):
+        assert (a["videoid"], a["split"], len(a["objects"])) == (b["videoid"], b["split"], len(b["objects"]))
+        if a["split"] == "eval":
+            assert (
+                a == b
+                and (tmp_path / "named/videos" / a["relpath"]).read_bytes()
+                == (tmp_path / "mixed/videos" / b["relpath"]).read_bytes()
+            )
+        for oa, ob in zip(a["objects"], b["objects"]):
+            assert (oa["shape"], oa["motion"]) == (ob["shape"], ob["motion"])
+            if ob["colour"] is None:
+                unnamed += 1
+                assert not any(c in b["caption"].split() for c in mod.COLOURS) or len(b["objects"]) == 2
+                assert ob["shape"] in b["caption"]
+            else:
+                assert ob["colour"] == oa["colour"] and ob["colour"] in b["caption"]
+        if all(o["colour"] is None for o in b["objects"]):
+            assert not any(c in b["caption"].split() for c in mod.COLOURS)
+    assert 0 < unnamed < sum(len(x["objects"]) for x in mixed["clips"] + mixed["images"] if x["split"] != "eval")
+    asked = {r["video"] for r in json.loads((tmp_path / "mixed/qa_train.json").read_text())}
+    for x in mixed["clips"]:  # no question about an object of an unnamed colour
+        if x["split"] == "train" and all(o["colour"] is None for o in x["objects"]):
+            assert x["relpath"] not in asked
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # never passes for a named colour
+        rgb = np.array(mod.unnamed_colour(rng))
+        assert min(np.linalg.norm(rgb - np.array(c)) for c in mod.COLOURS.values()) >= mod.UNNAMED_MIN_DIST
+    with pytest.raises(SystemExit):
+        mod.main([*args, "--out", str(tmp_path / "bad"), "--unnamed-share", "1.5"])
