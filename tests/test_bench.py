@@ -380,6 +380,5 @@ def test_supervised_ceiling_trains_on_labelled_clips_and_scores_the_held_out_one
     args[args.index("--steps") + 1] = 2
     assert supervised_ceiling.main([str(a) for a in [*args, "--permute-channels"]]) == 0  # the shape loss alone
     assert [r["step"] for r in json.loads(out.read_text())["curve"]] == [2]
-    for extra in (["--patch-stem", "conv"], ["--encoder", "cnn"]):  # Xiao et al.'s stem; a CNN in the ViT's place
-        assert supervised_ceiling.main([str(a) for a in [*args, *extra]]) == 0
-        assert [r["step"] for r in json.loads(out.read_text())["curve"]] == [2]
+    assert supervised_ceiling.main([str(a) for a in [*args, "--encoder", "cnn"]]) == 0  # a CNN in the ViT's place
+    assert [r["step"] for r in json.loads(out.read_text())["curve"]] == [2]

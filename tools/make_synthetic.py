@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Write the built-in synthetic video-caption corpus, in WebVid's exact release layout.
 
-    python tools/make_synthetic.py --out DIR [--num-videos N] [--seed S] [--unnamed-share P] [--workers W]
+    python tools/make_synthetic.py --out DIR [--num-videos N] [--seed S] [--workers W]
 
 DIR/
   results_2M_train.csv      WebVid header `videoid,name,page_idx,page_dir,duration,contentUrl`,
@@ -12,8 +12,7 @@ DIR/
                             relative to DIR/videos
   images.tsv + images/*.jpg CC3M-style image-caption list: `caption<TAB>images/ID.jpg`, no
                             header (like CC3M's own TSV), relative to DIR
-  labels.json               ground truth per clip (colour, shape, motion; colour null for an unnamed
-                            one), splits, held-out set
+  labels.json               ground truth per clip (colour, shape, motion), splits, held-out set
   qa_train.json, qa_test.json, answer_list.json
                             VideoQA [{"video", "question", "answer", "type"}] on colour, shape and motion:
                             train on the training clips, test on the held-out clips (unseen colour-shape
@@ -28,10 +27,7 @@ Clips: 1.5-3 s at 6-15 fps, 160x120 / 320x240 / 480x270, one or two large colour
 (5 colours x 3 shapes) each moving left, right, up or down. Each shape's path is centred at a
 uniformly drawn point symmetric about the frame centre, so any single frame has the same
 position distribution for opposite directions: only motion tells left from right.
-Captions use varied templates naming colour, shape and motion. A share of the training objects
-(--unnamed-share, 0.4) is drawn in some other, unnamed colour and captioned by shape and motion
-only ("a triangle moving left"), as real captions leave colour out: shapes then come in many
-colours, and a shape feature that ignores colour is what fits them. The eval split holds out
+Captions use varied templates naming colour, shape and motion. The eval split holds out
 whole (colour, shape) pairs with all four motions (3 of the 15 pairs: 12 of the 60 combinations,
 none seen in training by clips or images), while every colour, shape and direction appears in
 training. Within the held-out split, clips of one (colour, shape) differ only in motion, so a
@@ -82,10 +78,6 @@ PER_PAGE = 50
 # (colour, shape) pairs held out with every motion: distinct colours and distinct shapes, so each
 # colour and each shape still appears in training with the other shapes / colours.
 HELD_OUT_PAIRS = (("red", "circle"), ("green", "triangle"), ("blue", "square"))
-# share of training objects (clips and images) drawn in an unnamed colour, their captions naming shape and motion
-# only (`name_colours`); 0 = every object in one of the 5 named colours
-UNNAMED_SHARE = 0.0
-UNNAMED_MIN_DIST = 110.0  # RGB distance an unnamed colour keeps from every named one
 
 
 def is_held_out(colour: str, shape: str, motion: str) -> bool:
@@ -97,20 +89,15 @@ def all_combos(held_out: bool) -> list[tuple[str, str, str]]:
     return [(c, s, m) for c in COLOURS for s in SHAPES for m in MOTIONS if is_held_out(c, s, m) == held_out]
 
 
-def noun(obj: dict) -> str:
-    """ "red circle", or "circle" for an object of an unnamed colour."""
-    return f"{obj['colour']} {obj['shape']}" if obj["colour"] else obj["shape"]
-
-
 def phrase(rng: np.random.Generator, obj: dict, style: int) -> str:
-    m = obj["motion"]
+    c, s, m = obj["colour"], obj["shape"], obj["motion"]
     d = PHRASES[m][int(rng.integers(len(PHRASES[m])))]
     art = ARTICLES[int(rng.integers(len(ARTICLES)))]
     if style == 0:
-        return f"{art} {noun(obj)} {VERBS[int(rng.integers(len(VERBS)))]} {d}"
+        return f"{art} {c} {s} {VERBS[int(rng.integers(len(VERBS)))]} {d}"
     if style == 1:
-        return f"{art} {noun(obj)} moving {d}"
-    return f"{noun(obj)}, heading {d}"
+        return f"{art} {c} {s} moving {d}"
+    return f"{c} {s}, heading {d}"
 
 
 def caption(rng: np.random.Generator, objs: list[dict]) -> str:
@@ -155,32 +142,6 @@ def plan_clip(rng: np.random.Generator, videoid: int, split: str, combos: list) 
     }
 
 
-def unnamed_colour(rng: np.random.Generator) -> tuple[int, int, int]:
-    """A saturated, bright RGB colour at least UNNAMED_MIN_DIST from every named colour (so an unnamed object
-    never passes for a named one, and a held-out pair stays unseen)."""
-    while True:
-        h, s, v = rng.uniform(0, 6), rng.uniform(0.45, 1.0), rng.uniform(0.6, 1.0)
-        k = np.array([5.0, 3.0, 1.0])
-        rgb = np.round(255 * v * (1 - s * np.clip(np.minimum((k + h) % 6, 4 - (k + h) % 6), 0, 1)))  # HSV -> RGB
-        if min(np.linalg.norm(rgb - np.array(c)) for c in COLOURS.values()) >= UNNAMED_MIN_DIST:
-            return tuple(int(x) for x in rgb)
-
-
-def name_colours(rng: np.random.Generator, spec: dict, share: float, image: bool = False) -> None:
-    """Training clips and images: each object keeps its named colour, or with probability `share` gets an
-    unnamed one (`unnamed_colour`) and the caption names only its shape and motion, as a caption that does not
-    mention colour. Shapes then come in many colours in training, so a shape feature that ignores colour is what
-    fits, and shape transfers to the held-out colour-shape pairs (5 colours alone: a readout that conjoins
-    colour and shape fits the training pairs and fails the held-out ones; docs/experiments.md)."""
-    draws = rng.random(len(spec["objects"]))
-    if not (draws < share).any():
-        return
-    for o, u in zip(spec["objects"], draws):
-        if u < share:
-            o["colour"], o["rgb"] = None, unnamed_colour(rng)
-    spec["caption"] = image_caption(rng, spec["objects"]) if image else caption(rng, spec["objects"])
-
-
 def draw(frame: np.ndarray, shape: str, cx: float, cy: float, r: float, rgb) -> None:
     h, w = frame.shape[:2]
     x0, x1 = max(0, int(cx - r) - 1), min(w, int(cx + r) + 2)
@@ -210,7 +171,7 @@ def render(spec: dict) -> np.ndarray:
             dx, dy = MOTIONS[o["motion"]]
             pos = o["centre"] + u * o["travel"] * (dx or dy)
             cx, cy = (pos, o["cross"]) if dx else (o["cross"], pos)
-            draw(out[i], o["shape"], cx, cy, o["radius"], o["rgb"] if o["colour"] is None else COLOURS[o["colour"]])
+            draw(out[i], o["shape"], cx, cy, o["radius"], COLOURS[o["colour"]])
     return out
 
 
@@ -234,21 +195,7 @@ def iso_duration(seconds: float) -> str:
     return f"PT{s // 3600:02d}H{s % 3600 // 60:02d}M{s % 60:02d}S"
 
 
-def image_caption(rng: np.random.Generator, objs: list[dict]) -> str:
-    art = ARTICLES[int(rng.integers(2))]
-    text = f"{art} {noun(objs[0])}" if len(objs) == 1 else f"{art} {noun(objs[0])} and a {noun(objs[1])}"
-    return text + (" on a dark background" if rng.random() < 0.5 else "")
-
-
-def build(
-    out: Path,
-    num_videos: int,
-    seed: int,
-    eval_fraction: float,
-    num_images: int,
-    workers: int,
-    unnamed_share: float = UNNAMED_SHARE,
-) -> dict:
+def build(out: Path, num_videos: int, seed: int, eval_fraction: float, num_images: int, workers: int) -> dict:
     rng = np.random.default_rng(seed)
     n_eval = max(2, int(round(num_videos * eval_fraction))) if num_videos >= 4 else 1
     n_train = num_videos - n_eval
@@ -259,12 +206,14 @@ def build(
     images = []
     for i in range(num_images):
         spec = plan_clip(rng, int(ids[num_videos + i]), "image", train_c)  # held-out pairs stay unseen
-        spec["caption"] = image_caption(rng, spec["objects"])
+        o = spec["objects"][0]
+        art = ARTICLES[int(rng.integers(2))]
+        spec["caption"] = (
+            f"{art} {o['colour']} {o['shape']}"
+            if len(spec["objects"]) == 1
+            else f"{art} {o['colour']} {o['shape']} and a {spec['objects'][1]['colour']} {spec['objects'][1]['shape']}"
+        ) + (" on a dark background" if rng.random() < 0.5 else "")
         images.append(spec)
-    # unnamed colours from a stream of their own: the held-out clips, and every named object, are as without them
-    urng = np.random.default_rng([seed, 29])
-    for spec in clips[:n_train] + images:
-        name_colours(urng, spec, unnamed_share, image=spec["split"] == "image")
     for k, c in enumerate(clips[:n_train]):
         c["page_idx"] = k // PER_PAGE
         c["page_dir"] = f"{c['page_idx'] * PER_PAGE + 1:06d}_{(c['page_idx'] + 1) * PER_PAGE:06d}"
@@ -343,8 +292,6 @@ def qa_rows(rng: np.random.Generator, clip: dict) -> list[dict]:
     for o in objs:
         for qtype, templates in QA_TEMPLATES.items():
             tmpl, needs = templates[int(rng.integers(len(templates)))]
-            if o["colour"] is None:  # an unnamed colour: no question names it or asks for it (drawn all the same,
-                continue  # so the held-out questions are those of a corpus without unnamed colours)
             if needs and sum(x[needs] == o[needs] for x in objs) > 1:
                 continue
             rows.append(
@@ -414,13 +361,6 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed: the output is a function of it")
     p.add_argument("--eval-fraction", type=float, default=0.1, help="share of clips in the held-out split")
     p.add_argument("--num-images", type=int, default=None, help="images in images.tsv (default num-videos/4)")
-    p.add_argument(
-        "--unnamed-share",
-        type=float,
-        default=UNNAMED_SHARE,
-        help=f"share of training objects in an unnamed colour, captioned by shape and motion only (default "
-        f"{UNNAMED_SHARE}; 0: the 5 named colours only)",
-    )
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
     p.add_argument(
         "--downstream-only",
@@ -441,13 +381,11 @@ def main(argv=None) -> int:
         return 0
     if args.num_videos < 2:
         p.error("--num-videos must be >= 2")
-    if not 0.0 <= args.unnamed_share <= 1.0:
-        p.error(f"--unnamed-share must be in [0, 1], got {args.unnamed_share}")
     n_img = args.num_videos // 4 if args.num_images is None else args.num_images
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    counts = build(out, args.num_videos, args.seed, args.eval_fraction, n_img, max(1, args.workers), args.unnamed_share)
+    counts = build(out, args.num_videos, args.seed, args.eval_fraction, n_img, max(1, args.workers))
     print(
         f"[make_synthetic] {counts['train']} train + {counts['eval']} eval clips, {counts['images']} images "
         f"in {out} ({time.time() - t0:.1f}s, {args.workers} workers)",

@@ -52,11 +52,6 @@ def timm_export_config(cfg) -> tuple[str, dict]:
     """(architecture, model_args): `timm.create_model(architecture, pretrained=False, num_classes=0,
     **model_args)` builds the per-frame model whose state dict is `timm_state_dict`'s."""
     arch, eps = TIMM_ARCH[cfg.vision_family]
-    if cfg.patch_stem != "linear":
-        raise ExportError(
-            f"export --vision-only: patch_stem={cfg.patch_stem!r} has no timm {cfg.vision_family} architecture (timm's "
-            "patch embedding is a linear projection); export the full model instead"
-        )
     if cfg.vision_norm_eps != eps:
         raise ExportError(
             f"export --vision-only: vision_norm_eps={cfg.vision_norm_eps} has no timm {cfg.vision_family} "

@@ -280,11 +280,6 @@ def init_config(cfg, vision_init: str | None, text_init: str | None, explicit: d
     checking both checkpoints' dimensions against it. `explicit`: fields the user set (overrides);
     one that contradicts the checkpoint is refused."""
     explicit = explicit or {}
-    if vision_init and cfg.patch_stem != "linear":
-        raise InitError(
-            f"model.patch_stem={cfg.patch_stem!r} with vision_init={vision_init!r}: a pretrained tower holds a linear "
-            "patch projection; the convolutional stem is for towers trained from scratch (remove one of the two)"
-        )
     updates = {}
     for src, describe in ((vision_init, describe_vision), (text_init, describe_text)):
         if not src:

@@ -66,12 +66,6 @@ class SmaugConfig:
     vision_norm_eps: float = 1e-6  # LayerNorm eps of the ViT (timm ViT / BEiT 1e-6, timm CLIP 1e-5)
     vision_layer_scale: float = 0.0  # layer-scale init value (BEiT-base 0.1); 0 = no layer scale
     vision_abs_pos: bool = True  # absolute position embedding (BEiT-base has only the relative bias)
-    patch_stem: str = "linear"  # how pixels become patch tokens: "linear" (ViT's patch_size x patch_size projection,
-    # every pretrained tower's) or "conv" (Xiao et al. 2021, "Early convolutions help transformers see better": 3x3
-    # stride-2 convolutions down to the patch grid, then a 1x1 to the width), for towers trained from scratch: the
-    # quickstart's tiny ViT learns shapes from labels in ~300 steps with it and does not in 600 with the linear one
-    # (docs/experiments.md). Under MAE masking the masked patches' pixels are zeroed before the stem, so no visible
-    # token sees them. Refused with pretrained vision weights (they hold a linear projection)
     mean: tuple[float, float, float] = (
         0.485,
         0.456,
@@ -215,14 +209,6 @@ class SmaugConfig:
             ("vtm_hard_ramp", self.vtm_hard_ramp >= 0, ">= 0"),
             ("vtm_dup_overlap", 0.0 < self.vtm_dup_overlap <= 1.0, "in (0, 1]"),
             ("vision_family", self.vision_family in FAMILIES, f"one of {FAMILIES}"),
-            (
-                "patch_stem",
-                self.patch_stem == "linear"
-                or (
-                    self.patch_stem == "conv" and self.patch_size >= 4 and self.patch_size & (self.patch_size - 1) == 0
-                ),
-                "'linear' or 'conv' ('conv' needs a power-of-two patch_size >= 4)",
-            ),
             ("vision_act", self.vision_act in ACTIVATIONS, f"one of {ACTIVATIONS}"),
             ("vision_norm_eps", self.vision_norm_eps > 0, "> 0"),
             ("vision_layer_scale", self.vision_layer_scale >= 0, ">= 0 (0 = none)"),

@@ -5,10 +5,8 @@ Frames are encoded independently (space-only attention, as in Singularity), so t
 is M = B * T frames; time enters through learned temporal embeddings added to every token.
 
 Pipeline (`forward`):
-  sample_masking    MAE: keep int(N * (1 - mask_ratio)) random patches per frame (train only)
-  embed             patches (+ spatial pos embed) + temporal embed, one [CLS] per frame; the visible ones kept.
-                    The patch stem is ViT's linear projection or a convolutional stem (`ConvStem`, towers from
-                    scratch), which sees the frame with its masked patches zeroed
+  embed             patches (+ spatial pos embed) + temporal embed, one [CLS] per frame
+  random_masking    MAE: keep int(N * (1 - mask_ratio)) random patches per frame (train only)
   norm_pre          CLIP only: LayerNorm on the embedded tokens (per token, so after masking)
   blocks            timm blocks of `vision_family` (`vit_blocks.py`); at `sparsify_layers` the block
                     runs `block_forward` with EViT reorganisation between attention and MLP
@@ -30,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from timm.layers import LayerNorm, LayerNorm2d, PatchEmbed, trunc_normal_
+from timm.layers import LayerNorm, PatchEmbed, trunc_normal_
 from timm.models.vision_transformer import init_weights_vit_timm
 
 from .common import maybe_checkpoint, sincos_pos_embed_2d
@@ -59,55 +57,18 @@ def token_schedule(n_visible: int, depth: int, sparsify_layers, keep_ratio: floa
     return sched
 
 
-def sample_masking(M: int, N: int, mask_ratio: float, device, dtype=torch.float32):
-    """MAE per-frame random masking of M frames of N patches.
-
-    -> mask [M, N] (1 = masked), ids_keep [M, n_vis] (ascending).
-    """
-    n_keep = num_visible(N, mask_ratio)
-    noise = torch.rand(M, N, device=device)
-    ids_keep = noise.argsort(dim=1)[:, :n_keep].sort(dim=1).values
-    mask = torch.ones(M, N, device=device, dtype=dtype).scatter(1, ids_keep, 0.0)
-    return mask, ids_keep
-
-
 def random_masking(x: torch.Tensor, mask_ratio: float):
-    """MAE per-frame random masking of patch tokens.
+    """MAE per-frame random masking.
 
     x: [M, N, D] -> x_vis [M, n_vis, D], mask [M, N] (1 = masked), ids_keep [M, n_vis] (ascending).
     """
     M, N, D = x.shape
-    mask, ids_keep = sample_masking(M, N, mask_ratio, x.device, x.dtype)
-    return x.gather(1, ids_keep[..., None].expand(-1, -1, D)), mask, ids_keep
-
-
-def mask_pixels(frames: torch.Tensor, mask: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """frames: [M, 3, H, W], mask: [M, N] (1 = masked, row-major patch grid) -> frames with masked patches zeroed."""
-    M, _, H, W = frames.shape
-    keep = (1 - mask).view(M, 1, H // patch_size, W // patch_size).to(frames.dtype)
-    return frames * keep.repeat_interleave(patch_size, 2).repeat_interleave(patch_size, 3)
-
-
-class ConvStem(nn.Module):
-    """Xiao et al. 2021's convolutional stem in place of the patch projection: log2(patch_size) 3x3 stride-2
-    convolutions (width doubling up to D, LayerNorm2d + GELU after each), then a 1x1 convolution to D.
-
-    x: [M, 3, H, W] -> [M, D, H / patch_size, W / patch_size] (PatchEmbed flattens it to tokens).
-    """
-
-    def __init__(self, patch_size: int, dim: int):
-        super().__init__()
-        n = patch_size.bit_length() - 1  # stride-2 stages: 16 -> 4
-        widths = [max(dim >> (n - 1 - i), 8) for i in range(n)]  # ..., D/4, D/2, D
-        layers, c = [], 3
-        for w in widths:
-            layers += [nn.Conv2d(c, w, 3, 2, 1), LayerNorm2d(w), nn.GELU()]
-            c = w
-        self.convs = nn.Sequential(*layers)
-        self.proj = nn.Conv2d(c, dim, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.convs(x))
+    n_keep = num_visible(N, mask_ratio)
+    noise = torch.rand(M, N, device=x.device)
+    ids_keep = noise.argsort(dim=1)[:, :n_keep].sort(dim=1).values
+    x_vis = x.gather(1, ids_keep[..., None].expand(-1, -1, D))
+    mask = torch.ones(M, N, device=x.device, dtype=x.dtype).scatter(1, ids_keep, 0.0)
+    return x_vis, mask, ids_keep
 
 
 def attention_with_cls_row(attn: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None):
@@ -133,8 +94,6 @@ class VideoEncoder(nn.Module):
         D = cfg.vision_width
         clip = cfg.vision_family == "clip"
         self.patch_embed = PatchEmbed(cfg.image_size, cfg.patch_size, 3, D, bias=not clip)  # timm CLIP: no bias
-        if cfg.patch_stem == "conv":
-            self.patch_embed.proj = ConvStem(cfg.patch_size, D)
         self.num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
         # timm layout: [CLS] slot first; None for BEiT-base (relative position bias only)
@@ -168,16 +127,10 @@ class VideoEncoder(nn.Module):
         """Temporal embeddings for T frames [1, T, 1, D], linearly interpolated if T != num_frames."""
         return resize_time(self.temporal_embed, T)
 
-    def embed(self, video: torch.Tensor, mask: torch.Tensor | None = None):
-        """video: [B, T, 3, H, W] normalised, mask [B*T, N] or None -> patches [B*T, N, D], cls [B*T, 1, D].
-
-        A convolutional stem sees the frames with the masked patches zeroed (the linear one reads each patch alone).
-        """
+    def embed(self, video: torch.Tensor):
+        """video: [B, T, 3, H, W] normalised -> patches [B*T, N, D], cls [B*T, 1, D]."""
         B, T = video.shape[:2]
-        frames = video.flatten(0, 1)
-        if mask is not None and self.cfg.patch_stem == "conv":
-            frames = mask_pixels(frames, mask, self.cfg.patch_size)
-        x = self.patch_embed(frames)
+        x = self.patch_embed(video.flatten(0, 1))
         cls = self.cls_token
         if self.pos_embed is not None:
             x, cls = x + self.pos_embed[:, 1:], cls + self.pos_embed[:, :1]
@@ -231,16 +184,13 @@ class VideoEncoder(nn.Module):
     def forward(self, video: torch.Tensor, mask_ratio: float = 0.0) -> VideoEncoderOutput:
         """video: [B, T, 3, H, W] normalised -> VideoEncoderOutput (tokens [B, T, 1 + n_out, D])."""
         B, T = video.shape[:2]
-        M, N = B * T, self.num_patches
+        x, cls = self.embed(video)
+        M, N, _ = x.shape
         mask = None
         if mask_ratio > 0:
-            mask, ids = sample_masking(M, N, mask_ratio, video.device)
+            x, mask, ids = random_masking(x, mask_ratio)
         else:
-            ids = torch.arange(N, device=video.device).expand(M, -1)
-        x, cls = self.embed(video, mask)
-        if mask is not None:
-            x = x.gather(1, ids[..., None].expand(-1, -1, x.shape[-1]))
-            mask = mask.to(x.dtype)
+            ids = torch.arange(N, device=x.device).expand(M, -1)
         n_vis = x.shape[1]
         x, ids = self.forward_blocks(self.norm_pre(torch.cat([cls, x], dim=1)), ids, same_ids=mask is None)
         return VideoEncoderOutput(x.unflatten(0, (B, T)), ids, mask, n_vis)
