@@ -5,6 +5,7 @@ data.decoder = "module:Class"; it hangs or SIGKILLs its own process on marked by
 
 import hashlib
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -28,13 +29,18 @@ class Faulty(DecordReader):
 """
 
 
+def importable_by_decode_process(monkeypatch, folder) -> None:
+    """Modules in `folder` can be imported by a decode process (a fresh interpreter: PYTHONPATH)."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")]))
+
+
 @pytest.fixture
 def poisoned(synthetic_shards, tmp_path, monkeypatch):
     """A 10-sample shard whose samples 3 and 7 hang / kill the faulty decoder; -> (dir, bad keys, good keys)."""
     (tmp_path / "faulty_reader.py").write_text(FAULTY)
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:" + __import__("os").environ.get("PYTHONPATH", ""))
-    src = sorted((__import__("pathlib").Path(synthetic_shards["train"])).glob("*.tar"))[:2]
+    importable_by_decode_process(monkeypatch, tmp_path)
+    src = sorted(Path(synthetic_shards["train"]).glob("*.tar"))[:2]
     samples = {}
     for tar in src:
         with tarfile.open(tar) as tf:
@@ -147,7 +153,7 @@ def test_decoder_imports_are_not_counted_in_the_first_samples_time(synthetic_sha
     (tmp_path / "slow_reader.py").write_text(
         "import time\nfrom smaug.data.decoders import DecordReader\ntime.sleep(3)\nclass Slow(DecordReader):\n    pass\n"
     )
-    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:" + __import__("os").environ.get("PYTHONPATH", ""))
+    importable_by_decode_process(monkeypatch, tmp_path)
     tar = sorted(Path(synthetic_shards["eval"]).glob("*.tar"))[0]
     sample = next(iter_tar(str(tar), ErrorBudget(0.0, 1)))
     server = DecodeServer(timeout=2, decoder="slow_reader:Slow")
